@@ -1,0 +1,19 @@
+"""twistd plugins: `twistd content-server` and `twistd mirror-server`.
+
+Only ServiceMaker lines: importing anything heavy here (or the reactor) would install the
+default reactor before twistd reads --reactor.
+"""
+from twisted.application.service import ServiceMaker
+
+content_server = ServiceMaker(
+    "mirror content server",
+    "mirror.content_server.tap",
+    "Export a directory tree over the mirror content protocol (LIST, FETCH).",
+    "content-server",
+)
+mirror_server = ServiceMaker(
+    "mirror server",
+    "mirror.mirror_server.tap",
+    "Accept mirror jobs and fetch trees from content servers into a mirror directory.",
+    "mirror-server",
+)
