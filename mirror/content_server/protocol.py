@@ -1,0 +1,292 @@
+"""The content server's side of the content protocol: answers LIST and FETCH.
+
+Each request runs as its own coroutine, so many are in flight on one connection and a delayed
+FETCH holds up nothing else. Responses interleave frame by frame. The protocol is the
+connection's single push producer: when the transport's buffer fills, every stream waits in
+`_writable` (back-pressure), so memory per connection stays at about one chunk per stream.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable
+
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mirror import paths
+from mirror.content_server.fetch import FileChanged, RangeReader, open_range
+from mirror.content_server.listing import TreeWalker
+from mirror.limits import ClosingMixin, Deadline
+from mirror.wire import frames
+
+if TYPE_CHECKING:
+    from mirror.content_server.factory import ContentServerFactory
+
+
+@dataclass
+class ContentSettings:
+    """Local limits of a content server (doc/protocol.md lists them with their flags)."""
+
+    max_requests: int = 64
+    max_connections: int = 1024
+    max_per_peer: int = 256
+    frame_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    write_timeout: float = 60.0
+    max_delay: float = 60.0
+
+
+class RequestError(Exception):
+    """A request that gets an ERROR frame: ``code`` from frames.E_*, and a message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _request_error(exc: BaseException, path: str) -> RequestError:
+    """Map what reading the tree raised to what the client is told (never a traceback)."""
+    where = path or "."
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return RequestError(frames.E_NOT_FOUND, f"{where}: no such file or directory")
+    if isinstance(exc, paths.UnsafePath):
+        return RequestError(frames.E_NOT_ALLOWED, f"{where}: {exc}")
+    if isinstance(exc, FileChanged):
+        return RequestError(frames.E_CHANGED, f"{where}: {exc}")
+    if isinstance(exc, NotADirectoryError) or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOTDIR
+    ):
+        return RequestError(frames.E_NOT_FOUND, f"{where}: no such file or directory")
+    if isinstance(exc, PermissionError):
+        return RequestError(frames.E_NOT_ALLOWED, f"{where}: permission denied")
+    if isinstance(exc, ValueError):
+        return RequestError(frames.E_BAD_REQUEST, f"{where}: {exc}")
+    if isinstance(exc, OSError):
+        return RequestError(frames.E_IO, f"{where}: {exc.strerror or exc}")
+    return RequestError(frames.E_IO, f"{where}: internal error")
+
+
+@implementer(IPushProducer)
+class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
+    """One client connection of the content server."""
+
+    log = Logger()
+    MAX_LENGTH = 8192  # requests only: a path is at most 4 KiB
+
+    def __init__(self, factory: ContentServerFactory) -> None:
+        self.factory = factory
+        self.settings: ContentSettings = factory.settings
+        self.clock = factory.clock
+        self._requests: dict[int, Deferred[None]] = {}
+        self._waits: set[Deferred[Any]] = set()
+        self._paused = False
+        self._resume_waiters: list[Deferred[None]] = []
+        self._lost = False
+        s = self.settings
+        self._frame_deadline = Deadline(self.clock, s.frame_timeout,
+                                        lambda: self.abort("request frame not completed in time"))
+        self._idle_deadline = Deadline(self.clock, s.idle_timeout,
+                                       lambda: self.close("idle"))
+        self._write_deadline = Deadline(self.clock, s.write_timeout,
+                                        lambda: self.abort("client stopped reading"))
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._idle_deadline.start()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._lost = True
+        for deadline in (self._frame_deadline, self._idle_deadline, self._write_deadline):
+            deadline.stop()
+        self.cancel_close_timer()
+        for d in list(self._waits):
+            d.cancel()
+        self.factory.connection_closed(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # An absolute deadline for any partly received frame: trickling bytes cannot extend it.
+        if self._buffer:
+            self._frame_deadline.start()
+        else:
+            self._frame_deadline.stop()
+
+    # -- IPushProducer: the transport tells us when its buffer is full or drained --------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._write_deadline.start()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._write_deadline.stop()
+        waiters, self._resume_waiters = self._resume_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self._lost = True
+
+    async def _wait(self, d: Deferred[Any]) -> Any:
+        """Await ``d``, cancelled if the connection goes away meanwhile."""
+        self._waits.add(d)
+        try:
+            return await d
+        finally:
+            self._waits.discard(d)
+
+    async def _writable(self) -> None:
+        if self._lost:
+            raise CancelledError()
+        if self._paused:
+            d: Deferred[None] = Deferred()
+            self._resume_waiters.append(d)
+            await self._wait(d)
+
+    def _send(self, *chunks: bytes) -> None:
+        if not self._lost:
+            self.transport.writeSequence(chunks)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def stringReceived(self, frame: bytes) -> None:
+        opcode, request_id, payload = frames.split_frame(frame)
+        if opcode not in frames.REQUEST_OPCODES:
+            self.frameError(f"unknown opcode {opcode:#x}")
+            return
+        if request_id in self._requests:
+            self.frameError(f"request id {request_id} already in flight")
+            return
+        if len(self._requests) >= self.settings.max_requests:
+            self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(
+                frames.E_BUSY, f"more than {self.settings.max_requests} requests in flight")))
+            return
+        if opcode == frames.LIST:
+            work: Awaitable[None] = self._serve_list(request_id, payload)
+        else:
+            work = self._serve_fetch(request_id, payload)
+        self._idle_deadline.stop()
+        d = Deferred.fromCoroutine(self._run(request_id, work))
+        if not d.called:
+            self._requests[request_id] = d
+
+    def frameError(self, reason: str) -> None:
+        self.log.warn("protocol error from {peer}: {reason}",
+                      peer=self.transport.getPeer(), reason=reason)
+        super().frameError(reason)
+
+    async def _run(self, request_id: int, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except RequestError as e:
+            self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(e.code, str(e))))
+        except CancelledError:
+            pass  # the connection went away
+        except Exception:
+            self.log.failure("request {id} failed", id=request_id)
+            self._send(frames.frame(frames.ERROR, request_id,
+                                    frames.encode_error(frames.E_IO, "internal error")))
+        finally:
+            self._requests.pop(request_id, None)
+            if not self._requests and not self._lost:
+                self._idle_deadline.start()
+
+    def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
+        try:
+            parts = paths.parse_request_path(raw)
+        except paths.UnsafePath as e:
+            shown = raw[:200].decode("utf-8", "replace")
+            raise RequestError(frames.E_NOT_ALLOWED, f"{shown!r}: {e}") from None
+        return parts, paths.join_parts(parts)
+
+    async def _serve_list(self, request_id: int, payload: bytes) -> None:
+        parts, path = self._parse_path(payload)
+        threads = self.factory.threads
+        try:
+            walker = await threads.run(TreeWalker, self.factory.root_fd, parts)
+        except Exception as e:
+            raise _request_error(e, path) from None
+        try:
+            while True:
+                try:
+                    batch = await threads.run(walker.next_batch)
+                except Exception as e:
+                    raise _request_error(e, path) from None
+                if batch is None:
+                    break
+                await self._writable()
+                self._send(frames.frame(frames.ENTRIES, request_id, batch))
+            self._send(frames.frame(frames.LIST_END, request_id,
+                                    frames.encode_list_end(walker.count, walker.skipped)))
+        finally:
+            walker.close()
+
+    async def _serve_fetch(self, request_id: int, payload: bytes) -> None:
+        try:
+            offset, length, delay_ms, raw_path = frames.decode_fetch(payload)
+        except frames.ProtocolError as e:
+            raise RequestError(frames.E_BAD_REQUEST, str(e)) from None
+        parts, path = self._parse_path(raw_path)
+        if not parts:
+            raise RequestError(frames.E_BAD_REQUEST, ".: is a directory")
+        delay = min(delay_ms / 1000.0, self.settings.max_delay)
+        if delay > 0:
+            await self._wait(task.deferLater(self.clock, delay, lambda: None))
+        threads = self.factory.threads
+        try:
+            opened = await threads.run(open_range, self.factory.root_fd, parts, offset, length)
+        except Exception as e:
+            raise _request_error(e, path) from None
+        if self._lost:
+            if isinstance(opened, RangeReader):
+                opened.close()
+            return
+        if not isinstance(opened, RangeReader):
+            header, data, digest = opened
+            self._send(
+                frames.frame(frames.FILE, request_id, frames.encode_file(header)),
+                frames.data_header(request_id, len(data)), data,
+                frames.frame(frames.FILE_END, request_id, digest),
+            )
+            return
+        await self._stream(request_id, path, opened)
+
+    async def _stream(self, request_id: int, path: str, reader: RangeReader) -> None:
+        """Send a large range: the next chunk is read (and hashed) while this one is sent."""
+        threads = self.factory.threads
+        self._send(frames.frame(frames.FILE, request_id, frames.encode_file(reader.header)))
+        pending: Deferred[bytes] | None = threads.run(reader.read)
+        try:
+            while pending is not None:
+                try:
+                    data = await pending
+                except Exception as e:
+                    pending = None
+                    raise _request_error(e, path) from None
+                last = reader.done
+                pending = None if last else threads.run(reader.read)
+                await self._writable()
+                self._send(frames.data_header(request_id, len(data)), data)
+            try:
+                digest = await threads.run(reader.finish)
+            except Exception as e:
+                raise _request_error(e, path) from None
+            self._send(frames.frame(frames.FILE_END, request_id, digest))
+        finally:
+            if pending is None:
+                reader.close()
+            else:
+                # A read is still running in a thread: closing the fd under it could make it
+                # read whatever file gets that descriptor number next.
+                pending.addBoth(lambda _: reader.close())

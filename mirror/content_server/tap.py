@@ -1,0 +1,76 @@
+"""``twistd content-server``: export a directory tree over the content protocol."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from mirror.content_server.factory import ContentServerFactory, open_root
+from mirror.content_server.protocol import ContentSettings
+from mirror.daemon_options import ListenOptions, add_listeners, number
+from mirror.threads import DiskThreads
+
+_defaults = ContentSettings()
+
+
+class Options(ListenOptions):
+    command = "content-server"
+    synopsis = "[options]"
+    longdesc = (
+        "Export the directory tree under --root to mirror servers: LIST walks it, FETCH "
+        "streams a file (or a byte range) with its SHA-256. Nothing outside the root is ever "
+        "listed or served; symbolic links, FIFOs and devices are neither listed nor followed. "
+        "All limits are local settings, never negotiated with clients."
+    )
+    optParameters = [
+        ["root", "d", None, "Directory to export (required)."],
+        ["threads", None, 4, "Disk reader threads.", number(int, 1, 256)],
+        ["max-requests", None, _defaults.max_requests,
+         "Requests in flight per connection.", number(int, 1, 10000)],
+        ["max-connections", None, _defaults.max_connections,
+         "Connections in total.", number(int, 1, 1000000)],
+        ["max-per-peer", None, _defaults.max_per_peer,
+         "Connections per client address.", number(int, 1, 1000000)],
+        ["frame-timeout", None, _defaults.frame_timeout,
+         "Seconds within which a request frame must complete once started.",
+         number(float, 0.001)],
+        ["idle-timeout", None, _defaults.idle_timeout,
+         "Seconds a connection with no request in flight is kept.", number(float, 0.001)],
+        ["write-timeout", None, _defaults.write_timeout,
+         "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
+        ["max-delay", None, _defaults.max_delay,
+         "Largest per-file delay (seconds) a client may ask for.", number(float, 0)],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        root = self["root"]
+        if not root:
+            raise usage.UsageError("--root DIR is required")
+        if not os.path.isdir(root):
+            raise usage.UsageError(f"--root {root}: not a directory")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise usage.UsageError(f"--root {root}: not readable")
+
+
+def settings_from(options: Options) -> ContentSettings:
+    return ContentSettings(
+        max_requests=options["max-requests"],
+        max_connections=options["max-connections"],
+        max_per_peer=options["max-per-peer"],
+        frame_timeout=options["frame-timeout"],
+        idle_timeout=options["idle-timeout"],
+        write_timeout=options["write-timeout"],
+        max_delay=options["max-delay"],
+    )
+
+
+def makeService(options: Options) -> IService:
+    top = MultiService()
+    threads = DiskThreads(size=options["threads"], name="content-disk")
+    threads.setServiceParent(top)
+    factory = ContentServerFactory(open_root(options["root"]), threads, settings_from(options))
+    add_listeners(top, options["listen"], factory)
+    return top

@@ -1,0 +1,75 @@
+"""Connections to one content server, shared by the workers of a job.
+
+Up to ``size`` connections are opened lazily; each request goes to the least loaded one, so
+small files pipeline on a connection while large ones spread over several.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import DeferredLock
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
+
+
+class SourceConnections:
+    def __init__(self, reactor: Any, host: str, port: int, size: int = 2,
+                 connect_timeout: float = 10.0, **client_options: Any) -> None:
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self.name = f"{host}:{port}"
+        self.size = size
+        self._connect_timeout = connect_timeout
+        self._client_options = client_options
+        self._conns: list[ContentClientProtocol] = []
+        self._lock = DeferredLock()
+        self._closed = False
+
+    async def get(self) -> ContentClientProtocol:
+        """A live connection, opening one if all are busy and there is room."""
+        async with self._lock:
+            live = [c for c in self._conns if c.lost_reason is None and c.transport is not None]
+            self._conns = live
+            if len(live) < self.size and (not live or min(c.load for c in live) > 0):
+                try:
+                    proto = await self.connect()
+                except TransferError:
+                    if not live:
+                        raise
+                else:
+                    live.append(proto)
+            return min(live, key=lambda c: c.load)
+
+    async def connect(self) -> ContentClientProtocol:
+        """A new connection of its own (not shared through `get`); the caller closes it."""
+        if self._closed:
+            raise TransferError(f"connections to {self.name} closed")
+        host = self.host
+        endpoint = HostnameEndpoint(self._reactor, host, self.port,
+                                    timeout=self._connect_timeout)
+        proto = ContentClientProtocol(self._reactor, self.name, **self._client_options)
+        try:
+            await connectProtocol(endpoint, proto)
+        except Exception as e:
+            raise TransferError(f"cannot connect to {self.name}: {_reason(e)}") from None
+        return proto
+
+    def close(self) -> None:
+        self._closed = True
+        for conn in self._conns:
+            conn.close()
+        self._conns = []
+
+
+def _reason(e: BaseException) -> str:
+    """The human part of a connection error ("connection refused", "timed out")."""
+    os_error = getattr(e, "osError", None)
+    if isinstance(os_error, int):
+        return os.strerror(os_error).lower()
+    text = str(e).strip().rstrip(".")
+    # Twisted's texts read "Connection was refused by other side: 111: Connection refused".
+    return text.rsplit(": ", 1)[-1].lower() if ": " in text else (text or type(e).__name__)

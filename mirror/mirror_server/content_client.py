@@ -1,0 +1,292 @@
+"""The mirror server's side of the content protocol: LIST and FETCH requests, pipelined.
+
+Everything the content server sends is checked here against what was asked: frame sizes, the
+number of DATA bytes against the FILE header, which response belongs to which request. A
+violation that leaves the framing intact fails that one request; one that breaks the framing
+fails every request on the connection and aborts it. This module never touches the disk:
+FETCH bodies go to a `FetchSink`, LIST entries to a callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mirror.limits import Deadline
+from mirror.wire import frames
+
+#: Per-request limit on silence: no frame for this request for this long fails it.
+STALL_TIMEOUT = 30.0
+
+
+class TransferError(Exception):
+    """A request failed; the message is for users and names what went wrong."""
+
+
+class FlowControl:
+    """Pauses the connection while too many received bytes wait to be written to disk."""
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
+                 high: int = 8 << 20, low: int = 2 << 20) -> None:
+        self._pause = pause
+        self._resume = resume
+        self.high = high
+        self.low = low
+        self.pending = 0
+        self.paused = False
+
+    def queued(self, n: int) -> None:
+        self.pending += n
+        if not self.paused and self.pending > self.high:
+            self.paused = True
+            self._pause()
+
+    def written(self, n: int) -> None:
+        self.pending -= n
+        if self.paused and self.pending <= self.low:
+            self.paused = False
+            self._resume()
+
+
+class FetchSink(Protocol):
+    """Where a FETCH's bytes go (see `mirror.mirror_server.receiver.FileReceiver`)."""
+
+    def head(self, header: frames.FileHeader, flow: FlowControl) -> None: ...
+
+    def data(self, piece: memoryview) -> None: ...
+
+
+class _Request:
+    def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
+                 timeout: float) -> None:
+        self.client = client
+        self.id = request_id
+        self.what = what
+        self.done: Deferred[Any] = Deferred()
+        self.deadline = Deadline(client.clock, timeout, self._stalled)
+        self.deadline.start()
+
+    def _stalled(self) -> None:
+        self.fail(f"{self.what}: no answer for {self.deadline.seconds:g} s (stalled)")
+
+    def fail(self, message: str) -> None:
+        if self.client.requests.pop(self.id, None) is self:
+            self.deadline.stop()
+            self.done.errback(TransferError(message))
+
+    def finish(self, result: Any) -> None:
+        if self.client.requests.pop(self.id, None) is self:
+            self.deadline.stop()
+            self.done.callback(result)
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def piece(self, piece: memoryview) -> None:
+        self.fail(f"{self.what}: unexpected DATA")
+
+
+class _ListRequest(_Request):
+    def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
+                 timeout: float, on_entries: Callable[[list[frames.Entry]], Deferred[None] | None]
+                 ) -> None:
+        super().__init__(client, request_id, what, timeout)
+        self.on_entries = on_entries
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == frames.ENTRIES:
+            entries = frames.decode_entries(payload)  # ProtocolError: framing is suspect
+            self.deadline.restart()
+            waiting = self.on_entries(entries)
+            if waiting is not None:
+                # Back-pressure: read nothing more until the entries are taken in.
+                self.client.hold(waiting)
+        elif opcode == frames.LIST_END:
+            self.finish(frames.decode_list_end(payload))
+        else:
+            self.fail(f"{self.what}: unexpected response {opcode:#x}")
+
+
+class _FetchRequest(_Request):
+    def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
+                 timeout: float, sink: FetchSink, max_size: int) -> None:
+        super().__init__(client, request_id, what, timeout)
+        self.sink = sink
+        self.max_size = max_size
+        self.header: frames.FileHeader | None = None
+        self.received = 0
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == frames.FILE and self.header is None:
+            header = frames.decode_file(payload)
+            if header.size > self.max_size:
+                self.fail(f"{self.what}: announced size {header.size} exceeds the limit "
+                          f"of {self.max_size} bytes")
+                return
+            self.header = header
+            self.deadline.seconds = self.client.stall_timeout  # the delay is over
+            self.deadline.restart()
+            self.sink.head(header, self.client.flow)
+        elif opcode == frames.FILE_END and self.header is not None:
+            if len(payload) != frames.DIGEST_SIZE:
+                self.fail(f"{self.what}: malformed digest")
+            elif self.received != self.header.size:
+                self.fail(f"{self.what}: short transfer: {self.received} of "
+                          f"{self.header.size} bytes")
+            else:
+                self.finish((self.header, payload))
+        else:
+            self.fail(f"{self.what}: unexpected response {opcode:#x}")
+
+    def piece(self, piece: memoryview) -> None:
+        if self.header is None:
+            self.fail(f"{self.what}: DATA before FILE")
+            return
+        self.received += len(piece)
+        if self.received > self.header.size:
+            self.fail(f"{self.what}: more bytes than the announced {self.header.size}")
+            return
+        self.deadline.restart()
+        self.sink.data(piece)
+
+
+class ContentClientProtocol(frames.FrameReceiver):
+    """One connection to a content server, carrying many requests at once."""
+
+    log = Logger()
+    MAX_LENGTH = 256 * 1024
+    MAX_DATA_LENGTH = 4 * 1024 * 1024
+    #: Each socket read is one Python call: 1 MiB reads instead of 64 KiB (twisted.md).
+    RECV_SIZE = 1 << 20
+
+    def __init__(self, clock: IReactorTime | None = None, name: str = "content server",
+                 stall_timeout: float = STALL_TIMEOUT, max_file_size: int = 1 << 40) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.name = name
+        self.stall_timeout = stall_timeout
+        self.max_file_size = max_file_size
+        self.requests: dict[int, _Request] = {}
+        self._next_id = 1
+        self._pauses = 0
+        self.connected_d: Deferred[None] = Deferred()
+        self.lost_d: Deferred[None] = Deferred()
+        self.flow: FlowControl
+        self.lost_reason: str | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.requests)
+
+    def connectionMade(self) -> None:
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = self.RECV_SIZE
+        self.flow = FlowControl(self.pause, self.resume)
+        self.connected_d.callback(None)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.lost_reason is None:
+            self.lost_reason = reason.getErrorMessage()
+        for request in list(self.requests.values()):
+            request.fail(f"{request.what}: connection to {self.name} lost ({self.lost_reason})")
+        self.lost_d.callback(None)
+
+    def _allocate(self) -> int:
+        request_id = self._next_id
+        self._next_id = (self._next_id % 0xFFFFFFFF) + 1
+        return request_id
+
+    def list(self, path: str,
+             on_entries: Callable[[list[frames.Entry]], Deferred[None] | None]
+             ) -> Deferred[tuple[int, int]]:
+        """LIST ``path``; ``on_entries`` gets each batch (and may return a Deferred to make
+        the connection wait). Fires with ``(count, skipped)``."""
+        request_id = self._allocate()
+        req = _ListRequest(self, request_id, f"LIST {path or '.'}", self.stall_timeout,
+                           on_entries)
+        return self._send(req, frames.LIST, frames.encode_list(path))
+
+    def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
+              delay: float = 0.0) -> Deferred[tuple[frames.FileHeader, bytes]]:
+        """FETCH a range of ``path`` into ``sink``; fires with ``(header, sha256 digest)`` once
+        exactly ``header.size`` bytes have been handed to the sink."""
+        request_id = self._allocate()
+        req = _FetchRequest(self, request_id, path, self.stall_timeout + delay, sink,
+                            self.max_file_size)
+        delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
+        return self._send(req, frames.FETCH, frames.encode_fetch(path, offset, length, delay_ms))
+
+    def _send(self, req: _Request, opcode: int, payload: bytes) -> Deferred[Any]:
+        if self.lost_reason is not None or self.transport is None:
+            req.deadline.stop()
+            req.done.errback(TransferError(
+                f"{req.what}: connection to {self.name} lost ({self.lost_reason})"))
+            return req.done
+        self.requests[req.id] = req
+        self.transport.write(frames.frame(opcode, req.id, payload))
+        return req.done
+
+    def pause(self) -> None:
+        """Stop reading; every `pause` needs its `resume` (several reasons may overlap)."""
+        self._pauses += 1
+        if self._pauses == 1 and self.transport is not None:
+            self.pauseProducing()
+
+    def resume(self) -> None:
+        self._pauses -= 1
+        if self._pauses == 0 and self.transport is not None:
+            self.resumeProducing()
+
+    def hold(self, waiting: Deferred[None]) -> None:
+        """Stop reading until ``waiting`` fires (a consumer is not ready for more)."""
+        self.pause()
+
+        def release(result: Any) -> Any:
+            self.resume()
+            return result
+
+        waiting.addBoth(release)
+
+    def stringReceived(self, frame: bytes) -> None:
+        opcode, request_id, payload = frames.split_frame(frame)
+        if opcode not in frames.RESPONSE_OPCODES:
+            self.frameError(f"unknown opcode {opcode:#x}")
+            return
+        req = self.requests.get(request_id)
+        if req is None:
+            # Responses to a request we already failed (e.g. stalled) may still be coming.
+            if request_id >= self._next_id:
+                self.frameError(f"response for unknown request {request_id}")
+            return
+        if opcode == frames.ERROR:
+            _, message = frames.decode_error(payload)
+            req.fail(f"{message}" if message else f"{req.what}: error from server")
+            return
+        try:
+            req.frame(opcode, payload)
+        except frames.ProtocolError as e:
+            self.frameError(str(e))
+
+    def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+        req = self.requests.get(request_id)
+        if req is not None:
+            req.piece(piece)
+        elif request_id >= self._next_id:
+            self.frameError(f"DATA for unknown request {request_id}")
+
+    def frameError(self, reason: str) -> None:
+        self.lost_reason = f"protocol error: {reason}"
+        self.log.warn("{name}: {reason}", name=self.name, reason=self.lost_reason)
+        for request in list(self.requests.values()):
+            request.fail(f"{request.what}: {self.lost_reason}")
+        super().frameError(reason)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()

@@ -1,0 +1,144 @@
+"""The mirror server's control port: mirror-init submits a job and hears how it goes.
+
+A ``LineReceiver`` (short lines only; grammar in doc/protocol.md). The submission phase has an
+absolute deadline, so a client trickling bytes cannot hold a connection open; once the job
+runs, the client only reads, and one that stops reading is dropped (the job goes on).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mirror.limits import ClosingMixin, ConnectionLimiter, Deadline, peer_host
+from mirror.wire import control
+
+if TYPE_CHECKING:
+    from mirror.mirror_server.job import Job, SourceRun
+    from mirror.mirror_server.service import MirrorService
+
+
+@implementer(IPushProducer)
+class ControlProtocol(LineReceiver, ClosingMixin):
+    log = Logger()
+    MAX_LENGTH = control.MAX_LINE
+    delimiter = b"\n"
+
+    def __init__(self, factory: ControlFactory) -> None:
+        self.factory = factory
+        self.clock = factory.service.reactor
+        self.sources: list[control.SourceRequest] = []
+        self.job: Job | None = None
+        settings = factory.service.settings
+        self._submit_deadline = Deadline(self.clock, settings.submit_timeout,
+                                         lambda: self.refuse("job not submitted in time"))
+        self._write_deadline = Deadline(self.clock, settings.write_timeout,
+                                        lambda: self.abort("client stopped reading"))
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._submit_deadline.start()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._submit_deadline.stop()
+        self._write_deadline.stop()
+        self.cancel_close_timer()
+        self.factory.connection_closed(self)
+        self.transport = None  # the job may outlive us: its events go nowhere from now on
+
+    def pauseProducing(self) -> None:
+        self._write_deadline.start()
+
+    def resumeProducing(self) -> None:
+        self._write_deadline.stop()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- the submission ---------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.job is not None or self._closing:
+            return  # nothing more is expected once the job runs
+        line = line.rstrip(b"\r")
+        try:
+            message = control.parse_client_line(line)
+        except control.ControlError as e:
+            self.refuse(str(e))
+            return
+        if isinstance(message, control.Go):
+            if not self.sources:
+                self.refuse("GO without any SOURCE")
+                return
+            self._submit_deadline.stop()
+            self.job = self.factory.service.submit(self.sources, self)
+            return
+        if len(self.sources) >= control.MAX_SOURCES:
+            self.refuse(f"more than {control.MAX_SOURCES} sources")
+            return
+        self.sources.append(message)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(f"line longer than {self.MAX_LENGTH} bytes")
+
+    _closing = False
+
+    def refuse(self, reason: str) -> None:
+        self._closing = True
+        self._submit_deadline.stop()
+        self._send(control.Refused(reason))
+        self.close()
+
+    def _send(self, event: Any) -> None:
+        if self.transport is not None:
+            self.sendLine(control.encode_event(event))
+
+    # -- JobObserver --------------------------------------------------------------------------
+
+    def job_started(self, job: Job) -> None:
+        self._send(control.JobAccepted(job.id))
+
+    def progress(self, job: Job) -> None:
+        self._send(control.Progress(job.files_done, job.bytes_done, job.files_total,
+                                    job.bytes_total, job.listing_done))
+
+    def source_error(self, index: int, path: str | None, message: str) -> None:
+        self._send(control.SourceError(index, path, message))
+
+    def source_done(self, run: SourceRun) -> None:
+        s = run.stats
+        self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
+                                      run.skipped, run.failed, run.elapsed))
+
+    def job_done(self, job: Job) -> None:
+        self._send(control.Done(job.ok))
+        if self.transport is not None:
+            self.close()
+
+
+class ControlFactory(Factory):
+    log = Logger()
+
+    def __init__(self, service: MirrorService) -> None:
+        self.service = service
+        s = service.settings
+        self.limiter = ConnectionLimiter(s.max_connections, s.max_per_peer)
+
+    def buildProtocol(self, addr: IAddress) -> ControlProtocol | None:
+        host = peer_host(addr)
+        if not self.limiter.admit(host):
+            self.log.warn("refusing control connection from {host}: limit reached", host=host)
+            return None
+        proto = ControlProtocol(self)
+        proto.peer_key = host
+        return proto
+
+    def connection_closed(self, proto: ControlProtocol) -> None:
+        self.limiter.release(proto.peer_key)

@@ -1,0 +1,340 @@
+"""A mirror job: one manager per SPEC lists its tree and feeds the shared work queue; the
+workers' transfers report back here.
+
+`SourceRun` is the manager of one SPEC. It checks every LIST entry before anything touches the
+disk (a safe name, inside the requested path, listed once, its parent not listed as a file),
+creates directories, skips files already current (size and mtime, as rsync's quick check),
+and queues the rest, waiting while the queue is full. `SourceRun.transfer` is what a worker
+runs for one file: FETCH into a `FileReceiver`, verify, rename; one retry, then a report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from mirror import paths
+from mirror.mirror_server.connections import SourceConnections
+from mirror.mirror_server.content_client import TransferError
+from mirror.mirror_server.receiver import FileReceiver
+from mirror.mirror_server.store import MirrorStore, StoreError
+from mirror.stats import SizeStats
+from mirror.wire import frames
+from mirror.wire.control import SourceRequest
+
+if TYPE_CHECKING:
+    from mirror.mirror_server.service import MirrorService
+
+PROGRESS_INTERVAL = 0.2
+
+
+class JobObserver(Protocol):
+    """Who hears about a job: the control connection that submitted it."""
+
+    def job_started(self, job: Job) -> None: ...
+
+    def progress(self, job: Job) -> None: ...
+
+    def source_error(self, index: int, path: str | None, message: str) -> None: ...
+
+    def source_done(self, run: SourceRun) -> None: ...
+
+    def job_done(self, job: Job) -> None: ...
+
+
+class EntryRefused(Exception):
+    """A LIST entry that will not be mirrored; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    source: SourceRun
+    parts: paths.Parts
+    entry: frames.Entry
+
+
+def mirror_top(host: str, port: int) -> str:
+    """The directory of one content server under the mirror dir: ``HOST_PORT``."""
+    return f"{host}_{port}"
+
+
+class SourceRun:
+    """The manager of one SPEC of a job, and the statistics of its transfers."""
+
+    log = Logger()
+
+    def __init__(self, job: Job, index: int, request: SourceRequest) -> None:
+        self.job = job
+        self.index = index
+        self.request = request
+        self.label = f"{request.host}:{request.port}:{request.path or '.'}"
+        self.stats = SizeStats()
+        self.dirs = 0
+        self.skipped = 0
+        self.failed = 0
+        self.ok = True
+        self.elapsed = 0.0
+        self._listed: dict[paths.Parts, bool] = {}
+        self._dir_meta: list[tuple[paths.Parts, int, int]] = []
+        self._pending = 0
+        self._listing_done = False
+        self._idle: Deferred[None] | None = None
+        self.store: MirrorStore | None = None
+        self.connections: SourceConnections | None = None
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def error(self, path: str | None, message: str) -> None:
+        self.ok = False
+        self.log.info("{source}: {path}: {message}", source=self.label, path=path or "-",
+                      message=message)
+        self.job.observer.source_error(self.index, path, message)
+
+    # -- the manager -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        service = self.job.service
+        started = time.monotonic()
+        try:
+            self._request_parts = paths.parse_request_path(self.request.path)
+            self.connections = SourceConnections(
+                service.reactor, self.request.host, self.request.port,
+                size=service.settings.connections_per_source,
+                stall_timeout=service.settings.stall_timeout,
+                max_file_size=service.settings.max_file_size,
+            )
+            await self._list()
+            if self._pending:
+                self._idle = Deferred()
+                await self._idle
+            await self._finish_dirs()
+        except Exception as e:
+            self.log.failure("{source}: internal error", source=self.label)
+            self.error(None, f"internal error: {e}")
+        finally:
+            if self.connections is not None:
+                self.connections.close()
+            if self.store is not None:
+                await service.threads.run(self.store.close)
+            self.elapsed = time.monotonic() - started
+            self.job.observer.source_done(self)
+
+    async def _open_store(self) -> bool:
+        service = self.job.service
+        top = mirror_top(self.request.host, self.request.port)
+        try:
+            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top)
+        except (OSError, paths.UnsafePath) as e:
+            self.error(None, f"cannot use mirror directory {top}: "
+                             f"{getattr(e, 'strerror', None) or e}")
+            return False
+        return True
+
+    async def _list(self) -> None:
+        # A connection of its own: listing waits (paused) while the queue is full, and must
+        # not stall the FETCHes that would empty it.
+        conn = None
+        try:
+            conn = await self.connections.connect()
+            # Only now, with a server that answers, does HOST_PORT get created.
+            if not await self._open_store():
+                return
+            await conn.list(self.request.path,
+                            lambda entries: Deferred.fromCoroutine(self._take_safely(entries)))
+        except TransferError as e:
+            self.error(None, f"cannot list {self.request.path or '.'}: {e}")
+        finally:
+            self._listing_done = True
+            if conn is not None:
+                conn.close()
+
+    async def _take_safely(self, entries: list[frames.Entry]) -> None:
+        try:
+            await self._take(entries)
+        except Exception as e:
+            self.log.failure("{source}: taking LIST entries failed", source=self.label)
+            self.error(None, f"internal error: {e}")
+
+    def _check(self, entry: frames.Entry) -> paths.Parts:
+        try:
+            parts = paths.parse_wire_path(entry.name)
+        except paths.UnsafePath as e:
+            raise EntryRefused(f"unsafe name refused: {e}") from None
+        want = self._request_parts
+        if parts[: len(want)] != want:
+            raise EntryRefused("entry outside the requested path refused")
+        if parts in self._listed:
+            raise EntryRefused("listed twice; refused")
+        for i in range(len(want), len(parts)):
+            if self._listed.get(parts[:i]) is False:
+                raise EntryRefused("its parent was listed as a file; refused")
+        if entry.size > self.job.service.settings.max_file_size:
+            raise EntryRefused(f"size {entry.size} exceeds the limit")
+        self._listed[parts] = entry.is_dir
+        return parts
+
+    async def _take(self, entries: list[frames.Entry]) -> None:
+        """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
+        dirs: list[tuple[paths.Parts, frames.Entry]] = []
+        files: list[tuple[paths.Parts, frames.Entry]] = []
+        for entry in entries:
+            try:
+                parts = self._check(entry)
+            except EntryRefused as e:
+                self.failed += 1
+                self.error(paths.display_name(entry.name), str(e))
+                continue
+            (dirs if entry.is_dir else files).append((parts, entry))
+        threads = self.job.service.threads
+        if dirs:
+            results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
+            for (parts, entry), problem in zip(dirs, results):
+                if problem:
+                    self.failed += 1
+                    self.error(paths.join_parts(parts), problem)
+                else:
+                    self.dirs += 1
+                    self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+        if not files:
+            return
+        current = await threads.run(_quick_check, self.store, files)
+        queue = self.job.service.queue
+        for (parts, entry), is_current in zip(files, current):
+            if is_current:
+                self.skipped += 1
+                continue
+            self._pending += 1
+            self.job.files_total += 1
+            self.job.bytes_total += entry.size
+            await queue.put(WorkItem(self, parts, entry))
+
+    async def _finish_dirs(self) -> None:
+        # Deepest first: setting a parent's mtime before its children would be undone.
+        metas = sorted(self._dir_meta, key=lambda m: len(m[0]), reverse=True)
+        if metas:
+            for parts, problem in await self.job.service.threads.run(_set_dirs, self.store, metas):
+                self.error(paths.join_parts(parts), problem)
+
+    # -- a worker's transfer ---------------------------------------------------------------
+
+    async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
+        """Fetch one file into place: verified, atomic; retried once, then reported."""
+        path = paths.join_parts(parts)
+        service = self.job.service
+        problem = ""
+        try:
+            for _attempt in range(2):
+                received = 0
+
+                def count(n: int) -> None:
+                    nonlocal received
+                    received += n
+                    self.job.bytes_done += n
+
+                receiver = FileReceiver(self.store, parts, service.threads, count)
+                try:
+                    conn = await self.connections.get()
+                    header, digest = await conn.fetch(path, receiver, delay=self.request.delay)
+                    if header.size != header.file_size:
+                        raise TransferError(f"{path}: server sent {header.size} of "
+                                            f"{header.file_size} bytes")
+                    await receiver.commit(header, digest)
+                except (TransferError, StoreError) as e:
+                    self.job.bytes_done -= received
+                    await receiver.discard()
+                    problem = str(e)
+                    continue
+                self.stats.add(header.size)
+                self.job.files_done += 1
+                return
+            self.failed += 1
+            self.job.files_failed += 1
+            # Messages from the client already name the path; store errors do not.
+            self.error(path, problem if problem.startswith(path) else f"{path}: {problem}")
+        finally:
+            self._pending -= 1
+            if self._pending == 0 and self._listing_done and self._idle is not None:
+                idle, self._idle = self._idle, None
+                idle.callback(None)
+
+
+def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:
+    problems = []
+    for parts in dirs:
+        try:
+            store.make_dir(parts)
+            problems.append("")
+        except (StoreError, paths.UnsafePath) as e:
+            problems.append(str(e))
+    return problems
+
+
+def _quick_check(store: MirrorStore, files: list[tuple[paths.Parts, frames.Entry]]) -> list[bool]:
+    return [store.is_current(parts, e.size, e.mtime_ns) for parts, e in files]
+
+
+def _set_dirs(store: MirrorStore, metas: list[tuple[paths.Parts, int, int]]
+              ) -> list[tuple[paths.Parts, str]]:
+    problems = []
+    for parts, mode, mtime_ns in metas:
+        try:
+            store.set_dir_meta(parts, mode, mtime_ns)
+        except (StoreError, paths.UnsafePath) as e:
+            problems.append((parts, str(e)))
+    return problems
+
+
+class Job:
+    """One submission of mirror-init: several sources mirrored at once."""
+
+    log = Logger()
+
+    def __init__(self, job_id: str, requests: list[SourceRequest], service: MirrorService,
+                 observer: JobObserver) -> None:
+        self.id = job_id
+        self.service = service
+        self.observer = observer
+        self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
+        self.files_total = 0
+        self.bytes_total = 0
+        self.files_done = 0
+        self.files_failed = 0
+        self.bytes_done = 0
+        self.listing_done = False
+        self.finished: Deferred[Job] = Deferred()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = service.reactor
+        self._last: tuple[Any, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.sources)
+
+    def start(self) -> Deferred[Job]:
+        self._ticker.start(PROGRESS_INTERVAL, now=False)
+        runs = [Deferred.fromCoroutine(s.run()) for s in self.sources]
+        Deferred.fromCoroutine(self._wait(runs))
+        return self.finished
+
+    async def _wait(self, runs: list[Deferred[None]]) -> None:
+        for d in runs:
+            await d
+        self.listing_done = True
+        if self._ticker.running:
+            self._ticker.stop()
+        self._tick(force=True)
+        self.observer.job_done(self)
+        self.finished.callback(self)
+
+    def _tick(self, force: bool = False) -> None:
+        self.listing_done = self.listing_done or all(s._listing_done for s in self.sources)
+        state = (self.files_done, self.bytes_done, self.files_total, self.bytes_total,
+                 self.listing_done)
+        if force or state != self._last:
+            self._last = state
+            self.observer.progress(self)

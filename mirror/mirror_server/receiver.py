@@ -1,0 +1,140 @@
+"""Receiving one FETCH into the store without blocking the reactor.
+
+A small file (at most `SMALL_FILE` bytes) is gathered in memory and written, verified and
+renamed in a single thread call. A large one streams: received pieces queue up and one thread
+call at a time writes (and hashes) everything queued so far, in order. The connection's
+`FlowControl` hears of every queued and written byte, so a slow disk pauses the socket
+instead of growing memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mirror import paths
+from mirror.mirror_server.content_client import FlowControl
+from mirror.mirror_server.store import MirrorStore, PartialFile
+from mirror.wire import frames
+
+SMALL_FILE = 256 * 1024
+
+
+class FileReceiver:
+    """A `FetchSink` for one attempt at one file; ``commit`` or ``discard`` ends it."""
+
+    def __init__(self, store: MirrorStore, parts: paths.Parts, threads: Any,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        self._store = store
+        self._parts = parts
+        self._threads = threads
+        self._on_bytes = on_bytes
+        self._flow: FlowControl | None = None
+        self._small: list[bytes] | None = None
+        self._partial: PartialFile | None = None
+        self._queue: list[memoryview] = []
+        self._queued = 0
+        self._busy: Deferred[Any] | None = None
+        self._error: BaseException | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # -- FetchSink ------------------------------------------------------------------------
+
+    def head(self, header: frames.FileHeader, flow: FlowControl) -> None:
+        self._flow = flow
+        if header.size <= SMALL_FILE:
+            self._small = []
+        else:
+            self._start(self._store.create, self._parts, on_result=self._set_partial)
+
+    def data(self, piece: memoryview) -> None:
+        self._on_bytes(len(piece))
+        if self._small is not None:
+            self._small.append(bytes(piece))
+            return
+        if self._error is not None:
+            return  # already failed; the request will be discarded
+        self._queue.append(piece)
+        self._queued += len(piece)
+        self._flow.queued(len(piece))
+        self._kick()
+
+    # -- ending -----------------------------------------------------------------------------
+
+    async def commit(self, header: frames.FileHeader, digest: bytes) -> None:
+        """Write what is left, verify, and rename into place; raises `StoreError`."""
+        if self._small is not None:
+            data, self._small = b"".join(self._small), None
+            await self._threads.run(self._store.write_whole, self._parts, data, header, digest)
+            return
+        await self._drain()
+        partial, self._partial = self._partial, None
+        try:
+            await self._threads.run(partial.commit, header, digest)
+        except BaseException:
+            await self._threads.run(partial.discard)
+            raise
+
+    async def discard(self) -> None:
+        """Forget this attempt; the temporary file, if any, is removed."""
+        self._small = None
+        self._error = self._error or RuntimeError("discarded")
+        self._release_queue()
+        while self._busy is not None:
+            d: Deferred[None] = Deferred()
+            self._idle_waiters.append(d)
+            await d
+        partial, self._partial = self._partial, None
+        if partial is not None:
+            await self._threads.run(partial.discard)
+
+    # -- the writer -------------------------------------------------------------------------
+
+    def _start(self, f: Callable[..., Any], *args: Any,
+               on_result: Callable[[Any], None] | None = None, written: int = 0) -> None:
+        """Run one blocking step in a thread; only one runs at a time, in order."""
+        self._busy = self._threads.run(f, *args)
+        self._busy.addBoth(self._finished, on_result, written)
+
+    def _finished(self, result: Any, on_result: Callable[[Any], None] | None,
+                  written: int) -> None:
+        self._busy = None
+        if written:
+            self._flow.written(written)
+        if isinstance(result, Failure):
+            if self._error is None:
+                self._error = result.value
+            self._release_queue()
+        elif on_result is not None:
+            on_result(result)
+        if self._error is None:
+            self._kick()
+        if self._busy is None:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _set_partial(self, partial: PartialFile) -> None:
+        self._partial = partial
+
+    def _kick(self) -> None:
+        if self._busy is not None or not self._queue or self._partial is None:
+            return
+        batch, self._queue = self._queue, []
+        n, self._queued = self._queued, 0
+        self._start(self._partial.write, batch, written=n)
+
+    def _release_queue(self) -> None:
+        if self._queued and self._flow is not None:
+            self._flow.written(self._queued)
+        self._queue, self._queued = [], 0
+
+    async def _drain(self) -> None:
+        while self._busy is not None or (self._queue and self._error is None):
+            d: Deferred[None] = Deferred()
+            self._idle_waiters.append(d)
+            await d
+        if self._error is not None:
+            raise self._error

@@ -1,0 +1,93 @@
+"""The mirror service: the shared work queue, the worker pool, the disk threads, the jobs."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from mirror.mirror_server.job import Job, JobObserver, WorkItem
+from mirror.mirror_server.store import sweep_temporaries
+from mirror.mirror_server.work_queue import BoundedQueue
+from mirror.threads import DiskThreads
+from mirror.wire.control import SourceRequest
+
+
+@dataclass
+class MirrorSettings:
+    """Local settings of a mirror server (defaults documented in the README)."""
+
+    workers: int = 8
+    queue_size: int = 1000
+    connections_per_source: int = 2
+    disk_threads: int = 4
+    stall_timeout: float = 30.0
+    max_file_size: int = 1 << 40
+    max_connections: int = 256
+    max_per_peer: int = 64
+    submit_timeout: float = 30.0
+    write_timeout: float = 60.0
+
+
+class MirrorService(MultiService):
+    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue."""
+
+    log = Logger()
+
+    def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
+                 reactor: Any = None, threads: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.mirror_dir = os.path.abspath(mirror_dir)
+        self.settings = settings or MirrorSettings()
+        if threads is None:
+            threads = DiskThreads(reactor, self.settings.disk_threads, name="mirror-disk")
+            threads.setServiceParent(self)
+        self.threads = threads
+        self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
+        self.jobs: dict[str, Job] = {}
+        self._job_ids = itertools.count(1)
+        self._workers: list[Deferred[None]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._workers = [Deferred.fromCoroutine(self._work())
+                         for _ in range(self.settings.workers)]
+        # Temporary files of a server that was killed: never complete, never at a final name.
+        self.threads.run(sweep_temporaries, self.mirror_dir).addCallbacks(
+            lambda n: n and self.log.info("removed {n} leftover temporary files", n=n),
+            lambda f: self.log.failure("sweeping temporary files failed", f))
+
+    def stopService(self) -> Any:
+        for w in self._workers:
+            w.cancel()
+        self._workers = []
+        return super().stopService()
+
+    async def _work(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                await item.source.transfer(item.parts, item.entry)
+            except Exception:
+                self.log.failure("worker: unexpected error")
+
+    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
+        job_id = str(next(self._job_ids))
+        job = Job(job_id, sources, self, observer)
+        self.jobs[job_id] = job
+        self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
+        observer.job_started(job)
+        job.start().addBoth(self._ended, job_id)
+        return job
+
+    def _ended(self, result: Any, job_id: str) -> None:
+        job = self.jobs.pop(job_id)
+        self.log.info("job {id} done: {status}", id=job_id, status="ok" if job.ok else "failed")

@@ -1,0 +1,222 @@
+"""The mirror store: where fetched files land, atomically and verified.
+
+Everything here is blocking and runs in the disk thread pool. A file is written to a
+temporary name (`paths.TEMP_PREFIX` + random) in its final directory, its size and SHA-256
+are checked, its mode and mtime are set, and only then is it renamed over the final name: a
+final name holds the complete old version or the complete new one, never a partial file. On
+any failure the temporary file is removed.
+
+Every local path is reached through `mirror.paths` (component by component, no symlink
+followed) under the store's root, ``MIRROR_DIR/HOST_PORT``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from mirror import paths
+from mirror.wire import frames
+
+
+class StoreError(Exception):
+    """Writing a file failed; the message is for users (no traceback)."""
+
+
+def _describe(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return e.strerror or str(e)
+
+
+class MirrorStore:
+    """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``)."""
+
+    #: Open directory descriptors kept for reuse; beyond this, directories are opened per use.
+    MAX_CACHED_DIRS = 256
+
+    def __init__(self, base_dir: str, top: str) -> None:
+        paths.parse_wire_path(top)  # one component, no tricks
+        base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.root_fd = paths.open_dir(base, (top,), create=True, mode=0o755)
+        finally:
+            os.close(base)
+        self._dirs: dict[paths.Parts, int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
+        os.close(self.root_fd)
+
+    @contextmanager
+    def _dir(self, parts: paths.Parts, create: bool = True) -> Iterator[int]:
+        if not parts:
+            yield self.root_fd
+            return
+        with self._lock:
+            fd = self._dirs.get(parts)
+        if fd is not None:
+            yield fd
+            return
+        fd = paths.open_dir(self.root_fd, parts, create=create, mode=0o700)
+        with self._lock:
+            if parts not in self._dirs and len(self._dirs) < self.MAX_CACHED_DIRS:
+                self._dirs[parts] = fd
+                cached = True
+            else:
+                cached = False
+        try:
+            yield fd
+        finally:
+            if not cached:
+                os.close(fd)
+
+    def make_dir(self, parts: paths.Parts) -> None:
+        """Create the directory ``parts`` (and its parents) if missing."""
+        try:
+            with self._dir(parts):
+                pass
+        except OSError as e:
+            raise StoreError(f"cannot create directory: {_describe(e)}") from None
+
+    def is_current(self, parts: paths.Parts, size: int, mtime_ns: int) -> bool:
+        """The quick check: a regular file with this size and mtime is already in place."""
+        try:
+            with self._dir(parts[:-1], create=False) as fd:
+                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except (OSError, paths.UnsafePath):
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+    def set_dir_meta(self, parts: paths.Parts, mode: int, mtime_ns: int) -> None:
+        """Give a directory the source's mode and mtime (after its contents are written)."""
+        try:
+            with self._dir(parts, create=False) as fd:
+                os.fchmod(fd, mode & 0o7777)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as e:
+            raise StoreError(f"cannot set directory attributes: {_describe(e)}") from None
+
+    def create(self, parts: paths.Parts) -> PartialFile:
+        """A new temporary file beside ``parts``, to be committed or discarded."""
+        try:
+            with self._dir(parts[:-1]) as dir_fd:
+                return PartialFile(self, parts, os.dup(dir_fd))
+        except OSError as e:
+            raise StoreError(f"cannot create temporary file: {_describe(e)}") from None
+
+    def write_whole(self, parts: paths.Parts, data: bytes, header: frames.FileHeader,
+                    digest: bytes) -> None:
+        """Write, verify and place a small file in one call (one thread hop)."""
+        partial = self.create(parts)
+        try:
+            partial.write((data,))
+            partial.commit(header, digest)
+        except BaseException:
+            partial.discard()
+            raise
+
+
+class PartialFile:
+    """A temporary file being filled; `commit` verifies and renames it into place."""
+
+    def __init__(self, store: MirrorStore, parts: paths.Parts, dir_fd: int) -> None:
+        self._dir_fd = dir_fd
+        self.parts = parts
+        self.name = parts[-1]
+        self.temp_name = f"{paths.TEMP_PREFIX}{secrets.token_hex(8)}"
+        self._hash = hashlib.sha256()
+        self.size = 0
+        try:
+            self._fd = os.open(
+                self.temp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except BaseException:
+            os.close(dir_fd)
+            raise
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> None:
+        try:
+            for piece in pieces:
+                self._hash.update(piece)
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                self.size += len(piece)
+        except OSError as e:
+            raise StoreError(f"write failed: {_describe(e)}") from None
+
+    def commit(self, header: frames.FileHeader, digest: bytes) -> None:
+        """Verify size and SHA-256, set mode and mtime, rename over the final name."""
+        if self.size != header.size:
+            raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
+        if self._hash.digest() != digest:
+            raise StoreError("SHA-256 mismatch: the data does not match the server's digest")
+        fd, self._fd = self._fd, -1
+        try:
+            os.fchmod(fd, header.mode & 0o7777)
+            os.utime(fd, ns=(header.mtime_ns, header.mtime_ns))
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot set attributes: {_describe(e)}") from None
+        try:
+            # close() reports delayed write errors (NFS, some full filesystems).
+            os.close(fd)
+        except OSError as e:
+            raise StoreError(f"close failed: {_describe(e)}") from None
+        try:
+            os.rename(self.temp_name, self.name, src_dir_fd=self._dir_fd,
+                      dst_dir_fd=self._dir_fd)
+        except IsADirectoryError:
+            raise StoreError("a directory is in the way of the file") from None
+        except OSError as e:
+            raise StoreError(f"cannot rename into place: {_describe(e)}") from None
+        os.close(self._dir_fd)
+        self._dir_fd = -1
+
+    def discard(self) -> None:
+        """Remove the temporary file; safe to call after a failed commit, or twice."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._dir_fd >= 0:
+            try:
+                os.unlink(self.temp_name, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+def sweep_temporaries(base_dir: str) -> int:
+    """Remove temporary files left by a mirror server that was killed; returns how many.
+
+    Walks without following symlinks; only regular files with the reserved prefix go.
+    """
+    removed = 0
+    for dirpath, _dirnames, filenames, dir_fd in os.fwalk(base_dir, follow_symlinks=False):
+        for name in filenames:
+            if name.startswith(paths.TEMP_PREFIX):
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        os.unlink(name, dir_fd=dir_fd)
+                        removed += 1
+                except OSError:
+                    pass
+    return removed

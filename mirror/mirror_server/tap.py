@@ -1,0 +1,82 @@
+"""``twistd mirror-server``: take mirror jobs and fetch trees into a mirror directory."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mirror.daemon_options import ListenOptions, add_listeners, number
+from mirror.mirror_server.control import ControlFactory
+from mirror.mirror_server.service import MirrorService, MirrorSettings
+
+_defaults = MirrorSettings()
+
+
+class Options(ListenOptions):
+    command = "mirror-server"
+    default_listen = "tcp:9001"
+    synopsis = "[options]"
+    longdesc = (
+        "Accept jobs from mirror-init. For each SPEC of a job a manager LISTs the tree on its "
+        "content server and feeds a shared bounded queue; --workers workers FETCH the files. "
+        "Each file lands at MIRROR_DIR/HOST_PORT/PATH: written to a temporary name beside it, "
+        "verified (size and SHA-256), then renamed into place with its mode and mtime. Files "
+        "whose size and mtime already match are skipped. Nothing is ever written outside "
+        "MIRROR_DIR/HOST_PORT, whatever a content server sends."
+    )
+    optParameters = [
+        ["mirror-dir", "m", None, "Directory to mirror into (required)."],
+        ["workers", "w", _defaults.workers, "Worker count (files in flight).",
+         number(int, 1, 1024)],
+        ["queue-size", None, _defaults.queue_size, "Capacity of the work queue.",
+         number(int, 1, 1000000)],
+        ["connections-per-source", None, _defaults.connections_per_source,
+         "Connections to each content server of a job for FETCH.", number(int, 1, 64)],
+        ["disk-threads", None, _defaults.disk_threads, "File writer threads.",
+         number(int, 1, 256)],
+        ["stall-timeout", None, _defaults.stall_timeout,
+         "Seconds without data after which a transfer fails.", number(float, 0.001)],
+        ["max-file-size", None, _defaults.max_file_size,
+         "Largest file (bytes) accepted from a content server.", number(int, 0)],
+        ["max-connections", None, _defaults.max_connections,
+         "Control connections in total.", number(int, 1, 1000000)],
+        ["max-per-peer", None, _defaults.max_per_peer,
+         "Control connections per client address.", number(int, 1, 1000000)],
+        ["submit-timeout", None, _defaults.submit_timeout,
+         "Seconds within which a client must submit its job.", number(float, 0.001)],
+        ["write-timeout", None, _defaults.write_timeout,
+         "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        mirror_dir = self["mirror-dir"]
+        if not mirror_dir:
+            raise usage.UsageError("--mirror-dir DIR is required")
+        if not os.path.isdir(mirror_dir):
+            raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
+        if not os.access(mirror_dir, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--mirror-dir {mirror_dir}: not writable")
+
+
+def settings_from(options: Options) -> MirrorSettings:
+    return MirrorSettings(
+        workers=options["workers"],
+        queue_size=options["queue-size"],
+        connections_per_source=options["connections-per-source"],
+        disk_threads=options["disk-threads"],
+        stall_timeout=options["stall-timeout"],
+        max_file_size=options["max-file-size"],
+        max_connections=options["max-connections"],
+        max_per_peer=options["max-per-peer"],
+        submit_timeout=options["submit-timeout"],
+        write_timeout=options["write-timeout"],
+    )
+
+
+def makeService(options: Options) -> IService:
+    service = MirrorService(options["mirror-dir"], settings_from(options))
+    add_listeners(service, options["listen"], ControlFactory(service))
+    return service

@@ -1,0 +1,39 @@
+"""The bounded queue between the managers (which list) and the workers (which fetch).
+
+``DeferredQueue(size=N).put`` raises ``QueueOverflow`` when full instead of making the
+producer wait, so a ``DeferredSemaphore`` counts free slots: `put` waits while the queue is
+full, `get` frees a slot. No busy waiting, no overflow.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from twisted.internet.defer import Deferred, DeferredQueue, DeferredSemaphore
+
+T = TypeVar("T")
+
+
+class BoundedQueue(Generic[T]):
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: DeferredQueue[T] = DeferredQueue()
+        self._slots = DeferredSemaphore(size)
+
+    def __len__(self) -> int:
+        return len(self._items.pending)
+
+    async def put(self, item: T) -> None:
+        """Add ``item``, waiting while the queue is full."""
+        await self._slots.acquire()
+        self._items.put(item)
+
+    def get(self) -> Deferred[T]:
+        """The next item, as soon as there is one."""
+        d = self._items.get()
+        d.addCallback(self._taken)
+        return d
+
+    def _taken(self, item: T) -> T:
+        self._slots.release()
+        return item

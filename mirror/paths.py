@@ -1,0 +1,177 @@
+"""The one place where a name from the network becomes a local path.
+
+Two halves:
+
+- validation: `parse_wire_path` / `parse_request_path` turn untrusted bytes or text into a tuple
+  of safe components, or raise `UnsafePath` saying why;
+- confinement: `open_parent_dir` / `open_dir` walk those components one by one under a root
+  directory file descriptor with ``O_NOFOLLOW``, so that no symlink (at any level) and no
+  rename race can lead outside the root. ``realpath()`` and string-prefix checks are not used:
+  both have been bypassed in real tools.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+#: Prefix of the mirror server's own temporary files; never accepted from the network.
+TEMP_PREFIX = ".mirror-tmp-"
+
+Parts = tuple[str, ...]
+
+
+class UnsafePath(ValueError):
+    """A name from the network that must not be used as a path."""
+
+
+def _check_text(text: str) -> None:
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            raise UnsafePath(f"control character U+{code:04X} in name")
+        if ch == "\\":
+            raise UnsafePath("backslash in name")
+
+
+def _decode(raw: bytes | str) -> str:
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnsafePath("name is not valid UTF-8") from None
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafePath("name is not valid UTF-8") from None
+
+
+def parse_wire_path(raw: bytes | str) -> Parts:
+    """Validate a non-empty relative wire path and return its components.
+
+    Raises `UnsafePath` for anything that could escape a root or confuse the receiver.
+    """
+    text = _decode(raw)
+    if not text:
+        raise UnsafePath("empty name")
+    if len(text.encode("utf-8")) > MAX_PATH_BYTES:
+        raise UnsafePath(f"name longer than {MAX_PATH_BYTES} bytes")
+    if text.startswith("/"):
+        raise UnsafePath("absolute name")
+    _check_text(text)
+    parts = tuple(text.split("/"))
+    for part in parts:
+        if part == "":
+            raise UnsafePath("empty path component")
+        if part in (".", ".."):
+            raise UnsafePath(f"'{part}' path component")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise UnsafePath(f"path component longer than {MAX_COMPONENT_BYTES} bytes")
+        if part.startswith(TEMP_PREFIX):
+            raise UnsafePath(f"name uses the reserved prefix {TEMP_PREFIX!r}")
+    return parts
+
+
+def parse_request_path(raw: bytes | str) -> Parts:
+    """Validate the path of a LIST or FETCH request; ``()`` means the whole export.
+
+    ``""``, ``"."`` and ``"/"`` name the export root; one leading and one trailing ``/`` are
+    tolerated (users type them); everything else follows `parse_wire_path`.
+    """
+    text = _decode(raw)
+    if text in ("", ".", "/"):
+        return ()
+    if text.startswith("/"):
+        text = text[1:]
+    if text.endswith("/"):
+        text = text[:-1]
+    return parse_wire_path(text)
+
+
+def join_parts(parts: Parts) -> str:
+    """The wire form of validated components."""
+    return "/".join(parts)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755) -> int:
+    """Open the directory ``parts`` under ``root_fd`` without following any symlink.
+
+    With ``create``, missing directories are made (``mode``, subject to umask). Raises
+    `UnsafePath` if a component exists but is not a real directory (a symlink, a file),
+    `FileNotFoundError` if it is missing and not created. The caller closes the returned fd.
+    """
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass  # made concurrently: the open below checks what it is
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(f"'{part}' is not a directory (a file or a link)") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_parent_dir(root_fd: int, parts: Parts, create: bool = False) -> int:
+    """Open the directory that holds ``parts[-1]``; see `open_dir`."""
+    return open_dir(root_fd, parts[:-1], create=create)
+
+
+def open_regular_file(root_fd: int, parts: Parts) -> tuple[int, os.stat_result]:
+    """Open a regular file under ``root_fd`` for reading, refusing links and special files.
+
+    ``O_NONBLOCK`` keeps a FIFO from blocking the open; anything not a regular file is closed
+    again and refused with `UnsafePath`.
+    """
+    parent = open_parent_dir(root_fd, parts)
+    try:
+        try:
+            fd = os.open(
+                parts[-1],
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=parent,
+            )
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePath("is a symbolic link") from None
+            raise
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath("not a regular file")
+        return fd, st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def display_name(raw: bytes | str, limit: int = 200) -> str:
+    """A name from the network made safe to show: control characters escaped, length capped.
+
+    For error messages only; never used to reach a file.
+    """
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")

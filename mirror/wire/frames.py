@@ -1,0 +1,245 @@
+"""Frames of the content protocol (doc/protocol.md): opcodes, codecs and the receiver.
+
+``FrameReceiver`` is an ``Int32StringReceiver`` whose ``dataReceived`` is replaced by a linear
+parser: the stock one re-concatenates its buffer on every read (quadratic in a large frame),
+and would buffer a whole DATA frame. Here DATA bodies are handed on piece by piece as they
+arrive (``dataFrameReceived``), so a file body is never held whole in memory, and every other
+frame goes to ``stringReceived`` as usual.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from twisted.protocols.basic import Int32StringReceiver
+
+# requests
+LIST = 0x01
+FETCH = 0x02
+# responses
+ENTRIES = 0x81
+LIST_END = 0x82
+FILE = 0x83
+DATA = 0x84
+FILE_END = 0x85
+ERROR = 0x8F
+
+REQUEST_OPCODES = frozenset({LIST, FETCH})
+RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, ERROR})
+
+#: FETCH length meaning "to the end of the file".
+TO_END = 2**64 - 1
+
+KIND_DIR = 1
+KIND_FILE = 2
+
+# error codes
+E_NOT_FOUND = 1
+E_NOT_ALLOWED = 2
+E_BAD_REQUEST = 3
+E_CHANGED = 4
+E_IO = 5
+E_BUSY = 6
+
+_HEAD = struct.Struct(">BI")  # opcode, request id
+_LEN = struct.Struct(">I")
+_FETCH = struct.Struct(">QQI")
+_LIST_END = struct.Struct(">QI")
+_FILE = struct.Struct(">QQqH")
+_ERROR = struct.Struct(">H")
+_ENTRY = struct.Struct(">BHQqH")
+DIGEST_SIZE = 32
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing or the grammar: the connection cannot be trusted further."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One LIST entry; ``name`` is the raw (still unvalidated) wire path."""
+
+    kind: int
+    mode: int
+    size: int
+    mtime_ns: int
+    name: bytes
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == KIND_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """The FILE frame: what follows, and the file's metadata when it was opened."""
+
+    size: int
+    file_size: int
+    mtime_ns: int
+    mode: int
+
+
+def frame(opcode: int, request_id: int, payload: bytes = b"") -> bytes:
+    """A complete frame, length prefix included."""
+    return _LEN.pack(5 + len(payload)) + _HEAD.pack(opcode, request_id) + payload
+
+
+def data_header(request_id: int, body_len: int) -> bytes:
+    """The prefix of a DATA frame whose body (``body_len`` bytes) is written separately."""
+    return _LEN.pack(5 + body_len) + _HEAD.pack(DATA, request_id)
+
+
+def encode_list(path: str) -> bytes:
+    return path.encode("utf-8")
+
+
+def encode_fetch(path: str, offset: int = 0, length: int = TO_END, delay_ms: int = 0) -> bytes:
+    return _FETCH.pack(offset, length, delay_ms) + path.encode("utf-8")
+
+
+def decode_fetch(payload: bytes) -> tuple[int, int, int, bytes]:
+    """(offset, length, delay_ms, raw path)"""
+    if len(payload) < _FETCH.size:
+        raise ProtocolError("FETCH frame too short")
+    offset, length, delay_ms = _FETCH.unpack_from(payload)
+    return offset, length, delay_ms, payload[_FETCH.size :]
+
+
+def encode_entry(kind: int, mode: int, size: int, mtime_ns: int, name: bytes) -> bytes:
+    return _ENTRY.pack(kind, mode & 0o7777, size, mtime_ns, len(name)) + name
+
+
+def decode_entries(payload: bytes) -> list[Entry]:
+    """Split an ENTRIES payload; raises `ProtocolError` on truncation or an unknown kind."""
+    entries = []
+    pos, end = 0, len(payload)
+    unpack = _ENTRY.unpack_from
+    size = _ENTRY.size
+    while pos < end:
+        if end - pos < size:
+            raise ProtocolError("truncated LIST entry")
+        kind, mode, fsize, mtime_ns, name_len = unpack(payload, pos)
+        pos += size
+        if end - pos < name_len:
+            raise ProtocolError("truncated LIST entry name")
+        if kind not in (KIND_DIR, KIND_FILE):
+            raise ProtocolError(f"unknown LIST entry kind {kind}")
+        entries.append(Entry(kind, mode & 0o7777, fsize, mtime_ns, payload[pos : pos + name_len]))
+        pos += name_len
+    if not entries:
+        raise ProtocolError("empty ENTRIES frame")
+    return entries
+
+
+def encode_list_end(count: int, skipped: int) -> bytes:
+    return _LIST_END.pack(count, min(skipped, 2**32 - 1))
+
+
+def decode_list_end(payload: bytes) -> tuple[int, int]:
+    if len(payload) != _LIST_END.size:
+        raise ProtocolError("bad LIST_END frame")
+    return _LIST_END.unpack(payload)
+
+
+def encode_file(header: FileHeader) -> bytes:
+    return _FILE.pack(header.size, header.file_size, header.mtime_ns, header.mode & 0o7777)
+
+
+def decode_file(payload: bytes) -> FileHeader:
+    if len(payload) != _FILE.size:
+        raise ProtocolError("bad FILE frame")
+    size, file_size, mtime_ns, mode = _FILE.unpack(payload)
+    return FileHeader(size, file_size, mtime_ns, mode & 0o7777)
+
+
+def encode_error(code: int, message: str) -> bytes:
+    return _ERROR.pack(code) + message.encode("utf-8")[:1024]
+
+
+def decode_error(payload: bytes) -> tuple[int, str]:
+    if len(payload) < _ERROR.size:
+        raise ProtocolError("bad ERROR frame")
+    (code,) = _ERROR.unpack_from(payload)
+    # The message is shown to users: keep it printable and short.
+    text = payload[_ERROR.size : _ERROR.size + 1024].decode("utf-8", "replace")
+    return code, "".join(c if c.isprintable() else "?" for c in text)
+
+
+class FrameReceiver(Int32StringReceiver):
+    """Linear-time frame parser; DATA bodies are streamed, never buffered whole.
+
+    Subclasses implement ``stringReceived(frame)`` for non-DATA frames (``frame`` still starts
+    with opcode and request id; see `split_frame`) and, if they accept DATA,
+    ``dataFrameReceived(request_id, piece)``. ``MAX_LENGTH`` bounds non-DATA frames,
+    ``MAX_DATA_LENGTH`` DATA frames (0: DATA not accepted).
+    """
+
+    MAX_LENGTH = 256 * 1024
+    MAX_DATA_LENGTH = 0
+
+    _buffer: bytes = b""
+    _data_id: int | None = None
+    _data_left = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end and not self.paused and self.transport is not None:
+            if self._data_left:
+                take = min(self._data_left, end - pos)
+                self._data_left -= take
+                self.dataFrameReceived(self._data_id, view[pos : pos + take])
+                pos += take
+                continue
+            if end - pos < 9:
+                break
+            (length,) = _LEN.unpack_from(data, pos)
+            opcode = data[pos + 4]
+            if length < 5:
+                self.frameError(f"frame length {length} too short")
+                return
+            if opcode == DATA and self.MAX_DATA_LENGTH:
+                if length > self.MAX_DATA_LENGTH + 5:
+                    self.lengthLimitExceeded(length)
+                    return
+                (self._data_id,) = struct.unpack_from(">I", data, pos + 5)
+                self._data_left = length - 5
+                pos += 9
+                if not self._data_left:
+                    self.dataFrameReceived(self._data_id, view[pos:pos])
+                continue
+            if length > self.MAX_LENGTH:
+                self.lengthLimitExceeded(length)
+                return
+            if end - pos < 4 + length:
+                break
+            self.stringReceived(data[pos + 4 : pos + 4 + length])
+            pos += 4 + length
+        if pos < end:
+            # Only a partial frame head or a partial non-DATA frame (bounded by MAX_LENGTH)
+            # is ever kept; copying it on the next read is bounded too.
+            self._buffer = bytes(view[pos:])
+
+    def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+        self.frameError("unexpected DATA frame")
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.frameError(f"frame of {length} bytes exceeds the limit")
+
+    def frameError(self, reason: str) -> None:
+        """The peer broke the framing: drop the connection without reading further."""
+        self._buffer = b""
+        self._data_left = 0
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+def split_frame(frame_bytes: bytes) -> tuple[int, int, bytes]:
+    """(opcode, request id, payload) of a frame as passed to ``stringReceived``."""
+    opcode, request_id = _HEAD.unpack_from(frame_bytes)
+    return opcode, request_id, frame_bytes[5:]
