@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from mirror.mirror_server.job import Job, JobObserver, WorkItem
@@ -67,6 +67,7 @@ class MirrorService(MultiService):
 
     def stopService(self) -> Any:
         for w in self._workers:
+            w.addErrback(lambda f: f.trap(CancelledError))
             w.cancel()
         self._workers = []
         return super().stopService()
