@@ -1,0 +1,558 @@
+"""Codec of the control protocol (mirror-init <-> mirror-server), no I/O.
+
+See doc/protocol.md, "Control protocol". Lines are handled without their terminator: the
+receivers split on ``\\n`` and the parsers here drop one trailing ``\\r``, so ``\\r\\n`` and
+``\\n`` are both accepted. Every parser raises `ControlError` (a `ValueError`) on anything
+malformed and nothing else, whatever the bytes: the lines come from the network.
+
+Encoding choices the protocol text leaves open, fixed here for both sides:
+
+- a field is never empty. The whole export is sent as ``.`` in SOURCE; in ERROR the path
+  ``-`` means "the whole source" (`SourceError.path` is ``None``), ``.`` means the request
+  path ``""``, and a real path spelled ``-`` or ``.`` is sent percent-encoded (``%2D``,
+  ``%2E``) so the three can never be confused;
+- messages may be empty (an empty last field, as in ``REFUSED `` with a trailing space);
+- paths and messages are percent-encoded UTF-8 with only ``A-Z a-z 0-9 _ . - ~ /`` left
+  literal. The decoder accepts any visible ASCII literally except ``%``, which must start
+  ``%XX``; the decoded bytes must be valid UTF-8;
+- numbers are ASCII digits only (no sign, space, ``_`` or other Unicode digits), at most
+  `MAX_DIGITS` of them; seconds are ``DIGITS[.DIGITS]``, never an exponent, nan or inf;
+- the encoders never produce a line longer than ``MAX_LINE - 2`` bytes (room for ``\\r\\n``):
+  an over-long message, or the path of an ERROR about a name too long to be valid, is
+  shortened and ends with ``…``. Paths and numbers are validated, so a line that could not
+  be parsed back is refused with `ControlError` rather than sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from urllib.parse import quote
+
+from mirror.paths import UnsafePath, join_parts, parse_request_path
+
+#: Longest line either side accepts, terminator excluded.
+MAX_LINE = 16384
+#: Most SOURCE lines in one job.
+MAX_SOURCES = 64
+#: Longest delay a SOURCE may ask for, in seconds.
+MAX_DELAY = 86400.0
+#: Most digits in an integer field: sums of squares of 64-bit totals need 39.
+MAX_DIGITS = 64
+#: Longest host name or address (DNS names are at most 253 bytes).
+MAX_HOST_BYTES = 255
+#: Longest job identifier.
+MAX_JOB_ID = 128
+
+# Room left for the terminator so a line plus "\r\n" never exceeds MAX_LINE.
+_MAX_ENCODED = MAX_LINE - 2
+_ELLIPSIS = "\u2026"
+
+_DIGITS = re.compile(rb"[0-9]+")
+_SECONDS = re.compile(rb"[0-9]+(?:\.[0-9]+)?")
+_HEX = b"0123456789abcdefABCDEF"
+
+
+class ControlError(ValueError):
+    """A control line that is malformed or cannot be encoded; the message says what."""
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """One SPEC: mirror ``path`` (``""`` = the whole export) from ``host``:``port``."""
+
+    host: str
+    port: int
+    path: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class Go:
+    """The job is complete: start it."""
+
+
+@dataclass(frozen=True)
+class JobAccepted:
+    """JOB: the server took the job and named it."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """PROGRESS over the whole job; the totals grow until ``listing_done``."""
+
+    files_done: int
+    bytes_done: int
+    files_total: int
+    bytes_total: int
+    listing_done: bool
+
+
+@dataclass(frozen=True)
+class SourceError:
+    """ERROR concerning source ``index``: at ``path``, or the whole source if ``path`` is None."""
+
+    index: int
+    path: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SourceDone:
+    """SOURCE-DONE: the figures of one source.
+
+    ``files``, ``bytes`` and ``sum_sq`` cover the files transferred in this job, so they obey
+    ``bytes**2 <= files * sum_sq`` and ``sum_sq <= bytes**2`` (and are all 0 together); the
+    parser refuses figures that no set of file sizes can produce.
+    """
+
+    index: int
+    ok: bool
+    files: int
+    dirs: int
+    bytes: int
+    sum_sq: int
+    skipped: int
+    failed: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """DONE: the job is over; ``ok`` if every source fully succeeded."""
+
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    """REFUSED: the server would not run the job (or the client's line was malformed)."""
+
+    message: str
+
+
+ClientMessage = SourceRequest | Go
+ServerEvent = JobAccepted | Progress | SourceError | SourceDone | Done | Refused
+
+
+# -- field codecs ---------------------------------------------------------------------------
+
+
+def _show(raw: bytes, limit: int = 40) -> str:
+    """A short, printable rendering of untrusted bytes for an error message."""
+    text = repr(raw[:limit])
+    return text + ("..." if len(raw) > limit else "")
+
+
+def _quote(text: str) -> str:
+    # backslashreplace: a name that reached the server as undecodable bytes (surrogate
+    # escapes) must still produce a line, never an exception in the server.
+    return quote(text, safe="/", errors="backslashreplace")
+
+
+def _unquote(raw: bytes, what: str) -> str:
+    """Strictly decode a percent-encoded field."""
+    out = bytearray()
+    i = 0
+    n = len(raw)
+    while i < n:
+        b = raw[i]
+        if b == 0x25:  # '%'
+            hexits = raw[i + 1 : i + 3]
+            if len(hexits) != 2 or hexits[0] not in _HEX or hexits[1] not in _HEX:
+                raise ControlError(f"bad percent-encoding in {what}: {_show(raw)}")
+            out.append(int(hexits, 16))
+            i += 3
+        elif 0x21 <= b <= 0x7E:
+            out.append(b)
+            i += 1
+        else:
+            raise ControlError(f"{what} has a byte that must be percent-encoded: {_show(raw)}")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ControlError(f"{what} is not valid UTF-8 once decoded: {_show(raw)}") from None
+
+
+def _encode_int(value: int, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ControlError(f"{what} must be an integer, not {value!r}")
+    if value < 0:
+        raise ControlError(f"{what} must not be negative: {value}")
+    text = str(value)
+    if len(text) > MAX_DIGITS:
+        raise ControlError(f"{what} has more than {MAX_DIGITS} digits")
+    return text
+
+
+def _parse_int(raw: bytes, what: str) -> int:
+    # fullmatch on bytes: int() alone would take '+1', ' 1', '1_000' and '١'.
+    if len(raw) > MAX_DIGITS or not _DIGITS.fullmatch(raw):
+        raise ControlError(f"{what} is not a decimal number: {_show(raw)}")
+    return int(raw)
+
+
+def _check_seconds(value: float, what: str, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlError(f"{what} must be a number of seconds, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ControlError(f"{what} must be finite: {value}")
+    if value < 0:
+        raise ControlError(f"{what} must not be negative: {value}")
+    if maximum is not None and value > maximum:
+        raise ControlError(f"{what} must be at most {maximum:g} seconds: {value}")
+    return value + 0.0  # turns -0.0 into 0.0
+
+
+def _encode_seconds(value: float, what: str, maximum: float | None = None) -> str:
+    value = _check_seconds(value, what, maximum)
+    # repr() is the shortest text that reads back as the same float, but it may use an
+    # exponent (1e-05), which the wire does not allow: re-spell it in fixed notation.
+    return format(Decimal(repr(value)), "f")
+
+
+def _parse_seconds(raw: bytes, what: str, maximum: float | None = None) -> float:
+    if len(raw) > 400 or not _SECONDS.fullmatch(raw):
+        raise ControlError(f"{what} is not a decimal number of seconds: {_show(raw)}")
+    return _check_seconds(float(raw), what, maximum)
+
+
+def _encode_flag(value: bool, yes: str, no: str) -> str:
+    return yes if value else no
+
+
+def _parse_flag(raw: bytes, yes: bytes, no: bytes, what: str) -> bool:
+    if raw == yes:
+        return True
+    if raw == no:
+        return False
+    raise ControlError(f"{what} must be {yes.decode()!r} or {no.decode()!r}: {_show(raw)}")
+
+
+def check_host(host: str) -> str:
+    """Validate a host name or address as sent in SOURCE (no brackets); return it.
+
+    Refuses the empty string, spaces, control and other non-printable characters, ``/`` and
+    brackets, and names longer than `MAX_HOST_BYTES`.
+    """
+    if not isinstance(host, str) or not host:
+        raise ControlError("empty host")
+    for ch in host:
+        if ch == " " or not ch.isprintable():
+            raise ControlError(f"host has a space or control character: {host!r}")
+        if ch in "/[]":
+            raise ControlError(f"host must not contain {ch!r}: {host!r}")
+    try:
+        size = len(host.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ControlError(f"host is not valid UTF-8: {host!r}") from None
+    if size > MAX_HOST_BYTES:
+        raise ControlError(f"host longer than {MAX_HOST_BYTES} bytes")
+    return host
+
+
+def check_port(port: int) -> int:
+    """Validate a TCP port number (1..65535); return it."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ControlError(f"port must be 1..65535, not {port!r}")
+    return port
+
+
+def check_request_path(path: str) -> str:
+    """Validate a request path with `mirror.paths` and return its canonical form.
+
+    ``.``, ``/`` and ``""`` become ``""`` (the whole export); one leading or trailing ``/``
+    is dropped.
+    """
+    try:
+        return join_parts(parse_request_path(path))
+    except UnsafePath as e:
+        raise ControlError(f"bad path {path!r}: {e}") from None
+
+
+def check_delay(delay: float) -> float:
+    """Validate a delay in seconds: finite, 0 <= delay <= `MAX_DELAY`; return it as a float."""
+    return _check_seconds(delay, "delay", MAX_DELAY)
+
+
+def _fit(text: str, room: int) -> str:
+    """Percent-encode ``text``, shortened with an ellipsis to at most ``room`` bytes."""
+    encoded = _quote(text)
+    if len(encoded) <= room:
+        return encoded
+    # Cut on a character boundary so the result still decodes as UTF-8.
+    tail = _quote(_ELLIPSIS)
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(_quote(text[:mid])) + len(tail) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _quote(text[:lo]) + tail
+
+
+def _join(*fields: str) -> bytes:
+    return " ".join(fields).encode("ascii")
+
+
+# -- client -> server -----------------------------------------------------------------------
+
+
+def encode_source(req: SourceRequest) -> bytes:
+    """The SOURCE line for ``req``, without terminator. Raises `ControlError` if invalid."""
+    path = check_request_path(req.path)
+    wire_path = _quote(path) if path else "."
+    line = _join(
+        "SOURCE",
+        check_host(req.host),
+        str(check_port(req.port)),
+        wire_path,
+        _encode_seconds(req.delay, "delay", MAX_DELAY),
+    )
+    if len(line) > _MAX_ENCODED:
+        raise ControlError("SOURCE line too long")
+    return line
+
+
+def encode_go() -> bytes:
+    """The GO line, without terminator."""
+    return b"GO"
+
+
+def _split(line: bytes) -> tuple[bytes, list[bytes]]:
+    if not isinstance(line, bytes):
+        raise ControlError("a control line must be bytes")
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if len(line) > MAX_LINE:
+        raise ControlError(f"line longer than {MAX_LINE} bytes")
+    if not line:
+        raise ControlError("empty line")
+    words = line.split(b" ")
+    return words[0], words[1:]
+
+
+def _expect(command: bytes, args: list[bytes], count: int) -> None:
+    if len(args) != count:
+        fields = "field" if count == 1 else "fields"
+        raise ControlError(f"{command.decode('ascii')} takes {count} {fields}, got {len(args)}")
+
+
+def parse_client_line(line: bytes) -> SourceRequest | Go:
+    """Parse a line from mirror-init. Raises `ControlError` with the reason."""
+    command, args = _split(line)
+    if command == b"SOURCE":
+        _expect(command, args, 4)
+        host_raw, port_raw, path_raw, delay_raw = args
+        try:
+            host = host_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ControlError(f"host is not valid UTF-8: {_show(host_raw)}") from None
+        port = _parse_int(port_raw, "port")
+        if not path_raw:
+            raise ControlError("empty path field ('.' is the whole export)")
+        return SourceRequest(
+            host=check_host(host),
+            port=check_port(port),
+            path=check_request_path(_unquote(path_raw, "path")),
+            delay=_parse_seconds(delay_raw, "delay", MAX_DELAY),
+        )
+    if command == b"GO":
+        _expect(command, args, 0)
+        return Go()
+    raise ControlError(f"unknown command {_show(command)}")
+
+
+# -- server -> client -----------------------------------------------------------------------
+
+
+def _check_index(index: int) -> str:
+    text = _encode_int(index, "source index")
+    if index >= MAX_SOURCES:
+        raise ControlError(f"source index {index} out of range (at most {MAX_SOURCES} sources)")
+    return text
+
+
+def _parse_index(raw: bytes) -> int:
+    index = _parse_int(raw, "source index")
+    if index >= MAX_SOURCES:
+        raise ControlError(f"source index {index} out of range (at most {MAX_SOURCES} sources)")
+    return index
+
+
+def _check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise ControlError("empty job id")
+    if len(job_id) > MAX_JOB_ID or not all("!" <= ch <= "~" for ch in job_id):
+        raise ControlError(f"job id must be 1..{MAX_JOB_ID} visible ASCII characters")
+    return job_id
+
+
+def check_size_sums(files: int, total: int, sum_sq: int) -> None:
+    """Refuse ``(files, total, sum_sq)`` that no list of ``files`` non-negative integer sizes has.
+
+    Without this, a confused peer could make the reported variance negative.
+    """
+    if files == 0:
+        if total or sum_sq:
+            raise ControlError("bytes and sum of squares must be 0 when no file was transferred")
+        return
+    if total * total > files * sum_sq or sum_sq > total * total:
+        raise ControlError(
+            f"sum of squares {sum_sq} impossible for {files} files of {total} bytes in total"
+        )
+
+
+def _encode_path_field(path: str | None, room: int) -> str:
+    if path is None:
+        return "-"
+    if path == "":
+        return "."
+    if path == "-":
+        return "%2D"
+    if path == ".":
+        return "%2E"
+    return _fit(path, room)
+
+
+def _parse_path_field(raw: bytes) -> str | None:
+    if raw == b"-":
+        return None
+    if raw == b".":
+        return ""
+    if not raw:
+        raise ControlError("empty path field")
+    return _unquote(raw, "path")
+
+
+def encode_event(ev: ServerEvent) -> bytes:
+    """The line for a server event, without terminator. Raises `ControlError` if invalid."""
+    if isinstance(ev, JobAccepted):
+        return _join("JOB", _check_job_id(ev.job_id))
+    if isinstance(ev, Progress):
+        return _join(
+            "PROGRESS",
+            _encode_int(ev.files_done, "files done"),
+            _encode_int(ev.bytes_done, "bytes done"),
+            _encode_int(ev.files_total, "files total"),
+            _encode_int(ev.bytes_total, "bytes total"),
+            _encode_flag(ev.listing_done, "1", "0"),
+        )
+    if isinstance(ev, SourceError):
+        head = "ERROR " + _check_index(ev.index) + " "
+        if not isinstance(ev.message, str):
+            raise ControlError("error message must be text")
+        if ev.path is not None and not isinstance(ev.path, str):
+            raise ControlError("error path must be text or None")
+        # The path gets what it needs first (it identifies the file); a long message is cut.
+        path = _encode_path_field(ev.path, _MAX_ENCODED - len(head) - 1 - len(_quote(_ELLIPSIS)))
+        message = _fit(ev.message, _MAX_ENCODED - len(head) - len(path) - 1)
+        return (head + path + " " + message).encode("ascii")
+    if isinstance(ev, SourceDone):
+        check_size_sums(ev.files, ev.bytes, ev.sum_sq)
+        return _join(
+            "SOURCE-DONE",
+            _check_index(ev.index),
+            _encode_flag(ev.ok, "ok", "failed"),
+            _encode_int(ev.files, "files"),
+            _encode_int(ev.dirs, "dirs"),
+            _encode_int(ev.bytes, "bytes"),
+            _encode_int(ev.sum_sq, "sum of squares"),
+            _encode_int(ev.skipped, "skipped"),
+            _encode_int(ev.failed, "failed"),
+            _encode_seconds(ev.elapsed, "elapsed"),
+        )
+    if isinstance(ev, Done):
+        return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
+    if isinstance(ev, Refused):
+        if not isinstance(ev.message, str):
+            raise ControlError("refusal message must be text")
+        return _join("REFUSED", _fit(ev.message, _MAX_ENCODED - len("REFUSED ")))
+    raise ControlError(f"not a server event: {ev!r}")
+
+
+def parse_server_line(line: bytes) -> ServerEvent:
+    """Parse a line from the mirror server. Raises `ControlError` with the reason."""
+    command, args = _split(line)
+    if command == b"JOB":
+        _expect(command, args, 1)
+        try:
+            job_id = args[0].decode("ascii")
+        except UnicodeDecodeError:
+            raise ControlError(f"job id is not ASCII: {_show(args[0])}") from None
+        return JobAccepted(_check_job_id(job_id))
+    if command == b"PROGRESS":
+        _expect(command, args, 5)
+        return Progress(
+            files_done=_parse_int(args[0], "files done"),
+            bytes_done=_parse_int(args[1], "bytes done"),
+            files_total=_parse_int(args[2], "files total"),
+            bytes_total=_parse_int(args[3], "bytes total"),
+            listing_done=_parse_flag(args[4], b"1", b"0", "listing-done"),
+        )
+    if command == b"ERROR":
+        _expect(command, args, 3)
+        return SourceError(
+            index=_parse_index(args[0]),
+            path=_parse_path_field(args[1]),
+            message=_unquote(args[2], "message"),
+        )
+    if command == b"SOURCE-DONE":
+        _expect(command, args, 9)
+        done = SourceDone(
+            index=_parse_index(args[0]),
+            ok=_parse_flag(args[1], b"ok", b"failed", "status"),
+            files=_parse_int(args[2], "files"),
+            dirs=_parse_int(args[3], "dirs"),
+            bytes=_parse_int(args[4], "bytes"),
+            sum_sq=_parse_int(args[5], "sum of squares"),
+            skipped=_parse_int(args[6], "skipped"),
+            failed=_parse_int(args[7], "failed"),
+            elapsed=_parse_seconds(args[8], "elapsed"),
+        )
+        check_size_sums(done.files, done.bytes, done.sum_sq)
+        return done
+    if command == b"DONE":
+        _expect(command, args, 1)
+        return Done(_parse_flag(args[0], b"ok", b"failed", "status"))
+    if command == b"REFUSED":
+        _expect(command, args, 1)
+        return Refused(_unquote(args[0], "message"))
+    raise ControlError(f"unknown command {_show(command)}")
+
+
+__all__ = [
+    "MAX_DELAY",
+    "MAX_LINE",
+    "MAX_SOURCES",
+    "ClientMessage",
+    "ControlError",
+    "Done",
+    "Go",
+    "JobAccepted",
+    "Progress",
+    "Refused",
+    "ServerEvent",
+    "SourceDone",
+    "SourceError",
+    "SourceRequest",
+    "check_delay",
+    "check_host",
+    "check_port",
+    "check_request_path",
+    "check_size_sums",
+    "encode_event",
+    "encode_go",
+    "encode_source",
+    "parse_client_line",
+    "parse_server_line",
+]
