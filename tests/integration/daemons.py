@@ -1,0 +1,73 @@
+"""The installed programs as subprocesses: ``twistd content-server``, ``twistd mirror-server``
+and ``mirror-init``, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+MIRROR_INIT = str(BIN / "mirror-init")
+
+_PORT = re.compile(rb"starting on (\d+)")
+
+
+class Daemon:
+    """A ``twistd -n`` plugin process listening on an ephemeral loopback port."""
+
+    def __init__(self, plugin: str, args: list[str], workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"{plugin}-{time.monotonic_ns()}.log"
+        self.plugin = plugin
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, port: int = 0, timeout: float = 15.0) -> Daemon:
+        cmd = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), self.plugin,
+               "--listen", f"tcp:{port}:interface=127.0.0.1", *self.args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.exists():
+                found = _PORT.findall(self.log.read_bytes())
+                if found:
+                    self.port = int(found[-1])
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.plugin} exited: {self.proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.plugin} did not start; log:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def content_server(root: Path, workdir: Path, *extra: str) -> Daemon:
+    return Daemon("content-server", ["--root", str(root), *extra], workdir).start()
+
+
+def mirror_server(mirror_dir: Path, workdir: Path, *extra: str) -> Daemon:
+    mirror_dir.mkdir(parents=True, exist_ok=True)
+    return Daemon("mirror-server", ["--mirror-dir", str(mirror_dir), *extra], workdir).start()
+
+
+def mirror_init(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MIRROR_INIT, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
