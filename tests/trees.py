@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 import stat
 from pathlib import Path
 
+from mirror.demo import make_sample_tree
 
-def make_sample_tree(root: Path, big_size: int = 3 * 1024 * 1024, seed: int = 1) -> Path:
-    """Nested directories, empty files and directories, odd but legal names, one big file."""
-    rnd = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "docs" / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
-    (root / "empty").mkdir(exist_ok=True)
-    (root / "docs" / "a.txt").write_text("hello\n")
-    (root / "docs" / "empty.txt").write_bytes(b"")
-    (root / "docs" / "name with spaces.txt").write_text("spaces\n")
-    (root / "docs" / "unicodé ☃.txt").write_text("unicode\n")
-    (root / "-leading-dash").write_text("dash\n")
-    (root / "..foo").write_text("dots\n")
-    (root / "docs" / "sub" / "big.bin").write_bytes(rnd.randbytes(big_size))
-    for i in range(20):
-        (root / "docs" / "sub" / "deeper" / f"f{i:02d}.dat").write_bytes(
-            rnd.randbytes(rnd.randrange(0, 100_000)))
-    os.chmod(root / "docs" / "a.txt", 0o640)
-    os.chmod(root / "-leading-dash", 0o755)
-    return root
+__all__ = ["make_sample_tree", "tree_listing", "assert_same_tree"]
 
 
 def tree_listing(root: Path) -> dict[str, tuple[str, int, int, bytes | None]]:
