@@ -301,7 +301,7 @@ def _fit(text: str, room: int) -> str:
 
 
 def _join(*fields: str) -> bytes:
-    return " ".join(fields).encode("ascii")
+    return " ".join(fields).encode("utf-8")  # only a host can be non-ASCII
 
 
 # -- client -> server -----------------------------------------------------------------------
