@@ -114,8 +114,7 @@ def _parse_delay(spec: str, text: str) -> float:
     return delay
 
 
-def parse_spec(spec: str, resolve: Resolver = check_resolvable) -> SourceRequest:
-    """Parse one SPEC; ``resolve(host, port)`` raises `SpecError` for an unknown host."""
+def _parse_syntax(spec: str) -> SourceRequest:
     host, rest = _split_host(spec)
     try:
         check_host(host)
@@ -136,45 +135,54 @@ def parse_spec(spec: str, resolve: Resolver = check_resolvable) -> SourceRequest
         path = check_request_path(path_text)
     except ControlError as e:
         raise _fail(spec, str(e)) from None
+    return SourceRequest(host=host, port=port, path=path, delay=delay)
+
+
+def _resolve(spec: str, source: SourceRequest, resolve: Resolver) -> None:
     try:
-        resolve(host, port)
+        resolve(source.host, source.port)
     except SpecError as e:
         raise _fail(spec, str(e)) from None
-    return SourceRequest(host=host, port=port, path=path, delay=delay)
+
+
+def parse_spec(spec: str, resolve: Resolver = check_resolvable) -> SourceRequest:
+    """Parse one SPEC; ``resolve(host, port)`` raises `SpecError` for an unknown host."""
+    source = _parse_syntax(spec)
+    _resolve(spec, source, resolve)
+    return source
 
 
 def parse_specs(values: Iterable[str], resolve: Resolver = check_resolvable) -> list[SourceRequest]:
     """Parse the values of every ``-s`` option, each a comma-separated list of SPECs.
 
     Refuses an empty list, empty items (stray commas), more than `MAX_SOURCES` SPECs, and the
-    same HOST:PORT:PATH twice (two writers of one mirror directory).
+    same HOST:PORT:PATH twice (two writers of one mirror directory). Every SPEC is checked
+    before any name is looked up, each host once: DNS can be slow, a typo should not wait.
     """
-    sources: list[SourceRequest] = []
+    parsed: list[tuple[str, SourceRequest]] = []
     seen: set[tuple[str, int, str]] = set()
-    resolved: set[str] = set()
-
-    def resolve_once(host: str, port: int) -> None:
-        if host not in resolved:
-            resolve(host, port)
-            resolved.add(host)
-
     for value in values:
         if not value:
             raise SpecError("empty SPEC list")
         for spec in value.split(","):
             if not spec:
                 raise SpecError(f"empty SPEC in {value!r} (a stray ',')")
-            source = parse_spec(spec, resolve_once)
+            source = _parse_syntax(spec)
             key = (source.host, source.port, source.path)
             if key in seen:
                 raise _fail(spec, "the same HOST:PORT:PATH is given twice")
             seen.add(key)
-            sources.append(source)
-            if len(sources) > MAX_SOURCES:
+            parsed.append((spec, source))
+            if len(parsed) > MAX_SOURCES:
                 raise SpecError(f"more than {MAX_SOURCES} SPECs")
-    if not sources:
+    if not parsed:
         raise SpecError("no SPEC given (use -s HOST:PORT:PATH[:DELAY])")
-    return sources
+    resolved: set[str] = set()
+    for spec, source in parsed:
+        if source.host not in resolved:
+            _resolve(spec, source, resolve)
+            resolved.add(source.host)
+    return [source for _, source in parsed]
 
 
 def format_source(source: SourceRequest) -> str:

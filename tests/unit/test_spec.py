@@ -111,6 +111,12 @@ class SpecTests(SynchronousTestCase):
         values = [",".join(f"h:1:d{i}" for i in range(MAX_SOURCES))]
         self.assertEqual(len(parse_specs(values, no_dns)), MAX_SOURCES)
 
+    def test_syntax_checked_before_any_lookup(self) -> None:
+        seen: list[str] = []
+        with self.assertRaises(SpecError):
+            parse_specs(["a:1:x", "b:1:y,"], lambda host, port: seen.append(host))
+        self.assertEqual(seen, [])
+
     def test_each_host_resolved_once(self) -> None:
         seen: list[str] = []
         parse_specs(["a:1:x,a:2:y", "b:1:z"], lambda host, port: seen.append(host))
