@@ -1,0 +1,538 @@
+"""A hostile or broken content server against a real mirror server (issue 4).
+
+Each test scripts a `HostileServer` (tests/integration/hostile_server.py) to send one kind of
+bad LIST entry or lying FETCH answer, runs a job on an in-process mirror server, and checks the
+outcome the issue asks for, always the same:
+
+- the job fails with a clear one-line error for that source (index 0) naming the entry;
+- nothing is written outside ``MIRROR_DIR/HOST_PORT`` (everything else under the test's
+  directory is snapshotted before and compared after);
+- no partial or unverified file at a final name: a file that was there keeps its old content;
+- no ``.mirror-tmp-*`` file left anywhere;
+- the daemon is alive: a good job against a real content server runs right after, in the same
+  test, and mirrors its tree exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+
+from mirror import paths
+from mirror.mirror_server.receiver import SMALL_FILE
+from mirror.wire import frames
+from tests.integration.conftest import run_job, source
+from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+    MTIME_NS,
+    Fetch,
+    HostileServer,
+    ListEntry,
+    absurd_size,
+    changed,
+    d,
+    drop,
+    f,
+    huge_frame,
+    long,
+    normal,
+    short,
+    stall,
+    start_hostile_server,
+    wrong_digest,
+)
+from tests.trees import assert_same_tree, make_sample_tree
+
+pytestmark = pytest.mark.timeout(30)
+
+STALL = 0.5  # the mirror server's stall_timeout in these tests, seconds
+
+SMALL = b"small new content\n"
+BIG = hashlib.sha256(b"seed").digest() * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
+OLD = b"the old content, which must survive\n"
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+
+def snapshot(root: Path, exclude: set[Path]) -> dict[str, Any]:
+    """Every name under ``root`` (links not followed) with its kind and content or target."""
+    out: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [n for n in dirnames if here / n not in exclude]
+        for name in dirnames + filenames:
+            p = here / name
+            if p in exclude:
+                continue
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), p.read_bytes())
+            else:
+                out[rel] = ("other", st.st_mode)
+    return out
+
+
+def temporaries(root: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames, _fd in os.fwalk(root, follow_symlinks=False):
+        for name in dirnames + filenames:
+            if name.startswith(paths.TEMP_PREFIX):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+class Harness:
+    """One mirror server, one hostile content server, the checks every case ends with."""
+
+    def __init__(self, tmp_path: Path, start_hostile: Any, start_content: Any,
+                 start_mirror: Any, **settings: Any) -> None:
+        self.tmp = tmp_path
+        self.mirror = tmp_path / "mirror"
+        self.outside = tmp_path / "outside"
+        self.outside.mkdir()
+        (self.outside / "sentinel").write_bytes(b"must not change\n")
+        self._start_hostile = start_hostile
+        self._start_content = start_content
+        settings.setdefault("stall_timeout", STALL)
+        self.mport, self.service = start_mirror(str(self.mirror), **settings)
+        self.script = HostileServer()
+        self.port = self._start_hostile(self.script)
+        self.top = self.mirror / f"127.0.0.1_{self.port}"
+        self._before: dict[str, Any] | None = None
+
+    def seed(self, rel: str, content: bytes = OLD) -> Path:
+        """A file that exists in the mirror before the job (with a different mtime)."""
+        p = self.top / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+        return p
+
+    async def run(self, *entries: ListEntry, path: str = "", **fetch: Fetch) -> Any:
+        self.script.entries = list(entries)
+        self.script.fetch.update({k.replace("__", "/"): v for k, v in fetch.items()})
+        self._before = snapshot(self.tmp, {self.top})
+        return await run_job(self.mport, [source(self.port, path)], timeout=20)
+
+    def check_safe(self, result: Any) -> None:
+        """Nothing outside the top changed, no temporaries, every message one clean line."""
+        assert snapshot(self.tmp, {self.top}) == self._before
+        assert temporaries(self.tmp) == []
+        for e in result.errors:
+            assert e.index == 0
+            assert "\n" not in e.message and "\r" not in e.message
+            assert "Traceback" not in e.message and "internal error" not in e.message
+            assert e.message.isprintable(), e.message
+
+    async def check_alive(self) -> None:
+        """The daemon still serves: a good job against a real content server mirrors exactly."""
+        src = make_sample_tree(self.tmp / "good-src", big_size=300_000)
+        cport, _ = self._start_content(str(src))
+        result = await run_job(self.mport, [source(cport)], timeout=20)
+        assert result.ok, result.errors
+        assert_same_tree(src, self.mirror / f"127.0.0.1_{cport}")
+        assert temporaries(self.tmp) == []
+
+
+@pytest.fixture
+def harness(tmp_path: Path, start_hostile_server: Any, start_content_server: Any,
+            start_mirror_server: Any) -> Callable[..., Harness]:
+    def make(**settings: Any) -> Harness:
+        return Harness(tmp_path, start_hostile_server, start_content_server,
+                       start_mirror_server, **settings)
+
+    return make
+
+
+def errors_for(result: Any, path: str | None) -> list[str]:
+    return [e.message for e in result.errors if e.path == path]
+
+
+# -- LIST: names that must never reach the disk -------------------------------------------
+
+_OUTSIDE = "{outside}"  # replaced by the test's own directory outside the mirror
+
+BAD_NAMES = [
+    ("absolute", f"{_OUTSIDE}/pwned", "absolute"),
+    ("absolute-root", "/pwned-by-mirror-test", "absolute"),
+    ("dotdot", "../pwned", "'..'"),
+    ("dotdot-deep", "../../outside/pwned", "'..'"),
+    ("dotdot-inner", "docs/../../pwned", "'..'"),
+    ("dotdot-alone", "..", "'..'"),
+    ("dot", "docs/./x", "'.'"),
+    ("backslash", "..\\pwned", "backslash"),
+    ("nul", b"docs/x\x00.txt", "U+0000"),
+    ("nul-alone", b"\x00", "U+0000"),
+    ("newline", "docs/evil\nERROR 0 - fake", "U+000A"),
+    ("carriage-return", "docs/evil\r", "U+000D"),
+    ("escape", "docs/\x1b[2Jclear", "U+001B"),
+    ("tab", "docs/a\tb", "U+0009"),
+    ("delete", "docs/a\x7f", "U+007F"),
+    ("c1-control", "docs/a\x85b", "U+0085"),
+    ("invalid-utf8", b"docs/\xff\xfe", "UTF-8"),
+    ("lone-surrogate", b"docs/\xed\xa0\x80", "UTF-8"),
+    ("empty", b"", "empty"),
+    ("empty-component", "docs//x", "empty path component"),
+    ("trailing-slash", "docs/x/", "empty path component"),
+    ("component-256", "x" * 256, "longer than 255"),
+    ("component-256-multibyte", "é" * 128, "longer than 255"),
+    ("path-4097", "/".join(["d" * 200] * 20) + "/" + "x" * 77, "longer than 4096"),
+    ("temp-name", paths.TEMP_PREFIX + "0123456789abcdef", "reserved prefix"),
+    ("temp-name-nested", "docs/" + paths.TEMP_PREFIX + "x", "reserved prefix"),
+    ("temp-name-dir", paths.TEMP_PREFIX + "dir/x", "reserved prefix"),
+]
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+@pytest.mark.parametrize("case, name, why", BAD_NAMES, ids=[c[0] for c in BAD_NAMES])
+@pytest_twisted.ensureDeferred
+async def test_unsafe_list_name_refused(harness, case, name, why, kind):
+    h = harness()
+    if isinstance(name, str):
+        name = name.replace(_OUTSIDE, str(h.outside))
+    raw = name.encode("utf-8") if isinstance(name, str) else name
+    if case == "path-4097":
+        assert len(raw) == 4097
+    bad = f(raw, b"pwned\n") if kind == "file" else d(raw)
+    result = await h.run(d("docs"), bad, f("docs/good", SMALL))
+    assert not result.ok
+    shown = paths.display_name(raw)
+    messages = errors_for(result, shown)
+    assert len(messages) == 1, result.errors
+    assert why in messages[0] and "refused" in messages[0]
+    assert len(result.errors) == 1
+    assert result.source_done[0].failed == 1
+    # The bad name was never even asked for; the good file next to it arrived.
+    assert h.script.fetched() == ["docs/good"]
+    assert (h.top / "docs" / "good").read_bytes() == SMALL
+    assert sorted(os.listdir(h.top)) == ["docs"]
+    assert sorted(os.listdir(h.top / "docs")) == ["good"]
+    assert not os.path.exists("/pwned-by-mirror-test")
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_entry_kind_is_a_protocol_error(harness):
+    h = harness()
+    result = await h.run(d("docs"), ListEntry(7, b"docs/weird", 5), f("docs/good", SMALL))
+    assert not result.ok
+    [message] = errors_for(result, None)
+    assert "cannot list" in message and "unknown LIST entry kind 7" in message
+    h.check_safe(result)
+    await h.check_alive()
+
+
+# -- LIST: the same path twice, a parent that is a file, outside the request -------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_dir_then_file_same_path(harness):
+    h = harness()
+    result = await h.run(d("x"), f("x", b"file"), f("x/inner", SMALL))
+    assert not result.ok
+    assert ["listed twice; refused"] == errors_for(result, "x")
+    assert len(result.errors) == 1
+    assert (h.top / "x").is_dir() and not (h.top / "x").is_symlink()
+    assert (h.top / "x" / "inner").read_bytes() == SMALL
+    assert h.script.fetched() == ["x/inner"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_then_dir_same_path(harness):
+    h = harness()
+    result = await h.run(f("x", b"file"), d("x"), f("x/inner", SMALL), d("x/sub"),
+                         f("x/sub/deep", SMALL))
+    assert not result.ok
+    assert errors_for(result, "x") == ["listed twice; refused"]
+    for child in ("x/inner", "x/sub", "x/sub/deep"):
+        assert errors_for(result, child) == ["its parent was listed as a file; refused"]
+    assert len(result.errors) == 4
+    assert (h.top / "x").read_bytes() == b"file"
+    assert h.script.fetched() == ["x"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_twice(harness):
+    h = harness()
+    result = await h.run(f("x", b"first"), f("x", b"second"))
+    assert not result.ok
+    assert errors_for(result, "x") == ["listed twice; refused"]
+    assert h.script.fetched() == ["x"]
+    assert (h.top / "x").read_bytes() == b"first"
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dir_twice(harness):
+    h = harness()
+    result = await h.run(d("x"), d("x", mode=0o700), f("x/a", SMALL))
+    assert not result.ok
+    assert errors_for(result, "x") == ["listed twice; refused"]
+    assert stat.S_IMODE((h.top / "x").stat().st_mode) == 0o755
+    assert (h.top / "x" / "a").read_bytes() == SMALL
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_entry_whose_parent_was_listed_as_a_file(harness):
+    h = harness()
+    result = await h.run(f("p", b"plain file"), f("p/child", b"c"), f("p/q/r", b"r"))
+    assert not result.ok
+    assert errors_for(result, "p/child") == ["its parent was listed as a file; refused"]
+    assert errors_for(result, "p/q/r") == ["its parent was listed as a file; refused"]
+    assert (h.top / "p").read_bytes() == b"plain file"
+    assert h.script.fetched() == ["p"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_outside_the_requested_path(harness):
+    h = harness()
+    result = await h.run(d("docs"), f("docs/a", SMALL), f("other/x", b"x"), d("docsx"),
+                         f("doc", b"y"), f("a", b"z"), path="docs")
+    assert not result.ok
+    for name in ("other/x", "docsx", "doc", "a"):
+        assert errors_for(result, name) == ["entry outside the requested path refused"]
+    assert sorted(os.listdir(h.top)) == ["docs"]
+    assert (h.top / "docs" / "a").read_bytes() == SMALL
+    assert h.script.fetched() == ["docs/a"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_absurd_size_in_listing(harness):
+    h = harness()
+    result = await h.run(f("huge", b"", size=2**62), f("ok", SMALL))
+    assert not result.ok
+    [message] = errors_for(result, "huge")
+    assert f"size {2**62} exceeds the limit" in message
+    assert h.script.fetched() == ["ok"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+# -- LIST: answers that never come -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, why", [
+    ("silence", "stalled"),
+    ("entries-then-silence", "stalled"),
+    ("error", "listing failed"),
+])
+@pytest_twisted.ensureDeferred
+async def test_list_that_fails(harness, mode, why):
+    h = harness()
+    h.script.list_mode = mode
+    result = await h.run(d("docs"), f("docs/a", SMALL))
+    assert not result.ok
+    [message] = errors_for(result, None)
+    assert message.startswith("cannot list .:") and why in message
+    h.check_safe(result)
+    await h.check_alive()
+
+
+# -- FETCH answers that lie ---------------------------------------------------------------
+
+LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
+    ("short", short, "short transfer"),
+    ("short-by-half", lambda c: Fetch(c, body=c[: len(c) // 2]), "short transfer"),
+    ("long", long, "more bytes than the announced"),
+    ("long-by-a-frame", lambda c: long(c, b"y" * 70_000), "more bytes than the announced"),
+    ("wrong-digest", wrong_digest, "SHA-256 mismatch"),
+    ("bad-digest-length", lambda c: Fetch(c, digest=b"\x00" * 31), "malformed digest"),
+    ("absurd-size", absurd_size, f"announced size {2**62} exceeds the limit"),
+    ("size-not-file-size", lambda c: Fetch(c, size=len(c) + 10, body=c + b"0" * 10),
+     "SHA-256 mismatch"),
+    ("huge-data-frame", huge_frame, "exceeds the limit"),
+    ("huge-data-frame-mid-file", lambda c: huge_frame(c, after=len(c) // 2),
+     "exceeds the limit"),
+    ("huge-control-frame", lambda c: huge_frame(c, opcode=frames.FILE_END, after=len(c)),
+     "exceeds the limit"),
+    ("huge-first-frame", lambda c: Fetch(c, header=False, ending="huge-frame", stop_after=0),
+     "exceeds the limit"),
+    ("data-before-file", lambda c: Fetch(c, header=False), "DATA before FILE"),
+    ("stall-after-header", stall, "stalled"),
+    ("stall-mid-file", lambda c: stall(c, after=len(c) // 2), "stalled"),
+    ("stall-before-end", lambda c: stall(c, after=len(c)), "stalled"),
+    ("stall-before-header", lambda c: Fetch(c, header=False, ending="silence", stop_after=0),
+     "stalled"),
+    ("drop-after-header", drop, "lost"),
+    ("drop-mid-file", lambda c: drop(c, after=len(c) // 2), "lost"),
+    ("reset-mid-file", lambda c: drop(c, after=len(c) // 2, abort=True), "lost"),
+    ("changed-mid-file", lambda c: changed(c, after=len(c) // 2), "changed while being sent"),
+]
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+@pytest.mark.parametrize("case, lie, why", LIES, ids=[c[0] for c in LIES])
+@pytest_twisted.ensureDeferred
+async def test_fetch_lie(harness, case, lie, why, size):
+    """The lying file fails with a clear error; its old version stays; its neighbours arrive;
+    nothing is left behind."""
+    h = harness()
+    content = SMALL if size == "small" else BIG
+    old = h.seed("docs/victim")
+    lies = {"docs/victim": lie(content), "docs/brand-new": lie(content)}
+    for how in lies.values():
+        # An honest file listed first is answered first: a lie that breaks the connection
+        # must not take it down before it is done (that would be a different test).
+        how.wait = 0.1
+    h.script.fetch.update(lies)
+    result = await h.run(d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
+                         f("docs/brand-new", content))
+    assert not result.ok
+    for name in ("docs/victim", "docs/brand-new"):
+        [message] = errors_for(result, name)
+        assert message.startswith(name + ":") and why in message, message
+    assert len(result.errors) == 2, result.errors
+    done = result.source_done[0]
+    assert done.failed == 2 and done.files == 1 and done.bytes == len(SMALL)
+    # Retried once, then reported.
+    assert h.script.fetched().count("docs/victim") == 2
+    assert old.read_bytes() == OLD
+    assert not (h.top / "docs" / "brand-new").exists()
+    assert (h.top / "docs" / "fine").read_bytes() == SMALL
+    assert sorted(os.listdir(h.top / "docs")) == ["fine", "victim"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_error_frame_from_server(harness):
+    h = harness()
+    result = await h.run(f("a", SMALL), f("b", SMALL), a=Fetch(
+        SMALL, header=False, stop_after=0, ending="error", error_code=frames.E_NOT_ALLOWED,
+        error_message="a: not allowed\n\x1b[31mred"))
+    assert not result.ok
+    [message] = errors_for(result, "a")
+    assert "not allowed" in message
+    assert (h.top / "b").read_bytes() == SMALL
+    assert not (h.top / "a").exists()
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_honest_slow_server_is_not_a_stall(harness):
+    """Data that keeps coming, however slowly, is not a stall (the timer is per silence)."""
+    h = harness()
+    content = BIG
+    result = await h.run(f("slow", content),
+                         slow=Fetch(content, chunk=len(content) // 6 + 1, interval=STALL / 2))
+    assert result.ok, result.errors
+    assert (h.top / "slow").read_bytes() == content
+    h.check_safe(result)
+
+
+# -- odd but legal names -----------------------------------------------------------------
+
+ODD_NAMES = [
+    "..foo", "...", "..", "-rf", "--help", "-", "name with spaces", " leading space",
+    "trailing space ", "unicodé ☃", "日本語のファイル", "a:b", "C:x", "#hash", "~tilde",
+    "$(echo pwned)", "`id`", "*", "?", "'quote'", '"dq"', "semi;colon", "%2e%2e", "ü" * 127,
+    "x" * 255, ".hidden", ".mirror-tmp", "mirror-tmp-x", "..mirror-tmp-x",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_but_legal_names_mirror(harness):
+    h = harness()
+    legal = [n for n in ODD_NAMES if n != ".."]
+    entries = [d("odd", mode=0o750)]
+    for i, name in enumerate(legal):
+        entries.append(f(f"odd/{name}", f"content {i}\n".encode(), mode=0o640))
+    entries += [d("-rf"), d("-rf/..foo"), f("-rf/..foo/x y", b"deep")]
+    result = await h.run(*entries)
+    assert result.ok, result.errors
+    for i, name in enumerate(legal):
+        p = h.top / "odd" / name
+        assert p.read_bytes() == f"content {i}\n".encode(), name
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640
+        assert p.stat().st_mtime_ns == MTIME_NS
+    assert sorted(os.listdir(h.top / "odd")) == sorted(legal)
+    assert stat.S_IMODE((h.top / "odd").stat().st_mode) == 0o750
+    assert (h.top / "-rf" / "..foo" / "x y").read_bytes() == b"deep"
+    assert result.source_done[0].files == len(legal) + 1
+    h.check_safe(result)
+
+
+@pytest_twisted.ensureDeferred
+async def test_longest_legal_path(harness):
+    """A 4096-byte wire path (the limit) lands, though MIRROR_DIR/HOST_PORT/PATH exceeds
+    PATH_MAX: every component is reached from its parent's descriptor."""
+    h = harness()
+    comps = ["c" * 249 + str(i % 10) for i in range(16)]
+    name = "/".join(comps)
+    name += "/" + "z" * (4096 - len(name) - 1)
+    assert len(name.encode()) == 4096
+    result = await h.run(f(name, b"far away"))
+    assert result.ok, result.errors
+    fd = os.open(h.top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for comp in name.split("/")[:-1]:
+            nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        leaf = os.open(name.split("/")[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        try:
+            assert os.read(leaf, 100) == b"far away"
+        finally:
+            os.close(leaf)
+    finally:
+        os.close(fd)
+    h.check_safe(result)
+
+
+# -- the mirror directory itself holds a trap ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_symlink_at_final_name_is_replaced_not_followed(harness):
+    h = harness()
+    target = h.outside / "target"
+    target.write_bytes(b"outside file\n")
+    h.top.mkdir(parents=True)
+    (h.top / "docs").mkdir()
+    (h.top / "docs" / "a").symlink_to(target)
+    (h.top / "docs" / "big").symlink_to(target)
+    result = await h.run(d("docs"), f("docs/a", SMALL), f("docs/big", BIG))
+    assert result.ok, result.errors
+    assert target.read_bytes() == b"outside file\n"
+    for name, content in (("a", SMALL), ("big", BIG)):
+        p = h.top / "docs" / name
+        assert not p.is_symlink() and p.read_bytes() == content
+    h.check_safe(result)
+
+
+@pytest_twisted.ensureDeferred
+async def test_symlinked_top_directory_is_refused(harness):
+    h = harness()
+    h.mirror.mkdir(exist_ok=True)
+    h.top.symlink_to(h.outside)
+    result = await h.run(d("docs"), f("docs/a", SMALL))
+    assert not result.ok
+    [message] = errors_for(result, None)
+    assert message.startswith(f"cannot use mirror directory 127.0.0.1_{h.port}")
+    assert h.top.is_symlink() and sorted(os.listdir(h.outside)) == ["sentinel"]
+    assert h.script.fetched() == []
+    h.check_safe(result)
+    await h.check_alive()
