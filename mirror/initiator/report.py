@@ -1,0 +1,238 @@
+"""The final statistics of a job: a text table, or one JSON object.
+
+`build_report` turns a `JobResult` (or the reason no result could be had) into a plain dict,
+which `format_json` serialises as is and `format_text` lays out as a table. JSON keys:
+
+``ok``
+    true only if every SPEC fully succeeded (DONE ok, and every SOURCE-DONE ok).
+``error``
+    null, or a one-line reason the job could not be run or followed to its end (mirror
+    server unreachable, refused, connection lost, timeout).
+``job_id``
+    the mirror server's name for the job, or null.
+``elapsed``
+    seconds from connecting to the mirror server to the end, measured by mirror-init.
+``sources``
+    one object per SPEC, in order: ``index``, ``host`` (no brackets), ``port``, ``path``
+    (``"."`` for the whole export), ``delay`` (seconds), ``ok``, ``reported`` (false when no
+    SOURCE-DONE arrived: every figure below is then null), ``files`` and ``dirs``
+    transferred, ``bytes`` transferred, ``sum_sq`` (sum of squared file sizes), ``mean_size``,
+    ``variance`` (population, bytes squared), ``stddev`` (bytes), ``cv`` (stddev / mean),
+    ``skipped``, ``failed``, ``elapsed`` (seconds, as measured by the mirror server),
+    ``throughput`` (bytes per second over that time), and ``errors``: a list of
+    ``{"path": wire path or null for the whole source, "message": text}``.
+``totals``
+    the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
+    transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
+    per second over it; ``errors`` is a count here, ``errors_dropped`` the errors received
+    but not kept (beyond the client's limit).
+
+Figures count files transferred in this job; skipped entries (links, special files, invalid
+names) are in ``skipped``, files that could not be transferred in ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from mirror.initiator.client import JobResult
+from mirror.initiator.spec import format_source
+from mirror.stats import SizeStats
+from mirror.wire.control import SourceRequest
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+#: Whole-source errors shown under the text table (per-file errors were shown live).
+MAX_TEXT_ERRORS = 20
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped.
+
+    Names and messages come from remote peers: raw, they could move the cursor or rewrite
+    the terminal (ESC sequences, ``\\r``).
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def format_bytes(n: float) -> str:
+    """A byte count in binary units: ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_rate(bytes_per_second: float) -> str:
+    return format_bytes(bytes_per_second) + "/s"
+
+
+def format_clock(seconds: float) -> str:
+    """A duration as ``m:ss`` or ``h:mm:ss``."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for the report: ``0.42 s``, ``12.3 s``, or ``1:02:03``."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return format_clock(seconds)
+
+
+def _throughput(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds if seconds > 0 else 0.0
+
+
+def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: float) -> dict:
+    return {
+        "files": stats.count,
+        "dirs": dirs,
+        "bytes": stats.total,
+        "sum_sq": stats.sum_sq,
+        "mean_size": stats.mean,
+        "variance": stats.variance,
+        "stddev": stats.stddev,
+        "cv": stats.cv,
+        "skipped": skipped,
+        "failed": failed,
+        "elapsed": elapsed,
+        "throughput": _throughput(stats.total, elapsed),
+    }
+
+
+_NULL_FIGURES = dict.fromkeys(_figures(SizeStats(), 0, 0, 0, 0.0))
+
+
+def build_report(
+    sources: Sequence[SourceRequest],
+    result: JobResult | None,
+    elapsed: float,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict (see the module docstring for its keys).
+
+    ``result`` is None when the job could not be followed to DONE; ``error`` then says why.
+    """
+    per_source = []
+    totals = SizeStats()
+    dirs = skipped = failed = 0
+    for index, source in enumerate(sources):
+        done = result.source_done[index] if result is not None else None
+        entry: dict[str, Any] = {
+            "index": index,
+            "host": source.host,
+            "port": source.port,
+            "path": source.path or ".",
+            "delay": source.delay,
+            "ok": result.source_ok(index) if result is not None else False,
+            "reported": done is not None,
+        }
+        if done is not None:
+            stats = SizeStats.from_sums(done.files, done.bytes, done.sum_sq)
+            entry.update(_figures(stats, done.dirs, done.skipped, done.failed, done.elapsed))
+            totals.merge(stats)
+            dirs += done.dirs
+            skipped += done.skipped
+            failed += done.failed
+        else:
+            entry.update(_NULL_FIGURES)
+        entry["errors"] = [
+            {"path": e.path, "message": e.message}
+            for e in (result.errors if result is not None else ())
+            if e.index == index
+        ]
+        per_source.append(entry)
+    total_figures = _figures(totals, dirs, skipped, failed, elapsed)
+    total_figures["errors"] = len(result.errors) if result is not None else 0
+    total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
+    return {
+        "ok": result is not None and error is None and result.ok,
+        "error": error,
+        "job_id": result.job_id if result is not None else None,
+        "elapsed": elapsed,
+        "sources": per_source,
+        "totals": total_figures,
+    }
+
+
+def format_json(report: dict[str, Any]) -> str:
+    """One JSON object on one line, newline-terminated."""
+    return json.dumps(report, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _source_label(entry: dict[str, Any]) -> str:
+    source = SourceRequest(entry["host"], entry["port"], entry["path"], entry["delay"])
+    return printable(format_source(source))
+
+
+def _row(label: str, status: str, fig: dict[str, Any]) -> list[str]:
+    if fig["files"] is None:
+        return [label, status] + ["-"] * 11
+    return [
+        label,
+        status,
+        str(fig["files"]),
+        str(fig["dirs"]),
+        format_bytes(fig["bytes"]),
+        format_bytes(fig["mean_size"]),
+        f"{fig['variance']:.4g}",
+        format_bytes(fig["stddev"]),
+        f"{fig['cv']:.2f}",
+        str(fig["skipped"]),
+        str(fig["failed"]),
+        format_seconds(fig["elapsed"]),
+        format_rate(fig["throughput"]),
+    ]
+
+
+_HEADER = [
+    "SOURCE", "STATUS", "FILES", "DIRS", "BYTES", "MEAN", "VARIANCE(B^2)", "STDDEV", "CV",
+    "SKIPPED", "FAILED", "TIME", "THROUGHPUT",
+]  # fmt: skip
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """The report as a table, one row per SPEC and a TOTAL row, then whole-source errors."""
+    rows = [_HEADER]
+    for entry in report["sources"]:
+        status = "ok" if entry["ok"] else ("FAILED" if entry["reported"] else "NO RESULT")
+        rows.append(_row(_source_label(entry), status, entry))
+    rows.append(_row("TOTAL", "ok" if report["ok"] else "FAILED", report["totals"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+    lines = []
+    if report["job_id"] is not None:
+        lines.append(f"job {printable(report['job_id'])}")
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        lines.append("  ".join(cells).rstrip())
+    notes = []
+    for entry in report["sources"]:
+        for err in entry["errors"]:
+            if err["path"] is None:
+                notes.append(f"  {_source_label(entry)}: {printable(err['message'])}")
+    if notes:
+        lines.append("errors concerning whole sources:")
+        lines.extend(notes[:MAX_TEXT_ERRORS])
+        if len(notes) > MAX_TEXT_ERRORS:
+            lines.append(f"  ... and {len(notes) - MAX_TEXT_ERRORS} more")
+    file_errors = report["totals"]["errors"] + report["totals"]["errors_dropped"] - len(notes)
+    if file_errors > 0:
+        lines.append(f"{file_errors} error(s) on individual paths, shown as they happened")
+    if report["error"] is not None:
+        lines.append(f"job not completed: {printable(report['error'])}")
+    lines.append(f"elapsed {format_seconds(report['elapsed'])}; " + (
+        "every source mirrored" if report["ok"] else "some sources FAILED"
+    ))
+    return "\n".join(lines) + "\n"
