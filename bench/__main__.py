@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import datasets, report
+from bench.cpu import idle_check
 from bench.daemons import DaemonError, ensure_rsync, find_tool, rsync_daemon, twistd_daemon
 from bench.datasets import Dataset, Spec
 from bench.runner import WORKLOADS, BenchError, Result, ours_client, rsync_client, run_workload
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
         raise BenchError("twistd or mirror-init not found next to this Python nor on PATH: "
                          "run `make install` first (`make bench` does)")
     rsync = ensure_rsync()
+    idle = idle_check()
+    if idle.cpu / idle.wall > 0.1:
+        print(f"warning: the machine is not idle ({idle}): timings will be noisy")
     specs = datasets.QUICK if args.quick else datasets.FULL
     data, run_dir, logs = base / "data", base / "run", base / "logs"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
         "seed": str(args.seed),
         "timed runs per tool": str(args.runs),
         "mirror-server --workers": str(args.workers),
+        "before the start": str(idle),
         "mode": "quick (tiny datasets, harness smoke test)" if args.quick else "full",
     }
     command = "make bench" if sys.argv[1:] == [] else f"python -m bench {' '.join(sys.argv[1:])}"

@@ -64,6 +64,11 @@ def _ratio(result: Result) -> float | None:
     return ours / rsync if ours and rsync else None
 
 
+def _rate(x: float) -> str:
+    """A rate with about three significant digits."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
@@ -77,7 +82,7 @@ def time_table(results: list[Result]) -> str:
         cells = [r.workload.name, str(r.files), f"{r.bytes / MB:.1f}"]
         for tool in ("ours", "rsync"):
             m = _median(r.times.get(tool, []))
-            cells += ([f"{m:.3f}", f"{r.bytes / MB / m:.1f}", f"{r.files / m:.0f}"] if m
+            cells += ([f"{m:.3f}", _rate(r.bytes / MB / m), _rate(r.files / m)] if m
                       else ["-", "-", "-"])
         ratio, target = _ratio(r), TARGETS.get(r.workload.name)
         cells.append(f"{ratio:.2f}" if ratio else "-")
@@ -120,9 +125,14 @@ def summary(results: list[Result]) -> list[str]:
 
 
 def runs_detail(results: list[Result]) -> str:
-    """Every timed run, in seconds, in the order they ran."""
-    return "\n".join(f"- {r.workload.name}, {tool}: " + ", ".join(f"{t:.3f}" for t in times)
-                     for r in results for tool, times in r.times.items())
+    """Every timed run, in seconds, in the order they ran, and the CPU others used meanwhile."""
+    lines = []
+    for r in results:
+        lines += [f"- {r.workload.name}, {tool}: " + ", ".join(f"{t:.3f}" for t in times)
+                  for tool, times in r.times.items()]
+        if r.other:
+            lines.append(f"  - during {r.workload.name}: {r.other}")
+    return "\n".join(lines)
 
 
 def render(results: list[Result], env: dict[str, str], settings: dict[str, str],
@@ -167,5 +177,8 @@ The daemons are restarted for every workload, so each peak belongs to that workl
   that memory does not grow with file size (compare with big).
 
 ## All timed runs (seconds)
+"Other processes" is the machine's busy CPU time minus that of the harness, its clients and
+the daemons: anything well above 0 cores means the timings were disturbed.
+
 {runs_detail(results)}
 """

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cpu import Meter, Other
 from bench.daemons import RSYNC_MODULE, Daemon
 from bench.datasets import Dataset
 from bench.trees import MismatchError, check_bytes, check_tree
@@ -76,13 +77,15 @@ def rsync_client(rsync: str, rsyncd: Daemon, dest_root: Path) -> Client:
 
 @dataclass
 class Result:
-    """Timed runs (seconds, warm-ups excluded) per client, and our servers' peak RSS (bytes)."""
+    """Timed runs (seconds, warm-ups excluded) per client, our servers' peak RSS (bytes), and
+    the CPU other processes used meanwhile."""
 
     workload: Workload
     files: int
     bytes: int
     times: dict[str, list[float]] = field(default_factory=dict)
     peaks: dict[str, int] = field(default_factory=dict)
+    other: Other | None = None
 
 
 def _tail(data: bytes, lines: int = 15) -> str:
@@ -156,6 +159,8 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
             daemon.sample()
         return seconds
 
+    servers = {d.proc.pid for d in [*watched, *(s for c in clients for s in c.servers)] if d.proc}
+    meter = Meter(sorted(servers))
     if workload.noop:
         for client in clients:
             _empty(client.dest(path))
@@ -172,4 +177,5 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     for client in clients:
         _empty(client.dest(path))
     result.peaks = {d.name: d.peak_rss for d in watched}
+    result.other = meter.stop()
     return result
