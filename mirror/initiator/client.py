@@ -222,12 +222,7 @@ class ControlClientProtocol(LineReceiver):
             self.transport.abortConnection()
 
 
-async def _submit(
-    endpoint: IStreamClientEndpoint,
-    sources: Sequence[SourceRequest],
-    on_event: Callable[[ServerEvent], None],
-) -> JobResult:
-    protocol = ControlClientProtocol(sources, on_event)
+async def _submit(endpoint: IStreamClientEndpoint, protocol: ControlClientProtocol) -> JobResult:
     try:
         await connectProtocol(endpoint, protocol)
     except CancelledError:
@@ -250,14 +245,18 @@ def submit_job(
 
     ``on_event`` sees every event as it arrives. Fails with `MirrorServerUnreachable`,
     `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`, or `JobTimeout` after
-    ``timeout`` seconds (measured on ``reactor``). Cancelling the Deferred drops the
-    connection. A result whose ``ok`` is False is still a result, not a failure.
+    ``timeout`` seconds (measured on ``reactor``); the error's ``result`` holds what arrived
+    before. Cancelling the Deferred drops the connection. A result whose ``ok`` is False is
+    still a result, not a failure.
     """
-    d = Deferred.fromCoroutine(_submit(endpoint, sources, on_event))
+    protocol = ControlClientProtocol(sources, on_event)
+    d = Deferred.fromCoroutine(_submit(endpoint, protocol))
     if timeout is not None:
 
-        def timed_out(result: object, seconds: float) -> JobResult:
-            raise JobTimeout(f"the job did not finish within {seconds:g} seconds")
+        def timed_out(value: object, seconds: float) -> JobResult:
+            error = JobTimeout(f"the job did not finish within {seconds:g} seconds")
+            error.result = protocol.result if protocol.transport is not None else None
+            raise error
 
         d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
     return d

@@ -296,11 +296,27 @@ class SubmitJobTests(SynchronousTestCase):
         clock = Clock()
         endpoint = StringEndpoint()
         d = submit_job(clock, endpoint, SOURCES, lambda e: None, timeout=30)
+        endpoint.protocol.dataReceived(lines(JobAccepted("9")))
         clock.advance(29)
         self.assertNoResult(d)
         clock.advance(1)
-        self.assertIn("within 30 seconds", str(self.failureResultOf(d, JobTimeout).value))
+        error = self.failureResultOf(d, JobTimeout).value
+        self.assertIn("within 30 seconds", str(error))
+        self.assertEqual(error.result.job_id, "9", "what arrived is kept")
         self.assertTrue(endpoint.transport.disconnecting)
+
+    def test_timeout_while_connecting(self) -> None:
+        clock = Clock()
+        connecting: Deferred[Protocol] = Deferred()
+
+        @implementer(IStreamClientEndpoint)
+        class Hanging:
+            def connect(self, factory: Factory) -> Deferred[Protocol]:
+                return connecting
+
+        d = submit_job(clock, Hanging(), SOURCES, lambda e: None, timeout=5)
+        clock.advance(5)
+        self.assertIsNone(self.failureResultOf(d, JobTimeout).value.result)
 
     def test_cancel_drops_connection(self) -> None:
         endpoint = StringEndpoint()
