@@ -249,6 +249,15 @@ class SourceRun:
                     await receiver.discard()
                     problem = str(e)
                     continue
+                except Exception as e:
+                    # A bug, not the peer's fault: logged with its traceback, and the file
+                    # is still counted and reported as failed (never silently lost).
+                    self.log.failure("{source}: transfer of {path} failed", source=self.label,
+                                     path=path)
+                    self.job.bytes_done -= received
+                    await receiver.discard()
+                    problem = f"internal error: {e}"
+                    break
                 self.stats.add(header.size)
                 self.job.files_done += 1
                 return

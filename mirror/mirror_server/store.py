@@ -116,6 +116,10 @@ class MirrorStore:
                 return PartialFile(self, parts, os.dup(dir_fd))
         except OSError as e:
             raise StoreError(f"cannot create temporary file: {_describe(e)}") from None
+        except paths.UnsafePath as e:
+            # A parent in the mirror is a file or a symlink (planted, or left by an earlier
+            # job): refused, never followed, and reported like any other store failure.
+            raise StoreError(f"cannot create temporary file: {e}") from None
 
     def write_whole(self, parts: paths.Parts, data: bytes, header: frames.FileHeader,
                     digest: bytes) -> None:

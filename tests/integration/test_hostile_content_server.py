@@ -505,6 +505,32 @@ async def test_longest_legal_path(harness):
 # -- the mirror directory itself holds a trap ----------------------------------------------
 
 
+@pytest.mark.parametrize("listed_dir", [True, False], ids=["dir-listed", "dir-not-listed"])
+@pytest_twisted.ensureDeferred
+async def test_symlinked_directory_in_mirror_is_not_written_through(harness, listed_dir):
+    h = harness()
+    elsewhere = h.outside / "elsewhere"
+    elsewhere.mkdir()
+    h.top.mkdir(parents=True)
+    (h.top / "docs").symlink_to(elsewhere)
+    entries = ([d("docs")] if listed_dir else []) + [
+        f("docs/a", SMALL), f("docs/big", BIG), f("docs/sub/c", SMALL), f("fine", SMALL)]
+    result = await h.run(*entries)
+    assert not result.ok
+    assert os.listdir(elsewhere) == []
+    assert (h.top / "docs").is_symlink()
+    if listed_dir:
+        [message] = errors_for(result, "docs")
+        assert "not a directory" in message
+    for name in ("docs/a", "docs/big", "docs/sub/c"):
+        [message] = errors_for(result, name)
+        assert message.startswith(name + ":") and "not a directory" in message, message
+    assert (h.top / "fine").read_bytes() == SMALL
+    assert result.source_done[0].failed == 3 + listed_dir
+    h.check_safe(result)
+    await h.check_alive()
+
+
 @pytest_twisted.ensureDeferred
 async def test_symlink_at_final_name_is_replaced_not_followed(harness):
     h = harness()
@@ -536,3 +562,32 @@ async def test_symlinked_top_directory_is_refused(harness):
     assert h.script.fetched() == []
     h.check_safe(result)
     await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_planted_symlink_with_real_content_server(tmp_path, start_content_server,
+                                                        start_mirror_server):
+    """The issue's example: MIRROR/127.0.0.1_PORT/docs -> elsewhere, with a real server."""
+    src = make_sample_tree(tmp_path / "src", big_size=600_000)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cport, _ = start_content_server(str(src))
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"), stall_timeout=STALL)
+    top = tmp_path / "mirror" / f"127.0.0.1_{cport}"
+    top.mkdir(parents=True)
+    (top / "docs").symlink_to(elsewhere)
+    result = await run_job(mport, [source(cport)], timeout=20)
+    assert not result.ok
+    assert os.listdir(elsewhere) == []
+    docs_files = [str(p.relative_to(src)) for p in (src / "docs").rglob("*")]
+    reported = {e.path for e in result.errors}
+    assert set(docs_files) | {"docs"} == reported
+    # Everything outside docs/ arrived.
+    assert (top / "..foo").read_bytes() == (src / "..foo").read_bytes()
+    assert (top / "empty").is_dir()
+    assert temporaries(tmp_path) == []
+    # Once the trap is gone, the same job completes.
+    (top / "docs").unlink()
+    result = await run_job(mport, [source(cport)], timeout=20)
+    assert result.ok, result.errors
+    assert_same_tree(src, top)
