@@ -1,0 +1,296 @@
+"""mirror.paths: what a name from the network may be, and confinement under a root fd."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror import paths
+from mirror.paths import UnsafePath, open_dir, open_regular_file, parse_request_path, \
+    parse_wire_path
+from tests.unit.helpers import must_not_block
+
+CONTROL_CHARS = [chr(c) for c in range(0x20)] + [chr(c) for c in range(0x7F, 0xA0)]
+
+
+class AcceptedNames(SynchronousTestCase):
+    def test_simple(self) -> None:
+        self.assertEqual(parse_wire_path("a/b/c.txt"), ("a", "b", "c.txt"))
+        self.assertEqual(parse_wire_path(b"a/b/c.txt"), ("a", "b", "c.txt"))
+
+    def test_dot_dot_prefix(self) -> None:
+        self.assertEqual(parse_wire_path("..foo"), ("..foo",))
+        self.assertEqual(parse_wire_path("a/...")[-1], "...")
+        self.assertEqual(parse_wire_path("foo.."), ("foo..",))
+
+    def test_leading_dash(self) -> None:
+        self.assertEqual(parse_wire_path("-rf"), ("-rf",))
+        self.assertEqual(parse_wire_path("d/--delete"), ("d", "--delete"))
+
+    def test_spaces(self) -> None:
+        self.assertEqual(parse_wire_path(" a b /  "), (" a b ", "  "))
+
+    def test_colon(self) -> None:
+        self.assertEqual(parse_wire_path("c:/x:y"), ("c:", "x:y"))
+
+    def test_unicode(self) -> None:
+        self.assertEqual(parse_wire_path("unicodé ☃/日本語.txt"), ("unicodé ☃", "日本語.txt"))
+        self.assertEqual(parse_wire_path("unicodé ☃".encode()), ("unicodé ☃",))
+
+    def test_prefix_lookalikes(self) -> None:
+        self.assertEqual(parse_wire_path(".mirror-tmp"), (".mirror-tmp",))
+        self.assertEqual(parse_wire_path("x.mirror-tmp-1"), ("x.mirror-tmp-1",))
+
+    def test_longest_component(self) -> None:
+        self.assertEqual(parse_wire_path("a" * 255), ("a" * 255,))
+
+    def test_longest_path(self) -> None:
+        # 17 components (15 of 255 bytes, then 200 and 55) and 16 slashes: 4096 bytes.
+        name = "/".join(["a" * 255] * 15 + ["b" * 200, "c" * 55])
+        self.assertEqual(len(name.encode()), 4096)
+        self.assertEqual(len(parse_wire_path(name)), 17)
+
+    def test_request_root_forms(self) -> None:
+        for root in ("", ".", "/", b"", b".", b"/"):
+            self.assertEqual(parse_request_path(root), (), root)
+
+    def test_request_tolerates_one_leading_and_trailing_slash(self) -> None:
+        self.assertEqual(parse_request_path("/docs/sub/"), ("docs", "sub"))
+        self.assertEqual(parse_request_path("docs/"), ("docs",))
+        self.assertEqual(parse_request_path("/docs"), ("docs",))
+
+    def test_join_round_trip(self) -> None:
+        parts = parse_wire_path("x/..y/ z")
+        self.assertEqual(parse_wire_path(paths.join_parts(parts)), parts)
+
+
+class RefusedNames(SynchronousTestCase):
+    def refused(self, raw: bytes | str, why: str, parse=parse_wire_path) -> None:
+        with self.assertRaises(UnsafePath) as cm:
+            parse(raw)
+        self.assertIn(why, str(cm.exception), f"for {raw!r}")
+
+    def test_empty(self) -> None:
+        self.refused("", "empty name")
+        self.refused(b"", "empty name")
+
+    def test_absolute(self) -> None:
+        self.refused("/etc/passwd", "absolute")
+        self.refused(b"/", "absolute")
+
+    def test_request_absolute_after_one_slash(self) -> None:
+        self.refused("//etc/passwd", "absolute", parse_request_path)
+
+    def test_dot_dot(self) -> None:
+        self.refused("..", "'..' path component")
+        self.refused("a/../../etc", "'..' path component")
+        self.refused("a/..", "'..' path component")
+        self.refused("../a", "'..' path component", parse_request_path)
+
+    def test_dot(self) -> None:
+        self.refused(".", "'.' path component")
+        self.refused("a/./b", "'.' path component")
+        self.refused("a/.", "'.' path component")
+        self.refused("./a", "'.' path component", parse_request_path)
+
+    def test_empty_component(self) -> None:
+        self.refused("a//b", "empty path component")
+        self.refused("a//b", "empty path component", parse_request_path)
+
+    def test_trailing_slash(self) -> None:
+        self.refused("a/", "empty path component")
+        self.refused("a/b/", "empty path component")
+
+    def test_request_two_trailing_slashes(self) -> None:
+        self.refused("a//", "empty path component", parse_request_path)
+
+    def test_backslash(self) -> None:
+        self.refused("a\\b", "backslash")
+        self.refused("..\\..\\windows", "backslash")
+        self.refused("\\", "backslash", parse_request_path)
+
+    def test_nul(self) -> None:
+        self.refused("a\x00b", "control character U+0000")
+        self.refused(b"a/\x00", "control character U+0000")
+
+    def test_newline(self) -> None:
+        self.refused("a\nb", "control character U+000A")
+        self.refused("a\r\nb", "control character U+000D")
+
+    def test_every_control_character(self) -> None:
+        self.assertEqual(len(CONTROL_CHARS), 32 + 33)  # U+0000-001F, U+007F-009F
+        for ch in CONTROL_CHARS:
+            why = f"control character U+{ord(ch):04X}"
+            self.refused(f"a{ch}b", why)
+            self.refused(f"a/{ch}", why)
+            self.refused(f"x{ch}".encode(), why)
+            self.refused(f"d/x{ch}", why, parse_request_path)
+
+    def test_invalid_utf8(self) -> None:
+        for raw in (b"\xff", b"a\xc3", b"\xc0\xaf", b"\xed\xa0\x80", b"a/\x80b",
+                    b"\xf8\x88\x80\x80\x80"):
+            self.refused(raw, "not valid UTF-8")
+            self.refused(raw, "not valid UTF-8", parse_request_path)
+
+    def test_lone_surrogate_text(self) -> None:
+        self.refused("a\udcffb", "not valid UTF-8")
+
+    def test_component_too_long(self) -> None:
+        self.refused("a" * 256, "longer than 255 bytes")
+        self.refused("d/" + "a" * 256, "longer than 255 bytes")
+
+    def test_component_too_long_in_bytes_not_characters(self) -> None:
+        self.refused("é" * 128, "longer than 255 bytes")  # 128 characters, 256 bytes
+
+    def test_path_too_long(self) -> None:
+        name = "/".join(["a" * 255] * 15 + ["b" * 200, "c" * 56])  # 4097 bytes
+        self.refused(name, "longer than 4096 bytes")
+        self.refused("a/" * 3000 + "a", "longer than 4096 bytes")
+
+    def test_reserved_prefix(self) -> None:
+        self.refused(".mirror-tmp-0123abcd", "reserved prefix")
+        self.refused("a/.mirror-tmp-x/b", "reserved prefix")
+        self.refused(b".mirror-tmp-", "reserved prefix")
+
+
+class Confinement(SynchronousTestCase):
+    """open_dir / open_regular_file under a root fd: no link, no special file, no escape."""
+
+    def setUp(self) -> None:
+        base = self.mktemp()
+        self.root = os.path.join(base, "root")
+        self.outside = os.path.join(base, "outside")
+        os.makedirs(os.path.join(self.root, "a", "b"))
+        os.makedirs(self.outside)
+        with open(os.path.join(self.outside, "secret"), "w") as f:
+            f.write("secret")
+        with open(os.path.join(self.root, "a", "file.txt"), "w") as f:
+            f.write("inside")
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        self.fds_before = len(os.listdir("/proc/self/fd"))
+
+    def assert_no_fd_leak(self) -> None:
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
+
+    def test_open_regular_file(self) -> None:
+        fd, st = open_regular_file(self.root_fd, ("a", "file.txt"))
+        try:
+            self.assertTrue(stat.S_ISREG(st.st_mode))
+            self.assertEqual(os.read(fd, 100), b"inside")
+        finally:
+            os.close(fd)
+        self.assert_no_fd_leak()
+
+    def test_open_dir(self) -> None:
+        fd = open_dir(self.root_fd, ("a", "b"))
+        try:
+            self.assertTrue(stat.S_ISDIR(os.fstat(fd).st_mode))
+        finally:
+            os.close(fd)
+        self.assert_no_fd_leak()
+
+    def test_open_dir_of_nothing_is_a_copy_of_the_root(self) -> None:
+        fd = open_dir(self.root_fd, ())
+        try:
+            self.assertEqual(os.fstat(fd).st_ino, os.fstat(self.root_fd).st_ino)
+        finally:
+            os.close(fd)
+
+    def test_missing(self) -> None:
+        self.assertRaises(FileNotFoundError, open_dir, self.root_fd, ("a", "nope"))
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("a", "nope"))
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("x", "y"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "a", "nope")))
+        self.assert_no_fd_leak()
+
+    def test_create_makes_missing_directories(self) -> None:
+        fd = open_dir(self.root_fd, ("a", "new", "deeper"), create=True)
+        os.close(fd)
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "a", "new", "deeper")))
+        self.assert_no_fd_leak()
+
+    def test_create_keeps_existing(self) -> None:
+        os.close(open_dir(self.root_fd, ("a", "b"), create=True))
+        self.assertTrue(os.path.exists(os.path.join(self.root, "a", "file.txt")))
+
+    def test_symlink_final_file(self) -> None:
+        os.symlink(os.path.join(self.outside, "secret"), os.path.join(self.root, "link"))
+        with self.assertRaises(UnsafePath) as cm:
+            open_regular_file(self.root_fd, ("link",))
+        self.assertIn("symbolic link", str(cm.exception))
+        self.assert_no_fd_leak()
+
+    def test_symlink_final_inside_root(self) -> None:
+        # Links are never followed, not even to a file inside the root.
+        os.symlink("a/file.txt", os.path.join(self.root, "inlink"))
+        self.assertRaises(UnsafePath, open_regular_file, self.root_fd, ("inlink",))
+
+    def test_symlink_final_dir(self) -> None:
+        os.symlink(self.outside, os.path.join(self.root, "a", "out"))
+        with self.assertRaises(UnsafePath) as cm:
+            open_dir(self.root_fd, ("a", "out"))
+        self.assertIn("'out' is not a directory", str(cm.exception))
+        self.assert_no_fd_leak()
+
+    def test_symlink_parent(self) -> None:
+        os.symlink(self.outside, os.path.join(self.root, "a", "out"))
+        with self.assertRaises(UnsafePath):
+            open_regular_file(self.root_fd, ("a", "out", "secret"))
+        with self.assertRaises(UnsafePath):
+            open_dir(self.root_fd, ("a", "out", "x"), create=True)
+        self.assertFalse(os.path.exists(os.path.join(self.outside, "x")))
+        self.assert_no_fd_leak()
+
+    def test_relative_symlink_parent_going_up(self) -> None:
+        os.symlink("../../outside", os.path.join(self.root, "up"))
+        self.assertRaises(UnsafePath, open_regular_file, self.root_fd, ("up", "secret"))
+
+    def test_file_as_parent(self) -> None:
+        with self.assertRaises(UnsafePath):
+            open_dir(self.root_fd, ("a", "file.txt", "x"), create=True)
+
+    def test_directory_is_not_a_regular_file(self) -> None:
+        with self.assertRaises(UnsafePath) as cm:
+            open_regular_file(self.root_fd, ("a", "b"))
+        self.assertIn("not a regular file", str(cm.exception))
+        self.assert_no_fd_leak()
+
+    def test_fifo_does_not_block(self) -> None:
+        os.mkfifo(os.path.join(self.root, "a", "fifo"))
+        with must_not_block():
+            with self.assertRaises(UnsafePath) as cm:
+                open_regular_file(self.root_fd, ("a", "fifo"))
+        self.assertIn("not a regular file", str(cm.exception))
+        with must_not_block():
+            self.assertRaises(UnsafePath, open_dir, self.root_fd, ("a", "fifo"))
+        self.assert_no_fd_leak()
+
+    def test_device(self) -> None:
+        where = os.path.join(self.root, "a", "null")
+        try:
+            os.mknod(where, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except (PermissionError, OSError) as e:
+            raise self.skipTest(f"cannot make a device node here: {e}")
+        with must_not_block():
+            try:
+                fd, _ = open_regular_file(self.root_fd, ("a", "null"))
+            except UnsafePath as e:
+                self.assertIn("not a regular file", str(e))
+            except PermissionError:
+                raise self.skipTest("devices cannot be opened on this file system (nodev)")
+            else:
+                os.close(fd)
+                self.fail("a device was opened as a regular file")
+        self.assert_no_fd_leak()
+
+
+class DisplayName(SynchronousTestCase):
+    def test_controls_escaped_and_capped(self) -> None:
+        shown = paths.display_name(b"a\nb\x1b[31m\xff" + b"x" * 500)
+        self.assertNotIn("\n", shown)
+        self.assertNotIn("\x1b", shown)
+        self.assertTrue(shown.endswith("..."))
+        self.assertLessEqual(len(shown), 200 * 4 + 3)
