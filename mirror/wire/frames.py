@@ -182,27 +182,38 @@ class FrameReceiver(Int32StringReceiver):
     _buffer: bytes = b""
     _data_id: int | None = None
     _data_left = 0
+    #: Set by `frameError`: nothing more is parsed or delivered on this connection (a real
+    #: transport's abort takes effect only after the current read has been handled).
+    _broken = False
 
     def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
         view = memoryview(data)
         pos, end = 0, len(data)
-        while pos < end and not self.paused and self.transport is not None:
+        while pos < end and not self.paused and not self._broken and self.transport is not None:
             if self._data_left:
                 take = min(self._data_left, end - pos)
                 self._data_left -= take
                 self.dataFrameReceived(self._data_id, view[pos : pos + take])
                 pos += take
                 continue
-            if end - pos < 9:
+            if end - pos < 4:
                 break
             (length,) = _LEN.unpack_from(data, pos)
-            opcode = data[pos + 4]
+            # Refuse a bad length prefix as soon as it is seen, not once more bytes came.
             if length < 5:
                 self.frameError(f"frame length {length} too short")
                 return
+            if length > max(self.MAX_LENGTH, self.MAX_DATA_LENGTH + 5):
+                self.lengthLimitExceeded(length)
+                return
+            if end - pos < 9:
+                break
+            opcode = data[pos + 4]
             if opcode == DATA and self.MAX_DATA_LENGTH:
                 if length > self.MAX_DATA_LENGTH + 5:
                     self.lengthLimitExceeded(length)
@@ -220,7 +231,7 @@ class FrameReceiver(Int32StringReceiver):
                 break
             self.stringReceived(data[pos + 4 : pos + 4 + length])
             pos += 4 + length
-        if pos < end:
+        if pos < end and not self._broken:
             # Only a partial frame head or a partial non-DATA frame (bounded by MAX_LENGTH)
             # is ever kept; copying it on the next read is bounded too.
             self._buffer = bytes(view[pos:])
@@ -233,6 +244,7 @@ class FrameReceiver(Int32StringReceiver):
 
     def frameError(self, reason: str) -> None:
         """The peer broke the framing: drop the connection without reading further."""
+        self._broken = True
         self._buffer = b""
         self._data_left = 0
         if self.transport is not None:

@@ -1,0 +1,391 @@
+"""mirror.wire.frames: the codecs and the streaming FrameReceiver."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror.wire import frames
+from mirror.wire.frames import FileHeader, ProtocolError
+
+
+class Recorder(frames.FrameReceiver):
+    """Keeps every event: ("frame", opcode, id, payload) and ("data", id, bytes)."""
+
+    MAX_LENGTH = 1024
+    MAX_DATA_LENGTH = 4096
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self.errors: list[str] = []
+        self.pause_on: int | None = None
+
+    def stringReceived(self, frame: bytes) -> None:
+        opcode, request_id, payload = frames.split_frame(frame)
+        self.events.append(("frame", opcode, request_id, payload))
+        if opcode == 0x7F:
+            self.frameError("bad opcode")
+        if opcode == self.pause_on:
+            self.pauseProducing()
+
+    def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+        self.assert_is_view(piece)
+        self.events.append(("data", request_id, bytes(piece)))
+
+    @staticmethod
+    def assert_is_view(piece: memoryview) -> None:
+        assert isinstance(piece, memoryview), type(piece)
+
+    def frameError(self, reason: str) -> None:
+        self.errors.append(reason)
+        super().frameError(reason)
+
+    def merged(self) -> list[tuple]:
+        """Events with consecutive DATA pieces of one request joined (chunking-independent)."""
+        out: list[tuple] = []
+        for ev in self.events:
+            if ev[0] == "data" and out and out[-1][0] == "data" and out[-1][1] == ev[1] \
+                    and out[-1][3] == "open":
+                out[-1] = ("data", ev[1], out[-1][2] + ev[2], "open")
+            elif ev[0] == "data":
+                out.append(("data", ev[1], ev[2], "open"))
+            else:
+                out.append(ev)
+        return out
+
+
+def connected(cls: type[frames.FrameReceiver] = Recorder) -> tuple[Recorder, StringTransport]:
+    proto = cls()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def data_frame(request_id: int, body: bytes) -> bytes:
+    return frames.data_header(request_id, len(body)) + body
+
+
+SAMPLE_STREAM = b"".join([
+    frames.frame(frames.FILE, 7, frames.encode_file(FileHeader(3000, 3000, 1, 0o644))),
+    data_frame(7, bytes(range(256)) * 8),
+    frames.frame(frames.ENTRIES, 9, frames.encode_entry(frames.KIND_FILE, 0o600, 5, 6, b"x")),
+    data_frame(7, b""),
+    data_frame(7, b"z" * 952),
+    frames.frame(frames.FILE_END, 7, b"d" * 32),
+    frames.frame(frames.LIST_END, 9, frames.encode_list_end(1, 0)),
+    frames.frame(frames.ERROR, 0xFFFFFFFF, frames.encode_error(3, "bad")),
+])
+
+
+# -- codecs --------------------------------------------------------------------------------
+
+
+class Codecs(SynchronousTestCase):
+    def test_frame_layout(self) -> None:
+        self.assertEqual(frames.frame(0x01, 0x01020304, b"ab"),
+                         b"\x00\x00\x00\x07\x01\x01\x02\x03\x04ab")
+        self.assertEqual(frames.split_frame(b"\x01\x01\x02\x03\x04ab"), (1, 0x01020304, b"ab"))
+
+    def test_data_header(self) -> None:
+        self.assertEqual(frames.data_header(5, 10) + b"0123456789",
+                         frames.frame(frames.DATA, 5, b"0123456789"))
+
+    def test_list_round_trip(self) -> None:
+        self.assertEqual(frames.encode_list("docs/é").decode("utf-8"), "docs/é")
+
+    def test_fetch_round_trip(self) -> None:
+        payload = frames.encode_fetch("a/b", 10, 2**64 - 1, 2**32 - 1)
+        self.assertEqual(frames.decode_fetch(payload), (10, 2**64 - 1, 2**32 - 1, b"a/b"))
+        self.assertEqual(frames.decode_fetch(frames.encode_fetch("")), (0, frames.TO_END, 0, b""))
+
+    def test_fetch_too_short(self) -> None:
+        with self.assertRaises(ProtocolError) as cm:
+            frames.decode_fetch(b"\x00" * 19)
+        self.assertIn("too short", str(cm.exception))
+
+    def test_entries_round_trip(self) -> None:
+        payload = (frames.encode_entry(frames.KIND_DIR, 0o40755, 0, -5, b"d")
+                   + frames.encode_entry(frames.KIND_FILE, 0o100644, 2**64 - 1, 2**63 - 1,
+                                         "d/é".encode()))
+        entries = frames.decode_entries(payload)
+        self.assertEqual(entries, [
+            frames.Entry(frames.KIND_DIR, 0o755, 0, -5, b"d"),
+            frames.Entry(frames.KIND_FILE, 0o644, 2**64 - 1, 2**63 - 1, "d/é".encode()),
+        ])
+        self.assertTrue(entries[0].is_dir)
+        self.assertFalse(entries[1].is_dir)
+
+    def test_entry_mode_masked(self) -> None:
+        entry, = frames.decode_entries(frames.encode_entry(frames.KIND_FILE, 0o177777, 0, 0, b"x"))
+        self.assertEqual(entry.mode, 0o7777)
+        # A peer's raw mode with high bits is masked on decoding too.
+        raw = struct.pack(">BHQqH", frames.KIND_FILE, 0xFFFF, 0, 0, 1) + b"x"
+        self.assertEqual(frames.decode_entries(raw)[0].mode, 0o7777)
+
+    def test_entries_truncated_head(self) -> None:
+        good = frames.encode_entry(frames.KIND_FILE, 0o644, 1, 1, b"name")
+        with self.assertRaises(ProtocolError) as cm:
+            frames.decode_entries(good + good[:10])
+        self.assertIn("truncated LIST entry", str(cm.exception))
+
+    def test_entries_truncated_name(self) -> None:
+        good = frames.encode_entry(frames.KIND_FILE, 0o644, 1, 1, b"name")
+        with self.assertRaises(ProtocolError) as cm:
+            frames.decode_entries(good[:-1])
+        self.assertIn("truncated LIST entry name", str(cm.exception))
+
+    def test_entries_name_length_lies(self) -> None:
+        raw = struct.pack(">BHQqH", frames.KIND_FILE, 0, 0, 0, 65535) + b"short"
+        self.assertRaises(ProtocolError, frames.decode_entries, raw)
+
+    def test_entries_unknown_kind(self) -> None:
+        for kind in (0, 3, 255):
+            raw = struct.pack(">BHQqH", kind, 0, 0, 0, 1) + b"x"
+            with self.assertRaises(ProtocolError) as cm:
+                frames.decode_entries(raw)
+            self.assertIn(f"unknown LIST entry kind {kind}", str(cm.exception))
+
+    def test_entries_empty(self) -> None:
+        with self.assertRaises(ProtocolError) as cm:
+            frames.decode_entries(b"")
+        self.assertIn("empty ENTRIES", str(cm.exception))
+
+    def test_list_end_round_trip(self) -> None:
+        self.assertEqual(frames.decode_list_end(frames.encode_list_end(2**64 - 1, 7)),
+                         (2**64 - 1, 7))
+
+    def test_list_end_skipped_saturates(self) -> None:
+        self.assertEqual(frames.decode_list_end(frames.encode_list_end(1, 2**40)),
+                         (1, 2**32 - 1))
+
+    def test_list_end_wrong_size(self) -> None:
+        good = frames.encode_list_end(1, 2)
+        for bad in (b"", good[:-1], good + b"\x00"):
+            self.assertRaises(ProtocolError, frames.decode_list_end, bad)
+
+    def test_file_round_trip(self) -> None:
+        header = FileHeader(10, 20, -1, 0o4755)
+        self.assertEqual(frames.decode_file(frames.encode_file(header)), header)
+
+    def test_file_mode_masked(self) -> None:
+        self.assertEqual(frames.decode_file(frames.encode_file(FileHeader(0, 0, 0, 0o100644))),
+                         FileHeader(0, 0, 0, 0o644))
+
+    def test_file_wrong_size(self) -> None:
+        good = frames.encode_file(FileHeader(1, 1, 1, 1))
+        for bad in (b"", good[:-1], good + b"\x00"):
+            self.assertRaises(ProtocolError, frames.decode_file, bad)
+
+    def test_error_round_trip(self) -> None:
+        self.assertEqual(frames.decode_error(frames.encode_error(frames.E_BUSY, "busy é")),
+                         (frames.E_BUSY, "busy é"))
+        self.assertEqual(frames.decode_error(b"\x00\x01"), (1, ""))
+
+    def test_error_too_short(self) -> None:
+        for bad in (b"", b"\x01"):
+            self.assertRaises(ProtocolError, frames.decode_error, bad)
+
+    def test_error_message_made_printable(self) -> None:
+        code, message = frames.decode_error(b"\x00\x05" + b"bad\n\x1b[31mred\xff")
+        self.assertEqual(code, 5)
+        self.assertTrue(message.isprintable(), message)
+        self.assertTrue(message.startswith("bad?"))
+
+    def test_error_message_capped(self) -> None:
+        payload = frames.encode_error(1, "x" * 5000)
+        self.assertEqual(len(payload), 2 + 1024)
+        self.assertEqual(len(frames.decode_error(b"\x00\x01" + b"y" * 5000)[1]), 1024)
+
+    def test_error_message_cut_inside_a_character(self) -> None:
+        payload = frames.encode_error(1, "a" + "é" * 600)  # the cut splits a 2-byte character
+        code, message = frames.decode_error(payload)
+        self.assertEqual(code, 1)
+        self.assertTrue(message.startswith("aé"))
+
+
+# -- the receiver --------------------------------------------------------------------------
+
+
+class Receiving(SynchronousTestCase):
+    def feed(self, chunks: list[bytes]) -> Recorder:
+        proto, transport = connected()
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        self.assertFalse(transport.disconnecting, proto.errors)
+        return proto
+
+    def expected(self) -> list[tuple]:
+        return [
+            ("frame", frames.FILE, 7, frames.encode_file(FileHeader(3000, 3000, 1, 0o644))),
+            ("data", 7, bytes(range(256)) * 8, "open"),
+            ("frame", frames.ENTRIES, 9,
+             frames.encode_entry(frames.KIND_FILE, 0o600, 5, 6, b"x")),
+            ("data", 7, b"z" * 952, "open"),
+            ("frame", frames.FILE_END, 7, b"d" * 32),
+            ("frame", frames.LIST_END, 9, frames.encode_list_end(1, 0)),
+            ("frame", frames.ERROR, 0xFFFFFFFF, frames.encode_error(3, "bad")),
+        ]
+
+    def test_whole(self) -> None:
+        self.assertEqual(self.feed([SAMPLE_STREAM]).merged(), self.expected())
+
+    def test_byte_by_byte(self) -> None:
+        chunks = [SAMPLE_STREAM[i : i + 1] for i in range(len(SAMPLE_STREAM))]
+        self.assertEqual(self.feed(chunks).merged(), self.expected())
+
+    def test_odd_chunks(self) -> None:
+        for size in (2, 3, 7, 8, 9, 10, 13, 1000, 1023):
+            chunks = [SAMPLE_STREAM[i : i + size] for i in range(0, len(SAMPLE_STREAM), size)]
+            self.assertEqual(self.feed(chunks).merged(), self.expected(), size)
+
+    def test_empty_data_frame_is_reported(self) -> None:
+        proto = self.feed([data_frame(3, b"")])
+        self.assertEqual(proto.events, [("data", 3, b"")])
+
+    def test_empty_payload_frame(self) -> None:
+        proto = self.feed([frames.frame(frames.LIST_END, 1)])
+        self.assertEqual(proto.events, [("frame", frames.LIST_END, 1, b"")])
+
+    def test_data_streamed_not_buffered(self) -> None:
+        proto, transport = connected()
+        body = bytes(range(256)) * 16  # 4096 bytes, the limit
+        wire = data_frame(2, body)
+        proto.dataReceived(wire[:9 + 100])
+        self.assertEqual(proto.events, [("data", 2, body[:100])])
+        self.assertEqual(proto._buffer, b"")  # nothing of the body held back
+        for i in range(109, len(wire), 500):
+            proto.dataReceived(wire[i : i + 500])
+            got = b"".join(e[2] for e in proto.events)
+            self.assertEqual(got, body[: min(len(body), i + 500 - 9)])
+            self.assertEqual(proto._buffer, b"")
+        self.assertEqual(b"".join(e[2] for e in proto.events), body)
+        self.assertFalse(transport.disconnecting)
+
+    def test_data_pieces_are_views_of_the_data(self) -> None:
+        proto = self.feed([data_frame(1, b"abc") + data_frame(1, b"def")])
+        self.assertEqual([e[2] for e in proto.events], [b"abc", b"def"])
+
+    def test_data_at_the_limit(self) -> None:
+        proto = self.feed([data_frame(1, b"x" * Recorder.MAX_DATA_LENGTH)])
+        self.assertEqual(proto.merged(), [("data", 1, b"x" * 4096, "open")])
+
+    def test_frame_at_the_limit(self) -> None:
+        payload = b"p" * (Recorder.MAX_LENGTH - 5)
+        proto = self.feed([frames.frame(frames.ENTRIES, 1, payload)])
+        self.assertEqual(proto.events, [("frame", frames.ENTRIES, 1, payload)])
+
+    def test_pause_holds_frames_until_resumed(self) -> None:
+        proto, transport = connected()
+        proto.pause_on = frames.LIST_END
+        proto.dataReceived(frames.frame(frames.LIST_END, 1) + frames.frame(frames.FILE_END, 2)
+                           + data_frame(3, b"abc"))
+        self.assertEqual(proto.events, [("frame", frames.LIST_END, 1, b"")])
+        self.assertEqual(transport.producerState, "paused")
+        proto.dataReceived(frames.frame(frames.ERROR, 4, b"\x00\x01"))
+        self.assertEqual(len(proto.events), 1)  # still paused
+        proto.pause_on = None
+        proto.resumeProducing()
+        self.assertEqual(proto.events[1:], [("frame", frames.FILE_END, 2, b""),
+                                            ("data", 3, b"abc"),
+                                            ("frame", frames.ERROR, 4, b"\x00\x01")])
+
+    def test_pause_inside_a_data_body(self) -> None:
+        class PauseOnData(Recorder):
+            def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+                super().dataFrameReceived(request_id, piece)
+                if len(self.events) == 1:
+                    self.pauseProducing()
+
+        proto, transport = connected(PauseOnData)
+        wire = data_frame(1, b"abcdef") + frames.frame(frames.LIST_END, 2)
+        proto.dataReceived(wire[:12])
+        proto.dataReceived(wire[12:])
+        self.assertEqual(proto.events, [("data", 1, b"abc")])
+        proto.resumeProducing()
+        self.assertEqual(proto.events, [("data", 1, b"abc"), ("data", 1, b"def"),
+                                        ("frame", frames.LIST_END, 2, b"")])
+
+
+class HostileFraming(SynchronousTestCase):
+    """Every framing violation aborts the connection and stops reading."""
+
+    def assert_aborted(self, *chunks: bytes, cls: type = Recorder) -> Recorder:
+        proto, transport = connected(cls)
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        self.assertTrue(transport.disconnected, "connection not aborted")
+        self.assertEqual(len(proto.errors), 1, proto.errors)
+        return proto
+
+    def test_length_above_max_length(self) -> None:
+        proto = self.assert_aborted(struct.pack(">IBI", Recorder.MAX_LENGTH + 1, frames.ENTRIES, 1))
+        self.assertIn(f"frame of {Recorder.MAX_LENGTH + 1} bytes exceeds the limit",
+                      proto.errors[0])
+        self.assertEqual(proto.events, [])
+
+    def test_huge_length_prefix_alone(self) -> None:
+        # Four bytes are enough to know the frame is too big: no waiting for more.
+        self.assert_aborted(b"\xff\xff\xff\xff")
+
+    def test_huge_length_prefix_with_a_head(self) -> None:
+        self.assert_aborted(b"\xff\xff\xff\xff" + bytes([frames.ENTRIES]) + b"\x00\x00\x00\x01")
+
+    def test_data_length_above_max_data_length(self) -> None:
+        proto = self.assert_aborted(frames.data_header(1, Recorder.MAX_DATA_LENGTH + 1) + b"x")
+        self.assertEqual(proto.events, [])
+
+    def test_data_not_accepted(self) -> None:
+        class NoData(Recorder):
+            MAX_DATA_LENGTH = 0
+
+            def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+                frames.FrameReceiver.dataFrameReceived(self, request_id, piece)
+
+        # Without DATA support a DATA frame is an ordinary frame bounded by MAX_LENGTH.
+        self.assert_aborted(frames.data_header(1, 2000) + b"x" * 2000, cls=NoData)
+
+    def test_length_too_short(self) -> None:
+        for length in range(5):
+            proto = self.assert_aborted(struct.pack(">I", length) + b"\x01" * 8)
+            self.assertIn(f"frame length {length} too short", proto.errors[0])
+
+    def test_length_too_short_alone(self) -> None:
+        for length in range(5):
+            self.assert_aborted(struct.pack(">I", length))
+
+    def test_nothing_read_after_an_oversized_frame(self) -> None:
+        proto = self.assert_aborted(struct.pack(">IBI", 5000, frames.ENTRIES, 1) + b"x" * 5000
+                                    + frames.frame(frames.LIST_END, 1))
+        self.assertEqual(proto.events, [])
+        proto.dataReceived(frames.frame(frames.LIST_END, 2))
+        self.assertEqual(proto.events, [])
+
+    def test_nothing_read_after_a_frame_error_in_the_same_chunk(self) -> None:
+        # The handler of the first frame finds it bad; the second, in the same read, must not
+        # be acted on (a real transport's abort only takes effect later).
+        proto = self.assert_aborted(frames.frame(0x7F, 1) + frames.frame(frames.LIST_END, 2)
+                                    + data_frame(3, b"abc"))
+        self.assertEqual(proto.events, [("frame", 0x7F, 1, b"")])
+
+    def test_nothing_read_after_a_frame_error_in_later_chunks(self) -> None:
+        proto = self.assert_aborted(frames.frame(0x7F, 1))
+        proto.dataReceived(frames.frame(frames.LIST_END, 2))
+        proto.dataReceived(data_frame(3, b"abc"))
+        self.assertEqual(proto.events, [("frame", 0x7F, 1, b"")])
+
+    def test_nothing_read_after_an_error_inside_data(self) -> None:
+        class FailOnData(Recorder):
+            def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+                super().dataFrameReceived(request_id, piece)
+                self.frameError("no")
+
+        proto = self.assert_aborted(data_frame(1, b"abc") + frames.frame(frames.LIST_END, 2),
+                                    cls=FailOnData)
+        self.assertEqual(proto.events, [("data", 1, b"abc")])
+
+    def test_digest_helper_sanity(self) -> None:
+        # The DIGEST_SIZE constant is SHA-256's.
+        self.assertEqual(frames.DIGEST_SIZE, hashlib.sha256().digest_size)
