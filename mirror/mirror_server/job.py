@@ -79,7 +79,7 @@ class SourceRun:
         self.failed = 0
         self.ok = True
         self.elapsed = 0.0
-        self._listed: dict[paths.Parts, bool] = {}
+        self._listed = _Listed()
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
         self._pending = 0
         self._listing_done = False
@@ -168,14 +168,9 @@ class SourceRun:
         want = self._request_parts
         if parts[: len(want)] != want:
             raise EntryRefused("entry outside the requested path refused")
-        if parts in self._listed:
-            raise EntryRefused("listed twice; refused")
-        for i in range(len(want), len(parts)):
-            if self._listed.get(parts[:i]) is False:
-                raise EntryRefused("its parent was listed as a file; refused")
         if entry.size > self.job.service.settings.max_file_size:
             raise EntryRefused(f"size {entry.size} exceeds the limit")
-        self._listed[parts] = entry.is_dir
+        self._listed.add(parts, entry.is_dir)
         return parts
 
     async def _take(self, entries: list[frames.Entry]) -> None:
@@ -270,6 +265,52 @@ class SourceRun:
             if self._pending == 0 and self._listing_done and self._idle is not None:
                 idle, self._idle = self._idle, None
                 idle.callback(None)
+
+
+class _Dir:
+    __slots__ = ("children", "listed")
+
+    def __init__(self, listed: bool) -> None:
+        self.children: dict[str, _Dir | None] = {}
+        #: False for a directory only implied by the entries below it.
+        self.listed = listed
+
+
+class _Listed:
+    """The names a LIST has given so far, as a tree (``None`` marks a file).
+
+    `add` walks one component at a time, so checking an entry costs O(depth), not the
+    O(depth²) of looking up every prefix tuple (60 ms for a 4 KiB path). Directories implied by
+    an entry (``a`` for ``a/b``) are recorded, so that ``a`` can no longer be listed as a file
+    afterwards: which of the two would win on disk would depend on the workers' timing.
+    """
+
+    def __init__(self) -> None:
+        self._root = _Dir(False)
+
+    def add(self, parts: paths.Parts, is_dir: bool) -> None:
+        """Record an entry, or raise `EntryRefused` if it contradicts earlier ones."""
+        node = self._root
+        for name in parts[:-1]:
+            child = node.children.get(name, _MISSING)
+            if child is None:
+                raise EntryRefused("its parent was listed as a file; refused")
+            if child is _MISSING:
+                child = node.children[name] = _Dir(False)
+            node = child
+        name = parts[-1]
+        existing = node.children.get(name, _MISSING)
+        if existing is _MISSING:
+            node.children[name] = _Dir(True) if is_dir else None
+        elif existing is None or existing.listed:
+            raise EntryRefused("listed twice; refused")
+        elif is_dir:
+            existing.listed = True  # listed after entries inside it: odd, harmless
+        else:
+            raise EntryRefused("listed as a file after entries inside it; refused")
+
+
+_MISSING: Any = object()
 
 
 def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:

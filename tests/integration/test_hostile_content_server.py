@@ -18,11 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 
 from mirror import paths
 from mirror.mirror_server.receiver import SMALL_FILE
@@ -84,12 +88,10 @@ def snapshot(root: Path, exclude: set[Path]) -> dict[str, Any]:
 
 
 def temporaries(root: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames, _fd in os.fwalk(root, follow_symlinks=False):
-        for name in dirnames + filenames:
-            if name.startswith(paths.TEMP_PREFIX):
-                found.append(os.path.join(dirpath, name))
-    return found
+    """Every ``.mirror-tmp-*`` name under ``root`` (find(1) copes with any depth)."""
+    out = subprocess.run(["find", str(root), "-name", paths.TEMP_PREFIX + "*", "-print0"],
+                         check=True, capture_output=True).stdout
+    return [p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p]
 
 
 class Harness:
@@ -147,8 +149,8 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path: Path, start_hostile_server: Any, start_content_server: Any,
             start_mirror_server: Any) -> Callable[..., Harness]:
-    def make(**settings: Any) -> Harness:
-        return Harness(tmp_path, start_hostile_server, start_content_server,
+    def make(base: Path | None = None, **settings: Any) -> Harness:
+        return Harness(base or tmp_path, start_hostile_server, start_content_server,
                        start_mirror_server, **settings)
 
     return make
@@ -301,6 +303,63 @@ async def test_entry_whose_parent_was_listed_as_a_file(harness):
     assert h.script.fetched() == ["p"]
     h.check_safe(result)
     await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_listed_after_its_own_children(harness):
+    """``a/b`` first (``a`` implied), then ``a`` as a file: refused at once. (Before, both were
+    queued, and whichever worker finished first decided what ``a`` became.)"""
+    h = harness()
+    result = await h.run(f("a/b", SMALL), f("a", b"file"), f("c/d/e", SMALL), f("c/d", b"f"),
+                         d("c"))
+    assert not result.ok
+    for name in ("a", "c/d"):
+        assert errors_for(result, name) == [
+            "listed as a file after entries inside it; refused"]
+    assert len(result.errors) == 2
+    assert sorted(h.script.fetched()) == ["a/b", "c/d/e"]
+    assert (h.top / "a" / "b").read_bytes() == SMALL
+    assert (h.top / "c" / "d" / "e").read_bytes() == SMALL
+    # "c", listed after its contents, still gets its mode and mtime.
+    assert (h.top / "c").stat().st_mtime_ns == MTIME_NS
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_names_do_not_freeze_the_daemon(harness):
+    """Checking an entry used to cost O(depth²): a 4 KiB path of 2,048 components took 60 ms
+    of reactor time, so a server listing such names froze every other job. The reactor must
+    keep turning while 400 of them (1.6 MB of LIST) are taken in."""
+    # Not under pytest's tmp_path: its clean-up recurses once per level and would crash on
+    # 2,000 levels, in this session or (if this one is killed) in the next.
+    base = Path(tempfile.mkdtemp(prefix="mirror-deep-"))
+    h = harness(base, stall_timeout=30)
+    entries = [f(("a/" * 2046) + f"b{i:03d}", b"") for i in range(400)]
+    assert all(len(e.name) <= 4096 for e in entries)
+    h.script.batch = 60  # about 240 KiB per ENTRIES frame, under the 256 KiB limit
+    gaps = []
+    last = [time.monotonic()]
+
+    def tick() -> None:
+        now = time.monotonic()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    ticker = task.LoopingCall(tick)
+    ticker.start(0.02)
+    try:
+        result = await h.run(*entries)
+        ticker.stop()
+        assert [(e.path[-20:], e.message[-200:]) for e in result.errors[:3]] == []
+        assert result.ok
+        assert result.source_done[0].files == 400
+        assert max(gaps) < 1.0, max(gaps)
+        h.check_safe(result)
+    finally:
+        if ticker.running:
+            ticker.stop()
+        subprocess.run(["rm", "-rf", "--", str(base)], check=True)
 
 
 @pytest_twisted.ensureDeferred
