@@ -69,7 +69,8 @@ class _Request:
         self.what = what
         self.done: Deferred[Any] = Deferred()
         self.deadline = Deadline(client.clock, timeout, self._stalled)
-        self.deadline.start()
+        if not client.reading_paused:
+            self.deadline.start()
 
     def _stalled(self) -> None:
         self.fail(f"{self.what}: no answer for {self.deadline.seconds:g} s (stalled)")
@@ -232,16 +233,31 @@ class ContentClientProtocol(frames.FrameReceiver):
         self.transport.write(frames.frame(opcode, req.id, payload))
         return req.done
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._pauses > 0
+
     def pause(self) -> None:
-        """Stop reading; every `pause` needs its `resume` (several reasons may overlap)."""
+        """Stop reading; every `pause` needs its `resume` (several reasons may overlap).
+
+        While we do not read, the server's silence cannot be measured: every request's stall
+        timer is stopped, and restarted in full on `resume`. (A listing held while the work
+        queue is full, or a disk slower than the network, is not a stalled server.)
+        """
         self._pauses += 1
-        if self._pauses == 1 and self.transport is not None:
-            self.pauseProducing()
+        if self._pauses == 1:
+            for request in self.requests.values():
+                request.deadline.stop()
+            if self.transport is not None:
+                self.pauseProducing()
 
     def resume(self) -> None:
         self._pauses -= 1
-        if self._pauses == 0 and self.transport is not None:
-            self.resumeProducing()
+        if self._pauses == 0:
+            for request in list(self.requests.values()):
+                request.deadline.restart()
+            if self.transport is not None:
+                self.resumeProducing()
 
     def hold(self, waiting: Deferred[None]) -> None:
         """Stop reading until ``waiting`` fires (a consumer is not ready for more)."""

@@ -502,6 +502,20 @@ async def test_honest_slow_server_is_not_a_stall(harness):
     h.check_safe(result)
 
 
+@pytest_twisted.ensureDeferred
+async def test_full_queue_is_not_a_listing_stall(harness):
+    """While the work queue is full the mirror server stops reading the listing: that wait
+    is ours, not the server's silence, and must not fail the LIST as stalled."""
+    h = harness(queue_size=1, workers=1)
+    names = [f"f{i}" for i in range(8)]
+    for name in names:
+        h.script.fetch[name] = Fetch(name.encode(), wait=STALL / 2)
+    result = await h.run(*[f(name, name.encode()) for name in names])
+    assert result.ok, result.errors
+    assert result.source_done[0].files == len(names)
+    h.check_safe(result)
+
+
 # -- odd but legal names -----------------------------------------------------------------
 
 ODD_NAMES = [
