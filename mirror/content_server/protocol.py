@@ -117,7 +117,8 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
         # An absolute deadline for any partly received frame: trickling bytes cannot extend it.
-        if self._buffer:
+        # Not while we are the ones not reading (paused below): that is not the client's fault.
+        if self._buffer and not self._paused:
             self._frame_deadline.start()
         else:
             self._frame_deadline.stop()
@@ -125,15 +126,36 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
     # -- IPushProducer: the transport tells us when its buffer is full or drained --------
 
     def pauseProducing(self) -> None:
+        """The client is not reading what it asked for.
+
+        Read no more requests until it does: a client pipelining requests for small files
+        without reading the answers would otherwise make the server buffer every answer
+        (each up to a chunk) without bound. Requests already parsed wait in `_writable`.
+        The client gets ``write_timeout`` to catch up.
+        """
+        if self._paused:
+            return
         self._paused = True
+        self.paused = True  # FrameReceiver: parse no further frames of what was read
+        self._frame_deadline.stop()
         self._write_deadline.start()
+        if not self._lost and self.transport is not None:
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        if not self._paused:
+            return
         self._paused = False
+        self.paused = False
         self._write_deadline.stop()
+        if self._lost or self.transport is None:
+            return
+        self.transport.resumeProducing()
         waiters, self._resume_waiters = self._resume_waiters, []
         for d in waiters:
             d.callback(None)
+        # Requests read before the pause and not yet parsed.
+        self.dataReceived(b"")
 
     def stopProducing(self) -> None:
         self._lost = True
@@ -147,9 +169,15 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
             self._waits.discard(d)
 
     async def _writable(self) -> None:
-        if self._lost:
-            raise CancelledError()
-        if self._paused:
+        """Wait until the transport wants more; raises `CancelledError` once it is gone.
+
+        A loop: of several streams woken together, the first may fill the buffer again.
+        """
+        while True:
+            if self._lost:
+                raise CancelledError()
+            if not self._paused:
+                return
             d: Deferred[None] = Deferred()
             self._resume_waiters.append(d)
             await self._wait(d)
@@ -203,10 +231,15 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                 self._idle_deadline.start()
 
     def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
+        shown = raw[:200].decode("utf-8", "replace")
+        if raw.startswith(b"/") and raw != b"/":
+            # A request path is relative to the export (doc/protocol.md). parse_request_path
+            # would drop the "/" (users type one in SPECs) and serve "/etc/passwd" as
+            # "etc/passwd" under the root: refuse it instead of guessing.
+            raise RequestError(frames.E_NOT_ALLOWED, f"{shown!r}: absolute path")
         try:
             parts = paths.parse_request_path(raw)
         except paths.UnsafePath as e:
-            shown = raw[:200].decode("utf-8", "replace")
             raise RequestError(frames.E_NOT_ALLOWED, f"{shown!r}: {e}") from None
         return parts, paths.join_parts(parts)
 
@@ -254,6 +287,8 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
             return
         if not isinstance(opened, RangeReader):
             header, data, digest = opened
+            # Only as fast as the client reads (see pauseProducing).
+            await self._writable()
             self._send(
                 frames.frame(frames.FILE, request_id, frames.encode_file(header)),
                 frames.data_header(request_id, len(data)), data,
@@ -275,8 +310,10 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                     pending = None
                     raise _request_error(e, path) from None
                 last = reader.done
-                pending = None if last else threads.run(reader.read)
+                # Wait for room before reading ahead: a stream held up by a slow client
+                # keeps one chunk in memory, not two.
                 await self._writable()
+                pending = None if last else threads.run(reader.read)
                 self._send(frames.data_header(request_id, len(data)), data)
             try:
                 digest = await threads.run(reader.finish)
