@@ -64,6 +64,11 @@ class ControlProtocol(LineReceiver, ClosingMixin):
 
     # -- the submission ---------------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.job is not None or self._closing:
+            return  # nothing more is read once the job runs or the client was refused
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         if self.job is not None or self._closing:
             return  # nothing more is expected once the job runs
@@ -78,6 +83,7 @@ class ControlProtocol(LineReceiver, ClosingMixin):
                 self.refuse("GO without any SOURCE")
                 return
             self._submit_deadline.stop()
+            self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
             self.job = self.factory.service.submit(self.sources, self)
             return
         if len(self.sources) >= control.MAX_SOURCES:
@@ -86,19 +92,24 @@ class ControlProtocol(LineReceiver, ClosingMixin):
         self.sources.append(message)
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        if self.job is not None or self._closing:
+            return
         self.refuse(f"line longer than {self.MAX_LENGTH} bytes")
 
     _closing = False
 
     def refuse(self, reason: str) -> None:
+        if self._closing:
+            return  # one REFUSED per connection
         self._closing = True
         self._submit_deadline.stop()
         self._send(control.Refused(reason))
         self.close()
 
     def _send(self, event: Any) -> None:
+        # CRLF, the protocol's line end; ``delimiter`` is "\n" only so that both are read.
         if self.transport is not None:
-            self.sendLine(control.encode_event(event))
+            self.transport.write(control.encode_event(event) + b"\r\n")
 
     # -- JobObserver --------------------------------------------------------------------------
 
