@@ -102,6 +102,9 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
     # -- connection ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # Many small responses: Nagle + delayed ACKs would add ~40 ms stalls.
+            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._idle_deadline.start()
 
