@@ -1,0 +1,536 @@
+"""The mirror server's content client, fed crafted server frames on a StringTransport."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, \
+    TransferError
+from mirror.wire import frames
+from mirror.wire.frames import FileHeader
+from tests.unit.helpers import RecordingSink, parse_frames
+
+STALL = 30.0
+
+
+def file_frame(rid: int, size: int, file_size: int | None = None, mtime: int = 123,
+               mode: int = 0o644) -> bytes:
+    header = FileHeader(size, size if file_size is None else file_size, mtime, mode)
+    return frames.frame(frames.FILE, rid, frames.encode_file(header))
+
+
+def data_frame(rid: int, body: bytes) -> bytes:
+    return frames.data_header(rid, len(body)) + body
+
+
+def end_frame(rid: int, body: bytes) -> bytes:
+    return frames.frame(frames.FILE_END, rid, hashlib.sha256(body).digest())
+
+
+def entries_frame(rid: int, *names: bytes, kind: int = frames.KIND_FILE) -> bytes:
+    return frames.frame(frames.ENTRIES, rid, b"".join(
+        frames.encode_entry(kind, 0o644, 1, 2, name) for name in names))
+
+
+def error_frame(rid: int, code: int, message: str) -> bytes:
+    return frames.frame(frames.ERROR, rid, frames.encode_error(code, message))
+
+
+class ClientTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.client = ContentClientProtocol(clock=self.clock, name="srv:1",
+                                            stall_timeout=STALL, max_file_size=10**6)
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+        self.sent: list[tuple[int, int, bytes]] = []
+
+    def requests(self) -> list[tuple[int, int, bytes]]:
+        self.sent += parse_frames(self.transport.value())
+        self.transport.clear()
+        return self.sent
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.client.dataReceived(chunk)
+
+    def fetch(self, path: str = "f", **kw) -> tuple[Deferred, RecordingSink, int]:
+        sink = RecordingSink()
+        d = self.client.fetch(path, sink, **kw)
+        rid = self.requests()[-1][1]
+        return d, sink, rid
+
+    def list(self, path: str = "") -> tuple[Deferred, list, int]:
+        got: list = []
+        d = self.client.list(path, lambda entries: got.append(entries))
+        rid = self.requests()[-1][1]
+        return d, got, rid
+
+    def failure_message(self, d: Deferred) -> str:
+        return str(self.failureResultOf(d, TransferError).value)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.transport.disconnected)
+
+
+class Requests(ClientTestCase):
+    def test_list_request(self) -> None:
+        self.list("docs")
+        (opcode, rid, payload), = self.requests()
+        self.assertEqual((opcode, payload), (frames.LIST, b"docs"))
+
+    def test_fetch_request(self) -> None:
+        self.fetch("a/b", offset=5, length=10, delay=1.5)
+        (opcode, rid, payload), = self.requests()
+        self.assertEqual(opcode, frames.FETCH)
+        self.assertEqual(frames.decode_fetch(payload), (5, 10, 1500, b"a/b"))
+
+    def test_huge_delay_capped_on_the_wire(self) -> None:
+        self.fetch("f", delay=10**9)
+        self.assertEqual(frames.decode_fetch(self.requests()[0][2])[2], 0xFFFFFFFF)
+
+    def test_ids_unique(self) -> None:
+        for _ in range(5):
+            self.fetch()
+        self.list()
+        ids = [rid for _, rid, _ in self.requests()]
+        self.assertEqual(len(set(ids)), 6)
+        self.assertNotIn(0, ids)
+        self.assertEqual(self.client.load, 6)
+
+
+class Listing(ClientTestCase):
+    def test_entries_and_end(self) -> None:
+        d, got, rid = self.list()
+        self.feed(entries_frame(rid, b"a", b"a/b"), entries_frame(rid, b"c"))
+        self.assertNoResult(d)
+        self.feed(frames.frame(frames.LIST_END, rid, frames.encode_list_end(3, 2)))
+        self.assertEqual(self.successResultOf(d), (3, 2))
+        self.assertEqual([[e.name for e in batch] for batch in got], [[b"a", b"a/b"], [b"c"]])
+        self.assertEqual(self.client.load, 0)
+
+    def test_empty_listing(self) -> None:
+        d, got, rid = self.list()
+        self.feed(frames.frame(frames.LIST_END, rid, frames.encode_list_end(0, 0)))
+        self.assertEqual(self.successResultOf(d), (0, 0))
+        self.assertEqual(got, [])
+
+    def test_entries_wait_for_the_consumer(self) -> None:
+        waiting: Deferred[None] = Deferred()
+        batches: list = []
+
+        def take(entries):
+            batches.append(entries)
+            return waiting if len(batches) == 1 else None
+
+        d = self.client.list("", take)
+        rid = self.requests()[0][1]
+        self.feed(entries_frame(rid, b"a") + entries_frame(rid, b"b")
+                  + frames.frame(frames.LIST_END, rid, frames.encode_list_end(2, 0)))
+        self.assertEqual(len(batches), 1)  # nothing more read until the first is taken in
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(STALL * 3)  # our own pause is not the server stalling
+        self.assertNoResult(d)
+        waiting.callback(None)
+        self.assertEqual(len(batches), 2)
+        self.assertEqual(self.successResultOf(d), (2, 0))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_error(self) -> None:
+        d, _, rid = self.list("nope")
+        self.feed(error_frame(rid, frames.E_NOT_FOUND, "nope: no such file or directory"))
+        self.assertEqual(self.failure_message(d), "nope: no such file or directory")
+        self.assertFalse(self.aborted)
+
+    def test_file_for_a_list(self) -> None:
+        d, _, rid = self.list()
+        other, _, other_rid = self.fetch()
+        self.feed(file_frame(rid, 1))
+        self.assertIn("unexpected response 0x83", self.failure_message(d))
+        self.assertFalse(self.aborted)
+        self.feed(file_frame(other_rid, 1), data_frame(other_rid, b"x"), end_frame(other_rid, b"x"))
+        self.successResultOf(other)
+
+    def test_data_for_a_list(self) -> None:
+        d, _, rid = self.list()
+        self.feed(data_frame(rid, b"x"))
+        self.assertIn("unexpected DATA", self.failure_message(d))
+        self.assertFalse(self.aborted)
+
+    def test_garbage_entries_break_the_connection(self) -> None:
+        d, _, rid = self.list()
+        other, _, _ = self.fetch()
+        self.feed(frames.frame(frames.ENTRIES, rid, b"\x01\x02\x03"))
+        self.assertIn("protocol error", self.failure_message(d))
+        self.assertIn("protocol error", self.failure_message(other))
+        self.assertTrue(self.aborted)
+
+    def test_bad_list_end_breaks_the_connection(self) -> None:
+        d, _, rid = self.list()
+        self.feed(frames.frame(frames.LIST_END, rid, b"\x00"))
+        self.assertIn("bad LIST_END", self.failure_message(d))
+        self.assertTrue(self.aborted)
+
+
+class Fetching(ClientTestCase):
+    def test_whole_file(self) -> None:
+        d, sink, rid = self.fetch()
+        body = b"hello world"
+        self.feed(file_frame(rid, len(body), mtime=-5, mode=0o4755), data_frame(rid, body[:5]),
+                  data_frame(rid, body[5:]), end_frame(rid, body))
+        header, digest = self.successResultOf(d)
+        self.assertEqual(header, FileHeader(11, 11, -5, 0o4755))
+        self.assertEqual(digest, hashlib.sha256(body).digest())
+        self.assertEqual(sink.header, header)
+        self.assertIs(sink.flow, self.client.flow)
+        self.assertEqual(sink.received, body)
+        self.assertEqual(self.client.load, 0)
+
+    def test_empty_file(self) -> None:
+        d, sink, rid = self.fetch()
+        self.feed(file_frame(rid, 0), end_frame(rid, b""))
+        header, _ = self.successResultOf(d)
+        self.assertEqual(header.size, 0)
+        self.assertEqual(sink.received, b"")
+
+    def test_byte_by_byte(self) -> None:
+        d, sink, rid = self.fetch()
+        body = bytes(range(200))
+        wire = file_frame(rid, 200) + data_frame(rid, body) + end_frame(rid, body)
+        for i in range(len(wire)):
+            self.feed(wire[i : i + 1])
+        self.successResultOf(d)
+        self.assertEqual(sink.received, body)
+
+    def test_pipelined_and_interleaved(self) -> None:
+        d1, s1, r1 = self.fetch("one")
+        d2, s2, r2 = self.fetch("two")
+        self.feed(file_frame(r2, 2), file_frame(r1, 2), data_frame(r1, b"a"),
+                  data_frame(r2, b"X"), data_frame(r2, b"Y"), end_frame(r2, b"XY"),
+                  data_frame(r1, b"b"), end_frame(r1, b"ab"))
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.assertEqual((s1.received, s2.received), (b"ab", b"XY"))
+
+    def test_short(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 10), data_frame(rid, b"12345"), end_frame(rid, b"12345"))
+        message = self.failure_message(d)
+        self.assertIn("short", message)
+        self.assertIn("5 of 10", message)
+        self.assertFalse(self.aborted)
+
+    def test_more_in_one_frame(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 5), data_frame(rid, b"1234567890"))
+        self.assertIn("more bytes than the announced 5", self.failure_message(d))
+        self.assertEqual(sink.received, b"")  # the excess never reaches the disk
+
+    def test_more_over_several_frames(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 5), data_frame(rid, b"123"), data_frame(rid, b"456"))
+        self.assertIn("more bytes", self.failure_message(d))
+        self.assertEqual(sink.received, b"123")
+        # The rest of that answer is ignored; the connection carries on.
+        self.feed(data_frame(rid, b"7"), end_frame(rid, b"1234567"))
+        self.assertFalse(self.aborted)
+
+    def test_size_above_the_limit(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 10**6 + 1))
+        self.assertIn("exceeds the limit", self.failure_message(d))
+        self.assertIsNone(sink.header)
+        self.feed(data_frame(rid, b"x" * 100))
+        self.assertEqual(sink.received, b"")
+        self.assertFalse(self.aborted)
+
+    def test_absurd_size(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 2**64 - 1))
+        self.assertIn("exceeds the limit", self.failure_message(d))
+
+    def test_error(self) -> None:
+        d, _, rid = self.fetch("f")
+        self.feed(error_frame(rid, frames.E_NOT_ALLOWED, "'f': is a symbolic link"))
+        self.assertEqual(self.failure_message(d), "'f': is a symbolic link")
+
+    def test_error_after_some_data(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 10), data_frame(rid, b"123"),
+                  error_frame(rid, frames.E_CHANGED, "f: file changed while being sent"))
+        self.assertIn("changed", self.failure_message(d))
+        self.assertEqual(sink.received, b"123")
+
+    def test_error_without_message(self) -> None:
+        d, _, rid = self.fetch("some/file")
+        self.feed(frames.frame(frames.ERROR, rid, b"\x00\x05"))
+        self.assertEqual(self.failure_message(d), "some/file: error from server")
+
+    def test_error_message_sanitised(self) -> None:
+        d, _, rid = self.fetch("f")
+        self.feed(error_frame(rid, 1, "evil\n\x1b[2Jmessage"))
+        message = self.failure_message(d)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("\x1b", message)
+
+    def test_entries_for_a_fetch(self) -> None:
+        d, _, rid = self.fetch()
+        self.feed(entries_frame(rid, b"x"))
+        self.assertIn("unexpected response 0x81", self.failure_message(d))
+        self.assertFalse(self.aborted)
+
+    def test_file_end_before_file(self) -> None:
+        d, _, rid = self.fetch()
+        self.feed(end_frame(rid, b""))
+        self.assertIn("unexpected response 0x85", self.failure_message(d))
+
+    def test_data_before_file(self) -> None:
+        d, sink, rid = self.fetch()
+        self.feed(data_frame(rid, b"x"))
+        self.assertIn("DATA before FILE", self.failure_message(d))
+        self.assertEqual(sink.received, b"")
+
+    def test_second_file(self) -> None:
+        d, _, rid = self.fetch()
+        self.feed(file_frame(rid, 1), file_frame(rid, 1))
+        self.assertIn("unexpected response 0x83", self.failure_message(d))
+
+    def test_malformed_digest(self) -> None:
+        # A digest of the wrong length is never taken as a success.
+        d, _, rid = self.fetch()
+        self.feed(file_frame(rid, 1), data_frame(rid, b"x"),
+                  frames.frame(frames.FILE_END, rid, b"\x00" * 33))
+        self.failureResultOf(d, TransferError)
+
+    def test_bad_file_frame_breaks_the_connection(self) -> None:
+        d, _, rid = self.fetch()
+        other, _, _ = self.list()
+        self.feed(frames.frame(frames.FILE, rid, b"\x00" * 3))
+        self.assertIn("bad FILE frame", self.failure_message(d))
+        self.assertIn("protocol error", self.failure_message(other))
+        self.assertTrue(self.aborted)
+
+    def test_late_frames_of_a_failed_request_are_ignored(self) -> None:
+        d, _, rid = self.fetch()
+        other, _, other_rid = self.fetch()
+        self.clock.advance(STALL)
+        self.failureResultOf(d, TransferError)
+        self.failureResultOf(other, TransferError)
+        self.feed(file_frame(rid, 1), data_frame(rid, b"x"), end_frame(rid, b"x"))
+        self.assertFalse(self.aborted)
+
+
+class BrokenConnection(ClientTestCase):
+    """Violations that break the framing fail every request and abort the connection."""
+
+    def pending(self) -> list[Deferred]:
+        d1, _, _ = self.fetch("a")
+        d2, _, _ = self.list("b")
+        return [d1, d2]
+
+    def assert_all_failed(self, ds: list[Deferred], *words: str) -> None:
+        for d in ds:
+            message = self.failure_message(d)
+            for word in words:
+                self.assertIn(word, message)
+        self.assertTrue(self.aborted)
+        self.assertEqual(self.client.load, 0)
+
+    def test_unknown_request_id(self) -> None:
+        ds = self.pending()
+        self.feed(error_frame(999, 1, "x"))
+        self.assert_all_failed(ds, "protocol error", "unknown request 999")
+
+    def test_data_for_an_unknown_request_id(self) -> None:
+        ds = self.pending()
+        self.feed(data_frame(999, b"x"))
+        self.assert_all_failed(ds, "protocol error", "unknown request 999")
+
+    def test_unknown_opcodes(self) -> None:
+        for opcode in (0x00, frames.LIST, frames.FETCH, 0x80, 0x86, 0xFF):
+            self.setUp()
+            ds = self.pending()
+            self.feed(frames.frame(opcode, 1, b""))
+            self.assert_all_failed(ds, f"unknown opcode {opcode:#x}")
+
+    def test_oversized_frame(self) -> None:
+        ds = self.pending()
+        self.feed(struct.pack(">IBI", 256 * 1024 + 1, frames.ENTRIES, 2))
+        self.assert_all_failed(ds, "protocol error", "exceeds the limit")
+
+    def test_oversized_data_frame(self) -> None:
+        ds = self.pending()
+        self.feed(file_frame(1, 10**6), struct.pack(">IBI", 4 * 1024 * 1024 + 6, frames.DATA, 1))
+        self.assert_all_failed(ds, "protocol error")
+
+    def test_huge_length_prefix(self) -> None:
+        ds = self.pending()
+        self.feed(b"\xff\xff\xff\xff")
+        self.assert_all_failed(ds, "protocol error")
+
+    def test_short_length(self) -> None:
+        ds = self.pending()
+        self.feed(b"\x00\x00\x00\x02\x00\x00")
+        self.assert_all_failed(ds, "protocol error", "too short")
+
+    def test_later_requests_fail_at_once(self) -> None:
+        ds = self.pending()
+        self.feed(b"\xff\xff\xff\xff")
+        self.assert_all_failed(ds)
+        d, _, = self.client.fetch("later", RecordingSink()), None
+        self.assertIn("later", self.failure_message(d))
+
+    def test_nothing_more_delivered_after_the_violation(self) -> None:
+        d, sink, rid = self.fetch()
+        self.feed(file_frame(rid, 3) + frames.frame(0x86, rid) + data_frame(rid, b"abc"))
+        self.failureResultOf(d, TransferError)
+        self.assertEqual(sink.received, b"")
+
+
+class ConnectionLost(ClientTestCase):
+    def test_pending_requests_fail(self) -> None:
+        d1, _, _ = self.fetch("a/b")
+        d2, _, _ = self.list("c")
+        from twisted.internet.error import ConnectionLost as Lost
+        from twisted.python.failure import Failure
+        self.client.connectionLost(Failure(Lost("gone")))
+        m1, m2 = self.failure_message(d1), self.failure_message(d2)
+        self.assertIn("a/b", m1)
+        self.assertIn("connection to srv:1 lost", m1)
+        self.assertIn("LIST c", m2)
+        self.successResultOf(self.client.lost_d)
+
+    def test_requests_after_the_loss_fail_at_once(self) -> None:
+        self.client.connectionLost()
+        d = self.client.fetch("x", RecordingSink())
+        self.assertIn("lost", self.failure_message(d))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class Stalls(ClientTestCase):
+    def test_no_answer_at_all(self) -> None:
+        d, _, _ = self.fetch("f")
+        self.clock.advance(STALL - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        message = self.failure_message(d)
+        self.assertIn("f", message)
+        self.assertIn("stalled", message)
+
+    def test_file_then_silence(self) -> None:
+        d, _, rid = self.fetch("f")
+        self.clock.advance(10)
+        self.feed(file_frame(rid, 10), data_frame(rid, b"123"))
+        self.clock.advance(STALL - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("stalled", self.failure_message(d))
+        self.assertFalse(self.aborted)
+
+    def test_each_frame_restarts_the_timer(self) -> None:
+        d, sink, rid = self.fetch("f")
+        self.feed(file_frame(rid, 5))
+        for ch in b"abcde":
+            self.clock.advance(STALL - 1)
+            self.feed(data_frame(rid, bytes([ch])))
+        self.clock.advance(STALL - 1)
+        self.feed(end_frame(rid, b"abcde"))
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_list_stall(self) -> None:
+        d, _, rid = self.list()
+        self.clock.advance(STALL - 1)
+        self.feed(entries_frame(rid, b"a"))
+        self.clock.advance(STALL - 1)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assertIn("LIST", self.failure_message(d))
+
+    def test_delay_extends_the_first_wait(self) -> None:
+        d, _, rid = self.fetch("f", delay=100)
+        self.clock.advance(100 + STALL - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("stalled", self.failure_message(d))
+
+    def test_delay_does_not_extend_later_waits(self) -> None:
+        d, _, rid = self.fetch("f", delay=100)
+        self.clock.advance(50)
+        self.feed(file_frame(rid, 10))
+        self.clock.advance(STALL)
+        self.assertIn("stalled", self.failure_message(d))
+
+    def test_one_stalled_request_leaves_the_others(self) -> None:
+        d1, _, r1 = self.fetch("slow")
+        d2, _, r2 = self.fetch("quick")
+        self.clock.advance(STALL - 1)
+        self.feed(file_frame(r2, 0))
+        self.clock.advance(1)
+        self.failureResultOf(d1, TransferError)
+        self.feed(end_frame(r2, b""))
+        self.successResultOf(d2)
+        self.assertFalse(self.aborted)
+
+
+class Flow(ClientTestCase):
+    def test_flow_control_thresholds(self) -> None:
+        calls: list[str] = []
+        flow = FlowControl(lambda: calls.append("pause"), lambda: calls.append("resume"),
+                           high=100, low=20)
+        flow.queued(100)
+        self.assertEqual(calls, [])
+        flow.queued(1)
+        self.assertEqual(calls, ["pause"])
+        flow.queued(50)
+        flow.written(100)
+        self.assertEqual(calls, ["pause"])  # 51 > low
+        flow.written(31)
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(flow.pending, 20)
+        flow.written(20)
+        self.assertEqual((flow.pending, calls), (0, ["pause", "resume"]))
+
+    def test_queued_bytes_pause_the_transport(self) -> None:
+        self.client.flow = FlowControl(self.client.pause, self.client.resume, high=100, low=20)
+
+        class QueueingSink(RecordingSink):
+            def data(self, piece):
+                super().data(piece)
+                self.flow.queued(len(piece))
+
+        sink = QueueingSink()
+        d = self.client.fetch("f", sink)
+        rid = self.requests()[0][1]
+        body = b"x" * 300
+        self.feed(file_frame(rid, 300) + data_frame(rid, body[:150]) + data_frame(rid, body[150:])
+                  + end_frame(rid, body))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(sink.received, body[:150])  # nothing more read while paused
+        self.clock.advance(STALL * 2)  # not stalled: we are the ones not reading
+        self.assertNoResult(d)
+        sink.flow.written(100)
+        self.assertEqual(self.transport.producerState, "paused")  # 50 pending: above low
+        sink.flow.written(30)
+        self.assertEqual(sink.received, body)
+        self.assertEqual(self.transport.producerState, "paused")  # the second piece queued
+        self.assertNoResult(d)  # FILE_END not read yet
+        sink.flow.written(170)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.successResultOf(d)
+        self.assertEqual(sink.flow.pending, 0)
+
+    def test_pauses_nest(self) -> None:
+        self.client.pause()
+        self.client.pause()
+        self.client.resume()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.client.resume()
+        self.assertEqual(self.transport.producerState, "producing")

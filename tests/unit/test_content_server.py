@@ -1,0 +1,718 @@
+"""The content server protocol on a StringTransport with a fake clock and inline disk work."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror.content_server.fetch import CHUNK_SIZE
+from mirror.limits import CLOSE_GRACE
+from mirror.wire import frames
+from tests.unit.helpers import FrameLog, ServerRig, StepThreads, connect_server, \
+    fetch_result, list_result, make_factory, must_not_block, parse_frames
+
+BIG_SIZE = 3 * CHUNK_SIZE + 12345  # > 256 KiB: streamed in several chunks
+
+
+class PausingTransport(StringTransport):
+    """Like a socket buffer of ``limit`` bytes: pauses its producer once that much is pending.
+
+    The test drains it (``take``) and resumes the producer, as the reactor would.
+    """
+
+    def __init__(self, limit: int, **kw) -> None:
+        super().__init__(**kw)
+        self.limit = limit
+        self.pauses = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._check()
+
+    def writeSequence(self, data) -> None:
+        super().writeSequence(data)
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.value()) >= self.limit and self.producer is not None \
+                and self.producerState == "producing":
+            self.pauses += 1
+            self.producerState = "paused"
+            self.producer.pauseProducing()
+
+    def rounds(self):
+        """What was written before the first pause, then after each resume, until done."""
+        while True:
+            data = self.value()
+            self.clear()
+            yield data
+            if self.producerState != "paused":
+                return
+            self.producerState = "producing"
+            self.producer.resumeProducing()
+
+    def drain(self) -> bytes:
+        return b"".join(self.rounds())
+
+
+def make_tree(base: str) -> tuple[str, str, dict[str, bytes]]:
+    """root and outside dirs; returns (root, outside, contents of the regular files)."""
+    root = os.path.join(base, "root")
+    outside = os.path.join(base, "outside")
+    os.makedirs(os.path.join(root, "docs", "sub"))
+    os.makedirs(os.path.join(root, "empty"))
+    os.makedirs(outside)
+    rnd = random.Random(7)
+    files = {
+        "a.txt": b"hello\n",
+        "big.bin": rnd.randbytes(BIG_SIZE),
+        "docs/b.txt": b"bee\n",
+        "docs/sub/c.txt": b"",
+    }
+    for name, data in files.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    os.chmod(os.path.join(root, "a.txt"), 0o640)
+    os.utime(os.path.join(root, "a.txt"), ns=(1_600_000_000_123_456_789,) * 2)
+    with open(os.path.join(outside, "secret"), "wb") as f:
+        f.write(b"secret")
+    os.symlink(os.path.join(outside, "secret"), os.path.join(root, "link"))
+    os.symlink(outside, os.path.join(root, "linkdir"))
+    os.symlink("../../outside", os.path.join(root, "docs", "up"))
+    os.mkfifo(os.path.join(root, "fifo"))
+    return root, outside, files
+
+
+class ServerTestCase(SynchronousTestCase):
+    settings: dict = {}
+
+    def setUp(self) -> None:
+        self.root, self.outside, self.files = make_tree(self.mktemp())
+        self.factory = make_factory(self.root, **self.settings)
+        self.addCleanup(os.close, self.factory.root_fd)
+        self.rig = connect_server(self.factory)
+        self.clock = self.rig.clock
+
+    def answer(self) -> list[tuple[int, int, bytes]]:
+        return self.rig.log.take()
+
+    def list(self, path: str | bytes, request_id: int = 1):
+        self.rig.list(request_id, path)
+        return list_result(self.answer(), request_id)
+
+    def fetch(self, path: str | bytes, request_id: int = 1, **kw):
+        self.rig.fetch(request_id, path, **kw)
+        return fetch_result(self.answer(), request_id)
+
+    def assert_error(self, result, code: int, *words: str) -> None:
+        self.assertIsNotNone(result.error, "no ERROR frame")
+        got_code, message = result.error
+        self.assertEqual(got_code, code, message)
+        for word in words:
+            self.assertIn(word, message)
+        self.assertFalse(self.rig.aborted)
+
+    def path_of(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+
+class Listing(ServerTestCase):
+    def test_root(self) -> None:
+        r = self.list("")
+        self.assertIsNone(r.error)
+        self.assertEqual(r.names, ["a.txt", "big.bin", "docs", "docs/b.txt", "docs/sub",
+                                   "docs/sub/c.txt", "empty"])
+        # fifo, link, linkdir and docs/up are skipped and counted, never listed.
+        self.assertEqual(r.end, (7, 4))
+
+    def test_root_spellings(self) -> None:
+        for i, spelling in enumerate((".", "/"), start=1):
+            self.assertEqual(self.list(spelling, i).end, (7, 4))
+
+    def test_entries_metadata(self) -> None:
+        r = self.list("")
+        by_name = {e.name.decode(): e for e in r.entries}
+        a = by_name["a.txt"]
+        st = os.stat(self.path_of("a.txt"))
+        self.assertEqual((a.kind, a.mode, a.size, a.mtime_ns),
+                         (frames.KIND_FILE, 0o640, 6, 1_600_000_000_123_456_789))
+        self.assertEqual(a.mtime_ns, st.st_mtime_ns)
+        docs = by_name["docs"]
+        self.assertEqual((docs.kind, docs.size), (frames.KIND_DIR, 0))
+        self.assertEqual(docs.mode, os.stat(self.path_of("docs")).st_mode & 0o7777)
+        self.assertEqual(by_name["big.bin"].size, BIG_SIZE)
+
+    def test_subdirectory(self) -> None:
+        r = self.list("docs")
+        self.assertEqual(r.names, ["docs", "docs/b.txt", "docs/sub", "docs/sub/c.txt"])
+        self.assertEqual(r.end, (4, 1))  # docs/up
+
+    def test_file(self) -> None:
+        r = self.list("docs/b.txt")
+        self.assertEqual(r.names, ["docs/b.txt"])
+        self.assertEqual(r.entries[0].size, 4)
+        self.assertEqual(r.end, (1, 0))
+
+    def test_order_directory_before_contents_sorted(self) -> None:
+        for name in ("z", "m/z", "m/a", "A", "m0", "m/k/x"):
+            path = self.path_of("docs/" + name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w"):
+                pass
+        names = self.list("docs").names
+        self.assertEqual(names, ["docs", "docs/A", "docs/b.txt", "docs/m", "docs/m/a",
+                                 "docs/m/k", "docs/m/k/x", "docs/m/z", "docs/m0", "docs/sub",
+                                 "docs/sub/c.txt", "docs/z"])
+
+    def test_unrepresentable_names_skipped(self) -> None:
+        for name in (b"new\nline", b"bad\xffutf8", b".mirror-tmp-abc", b"back\\slash"):
+            with open(os.path.join(self.root.encode(), b"empty", name), "w"):
+                pass
+        r = self.list("empty")
+        self.assertEqual(r.names, ["empty"])
+        self.assertEqual(r.end, (1, 4))
+
+    def test_many_entries_in_several_frames(self) -> None:
+        many = self.path_of("many")
+        os.mkdir(many)
+        for i in range(3000):
+            with open(os.path.join(many, f"file-with-a-longish-name-{i:05d}"), "w"):
+                pass
+        self.rig.list(1, "many")
+        got = self.answer()
+        entries_frames = [f for f in got if f[0] == frames.ENTRIES]
+        self.assertGreater(len(entries_frames), 1)
+        for f in entries_frames:
+            self.assertLessEqual(5 + len(f[2]), 256 * 1024)  # the client's frame limit
+        r = list_result(got, 1)
+        self.assertEqual(len(r.names), 3001)
+        self.assertEqual(r.names[1:], sorted(r.names[1:]))
+
+    def test_many_entries_wait_for_a_reader(self) -> None:
+        many = self.path_of("many")
+        os.mkdir(many)
+        for i in range(3000):
+            with open(os.path.join(many, f"file-with-a-longish-name-{i:05d}"), "w"):
+                pass
+        self.rig.proto.pauseProducing()
+        self.rig.list(1, "many")
+        self.assertEqual(self.answer(), [])  # nothing written while the client is not reading
+        self.rig.proto.resumeProducing()
+        self.assertEqual(len(list_result(self.answer(), 1).names), 3001)
+
+
+class ListRefusals(ServerTestCase):
+    def test_dot_dot(self) -> None:
+        self.assert_error(self.list(".."), frames.E_NOT_ALLOWED, "'..'", "path component")
+
+    def test_dot_dot_inside(self) -> None:
+        self.assert_error(self.list("docs/../.."), frames.E_NOT_ALLOWED, "docs/../..")
+
+    def test_double_slash_absolute(self) -> None:
+        self.assert_error(self.list("//etc"), frames.E_NOT_ALLOWED, "//etc", "absolute")
+
+    def test_symlink_final(self) -> None:
+        self.assert_error(self.list("link"), frames.E_NOT_ALLOWED, "link")
+
+    def test_symlink_to_directory_final(self) -> None:
+        self.assert_error(self.list("linkdir"), frames.E_NOT_ALLOWED, "linkdir")
+
+    def test_symlink_parent(self) -> None:
+        self.assert_error(self.list("linkdir/secret"), frames.E_NOT_ALLOWED, "linkdir/secret")
+
+    def test_relative_symlink_parent(self) -> None:
+        self.assert_error(self.list("docs/up/secret"), frames.E_NOT_ALLOWED, "docs/up/secret")
+
+    def test_fifo(self) -> None:
+        with must_not_block():
+            r = self.list("fifo")
+        self.assert_error(r, frames.E_NOT_ALLOWED, "fifo")
+
+    def test_missing(self) -> None:
+        self.assert_error(self.list("no/such"), frames.E_NOT_FOUND, "no/such", "no such file")
+
+    def test_control_characters(self) -> None:
+        r = self.list("a\nb")
+        self.assert_error(r, frames.E_NOT_ALLOWED, "control character")
+        self.assertNotIn("\n", r.error[1])
+
+    def test_invalid_utf8(self) -> None:
+        self.assert_error(self.list(b"\xff\xfe"), frames.E_NOT_ALLOWED, "UTF-8")
+
+    def test_reserved_prefix(self) -> None:
+        self.assert_error(self.list(".mirror-tmp-x"), frames.E_NOT_ALLOWED, "reserved prefix")
+
+    def test_connection_goes_on_after_an_error(self) -> None:
+        self.assert_error(self.list("..", 1), frames.E_NOT_ALLOWED)
+        self.assertEqual(self.list("docs/b.txt", 2).names, ["docs/b.txt"])
+
+
+class Fetching(ServerTestCase):
+    def check_whole(self, r, name: str) -> None:
+        data = self.files[name]
+        st = os.stat(self.path_of(name))
+        self.assertIsNone(r.error)
+        self.assertEqual(r.header, frames.FileHeader(len(data), len(data), st.st_mtime_ns,
+                                                     st.st_mode & 0o7777))
+        self.assertEqual(r.data, data)
+        self.assertEqual(r.digest, hashlib.sha256(data).digest())
+
+    def test_small(self) -> None:
+        self.check_whole(self.fetch("a.txt"), "a.txt")
+
+    def test_empty(self) -> None:
+        self.check_whole(self.fetch("docs/sub/c.txt"), "docs/sub/c.txt")
+
+    def test_large(self) -> None:
+        r = self.fetch("big.bin")
+        self.check_whole(r, "big.bin")
+        self.assertGreaterEqual(r.data_frames, 4)
+
+    def test_large_frames_fit_the_clients_limit(self) -> None:
+        self.rig.fetch(1, "big.bin")
+        for opcode, _, payload in self.answer():
+            if opcode == frames.DATA:
+                self.assertLessEqual(len(payload), 4 * 1024 * 1024)
+
+    def test_range(self) -> None:
+        data = self.files["big.bin"]
+        r = self.fetch("big.bin", offset=1000, length=5000)
+        self.assertEqual(r.header.size, 5000)
+        self.assertEqual(r.header.file_size, BIG_SIZE)
+        self.assertEqual(r.data, data[1000:6000])
+        self.assertEqual(r.digest, hashlib.sha256(data[1000:6000]).digest())
+
+    def test_large_range(self) -> None:
+        data = self.files["big.bin"]
+        r = self.fetch("big.bin", offset=7, length=2 * CHUNK_SIZE + 3)
+        self.assertEqual(r.data, data[7 : 7 + 2 * CHUNK_SIZE + 3])
+        self.assertEqual(r.digest, hashlib.sha256(r.data).digest())
+
+    def test_range_to_the_end(self) -> None:
+        data = self.files["big.bin"]
+        r = self.fetch("big.bin", offset=BIG_SIZE - 10)
+        self.assertEqual(r.data, data[-10:])
+        self.assertEqual(r.header.size, 10)
+
+    def test_range_longer_than_the_file(self) -> None:
+        r = self.fetch("a.txt", offset=2, length=1000)
+        self.assertEqual(r.data, b"llo\n")
+        self.assertEqual(r.header.size, 4)
+
+    def test_range_at_the_end(self) -> None:
+        r = self.fetch("a.txt", offset=6)
+        self.assertEqual((r.header.size, r.data, r.digest),
+                         (0, b"", hashlib.sha256(b"").digest()))
+
+    def test_offset_beyond_the_end(self) -> None:
+        self.assert_error(self.fetch("a.txt", offset=7), frames.E_BAD_REQUEST, "a.txt",
+                          "beyond the end")
+
+    def test_huge_offset(self) -> None:
+        self.assert_error(self.fetch("a.txt", offset=2**64 - 1), frames.E_BAD_REQUEST, "a.txt")
+
+    def test_stream_waits_while_the_client_is_not_reading(self) -> None:
+        transport = PausingTransport(limit=CHUNK_SIZE)
+        rig = self.fresh_connection(transport)
+        rig.fetch(1, "big.bin")
+        first = transport.value()
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLessEqual(len(first), CHUNK_SIZE + 1024)  # FILE and one chunk at most
+        # Time passing and more requests arriving do not make it write past the pause.
+        self.clock.advance(1)
+        rig.list(2, "a.txt")
+        self.assertEqual(transport.value(), first)
+        received = b""
+        for more in transport.rounds():
+            self.assertLessEqual(len(more), CHUNK_SIZE + 1024)  # one chunk per resume
+            received += more
+        self.assertGreaterEqual(transport.pauses, 3)
+        got = parse_frames(received)
+        self.check_whole(fetch_result(got, 1), "big.bin")
+        self.assertEqual(list_result(got, 2).names, ["a.txt"])
+
+    def fresh_connection(self, transport: StringTransport) -> ServerRig:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
+        proto.makeConnection(transport)
+        return ServerRig(self.factory, proto, transport, self.clock, FrameLog(transport))
+
+    def test_interleaved_requests(self) -> None:
+        # Disk work that completes only when the test says so: all four requests are in
+        # flight at once, and their answers interleave frame by frame.
+        threads = StepThreads()
+        self.factory.threads = threads
+        rig = self.fresh_connection(StringTransport())
+        rig.fetch(1, "big.bin")
+        rig.fetch(2, "big.bin", offset=100)
+        rig.list(3, "docs")
+        rig.fetch(4, "a.txt")
+        self.assertEqual(rig.transport.value(), b"")
+        threads.run_all()
+        got = rig.log.take()
+        self.check_whole(fetch_result(got, 1), "big.bin")
+        self.assertEqual(fetch_result(got, 2).data, self.files["big.bin"][100:])
+        self.assertEqual(list_result(got, 3).names[0], "docs")
+        self.check_whole(fetch_result(got, 4), "a.txt")
+        ids = [rid for _, rid, _ in got]
+        self.assertNotEqual(ids, sorted(ids), "responses did not interleave")
+
+
+class FetchRefusals(ServerTestCase):
+    def test_dot_dot(self) -> None:
+        self.assert_error(self.fetch("../outside/secret"), frames.E_NOT_ALLOWED,
+                          "../outside/secret", "'..'")
+
+    def test_symlink_final(self) -> None:
+        self.assert_error(self.fetch("link"), frames.E_NOT_ALLOWED, "link", "symbolic link")
+
+    def test_symlink_parent(self) -> None:
+        self.assert_error(self.fetch("linkdir/secret"), frames.E_NOT_ALLOWED, "linkdir/secret")
+
+    def test_relative_symlink_parent(self) -> None:
+        self.assert_error(self.fetch("docs/up/secret"), frames.E_NOT_ALLOWED, "docs/up/secret")
+
+    def test_fifo(self) -> None:
+        with must_not_block():
+            r = self.fetch("fifo")
+        self.assert_error(r, frames.E_NOT_ALLOWED, "fifo", "not a regular file")
+
+    def test_directory(self) -> None:
+        r = self.fetch("docs")
+        self.assertIsNotNone(r.error)
+        self.assertIn(r.error[0], (frames.E_NOT_ALLOWED, frames.E_BAD_REQUEST))
+        self.assertIn("docs", r.error[1])
+
+    def test_root(self) -> None:
+        self.assert_error(self.fetch(""), frames.E_BAD_REQUEST, "directory")
+
+    def test_missing(self) -> None:
+        self.assert_error(self.fetch("nope.txt"), frames.E_NOT_FOUND, "nope.txt")
+
+    def test_file_as_a_parent(self) -> None:
+        r = self.fetch("a.txt/x")
+        self.assertIsNotNone(r.error)
+        self.assertIn("a.txt", r.error[1])
+
+    def test_payload_too_short(self) -> None:
+        self.rig.send(frames.FETCH, 1, b"\x00" * 10)
+        self.assert_error(fetch_result(self.answer(), 1), frames.E_BAD_REQUEST, "too short")
+
+    def test_device(self) -> None:
+        import stat as stat_mod
+        try:
+            os.mknod(self.path_of("null"), stat_mod.S_IFCHR | 0o666, os.makedev(1, 3))
+        except OSError as e:
+            raise self.skipTest(f"cannot make a device node: {e}")
+        with must_not_block():
+            r = self.fetch("null")
+        self.assertIsNotNone(r.error)
+        self.assertIn(r.error[0], (frames.E_NOT_ALLOWED,))
+        self.assertIsNone(r.header)
+
+
+class ChangedWhileSent(ServerTestCase):
+    """The file changes after the first chunk went out (the client is slow to read)."""
+
+    def start_paused_fetch(self) -> None:
+        self.transport = PausingTransport(limit=CHUNK_SIZE)
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
+        proto.makeConnection(self.transport)
+        self.rig = ServerRig(self.factory, proto, self.transport, self.clock,
+                             FrameLog(self.transport))
+        self.rig.fetch(1, "big.bin")
+        self.assertEqual(self.transport.producerState, "paused")
+        self.received = self.transport.value()
+        self.transport.clear()
+
+    def finish(self):
+        self.received += self.transport.drain()
+        return fetch_result(parse_frames(self.received), 1)
+
+    def test_truncated(self) -> None:
+        self.start_paused_fetch()
+        os.truncate(self.path_of("big.bin"), CHUNK_SIZE + 100)
+        r = self.finish()
+        self.assert_error(r, frames.E_CHANGED, "big.bin", "truncated")
+        self.assertIsNone(r.digest)
+        self.assertLess(len(r.data), BIG_SIZE)
+
+    def test_rewritten_same_size(self) -> None:
+        self.start_paused_fetch()
+        with open(self.path_of("big.bin"), "r+b") as f:
+            f.seek(BIG_SIZE - 5)
+            f.write(b"XXXXX")
+        st = os.stat(self.path_of("big.bin"))
+        os.utime(self.path_of("big.bin"), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        r = self.finish()
+        self.assert_error(r, frames.E_CHANGED, "big.bin", "changed")
+        self.assertIsNone(r.digest)
+
+    def test_grown(self) -> None:
+        self.start_paused_fetch()
+        with open(self.path_of("big.bin"), "ab") as f:
+            f.write(b"more")
+        r = self.finish()
+        self.assert_error(r, frames.E_CHANGED, "big.bin")
+        self.assertIsNone(r.digest)
+
+    def test_other_requests_unaffected(self) -> None:
+        self.start_paused_fetch()
+        os.truncate(self.path_of("big.bin"), 10)
+        self.rig.fetch(2, "a.txt")
+        self.assertEqual(self.finish().error[0], frames.E_CHANGED)
+        self.assertEqual(fetch_result(parse_frames(self.received), 2).data, b"hello\n")
+        self.assertFalse(self.rig.aborted)
+
+
+class Delays(ServerTestCase):
+    settings = {"max_delay": 10.0}
+
+    def test_nothing_before_the_delay(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=2000)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(1.999)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(0.001)
+        self.assertEqual(fetch_result(self.answer(), 1).data, b"hello\n")
+
+    def test_delay_does_not_hold_up_other_requests(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=5000)
+        self.rig.fetch(2, "docs/b.txt")
+        self.rig.list(3, "docs/sub")
+        got = self.answer()
+        self.assertEqual({rid for _, rid, _ in got}, {2, 3})
+        self.assertEqual(fetch_result(got, 2).data, b"bee\n")
+        self.clock.advance(5)
+        self.assertEqual(fetch_result(self.answer(), 1).data, b"hello\n")
+
+    def test_delay_capped_by_max_delay(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=2**32 - 1)
+        self.clock.advance(9.9)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(fetch_result(self.answer(), 1).data, b"hello\n")
+
+    def test_delayed_request_dropped_with_the_connection(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=1000)
+        self.rig.proto.connectionLost()
+        self.clock.advance(2)
+        self.assertEqual(self.answer(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RequestLimits(ServerTestCase):
+    settings = {"max_requests": 2, "max_delay": 10.0}
+
+    def test_busy(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=1000)
+        self.rig.fetch(2, "a.txt", delay_ms=1000)
+        self.rig.fetch(3, "a.txt")
+        r = fetch_result(self.answer(), 3)
+        self.assert_error(r, frames.E_BUSY, "more than 2 requests")
+        self.clock.advance(1)
+        got = self.answer()
+        self.assertEqual(fetch_result(got, 1).data, b"hello\n")
+        self.assertEqual(fetch_result(got, 2).data, b"hello\n")
+        # Room again.
+        self.assertEqual(self.fetch("a.txt", request_id=3).data, b"hello\n")
+
+    def test_duplicate_request_id(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=1000)
+        self.rig.fetch(1, "docs/b.txt")
+        self.assertTrue(self.rig.aborted)
+        self.assertEqual(self.answer(), [])
+
+    def test_finished_request_id_may_be_reused(self) -> None:
+        self.assertEqual(self.fetch("a.txt", request_id=1).data, b"hello\n")
+        self.assertEqual(self.fetch("a.txt", request_id=1).data, b"hello\n")
+        self.assertFalse(self.rig.aborted)
+
+    def test_unknown_opcodes(self) -> None:
+        for opcode in (0x00, 0x03, frames.ENTRIES, frames.DATA, frames.ERROR, 0xFF):
+            rig = connect_server(self.factory, IPv4Address("TCP", "10.0.0.9", opcode))
+            rig.send(opcode, 1, b"a.txt")
+            self.assertTrue(rig.aborted, hex(opcode))
+            self.assertEqual(rig.transport.value(), b"")
+
+    def test_nothing_served_after_a_bad_frame(self) -> None:
+        self.rig.proto.dataReceived(frames.frame(0x03, 1) + frames.frame(
+            frames.FETCH, 2, frames.encode_fetch("a.txt")))
+        self.assertTrue(self.rig.aborted)
+        self.assertEqual(self.answer(), [])
+
+    def test_request_frame_too_long(self) -> None:
+        self.rig.proto.dataReceived(struct.pack(">IBI", 8193, frames.LIST, 1))
+        self.assertTrue(self.rig.aborted)
+
+    def test_longest_request_frame_accepted(self) -> None:
+        name = "/".join(["a" * 255] * 16)
+        self.rig.fetch(1, name)
+        r = fetch_result(self.answer(), 1)
+        self.assertEqual(r.error[0], frames.E_NOT_FOUND)
+        self.assertFalse(self.rig.aborted)
+
+    def test_huge_length_prefix(self) -> None:
+        self.rig.proto.dataReceived(b"\xff\xff\xff\xff")
+        self.assertTrue(self.rig.aborted)
+
+    def test_short_length_prefix(self) -> None:
+        self.rig.proto.dataReceived(b"\x00\x00\x00\x04\x01\x00\x00\x00\x01")
+        self.assertTrue(self.rig.aborted)
+
+
+class Timeouts(ServerTestCase):
+    settings = {"frame_timeout": 2.0, "idle_timeout": 10.0, "write_timeout": 3.0,
+                "max_delay": 60.0}
+
+    def test_partial_frame_then_silence(self) -> None:
+        wire = frames.frame(frames.LIST, 1, b"docs")
+        self.rig.proto.dataReceived(wire[:6])
+        self.clock.advance(1.9)
+        self.assertFalse(self.rig.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(self.rig.aborted)
+
+    def test_partial_length_prefix_then_silence(self) -> None:
+        self.rig.proto.dataReceived(b"\x00\x00")
+        self.clock.advance(2)
+        self.assertTrue(self.rig.aborted)
+
+    def test_trickle_cannot_extend_the_deadline(self) -> None:
+        wire = frames.frame(frames.LIST, 1, b"docs/sub/" + b"x" * 50)
+        for i in range(4):  # one byte every 0.5 s
+            self.rig.proto.dataReceived(wire[i : i + 1])
+            self.clock.advance(0.5)
+        self.assertTrue(self.rig.aborted)
+        self.assertEqual(self.answer(), [])
+
+    def test_frame_completed_in_time(self) -> None:
+        wire = frames.frame(frames.LIST, 1, b"docs/b.txt")
+        self.rig.proto.dataReceived(wire[:3])
+        self.clock.advance(1.5)
+        self.rig.proto.dataReceived(wire[3:])
+        self.clock.advance(1.5)
+        self.assertFalse(self.rig.aborted)
+        self.assertEqual(list_result(self.answer(), 1).names, ["docs/b.txt"])
+
+    def test_deadline_is_per_frame(self) -> None:
+        # Complete frames, one every 1.5 s: each frame is within its own deadline.
+        for i in range(1, 5):
+            wire = frames.frame(frames.LIST, i, b"a.txt")
+            self.rig.proto.dataReceived(wire[:4])
+            self.clock.advance(1.5)
+            self.rig.proto.dataReceived(wire[4:])
+        self.assertFalse(self.rig.closing)
+
+    def test_idle(self) -> None:
+        self.clock.advance(9.9)
+        self.assertFalse(self.rig.closing)
+        self.clock.advance(0.1)
+        self.assertTrue(self.rig.closing)
+        self.assertFalse(self.rig.aborted)
+
+    def test_idle_close_escalates_to_abort(self) -> None:
+        self.clock.advance(10)
+        self.assertTrue(self.rig.closing)
+        self.clock.advance(CLOSE_GRACE)
+        self.assertTrue(self.rig.aborted)
+
+    def test_idle_counts_from_the_last_answer(self) -> None:
+        self.clock.advance(8)
+        self.list("a.txt")
+        self.clock.advance(8)
+        self.assertFalse(self.rig.closing)
+        self.clock.advance(2)
+        self.assertTrue(self.rig.closing)
+
+    def test_not_idle_while_a_request_is_in_flight(self) -> None:
+        self.rig.fetch(1, "a.txt", delay_ms=30_000)
+        self.clock.advance(29)
+        self.assertFalse(self.rig.closing)
+        self.clock.advance(1)
+        self.assertEqual(fetch_result(self.answer(), 1).data, b"hello\n")
+        self.clock.advance(9.9)
+        self.assertFalse(self.rig.closing)
+        self.clock.advance(0.1)
+        self.assertTrue(self.rig.closing)
+
+    def test_write_timeout(self) -> None:
+        self.rig.fetch(1, "big.bin", delay_ms=0)
+        self.rig.proto.pauseProducing()
+        self.clock.advance(2.9)
+        self.assertFalse(self.rig.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(self.rig.aborted)
+
+    def test_write_timeout_stopped_by_resume(self) -> None:
+        self.rig.proto.pauseProducing()
+        self.rig.fetch(1, "big.bin")
+        self.clock.advance(2)
+        self.rig.proto.resumeProducing()
+        self.clock.advance(2)
+        self.assertFalse(self.rig.aborted)
+        self.assertIsNotNone(fetch_result(self.answer(), 1).digest)
+
+    def test_no_timers_left_after_connection_lost(self) -> None:
+        self.rig.proto.dataReceived(b"\x00")
+        self.rig.proto.pauseProducing()
+        self.rig.proto.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ConnectionLimits(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root, _, _ = make_tree(self.mktemp())
+
+    def factory(self, **settings):
+        factory = make_factory(self.root, **settings)
+        self.addCleanup(os.close, factory.root_fd)
+        return factory
+
+    def test_total(self) -> None:
+        factory = self.factory(max_connections=2, max_per_peer=10)
+        rigs = [connect_server(factory, IPv4Address("TCP", f"10.0.0.{i}", 1)) for i in (1, 2)]
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.3", 1)))
+        rigs[0].proto.connectionLost()
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.3", 1)))
+
+    def test_per_peer(self) -> None:
+        factory = self.factory(max_connections=10, max_per_peer=2)
+        a = IPv4Address("TCP", "10.0.0.1", 1)
+        rigs = [connect_server(factory, IPv4Address("TCP", "10.0.0.1", port)) for port in (1, 2)]
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 3)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)))
+        rigs[1].proto.connectionLost()
+        self.assertIsNotNone(factory.buildProtocol(a))
+
+    def test_released_once_per_connection(self) -> None:
+        factory = self.factory(max_connections=1, max_per_peer=1)
+        rig = connect_server(factory)
+        rig.proto.connectionLost()
+        self.assertEqual(factory.limiter.total, 0)
+
+
+class AbsolutePaths(ServerTestCase):
+    """A request path is a wire path (doc/protocol.md): a leading "/" is refused, never
+    read as relative to the export."""
+
+    def test_list(self) -> None:
+        path = os.path.abspath(self.outside)
+        self.assert_error(self.list(path), frames.E_NOT_ALLOWED, path, "absolute")
+
+    def test_fetch(self) -> None:
+        path = os.path.abspath(os.path.join(self.outside, "secret"))
+        r = self.fetch(path)
+        self.assert_error(r, frames.E_NOT_ALLOWED, path, "absolute")
+        self.assertIsNone(r.header)
+
+    def test_fetch_naming_a_file_inside(self) -> None:
+        self.assert_error(self.fetch("/a.txt"), frames.E_NOT_ALLOWED, "/a.txt", "absolute")
+
+    def test_list_naming_a_directory_inside(self) -> None:
+        self.assert_error(self.list("/docs"), frames.E_NOT_ALLOWED, "/docs", "absolute")
