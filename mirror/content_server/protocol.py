@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from mirror.content_server.factory import ContentServerFactory
 
 
+#: Bytes the transport may buffer before it pauses the streams (see connectionMade).
+WRITE_BUFFER = 1 << 20
+
+
 @dataclass
 class ContentSettings:
     """Local limits of a content server (doc/protocol.md lists them with their flags)."""
@@ -105,6 +109,10 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         if hasattr(self.transport, "setTcpNoDelay"):
             # Many small responses: Nagle + delayed ACKs would add ~40 ms stalls.
             self.transport.setTcpNoDelay(True)
+        if hasattr(self.transport, "bufferSize"):
+            # The transport pauses its producer above this many buffered bytes; the default
+            # (64 KiB) is less than one chunk, which would stop read-ahead after every chunk.
+            self.transport.bufferSize = WRITE_BUFFER
         self.transport.registerProducer(self, True)
         self._idle_deadline.start()
 
@@ -312,11 +320,10 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                 except Exception as e:
                     pending = None
                     raise _request_error(e, path) from None
-                last = reader.done
-                # Wait for room before reading ahead: a stream held up by a slow client
-                # keeps one chunk in memory, not two.
+                # Read (and hash) the next chunk while this one drains to the socket; a
+                # stream held up by a slow client holds at most two chunks.
+                pending = None if reader.done else threads.run(reader.read)
                 await self._writable()
-                pending = None if last else threads.run(reader.read)
                 self._send(frames.data_header(request_id, len(data)), data)
             try:
                 digest = await threads.run(reader.finish)
