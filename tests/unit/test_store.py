@@ -1,0 +1,415 @@
+"""MirrorStore: verified, atomic placement under the mirror root, never through a link."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror import paths
+from mirror.mirror_server.store import MirrorStore, StoreError, sweep_temporaries
+from mirror.wire.frames import FileHeader
+
+MTIME = 1_500_000_000_987_654_321
+
+
+def header_for(data: bytes, mode: int = 0o640, mtime: int = MTIME) -> FileHeader:
+    return FileHeader(len(data), len(data), mtime, mode)
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class StoreTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        self.mirror = os.path.join(base, "mirror")
+        self.outside = os.path.join(base, "outside")
+        os.makedirs(self.mirror)
+        os.makedirs(self.outside)
+        self.store = MirrorStore(self.mirror, "host_1")
+        self.addCleanup(self.store.close)
+        self.top = os.path.join(self.mirror, "host_1")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.top, *parts)
+
+    def temporaries(self) -> list[str]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(os.path.dirname(self.mirror)):
+            found += [os.path.join(dirpath, n) for n in filenames + dirnames
+                      if n.startswith(paths.TEMP_PREFIX)]
+        return found
+
+    def put_old(self, *parts: str, data: bytes = b"old version") -> None:
+        os.makedirs(self.path(*parts[:-1]), exist_ok=True)
+        with open(self.path(*parts), "wb") as f:
+            f.write(data)
+
+    def read(self, *parts: str) -> bytes:
+        with open(self.path(*parts), "rb") as f:
+            return f.read()
+
+
+class Placing(StoreTestCase):
+    def test_top_directory_created(self) -> None:
+        self.assertTrue(os.path.isdir(self.top))
+
+    def test_write_whole(self) -> None:
+        data = b"some content"
+        self.store.write_whole(("d", "e", "f.txt"), data, header_for(data), sha(data))
+        self.assertEqual(self.read("d", "e", "f.txt"), data)
+        st = os.stat(self.path("d", "e", "f.txt"))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o640)
+        self.assertEqual(st.st_mtime_ns, MTIME)
+        self.assertEqual(self.temporaries(), [])
+
+    def test_empty_file(self) -> None:
+        self.store.write_whole(("empty",), b"", header_for(b""), sha(b""))
+        self.assertEqual(self.read("empty"), b"")
+
+    def test_mode_exactly_as_sent(self) -> None:
+        old = os.umask(0o077)
+        self.addCleanup(os.umask, old)
+        for i, mode in enumerate((0o644, 0o755, 0o600, 0o444, 0o1777)):
+            self.store.write_whole((f"f{i}",), b"x", header_for(b"x", mode=mode), sha(b"x"))
+            self.assertEqual(stat.S_IMODE(os.stat(self.path(f"f{i}")).st_mode), mode)
+
+    def test_final_name_only_after_commit(self) -> None:
+        partial = self.store.create(("dir", "big.bin"))
+        self.assertTrue(partial.temp_name.startswith(paths.TEMP_PREFIX))
+        partial.write([b"abc", memoryview(b"def")])
+        self.assertFalse(os.path.exists(self.path("dir", "big.bin")))
+        self.assertEqual(os.listdir(self.path("dir")), [partial.temp_name])  # beside the target
+        partial.write([b"ghi"])
+        self.assertFalse(os.path.exists(self.path("dir", "big.bin")))
+        data = b"abcdefghi"
+        partial.commit(header_for(data), sha(data))
+        self.assertEqual(self.read("dir", "big.bin"), data)
+        self.assertEqual(os.listdir(self.path("dir")), ["big.bin"])
+
+    def test_replaces_the_old_version_only_at_commit(self) -> None:
+        self.put_old("f")
+        partial = self.store.create(("f",))
+        partial.write([b"new version, longer"])
+        self.assertEqual(self.read("f"), b"old version")
+        data = b"new version, longer"
+        partial.commit(header_for(data), sha(data))
+        self.assertEqual(self.read("f"), data)
+        self.assertEqual(self.temporaries(), [])
+
+    def test_many_pieces(self) -> None:
+        pieces = [os.urandom(1000) for _ in range(300)]
+        data = b"".join(pieces)
+        partial = self.store.create(("big",))
+        for i in range(0, 300, 7):
+            partial.write(pieces[i : i + 7])
+        partial.commit(header_for(data), sha(data))
+        self.assertEqual(self.read("big"), data)
+
+    def test_discard(self) -> None:
+        self.put_old("f")
+        partial = self.store.create(("f",))
+        partial.write([b"partial"])
+        partial.discard()
+        partial.discard()  # twice is harmless
+        self.assertEqual(self.read("f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_make_dir(self) -> None:
+        self.store.make_dir(("x", "y", "z"))
+        self.assertTrue(os.path.isdir(self.path("x", "y", "z")))
+
+    def test_set_dir_meta(self) -> None:
+        self.store.make_dir(("x",))
+        self.store.set_dir_meta(("x",), 0o751, MTIME)
+        st = os.stat(self.path("x"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_mtime_ns), (0o751, MTIME))
+
+    def test_top_must_be_one_safe_component(self) -> None:
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "..")
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "/etc")
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, ".mirror-tmp-x")
+
+    def test_top_as_a_symlink_refused(self) -> None:
+        os.symlink(self.outside, os.path.join(self.mirror, "evil_1"))
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "evil_1")
+
+
+class Verification(StoreTestCase):
+    def assert_untouched(self) -> None:
+        self.assertEqual(self.read("d", "f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_size_mismatch(self) -> None:
+        self.put_old("d", "f")
+        data = b"twelve bytes"
+        header = FileHeader(13, 13, MTIME, 0o644)
+        with self.assertRaises(StoreError) as cm:
+            self.store.write_whole(("d", "f"), data, header, sha(data))
+        self.assertIn("size mismatch: got 12 bytes, expected 13", str(cm.exception))
+        self.assert_untouched()
+
+    def test_size_mismatch_streamed(self) -> None:
+        self.put_old("d", "f")
+        partial = self.store.create(("d", "f"))
+        partial.write([b"abc"])
+        with self.assertRaises(StoreError):
+            partial.commit(FileHeader(4, 4, 0, 0o644), sha(b"abc"))
+        partial.discard()
+        self.assert_untouched()
+
+    def test_digest_mismatch(self) -> None:
+        self.put_old("d", "f")
+        data = b"content"
+        with self.assertRaises(StoreError) as cm:
+            self.store.write_whole(("d", "f"), data, header_for(data), sha(b"contenT"))
+        self.assertIn("SHA-256 mismatch", str(cm.exception))
+        self.assert_untouched()
+
+    def test_digest_of_wrong_length(self) -> None:
+        self.put_old("d", "f")
+        with self.assertRaises(StoreError):
+            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), b"\x00" * 5)
+        self.assert_untouched()
+
+    def test_directory_in_the_way(self) -> None:
+        os.makedirs(self.path("d", "f", "inner"))
+        with self.assertRaises(StoreError) as cm:
+            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), sha(b"x"))
+        self.assertIn("directory is in the way", str(cm.exception))
+        self.assertTrue(os.path.isdir(self.path("d", "f", "inner")))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_empty_directory_in_the_way(self) -> None:
+        os.makedirs(self.path("d", "f"))
+        with self.assertRaises(StoreError):
+            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), sha(b"x"))
+        self.assertTrue(os.path.isdir(self.path("d", "f")))
+        self.assertEqual(self.temporaries(), [])
+
+
+class Links(StoreTestCase):
+    """A symlink in the mirror (planted locally, or left by anything) is never followed."""
+
+    def assert_outside_untouched(self) -> None:
+        self.assertEqual(os.listdir(self.outside), ["keep"])
+        with open(os.path.join(self.outside, "keep"), "rb") as f:
+            self.assertEqual(f.read(), b"keep me")
+
+    def setUp(self) -> None:
+        super().setUp()
+        with open(os.path.join(self.outside, "keep"), "wb") as f:
+            f.write(b"keep me")
+
+    def test_symlink_as_parent(self) -> None:
+        os.symlink(self.outside, self.path("d"))
+        with self.assertRaises((StoreError, paths.UnsafePath)):
+            self.store.write_whole(("d", "keep"), b"evil", header_for(b"evil"), sha(b"evil"))
+        self.assert_outside_untouched()
+        self.assertEqual(self.temporaries(), [])
+
+    def test_symlink_as_parent_is_a_store_error(self) -> None:
+        os.symlink(self.outside, self.path("d"))
+        with self.assertRaises(StoreError) as cm:
+            self.store.create(("d", "new"))
+        self.assertIn("not a directory", str(cm.exception))
+        self.assert_outside_untouched()
+
+    def test_symlink_as_a_deeper_parent(self) -> None:
+        os.makedirs(self.path("a", "b"))
+        os.symlink(self.outside, self.path("a", "b", "c"))
+        with self.assertRaises((StoreError, paths.UnsafePath)):
+            self.store.write_whole(("a", "b", "c", "d", "f"), b"evil", header_for(b"evil"),
+                                   sha(b"evil"))
+        self.assert_outside_untouched()
+        self.assertFalse(os.path.exists(os.path.join(self.outside, "d")))
+
+    def test_relative_symlink_as_parent(self) -> None:
+        os.symlink("../../outside", self.path("up"))
+        with self.assertRaises((StoreError, paths.UnsafePath)):
+            self.store.write_whole(("up", "new"), b"evil", header_for(b"evil"), sha(b"evil"))
+        self.assert_outside_untouched()
+
+    def test_make_dir_through_a_symlink(self) -> None:
+        os.symlink(self.outside, self.path("d"))
+        with self.assertRaises((StoreError, paths.UnsafePath)):
+            self.store.make_dir(("d", "sub"))
+        self.assert_outside_untouched()
+
+    def test_symlink_at_the_final_name_is_replaced_not_followed(self) -> None:
+        os.symlink(os.path.join(self.outside, "keep"), self.path("f"))
+        self.store.write_whole(("f",), b"new", header_for(b"new"), sha(b"new"))
+        self.assertFalse(os.path.islink(self.path("f")))
+        self.assertEqual(self.read("f"), b"new")
+        self.assert_outside_untouched()
+
+    def test_file_as_parent(self) -> None:
+        self.put_old("a")
+        with self.assertRaises(StoreError):
+            self.store.write_whole(("a", "b"), b"x", header_for(b"x"), sha(b"x"))
+        self.assertEqual(self.read("a"), b"old version")
+
+    def test_set_dir_meta_through_a_symlink(self) -> None:
+        os.symlink(self.outside, self.path("d"))
+        mode = stat.S_IMODE(os.stat(self.outside).st_mode)
+        with self.assertRaises((StoreError, paths.UnsafePath)):
+            self.store.set_dir_meta(("d",), 0o777, MTIME)
+        self.assertEqual(stat.S_IMODE(os.stat(self.outside).st_mode), mode)
+
+
+class QuickCheck(StoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.write_whole(("d", "f"), b"12345", header_for(b"12345"), sha(b"12345"))
+
+    def test_current(self) -> None:
+        self.assertTrue(self.store.is_current(("d", "f"), 5, MTIME))
+
+    def test_other_size(self) -> None:
+        self.assertFalse(self.store.is_current(("d", "f"), 6, MTIME))
+
+    def test_other_mtime(self) -> None:
+        self.assertFalse(self.store.is_current(("d", "f"), 5, MTIME + 1))
+
+    def test_missing(self) -> None:
+        self.assertFalse(self.store.is_current(("d", "g"), 5, MTIME))
+        self.assertFalse(self.store.is_current(("x", "y", "z"), 5, MTIME))
+        self.assertFalse(os.path.exists(self.path("x")))  # the check creates nothing
+
+    def test_directory(self) -> None:
+        st = os.stat(self.path("d"))
+        self.assertFalse(self.store.is_current(("d",), st.st_size, st.st_mtime_ns))
+
+    def test_symlink_to_a_matching_file(self) -> None:
+        os.symlink(self.path("d", "f"), self.path("link"))
+        self.assertFalse(self.store.is_current(("link",), 5, MTIME))
+
+    def test_through_a_symlinked_parent(self) -> None:
+        os.symlink(self.path("d"), self.path("ld"))
+        self.assertFalse(self.store.is_current(("ld", "f"), 5, MTIME))
+
+
+class DiskFull(StoreTestCase):
+    def fail_writes(self, code: int) -> None:
+        def write(fd: int, data) -> int:
+            raise OSError(code, os.strerror(code))
+        self.patch(os, "write", write)
+
+    def test_enospc_on_write(self) -> None:
+        self.put_old("d", "f")
+        self.fail_writes(errno.ENOSPC)
+        with self.assertRaises(StoreError) as cm:
+            self.store.write_whole(("d", "f"), b"new", header_for(b"new"), sha(b"new"))
+        self.assertIn("no space left on device", str(cm.exception))
+        self.assertEqual(self.read("d", "f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_enospc_streamed(self) -> None:
+        self.put_old("d", "f")
+        partial = self.store.create(("d", "f"))
+        partial.write([b"first part"])
+        self.fail_writes(errno.ENOSPC)
+        with self.assertRaises(StoreError) as cm:
+            partial.write([b"second part"])
+        self.assertIn("no space left on device", str(cm.exception))
+        partial.discard()
+        self.assertEqual(self.read("d", "f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_quota(self) -> None:
+        self.fail_writes(errno.EDQUOT)
+        with self.assertRaises(StoreError) as cm:
+            self.store.write_whole(("f",), b"new", header_for(b"new"), sha(b"new"))
+        self.assertIn("disk quota exceeded", str(cm.exception))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_short_writes_are_completed(self) -> None:
+        real_write = os.write
+
+        def short_write(fd: int, data) -> int:
+            return real_write(fd, bytes(data[:3]))
+
+        self.patch(os, "write", short_write)
+        data = b"0123456789abcdef"
+        self.store.write_whole(("f",), data, header_for(data), sha(data))
+        self.assertEqual(self.read("f"), data)
+
+    def test_enospc_on_close(self) -> None:
+        # Delayed write errors show up on close (NFS, some full file systems).
+        self.put_old("d", "f")
+        real_close = os.close
+        partial = self.store.create(("d", "f"))
+        partial.write([b"new"])
+        victim = partial._fd
+
+        def close(fd: int) -> None:
+            real_close(fd)
+            if fd == victim:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "close", close)
+        with self.assertRaises(StoreError) as cm:
+            partial.commit(header_for(b"new"), sha(b"new"))
+        self.assertIn("no space left on device", str(cm.exception))
+        partial.discard()
+        self.assertEqual(self.read("d", "f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_error_on_create(self) -> None:
+        real_open = os.open
+
+        def failing_open(path, flags, *args, **kwargs):
+            if isinstance(path, str) and path.startswith(paths.TEMP_PREFIX):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(os, "open", failing_open)
+        with self.assertRaises(StoreError) as cm:
+            self.store.create(("f",))
+        self.assertIn("no space left on device", str(cm.exception))
+
+
+class Sweep(SynchronousTestCase):
+    def test_removes_only_reserved_regular_files(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        outside = base + "-outside"
+        os.makedirs(os.path.join(base, "h_1", "a", "b"))
+        os.makedirs(outside)
+        temp = paths.TEMP_PREFIX
+        removable = [os.path.join(base, "h_1", temp + "1"),
+                     os.path.join(base, "h_1", "a", "b", temp + "2"),
+                     os.path.join(base, temp + "3")]
+        kept = [os.path.join(base, "h_1", "a", "file"),
+                os.path.join(base, "h_1", "a", "x" + temp),
+                os.path.join(base, "h_1", ".mirror-tmp")]
+        for p in removable + kept:
+            with open(p, "w") as f:
+                f.write("x")
+        # A reserved-prefix directory, a symlink and what a link points at all stay.
+        os.makedirs(os.path.join(base, "h_1", temp + "dir"))
+        with open(os.path.join(base, "h_1", temp + "dir", "inside"), "w") as f:
+            f.write("x")
+        with open(os.path.join(outside, temp + "target"), "w") as f:
+            f.write("x")
+        os.symlink(os.path.join(outside, temp + "target"), os.path.join(base, temp + "link"))
+        os.symlink(outside, os.path.join(base, "h_1", "linkdir"))
+        os.mkfifo(os.path.join(base, "h_1", temp + "fifo"))
+
+        self.assertEqual(sweep_temporaries(base), 3)
+        for p in removable:
+            self.assertFalse(os.path.exists(p), p)
+        for p in kept:
+            self.assertTrue(os.path.exists(p), p)
+        self.assertTrue(os.path.isdir(os.path.join(base, "h_1", temp + "dir")))
+        self.assertTrue(os.path.islink(os.path.join(base, temp + "link")))
+        self.assertTrue(os.path.exists(os.path.join(outside, temp + "target")))
+        self.assertTrue(os.path.exists(os.path.join(base, "h_1", temp + "fifo")))
+        self.assertEqual(sweep_temporaries(base), 0)
+
+
+
