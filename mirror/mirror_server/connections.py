@@ -15,9 +15,16 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
 
 
+#: After a failed connection with none left open, requests fail at once (with the same error)
+#: for this long instead of each trying again: a dead server must not cost a connection
+#: attempt (0.3 s or a whole timeout) per queued file.
+DOWN_INTERVAL = 5.0
+
+
 class SourceConnections:
     def __init__(self, reactor: Any, host: str, port: int, size: int = 2,
-                 connect_timeout: float = 10.0, **client_options: Any) -> None:
+                 connect_timeout: float = 10.0, down_interval: float = DOWN_INTERVAL,
+                 **client_options: Any) -> None:
         self._reactor = reactor
         self.host = host
         self.port = port
@@ -28,19 +35,27 @@ class SourceConnections:
         self._conns: list[ContentClientProtocol] = []
         self._lock = DeferredLock()
         self._closed = False
+        self._down_interval = down_interval
+        self._down: tuple[float, str] | None = None  # (until, message)
 
     async def get(self) -> ContentClientProtocol:
         """A live connection, opening one if all are busy and there is room."""
         async with self._lock:
             live = [c for c in self._conns if c.lost_reason is None and c.transport is not None]
             self._conns = live
+            if not live and self._down is not None:
+                until, message = self._down
+                if self._reactor.seconds() < until:
+                    raise TransferError(message)
             if len(live) < self.size and (not live or min(c.load for c in live) > 0):
                 try:
                     proto = await self.connect()
-                except TransferError:
+                except TransferError as e:
                     if not live:
+                        self._down = (self._reactor.seconds() + self._down_interval, str(e))
                         raise
                 else:
+                    self._down = None
                     live.append(proto)
             return min(live, key=lambda c: c.load)
 

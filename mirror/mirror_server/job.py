@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -244,6 +244,8 @@ class SourceRun:
                     await receiver.discard()
                     problem = str(e)
                     continue
+                except CancelledError:
+                    raise  # the service is stopping
                 except Exception as e:
                     # A bug, not the peer's fault: logged with its traceback, and the file
                     # is still counted and reported as failed (never silently lost).

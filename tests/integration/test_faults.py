@@ -1,0 +1,416 @@
+"""Faults (issue 4): a full disk, daemons killed mid-job, files changing while they are sent.
+
+The outcome asked for is the same as for a hostile peer: a clear error naming the source and
+the file, no partial file at a final name (an old version stays), no temporary file left
+behind, and a daemon that keeps serving. Daemons killed with SIGKILL are real ``twistd``
+processes; the others run in this process (pytest-twisted drives the reactor).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mirror import paths
+from mirror.content_server import fetch as content_fetch
+from mirror.initiator.client import ConnectionLostBeforeDone
+from mirror.mirror_server import service as mirror_service
+from mirror.mirror_server import store
+from mirror.wire.control import Progress
+from tests.integration.conftest import run_job, source
+from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+    MTIME_NS,
+    Fetch,
+    HostileServer,
+    d,
+    f,
+    slow,
+    stall,
+    start_hostile_server,
+)
+from tests.trees import assert_same_tree, make_sample_tree
+
+REPO = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+OLD = b"old version, complete\n"
+
+pytestmark = pytest.mark.timeout(20)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await sleep(0.02)
+
+
+def temporaries(root: Path) -> list[Path]:
+    out = subprocess.run(["find", str(root), "-name", paths.TEMP_PREFIX + "*", "-print0"],
+                         check=True, capture_output=True).stdout
+    return [Path(p.decode()) for p in out.split(b"\0") if p]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Daemons:
+    """Real ``twistd`` daemons, killed at the end of the test whatever happens."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self, name: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}-{port}-{len(self.procs)}.log"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", f"--logfile={log}", name, "-p", str(port), *args],
+            cwd=str(REPO), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        proc.log = log  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not listening(port):
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not listening on {port}")
+            await sleep(0.05)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(5)
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Any:
+    ds = Daemons(tmp_path)
+    yield ds
+    ds.stop_all()
+
+
+def assert_clean_errors(result: Any) -> None:
+    for e in result.errors:
+        assert "\n" not in e.message and "Traceback" not in e.message, e.message
+
+
+# -- disk full -----------------------------------------------------------------------------
+
+
+class _FailingOs:
+    """``os`` as seen by the store module, with ENOSPC on ``write`` or ``close`` of chosen
+    descriptors (the real call is made first for ``close``: the descriptor is gone, as with
+    a real delayed write error)."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.failing: set[int] = set()
+        self.hits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.op == "write" and fd in self.failing:
+            self.hits += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+    def close(self, fd: int) -> None:
+        # Forgotten before the real close: the number may be reused at once by another file.
+        chosen = fd in self.failing
+        self.failing.discard(fd)
+        os.close(fd)
+        if chosen and self.op == "close":
+            self.hits += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("size", [100, 1_000_000], ids=["small", "big"])
+@pytest.mark.parametrize("op", ["write", "close"])
+@pytest_twisted.ensureDeferred
+async def test_disk_full_injected(tmp_path, monkeypatch, start_content_server,
+                                  start_mirror_server, op, size):
+    src = make_sample_tree(tmp_path / "src", big_size=500_000)
+    victim = src / "docs" / "victim.bin"
+    victim.write_bytes(os.urandom(size))
+    cport, _ = start_content_server(str(src))
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"))
+    top = tmp_path / "mirror" / f"127.0.0.1_{cport}"
+    (top / "docs").mkdir(parents=True)
+    (top / "docs" / "victim.bin").write_bytes(OLD)
+
+    fake = _FailingOs(op)
+    monkeypatch.setattr(store, "os", fake)
+    real_init = store.PartialFile.__init__
+
+    def init(self: Any, st: Any, parts: Any, dir_fd: int) -> None:
+        real_init(self, st, parts, dir_fd)
+        if parts == ("docs", "victim.bin"):
+            fake.failing.add(self._fd)
+
+    monkeypatch.setattr(store.PartialFile, "__init__", init)
+
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert not result.ok
+    assert_clean_errors(result)
+    assert [(e.index, e.path) for e in result.errors] == [(0, "docs/victim.bin")]
+    message = result.errors[0].message
+    assert f"{op} failed: no space left on device" in message, message
+    assert fake.hits == 2  # tried twice, reported once
+    assert result.source_done[0].failed == 1
+    assert (top / "docs" / "victim.bin").read_bytes() == OLD
+    assert temporaries(tmp_path) == []
+    # Everything else arrived.
+    for p in src.rglob("*"):
+        if p.is_file() and p != victim:
+            assert (top / p.relative_to(src)).read_bytes() == p.read_bytes()
+
+    # The disk is fine again: the daemon carries on.
+    monkeypatch.undo()
+    victim.write_bytes(b"now it fits\n")
+    result = await run_job(mport, [source(cport, "docs/victim.bin")], timeout=15)
+    assert result.ok, result.errors
+    assert (top / "docs" / "victim.bin").read_bytes() == b"now it fits\n"
+    assert temporaries(tmp_path) == []
+
+
+# -- a content server killed mid-job --------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest_twisted.ensureDeferred
+async def test_content_server_killed_mid_job(tmp_path, monkeypatch, daemons,
+                                             start_mirror_server):
+    src = make_sample_tree(tmp_path / "src", big_size=32 << 20)
+    for i in range(30):
+        (src / "empty" / f"late{i:02d}.txt").write_bytes(f"late {i}\n".encode() * 100)
+    cport = free_port()
+    content = await daemons.start("content-server", cport, "-d", str(src))
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"), workers=2)
+    top = tmp_path / "mirror" / f"127.0.0.1_{cport}"
+    (top / "docs" / "sub").mkdir(parents=True)
+    (top / "docs" / "sub" / "big.bin").write_bytes(OLD)
+
+    # A disk of about 16 MB/s, so that the kill lands in the middle of the 32 MiB file.
+    real_write = store.PartialFile.write
+
+    def slow_write(self: Any, pieces: Any) -> None:
+        time.sleep(sum(len(p) for p in pieces) / 16e6)
+        real_write(self, pieces)
+
+    monkeypatch.setattr(store.PartialFile, "write", slow_write)
+    killed = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, Progress) and event.bytes_done > (4 << 20) and not killed:
+            killed.append(time.monotonic())
+            daemons.kill(content)
+
+    result = await run_job(mport, [source(cport)], on_event=on_event, timeout=20)
+    assert killed, "the job ended before the content server could be killed"
+    # The files still queued fail at once: not one connection attempt (0.3 s) each.
+    assert time.monotonic() - killed[0] < 5
+    assert not result.ok
+    assert_clean_errors(result)
+    done = result.source_done[0]
+    assert done.failed >= 1 and done.failed == len(result.errors)
+    peer = f"127.0.0.1:{cport}"
+    for e in result.errors:
+        assert e.index == 0 and e.path is not None
+        assert e.message.startswith(e.path + ":") and peer in e.message, e.message
+    assert "docs/sub/big.bin" in {e.path for e in result.errors}
+    # What arrived is complete; the big file's old version is intact; nothing half-written.
+    assert (top / "docs" / "sub" / "big.bin").read_bytes() == OLD
+    for p in top.rglob("*"):
+        if p.is_file() and p.name != "big.bin":
+            assert p.read_bytes() == (src / p.relative_to(top)).read_bytes()
+    assert temporaries(tmp_path) == []
+
+    # The content server comes back: the same job completes.
+    monkeypatch.undo()
+    await daemons.start("content-server", cport, "-d", str(src))
+    result = await run_job(mport, [source(cport)], timeout=20)
+    assert result.ok, result.errors
+    assert_same_tree(src, top)
+    assert temporaries(tmp_path) == []
+
+
+# -- the mirror server killed mid-job ---------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest_twisted.ensureDeferred
+async def test_mirror_server_killed_mid_job(tmp_path, daemons, start_hostile_server):
+    big = os.urandom(2 << 20)
+    fresh = os.urandom(1 << 20)
+    script = HostileServer([d("docs"), f("docs/a.txt", b"a\n"), f("docs/big.bin", big),
+                            f("docs/fresh.bin", fresh)])
+    # Half of each big file, then the content server waits: the mirror server is killed
+    # with two temporary files half written.
+    script.fetch["docs/big.bin"] = stall(big, after=1 << 20)
+    script.fetch["docs/fresh.bin"] = stall(fresh, after=len(fresh) // 2)
+    cport = start_hostile_server(script)
+    mirror = tmp_path / "mirror"
+    top = mirror / f"127.0.0.1_{cport}"
+    (top / "docs").mkdir(parents=True)
+    (top / "docs" / "big.bin").write_bytes(OLD)
+
+    mport = free_port()
+    mirror_args = ("-m", str(mirror), "-w", "4", "--stall-timeout", "30")
+    server = await daemons.start("mirror-server", mport, *mirror_args)
+    job = run_job(mport, [source(cport)], timeout=20)
+    job.addErrback(lambda failure: failure.value)  # checked below
+
+    def half_written() -> bool:
+        temps = temporaries(mirror)
+        return len(temps) == 2 and all(t.stat().st_size >= (1 << 19) for t in temps)
+
+    await wait_for(half_written, what="two half-written temporary files")
+    assert (top / "docs" / "a.txt").read_bytes() == b"a\n"
+    daemons.kill(server)
+    outcome = await job
+    assert isinstance(outcome, ConnectionLostBeforeDone), outcome
+    leftovers = temporaries(mirror)
+    assert len(leftovers) == 2
+
+    # No final name holds a partial file: the old one is intact, the new one absent.
+    assert (top / "docs" / "big.bin").read_bytes() == OLD
+    assert not (top / "docs" / "fresh.bin").exists()
+
+    # Restart: the leftovers are swept at start-up, before any job.
+    server = await daemons.start("mirror-server", mport, *mirror_args)
+    await wait_for(lambda: not temporaries(mirror), what="the start-up sweep")
+    await wait_for(lambda: "removed 2 leftover temporary files" in server.log.read_text(),
+                   what="the sweep's log line")
+    assert (top / "docs" / "big.bin").read_bytes() == OLD
+
+    # The content server behaves now: the job completes.
+    script.fetch.clear()
+    result = await run_job(mport, [source(cport)], timeout=20)
+    assert result.ok, result.errors
+    assert (top / "docs" / "big.bin").read_bytes() == big
+    assert (top / "docs" / "fresh.bin").read_bytes() == fresh
+    assert temporaries(mirror) == []
+
+
+# -- a file that changes while it is sent -----------------------------------------------------
+
+
+def _append(p: Path) -> None:
+    with p.open("ab") as out:
+        out.write(b"more")
+
+
+CHANGES = {
+    "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+    "rewritten-same-size": lambda p: p.write_bytes(os.urandom(p.stat().st_size)),
+    "appended": _append,
+    "replaced-by-rename": None,  # a new file renamed over the name: the old one is sent whole
+}
+
+
+@pytest.mark.parametrize("size", [100_000, 2_000_000], ids=["small", "big"])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest_twisted.ensureDeferred
+async def test_file_changed_while_sent(tmp_path, monkeypatch, start_content_server,
+                                       start_mirror_server, change, size):
+    """The real content server, with the file changed on disk right after its first chunk
+    was read: the transfer fails (or, for a rename, delivers the complete old version), the
+    old mirrored copy stays, and no mix of two versions ever lands."""
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "victim.bin"
+    original = os.urandom(size)
+    target.write_bytes(original)
+    os.utime(target, ns=(MTIME_NS, MTIME_NS))
+    (src / "other.txt").write_bytes(b"other\n")
+    cport, _ = start_content_server(str(src))
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"))
+    top = tmp_path / "mirror" / f"127.0.0.1_{cport}"
+    top.mkdir(parents=True)
+    (top / "victim.bin").write_bytes(OLD)
+
+    real_read = content_fetch.RangeReader.read
+    changed: list[int] = []
+
+    def read(self: Any, max_bytes: int = content_fetch.CHUNK_SIZE) -> bytes:
+        data = real_read(self, max_bytes)
+        first_chunk = self._pos == len(data)
+        if first_chunk and self.header.file_size > 100:  # victim.bin, not other.txt
+            # Changed during every attempt (the mirror server retries once), each time with
+            # a new mtime, as a writer busy with the file would leave it.
+            changed.append(1)
+            if CHANGES[change] is None:
+                if len(changed) == 1:
+                    (src / "new.tmp").write_bytes(b"R" * size)
+                    os.rename(src / "new.tmp", target)
+            else:
+                CHANGES[change](target)
+                os.utime(target, ns=(MTIME_NS + len(changed), MTIME_NS + len(changed)))
+        return data
+
+    monkeypatch.setattr(content_fetch.RangeReader, "read", read)
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert changed
+    got = (top / "victim.bin").read_bytes()
+    if change == "replaced-by-rename":
+        # The open descriptor still reads the old, unchanged file: consistent.
+        assert result.ok, result.errors
+        assert got == original
+    else:
+        assert not result.ok
+        assert_clean_errors(result)
+        [error] = result.errors
+        assert error.index == 0 and error.path == "victim.bin"
+        assert error.message.startswith("victim.bin:")
+        assert "while being sent" in error.message, error.message
+        assert got == OLD
+    assert (top / "other.txt").read_bytes() == b"other\n"
+    assert temporaries(tmp_path) == []
+
+    # The file stands still again: the next run fetches its current version.
+    monkeypatch.undo()
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert result.ok, result.errors
+    assert (top / "victim.bin").read_bytes() == target.read_bytes()
