@@ -215,6 +215,9 @@ class StepThreads:
         self.queue.append((f, args, kwargs, d))
         return d
 
+    def run_batched(self, f: Any, *args: Any) -> Any:
+        return self.run(f, *args)
+
     def step(self) -> bool:
         """Run the oldest queued call; False if there was none."""
         from twisted.internet.defer import maybeDeferred

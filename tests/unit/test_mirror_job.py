@@ -1,0 +1,327 @@
+"""The mirror service end to end in memory: real content server protocols (or a fake one) wired
+to the mirror service's content clients with iosim, a fake clock, and inline disk work."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror.mirror_server.connections import SourceConnections
+from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
+from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.threads import InlineThreads
+from mirror.wire import frames
+from mirror.wire.control import SourceRequest
+from tests.trees import assert_same_tree, make_sample_tree
+from tests.unit.helpers import make_factory
+
+
+class MemoryNetwork:
+    """Stands in for TCP: `SourceConnections.connect` gets a client joined by iosim to a
+    server protocol built for its (host, port)."""
+
+    def __init__(self, clock: MemoryReactorClock) -> None:
+        self.clock = clock
+        self.servers: dict[tuple[str, int], Callable[[], Protocol | None]] = {}
+        self.pumps: list[iosim.IOPump] = []
+        self.connections = 0
+
+    def install(self, test: SynchronousTestCase) -> None:
+        network = self
+
+        async def connect(conns: SourceConnections) -> ContentClientProtocol:
+            if conns._closed:
+                raise TransferError(f"connections to {conns.name} closed")
+            make_server = network.servers.get((conns.host, conns.port))
+            server = make_server() if make_server else None
+            if server is None:
+                raise TransferError(f"cannot connect to {conns.name}: connection refused")
+            client = ContentClientProtocol(conns._reactor, conns.name, **conns._client_options)
+            network.connections += 1
+            peer = IPv4Address("TCP", "127.0.0.1", 40000 + network.connections)
+            host = IPv4Address("TCP", conns.host, conns.port)
+            server_io = iosim.FakeTransport(server, isServer=True, hostAddress=host,
+                                            peerAddress=peer)
+            client_io = iosim.FakeTransport(client, isServer=False, hostAddress=peer,
+                                            peerAddress=host)
+            network.pumps.append(iosim.connect(server, server_io, client, client_io,
+                                               greet=False, clock=network.clock))
+            return client
+
+        test.patch(SourceConnections, "connect", connect)
+
+    def run_until(self, done: Any, max_rounds: int = 20000) -> None:
+        """Move bytes until ``done`` fires; let fake time pass only when nothing moves."""
+        for _ in range(max_rounds):
+            if done.called:
+                return
+            moved = [pump.pump() for pump in list(self.pumps)]
+            if not any(moved):
+                self.clock.advance(0.1)
+        raise AssertionError("the job did not finish")
+
+
+@dataclass
+class Observer:
+    """Records what a JobObserver hears."""
+
+    started: list = field(default_factory=list)
+    errors: list[tuple[int, str | None, str]] = field(default_factory=list)
+    done: dict[int, Any] = field(default_factory=dict)
+    progress_events: list[tuple] = field(default_factory=list)
+    finished: list = field(default_factory=list)
+
+    def job_started(self, job) -> None:
+        self.started.append(job.id)
+
+    def progress(self, job) -> None:
+        self.progress_events.append((job.files_done, job.bytes_done, job.files_total,
+                                     job.bytes_total, job.listing_done))
+
+    def source_error(self, index: int, path: str | None, message: str) -> None:
+        self.errors.append((index, path, message))
+
+    def source_done(self, run) -> None:
+        self.done[run.index] = run
+
+    def job_done(self, job) -> None:
+        self.finished.append(job.ok)
+
+
+class JobTestCase(SynchronousTestCase):
+    settings = {"workers": 2, "queue_size": 2}
+
+    def setUp(self) -> None:
+        self.base = Path(os.path.abspath(self.mktemp()))
+        self.mirror = self.base / "mirror"
+        self.mirror.mkdir(parents=True)
+        self.clock = MemoryReactorClock()
+        self.network = MemoryNetwork(self.clock)
+        self.network.install(self)
+        self.service = MirrorService(str(self.mirror), MirrorSettings(**self.settings),
+                                     reactor=self.clock, threads=InlineThreads())
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def serve(self, root: Path, host: str = "10.0.0.1", port: int = 7000, **settings) -> None:
+        factory = make_factory(str(root), self.clock, **settings)
+        self.addCleanup(os.close, factory.root_fd)
+        self.network.servers[(host, port)] = lambda: factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000))
+
+    def run_job(self, *sources: SourceRequest) -> Observer:
+        observer = Observer()
+        job = self.service.submit(list(sources), observer)
+        self.network.run_until(job.finished)
+        self.assertEqual(len(observer.finished), 1)
+        return observer
+
+
+def source(path: str = "", host: str = "10.0.0.1", port: int = 7000) -> SourceRequest:
+    return SourceRequest(host, port, path, 0.0)
+
+
+class MirrorWholeTree(JobTestCase):
+    def test_sample_tree(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=700 * 1024)
+        self.serve(src)
+        queue = self.service.queue
+        put, full = queue.put, []
+
+        def watching_put(item):
+            full.append(len(queue) >= queue.size)
+            return put(item)
+
+        self.patch(queue, "put", watching_put)
+        observer = self.run_job(source())
+        self.assertTrue(any(full), "the queue never filled: back-pressure not exercised")
+        self.assertEqual(observer.errors, [])
+        self.assertEqual(observer.finished, [True])
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+        run = observer.done[0]
+        files = [p for p in src.rglob("*") if p.is_file()]
+        dirs = [p for p in src.rglob("*") if p.is_dir()]
+        self.assertGreater(len(files), self.settings["queue_size"] * 5)  # back-pressure path
+        self.assertTrue(run.ok)
+        self.assertEqual(run.stats.count, len(files))
+        self.assertEqual(run.stats.total, sum(p.stat().st_size for p in files))
+        self.assertEqual(run.stats.sum_sq, sum(p.stat().st_size ** 2 for p in files))
+        self.assertEqual(run.dirs, len(dirs))
+        self.assertEqual((run.skipped, run.failed), (0, 0))
+        last = observer.progress_events[-1]
+        self.assertEqual(last[0], len(files))
+        self.assertEqual(last[2], len(files))
+        self.assertEqual(last[1], last[3])
+        self.assertTrue(last[4])
+        self.assertEqual(len(self.service.queue), 0)
+        # No temporary file anywhere.
+        self.assertEqual([p for p in self.mirror.rglob(".mirror-tmp-*")], [])
+
+    def test_second_run_skips_current_files(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        self.run_job(source())
+        (src / "docs" / "a.txt").write_text("changed\n")
+        observer = self.run_job(source())
+        run = observer.done[0]
+        files = [p for p in src.rglob("*") if p.is_file()]
+        self.assertEqual((run.stats.count, run.skipped), (1, len(files) - 1))
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+
+    def test_subdirectory(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        observer = self.run_job(source("docs/sub/deeper"))
+        self.assertEqual(observer.errors, [])
+        assert_same_tree(src / "docs" / "sub" / "deeper",
+                         self.mirror / "10.0.0.1_7000" / "docs" / "sub" / "deeper")
+        self.assertEqual(sorted(os.listdir(self.mirror / "10.0.0.1_7000")), ["docs"])
+
+    def test_more_workers_than_files_and_a_queue_of_one(self) -> None:
+        self.service.stopService()
+        self.service = MirrorService(str(self.mirror), MirrorSettings(workers=5, queue_size=1),
+                                     reactor=self.clock, threads=InlineThreads())
+        self.service.startService()
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        observer = self.run_job(source())
+        self.assertEqual(observer.finished, [True])
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+
+    def test_unreachable_source_fails_alone(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        observer = self.run_job(source(port=9), source())
+        self.assertEqual(observer.finished, [False])
+        self.assertFalse(observer.done[0].ok)
+        self.assertTrue(observer.done[1].ok)
+        (index, path, message), = observer.errors
+        self.assertEqual((index, path), (0, None))
+        self.assertIn("connection refused", message)
+        self.assertFalse((self.mirror / "10.0.0.1_9").exists())
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+
+
+class FakeContentServer(Protocol):
+    """Answers LIST with crafted entries and FETCH with the given files' bytes."""
+
+    def __init__(self, entries: list[tuple[int, bytes, int]], files: dict[bytes, bytes]) -> None:
+        self.entries = entries
+        self.files = files
+        self.receiver = _Frames(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.receiver.dataReceived(data)
+
+    def _request(self, opcode: int, rid: int, payload: bytes) -> None:
+        if opcode == frames.LIST:
+            body = b"".join(frames.encode_entry(kind, 0o644 if kind == frames.KIND_FILE else 0o755,
+                                                size, 1_000_000_000, name)
+                            for kind, name, size in self.entries)
+            self.transport.write(frames.frame(frames.ENTRIES, rid, body))
+            self.transport.write(frames.frame(frames.LIST_END, rid,
+                                              frames.encode_list_end(len(self.entries), 0)))
+        elif opcode == frames.FETCH:
+            _, _, _, name = frames.decode_fetch(payload)
+            data = self.files.get(name)
+            if data is None:
+                self.transport.write(frames.frame(frames.ERROR, rid, frames.encode_error(
+                    frames.E_NOT_FOUND, f"{name!r}: not here")))
+                return
+            header = frames.FileHeader(len(data), len(data), 1_000_000_000, 0o644)
+            self.transport.write(frames.frame(frames.FILE, rid, frames.encode_file(header))
+                                 + frames.data_header(rid, len(data)) + data
+                                 + frames.frame(frames.FILE_END, rid,
+                                                hashlib.sha256(data).digest()))
+
+
+class _Frames(frames.FrameReceiver):
+    MAX_LENGTH = 8192
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.transport = object()  # parse without a transport of its own
+
+    def stringReceived(self, frame: bytes) -> None:
+        self.handler(*frames.split_frame(frame))
+
+
+class HostileListing(JobTestCase):
+    def serve_fake(self, entries, files) -> None:
+        self.network.servers[("10.0.0.1", 7000)] = lambda: FakeContentServer(entries, files)
+
+    def test_bad_entries_refused_and_named(self) -> None:
+        F, D = frames.KIND_FILE, frames.KIND_DIR
+        entries = [
+            (F, b"ok.txt", 2),
+            (F, b"../escape", 4),
+            (F, b"/etc/passwd", 4),
+            (F, b"a/../../up", 4),
+            (F, b"new\nline", 4),
+            (F, b".mirror-tmp-0001", 4),
+            (F, b"back\\slash", 4),
+            (F, b"bad\xffutf8", 4),
+            (D, b"d", 0),
+            (F, b"d/inner", 3),
+        ]
+        files = {b"ok.txt": b"ok", b"d/inner": b"abc", b"../escape": b"evil",
+                 b"/etc/passwd": b"evil", b"a/../../up": b"evil"}
+        self.serve_fake(entries, files)
+        observer = self.run_job(source())
+        self.assertEqual(observer.finished, [False])
+        run = observer.done[0]
+        self.assertFalse(run.ok)
+        self.assertEqual(run.failed, 7)
+        by_path = {path: message for _, path, message in observer.errors}
+        for shown in ("../escape", "/etc/passwd", "a/../../up", "new\\nline",
+                      ".mirror-tmp-0001", "back\\slash", "bad\\xffutf8"):
+            self.assertIn(shown, by_path, sorted(by_path))
+            self.assertIn("refused", by_path[shown])
+        self.assertEqual(len(observer.errors), 7)
+        top = self.mirror / "10.0.0.1_7000"
+        self.assertEqual((top / "ok.txt").read_bytes(), b"ok")
+        self.assertEqual((top / "d" / "inner").read_bytes(), b"abc")
+        self.assertEqual(sorted(os.listdir(top)), ["d", "ok.txt"])
+        self.assertEqual(sorted(os.listdir(self.mirror)), ["10.0.0.1_7000"])
+        self.assertFalse((self.base / "escape").exists())
+        self.assertEqual(run.stats.count, 2)
+
+    def test_entry_outside_the_requested_path(self) -> None:
+        self.serve_fake([(frames.KIND_DIR, b"want", 0), (frames.KIND_FILE, b"other.txt", 1)],
+                        {b"other.txt": b"x"})
+        observer = self.run_job(source("want"))
+        (index, path, message), = observer.errors
+        self.assertEqual(path, "other.txt")
+        self.assertIn("outside the requested path", message)
+        self.assertFalse((self.mirror / "10.0.0.1_7000" / "other.txt").exists())
+
+    def test_same_name_twice(self) -> None:
+        self.serve_fake([(frames.KIND_DIR, b"x", 0), (frames.KIND_FILE, b"x", 1)],
+                        {b"x": b"!"})
+        observer = self.run_job(source())
+        self.assertEqual([path for _, path, _ in observer.errors], ["x"])
+        self.assertTrue((self.mirror / "10.0.0.1_7000" / "x").is_dir())
+
+    def test_file_over_its_own_children(self) -> None:
+        self.serve_fake([(frames.KIND_FILE, b"a/b", 1), (frames.KIND_FILE, b"a", 1)],
+                        {b"a/b": b"1", b"a": b"2"})
+        observer = self.run_job(source())
+        self.assertIn("a", [path for _, path, _ in observer.errors])
+        self.assertTrue((self.mirror / "10.0.0.1_7000" / "a").is_dir())
+
+    def test_absurd_size_in_the_listing(self) -> None:
+        self.serve_fake([(frames.KIND_FILE, b"f", 2**63)], {b"f": b"small"})
+        observer = self.run_job(source())
+        (_, path, message), = observer.errors
+        self.assertEqual(path, "f")
+        self.assertIn("exceeds the limit", message)
+        self.assertFalse((self.mirror / "10.0.0.1_7000" / "f").exists())
