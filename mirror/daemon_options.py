@@ -6,10 +6,15 @@ import math
 import sys
 from typing import Any, Callable
 
-from twisted.application import strports
-from twisted.application.service import IServiceCollection
+from twisted.application.service import IServiceCollection, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 
 def number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
@@ -31,6 +36,18 @@ def number(kind: type, low: float, high: float | None = None) -> Callable[[str],
     return coerce
 
 
+class _NamedCoerce(usage.CoerceParameter):
+    """A bad value is reported with the option's name ("--workers: '0': must be ..."), not
+    as usage.Options' anonymous "Parameter type enforcement failed: ..."."""
+
+    def dispatch(self, parameterName: str, value: str) -> None:
+        try:
+            coerced = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{parameterName}: {e}") from None
+        self.options.opts[parameterName] = coerced
+
+
 class ListenOptions(usage.Options):
     """``--listen`` as ``twistd web`` has it (repeatable endpoint strings), plus ``-p PORT``."""
 
@@ -41,10 +58,21 @@ class ListenOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self.docs["listen"] = (self.docs.get("listen") or "") + (
+            f" Default: {self.default_listen}.")
+        for name, handler in list(self._dispatch.items()):
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _NamedCoerce(self, handler.coerce)
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on ENDPOINT, a twistd endpoint description (tcp:9000:interface=127.0.0.1,
         unix:/path/sock, ...). May be given several times."""
+        try:
+            # Parsed only (no reactor is needed for that): a typo is a usage error now
+            # rather than a traceback later.
+            serverFromString(None, endpoint)
+        except Exception as e:
+            raise usage.UsageError(f"--listen {endpoint}: {e}") from None
         self["listen"].append(endpoint)
 
     def opt_port(self, port: str) -> None:
@@ -71,7 +99,72 @@ class ListenOptions(usage.Options):
             self["listen"].append(self.default_listen)
 
 
-def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: Factory) -> None:
-    """One ``strports`` service per endpoint; a port in use fails start-up loudly."""
+class Listener(Service):
+    """One listening endpoint; listening starts in `add_listeners`, the service stops it."""
+
+    log = Logger()
+
+    def __init__(self, description: str, command: str, reactor: Any) -> None:
+        self.description = description
+        self.command = command
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self.failure: Failure | None = None
+        #: Set once `add_listeners` has looked at the outcome: a later failure is logged.
+        self.reported = False
+
+    def listened(self, result: Any) -> None:
+        if not isinstance(result, Failure):
+            self.port = result
+            return
+        self.failure = result
+        if self.reported:
+            # An endpoint that only fails later (none of Twisted's own does).
+            self.log.critical("{command}: cannot listen on {endpoint}: {reason}",
+                              command=self.command, endpoint=self.description,
+                              reason=_reason(result))
+            self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        return maybeDeferred(self.port.stopListening)
+
+
+def _reason(failure: Failure) -> str:
+    """Why listening failed, in a few words ("address already in use")."""
+    error = failure.value
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        error = error.socketError
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[:1].lower() + error.strerror[1:]
+    return str(error) or type(error).__name__
+
+
+def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: Factory,
+                  command: str = "twistd", reactor: Any = None) -> None:
+    """Listen on every endpoint now, from ``makeService``; one `Listener` each under ``parent``.
+
+    twistd's own strports services listen only in ``privilegedStartService``, after it has
+    forked and sent output to its log: a port in use then ends in a traceback in the log and,
+    daemonized, "An error has occurred" on the terminal. Listening here, before any of that
+    (twistd runs ``makeService`` as the invoking user too, before dropping privileges), a
+    failure is one line on stderr, ``COMMAND: error: cannot listen on ENDPOINT: REASON``,
+    and exit status 1.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
     for description in endpoints:
-        strports.service(description, factory).setServiceParent(parent)
+        listener = Listener(description, command, reactor)
+        try:
+            d = serverFromString(reactor, description).listen(factory)
+        except Exception:
+            listener.listened(Failure())
+        else:
+            d.addBoth(listener.listened)
+        listener.reported = True
+        if listener.failure is not None:
+            raise SystemExit(f"{command}: error: cannot listen on {description}: "
+                             f"{_reason(listener.failure)}")
+        listener.setServiceParent(parent)

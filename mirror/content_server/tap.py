@@ -51,8 +51,17 @@ class Options(ListenOptions):
             raise usage.UsageError("--root DIR is required")
         if not os.path.isdir(root):
             raise usage.UsageError(f"--root {root}: not a directory")
-        if not os.access(root, os.R_OK | os.X_OK):
-            raise usage.UsageError(f"--root {root}: not readable")
+        try:
+            # What serving needs: the directory opened (as makeService will) and read.
+            fd = open_root(root)
+            try:
+                with os.scandir(fd) as entries:
+                    next(entries, None)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            reason = (e.strerror or str(e)).lower()
+            raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
 
 
 def settings_from(options: Options) -> ContentSettings:
@@ -72,5 +81,5 @@ def makeService(options: Options) -> IService:
     threads = DiskThreads(size=options["threads"], name="content-disk")
     threads.setServiceParent(top)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings_from(options))
-    add_listeners(top, options["listen"], factory)
+    add_listeners(top, options["listen"], factory, options.command)
     return top

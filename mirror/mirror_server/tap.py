@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from mirror.daemon_options import ListenOptions, add_listeners, number
+from mirror.paths import TEMP_PREFIX
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 
@@ -57,8 +59,24 @@ class Options(ListenOptions):
             raise usage.UsageError("--mirror-dir DIR is required")
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
-        if not os.access(mirror_dir, os.W_OK | os.X_OK):
-            raise usage.UsageError(f"--mirror-dir {mirror_dir}: not writable")
+        check_writable(mirror_dir, "--mirror-dir")
+
+
+def check_writable(directory: str, flag: str) -> None:
+    """Create and remove a file in ``directory``, or raise `usage.UsageError` saying why not.
+
+    Trying is the only honest test: ``os.access`` checks the real, not the effective, user
+    and cannot see every reason a create fails, and the error says why (read-only file
+    system, ...). The probe has the temporary-file prefix, so one left behind by a crash is
+    swept at the next start.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=directory)
+    except OSError as e:
+        reason = (e.strerror or str(e)).lower()
+        raise usage.UsageError(f"{flag} {directory}: not writable ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def settings_from(options: Options) -> MirrorSettings:
@@ -78,5 +96,5 @@ def settings_from(options: Options) -> MirrorSettings:
 
 def makeService(options: Options) -> IService:
     service = MirrorService(options["mirror-dir"], settings_from(options))
-    add_listeners(service, options["listen"], ControlFactory(service))
+    add_listeners(service, options["listen"], ControlFactory(service), options.command)
     return service
