@@ -58,12 +58,20 @@ class MirrorService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self._workers = [Deferred.fromCoroutine(self._work())
-                         for _ in range(self.settings.workers)]
         # Temporary files of a server that was killed: never complete, never at a final name.
-        self.threads.run(sweep_temporaries, self.mirror_dir).addCallbacks(
+        # The workers start once they are gone: on a big mirror the sweep takes a while, and
+        # it must not take a new transfer's temporary file for a leftover and remove it.
+        # (Jobs are accepted and listed meanwhile; only their transfers wait.)
+        sweep = self.threads.run(sweep_temporaries, self.mirror_dir)
+        sweep.addCallbacks(
             lambda n: n and self.log.info("removed {n} leftover temporary files", n=n),
             lambda f: self.log.failure("sweeping temporary files failed", f))
+        sweep.addCallback(lambda _: self._start_workers())
+
+    def _start_workers(self) -> None:
+        if self.running and not self._workers:
+            self._workers = [Deferred.fromCoroutine(self._work())
+                             for _ in range(self.settings.workers)]
 
     def stopService(self) -> Any:
         for w in self._workers:

@@ -207,20 +207,61 @@ class PartialFile:
             self._dir_fd = -1
 
 
+_SWEEP_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _sweep_dir(fd: int) -> tuple[int, list[str]]:
+    """Remove the temporaries directly in ``fd``; return how many, and its subdirectories."""
+    removed = 0
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                elif (entry.name.startswith(paths.TEMP_PREFIX)
+                      and entry.is_file(follow_symlinks=False)):
+                    os.unlink(entry.name, dir_fd=fd)
+                    removed += 1
+            except OSError:
+                pass
+    return removed, subdirs
+
+
 def sweep_temporaries(base_dir: str) -> int:
     """Remove temporary files left by a mirror server that was killed; returns how many.
 
-    Walks without following symlinks; only regular files with the reserved prefix go.
+    Walks without following symlinks; only regular files with the reserved prefix go. The
+    walk is iterative and holds one directory open at a time, entering children by name
+    (``O_NOFOLLOW``) and leaving through ``..``: a legal wire path is up to 2,048 directories
+    deep, too deep for ``os.fwalk`` (one recursion and one open descriptor per level) and
+    for full path names (``PATH_MAX``).
     """
-    removed = 0
-    for dirpath, _dirnames, filenames, dir_fd in os.fwalk(base_dir, follow_symlinks=False):
-        for name in filenames:
-            if name.startswith(paths.TEMP_PREFIX):
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode):
-                        os.unlink(name, dir_fd=dir_fd)
-                        removed += 1
-                except OSError:
-                    pass
+    fd = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        removed, subdirs = _sweep_dir(fd)
+        pending = [subdirs]  # per level: the subdirectories still to visit
+        while pending:
+            if not pending[-1]:
+                pending.pop()
+                if pending:
+                    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                     dir_fd=fd)
+                    os.close(fd)
+                    fd = parent
+                continue
+            try:
+                child = os.open(pending[-1].pop(), _SWEEP_DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # gone, or replaced by a link, since it was listed
+            os.close(fd)
+            fd = child
+            try:
+                n, subdirs = _sweep_dir(fd)
+            except OSError:
+                n, subdirs = 0, []
+            removed += n
+            pending.append(subdirs)
+    finally:
+        os.close(fd)
     return removed

@@ -137,6 +137,75 @@ def assert_clean_errors(result: Any) -> None:
 # -- disk full -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs mounted on a fresh directory (root only), unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the injected ENOSPC tests still run)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_full_on_a_real_small_tmpfs(tmp_path, small_tmpfs, start_content_server,
+                                               start_mirror_server):
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    big = os.urandom(2 << 20)  # twice the file system
+    (src / "docs" / "big.bin").write_bytes(big)
+    (src / "docs" / "medium.bin").write_bytes(os.urandom(200_000))  # gathered in memory
+    for i in range(5):
+        (src / "docs" / f"small{i}.txt").write_bytes(f"small {i}\n".encode())
+    cport, _ = start_content_server(str(src))
+    mirror = small_tmpfs / "mirror"
+    mport, _ = start_mirror_server(str(mirror))
+    top = mirror / f"127.0.0.1_{cport}"
+    (top / "docs").mkdir(parents=True)
+    (top / "docs" / "big.bin").write_bytes(OLD)
+    # Fill the file system, then free 120 kB: the 200 kB file does not fit either.
+    filler = mirror / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - 120_000))
+
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert not result.ok
+    assert_clean_errors(result)
+    failed = {e.path: e.message for e in result.errors}
+    assert "docs/big.bin" in failed
+    assert "docs/medium.bin" in failed
+    assert all(e.index == 0 for e in result.errors)
+    for path, message in failed.items():
+        assert message.startswith(path + ":") and "no space left on device" in message
+    assert (top / "docs" / "big.bin").read_bytes() == OLD
+    assert not (top / "docs" / "medium.bin").exists()
+    for i in range(5):
+        assert (top / "docs" / f"small{i}.txt").read_bytes() == f"small {i}\n".encode()
+    assert temporaries(small_tmpfs) == []
+
+    # Space freed: the daemon carries on, and the same job now completes.
+    filler.unlink()
+    os.truncate(src / "docs" / "big.bin", 300_000)
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert result.ok, result.errors
+    assert_same_tree(src, top)
+    assert temporaries(small_tmpfs) == []
+
+
 class _FailingOs:
     """``os`` as seen by the store module, with ENOSPC on ``write`` or ``close`` of chosen
     descriptors (the real call is made first for ``close``: the descriptor is gone, as with
@@ -332,6 +401,59 @@ async def test_mirror_server_killed_mid_job(tmp_path, daemons, start_hostile_ser
     assert (top / "docs" / "big.bin").read_bytes() == big
     assert (top / "docs" / "fresh.bin").read_bytes() == fresh
     assert temporaries(mirror) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sweep_does_not_remove_files_of_running_jobs(tmp_path, monkeypatch,
+                                                           start_hostile_server,
+                                                           start_mirror_server):
+    """The start-up sweep runs in a thread and may take long on a big mirror: a job that
+    starts meanwhile must not have its temporary file removed under it."""
+    real_sweep = store.sweep_temporaries
+
+    def slow_sweep(base_dir: str) -> int:
+        time.sleep(1.0)  # a big mirror directory
+        return real_sweep(base_dir)
+
+    monkeypatch.setattr(mirror_service, "sweep_temporaries", slow_sweep)
+    big = os.urandom(1 << 20)
+    script = HostileServer([f("big.bin", big)])
+    script.fetch["big.bin"] = slow(big, chunk=128 << 10, interval=0.2)  # about 1.6 s
+    cport = start_hostile_server(script)
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"))
+    result = await run_job(mport, [source(cport)], timeout=15)
+    assert result.ok, result.errors
+    assert script.fetched() == ["big.bin"]  # not lost and fetched again
+    assert (tmp_path / "mirror" / f"127.0.0.1_{cport}" / "big.bin").read_bytes() == big
+
+
+@pytest_twisted.ensureDeferred
+async def test_sweep_reaches_any_depth(start_mirror_server):
+    """A legal 4 KiB wire path is 2,000 directories deep: the sweep must still get there
+    (os.fwalk recurses once per level and keeps a descriptor open per level)."""
+    base = Path(tempfile.mkdtemp(prefix="mirror-sweep-"))
+    try:
+        deep = base / "mirror" / "127.0.0.1_1"
+        deep.mkdir(parents=True)
+        (deep / (paths.TEMP_PREFIX + "top")).write_bytes(b"x")
+        # Built with relative steps: the full path is longer than PATH_MAX.
+        fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(2100):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        for name in (paths.TEMP_PREFIX + "deep", "keep"):
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        os.close(fd)
+        start_mirror_server(str(base / "mirror"))
+        await wait_for(lambda: not temporaries(base), timeout=10, what="the sweep")
+        out = subprocess.run(["find", str(base), "-name", "keep"], capture_output=True,
+                             check=True).stdout
+        assert out.strip(), "a file that is not a temporary was removed"
+    finally:
+        # Not shutil.rmtree: it recurses once per level too.
+        subprocess.run(["rm", "-rf", "--", str(base)], check=True)
 
 
 # -- a file that changes while it is sent -----------------------------------------------------
