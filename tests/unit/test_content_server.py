@@ -7,6 +7,7 @@ import os
 import random
 import struct
 
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -716,3 +717,54 @@ class AbsolutePaths(ServerTestCase):
 
     def test_list_naming_a_directory_inside(self) -> None:
         self.assert_error(self.list("/docs"), frames.E_NOT_ALLOWED, "/docs", "absolute")
+
+
+# -- property: nothing a client sends makes the server raise ------------------------------
+
+PATHS = [b"", b".", b"/", b"a.txt", b"docs", b"docs/sub/c.txt", b"big.bin", b"../x", b"/etc",
+         b"link", b"linkdir/secret", b"fifo", b"nope", b"a\x00b", b"\xff", b"docs/up/secret",
+         b".mirror-tmp-1"]
+_paths = st.sampled_from(PATHS)
+_ids = st.integers(0, 3)
+_request = st.one_of(
+    st.builds(lambda rid, path: frames.frame(frames.LIST, rid, path), _ids, _paths),
+    st.builds(lambda rid, off, length, delay, path: frames.frame(
+        frames.FETCH, rid, struct.pack(">QQI", off, length, delay) + path),
+        _ids, st.sampled_from([0, 1, 5, 2**20, 2**64 - 1]),
+        st.sampled_from([0, 3, 2**64 - 1]), st.sampled_from([0, 500, 2**32 - 1]), _paths),
+    st.builds(lambda op, rid, body: frames.frame(op, rid, body), st.integers(0, 255), _ids,
+              st.binary(max_size=30)),
+    st.binary(min_size=1, max_size=30),
+)
+
+
+class ServerFuzz(ServerTestCase):
+    settings = {"max_requests": 3, "max_delay": 1.0}
+
+    @hypothesis_settings(deadline=None, max_examples=120)
+    @given(st.lists(st.tuples(_request, st.integers(1, 40), st.booleans()), max_size=8))
+    def test_any_input(self, steps) -> None:
+        rig = connect_server(self.factory, IPv4Address("TCP", "10.9.9.9", 1))
+        try:
+            for wire, cut, advance in steps:
+                for i in range(0, len(wire), cut):
+                    rig.proto.dataReceived(wire[i : i + cut])  # never raises
+                if advance:
+                    self.clock.advance(0.5)
+            self.clock.advance(2)
+            for opcode, _, _ in parse_frames(rig.transport.value()):  # well-formed output
+                self.assertIn(opcode, frames.RESPONSE_OPCODES)
+        finally:
+            rig.proto.connectionLost()
+            self.clock.advance(100)
+        self.assertEqual(self.factory.limiter.total, 1)  # only setUp's connection is left
+
+    def test_every_path_answered(self) -> None:
+        """Each path of the property above, LISTed and FETCHed: one complete answer each."""
+        for i, path in enumerate(PATHS):
+            with must_not_block():
+                lr = self.list(path, 2 * i + 1)
+                fr = self.fetch(path, 2 * i + 2)
+            self.assertTrue(lr.error is not None or lr.end is not None, path)
+            self.assertTrue(fr.error is not None or fr.digest is not None, path)
+            self.assertFalse(self.rig.aborted)
