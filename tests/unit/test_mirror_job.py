@@ -222,7 +222,17 @@ class FakeContentServer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.receiver.dataReceived(data)
 
+    #: name -> how to spoil the answers to its FETCHes, one per attempt ("" = answer well).
+    spoil: dict[bytes, list[str]] = {}
+
     def _request(self, opcode: int, rid: int, payload: bytes) -> None:
+        if opcode == frames.FETCH:
+            name = frames.decode_fetch(payload)[3]
+            plan = self.spoil.get(name)
+            how = plan.pop(0) if plan else ""
+            if how:
+                self._spoiled(how, rid, name)
+                return
         if opcode == frames.LIST:
             body = b"".join(frames.encode_entry(kind, 0o644 if kind == frames.KIND_FILE else 0o755,
                                                 size, 1_000_000_000, name)
@@ -244,6 +254,27 @@ class FakeContentServer(Protocol):
                                                 hashlib.sha256(data).digest()))
 
 
+    def _spoiled(self, how: str, rid: int, name: bytes) -> None:
+        data = self.files[name]
+        header = frames.FileHeader(len(data), len(data), 1_000_000_000, 0o644)
+        out = frames.frame(frames.FILE, rid, frames.encode_file(header))
+        if how == "error":
+            out = frames.frame(frames.ERROR, rid, frames.encode_error(
+                frames.E_IO, f"{name.decode()}: I/O error"))
+        elif how == "digest":
+            out += frames.data_header(rid, len(data)) + data
+            out += frames.frame(frames.FILE_END, rid, b"\x00" * 32)
+        elif how == "short":
+            out += frames.data_header(rid, len(data) - 1) + data[:-1]
+            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:-1]).digest())
+        elif how == "range":
+            header = frames.FileHeader(1, len(data), 1_000_000_000, 0o644)
+            out = frames.frame(frames.FILE, rid, frames.encode_file(header))
+            out += frames.data_header(rid, 1) + data[:1]
+            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:1]).digest())
+        self.transport.write(out)
+
+
 class _Frames(frames.FrameReceiver):
     MAX_LENGTH = 8192
 
@@ -255,10 +286,17 @@ class _Frames(frames.FrameReceiver):
         self.handler(*frames.split_frame(frame))
 
 
-class HostileListing(JobTestCase):
-    def serve_fake(self, entries, files) -> None:
-        self.network.servers[("10.0.0.1", 7000)] = lambda: FakeContentServer(entries, files)
+class FakeServerTestCase(JobTestCase):
+    def serve_fake(self, entries, files, spoil=None) -> None:
+        def make():
+            server = FakeContentServer(entries, files)
+            server.spoil = spoil if spoil is not None else {}
+            return server
 
+        self.network.servers[("10.0.0.1", 7000)] = make
+
+
+class HostileListing(FakeServerTestCase):
     def test_bad_entries_refused_and_named(self) -> None:
         F, D = frames.KIND_FILE, frames.KIND_DIR
         entries = [
@@ -325,3 +363,65 @@ class HostileListing(JobTestCase):
         self.assertEqual(path, "f")
         self.assertIn("exceeds the limit", message)
         self.assertFalse((self.mirror / "10.0.0.1_7000" / "f").exists())
+
+
+class FailedTransfers(FakeServerTestCase):
+    """A transfer that fails is retried once, then reported with its path; nothing partial
+    is ever left at a final name."""
+
+    F = frames.KIND_FILE
+
+    def run_spoiled(self, plan: list[str], data: bytes = b"content!") -> tuple[Observer, Path]:
+        self.serve_fake([(self.F, b"f", len(data)), (self.F, b"good", 4)],
+                        {b"f": data, b"good": b"good"}, spoil={b"f": list(plan)})
+        observer = self.run_job(source())
+        top = self.mirror / "10.0.0.1_7000"
+        self.assertEqual((top / "good").read_bytes(), b"good")
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
+        return observer, top
+
+    def assert_failed(self, observer: Observer, top: Path, *words: str) -> None:
+        (_, path, message), = observer.errors
+        self.assertEqual(path, "f")
+        for word in words:
+            self.assertIn(word, message)
+        run = observer.done[0]
+        self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
+        self.assertFalse((top / "f").exists())
+
+    def test_retried_once(self) -> None:
+        observer, top = self.run_spoiled(["error"])
+        self.assertEqual(observer.errors, [])
+        self.assertEqual((top / "f").read_bytes(), b"content!")
+        self.assertEqual(observer.done[0].stats.count, 2)
+
+    def test_server_error_twice(self) -> None:
+        observer, top = self.run_spoiled(["error", "error"])
+        self.assert_failed(observer, top, "I/O error")
+
+    def test_digest_mismatch_twice(self) -> None:
+        observer, top = self.run_spoiled(["digest", "digest"])
+        self.assert_failed(observer, top, "SHA-256")
+
+    def test_short_transfer_twice(self) -> None:
+        observer, top = self.run_spoiled(["short", "short"])
+        self.assert_failed(observer, top)
+
+    def test_partial_range_refused(self) -> None:
+        observer, top = self.run_spoiled(["range", "range"])
+        self.assert_failed(observer, top, "1 of 8 bytes")
+
+    def test_old_file_kept_when_the_new_one_fails(self) -> None:
+        top = self.mirror / "10.0.0.1_7000"
+        top.mkdir()
+        (top / "f").write_bytes(b"old")
+        observer, top = self.run_spoiled(["digest", "digest"])
+        self.assertEqual((top / "f").read_bytes(), b"old")
+        self.assertEqual(len(observer.errors), 1)
+
+    def test_progress_bytes_undone_for_failed_attempts(self) -> None:
+        observer, top = self.run_spoiled(["digest", "short"])
+        files_done, bytes_done, files_total, bytes_total, listing_done = \
+            observer.progress_events[-1]
+        self.assertEqual((files_done, files_total), (1, 2))
+        self.assertEqual(bytes_done, 4)  # only the good file's bytes
