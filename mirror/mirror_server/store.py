@@ -25,6 +25,12 @@ from mirror import paths
 from mirror.wire import frames
 
 
+#: Permission bits a mirrored file may get: the source's, without set-user-ID and
+#: set-group-ID. A content server is not trusted to plant setuid executables owned by the
+#: mirror's user (often root).
+_FILE_MODE_BITS = 0o1777
+
+
 class StoreError(Exception):
     """Writing a file failed; the message is for users (no traceback)."""
 
@@ -173,7 +179,7 @@ class PartialFile:
             raise StoreError("SHA-256 mismatch: the data does not match the server's digest")
         fd, self._fd = self._fd, -1
         try:
-            os.fchmod(fd, header.mode & 0o7777)
+            os.fchmod(fd, header.mode & _FILE_MODE_BITS)
             os.utime(fd, ns=(header.mtime_ns, header.mtime_ns))
         except OSError as e:
             os.close(fd)

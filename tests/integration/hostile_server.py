@@ -77,9 +77,10 @@ class Fetch:
     ``content``) in DATA frames of ``chunk`` bytes, ``interval`` seconds apart, then the
     ``ending``: ``"end"`` (FILE_END with ``digest``, default the SHA-256 of ``content``),
     ``"silence"`` (nothing more, connection kept open), ``"drop"`` (connection closed),
-    ``"abort"`` (connection reset), ``"error"`` (ERROR ``error_code``), or ``"huge-frame"``
+    ``"abort"`` (connection reset), ``"error"`` (ERROR ``error_code``), ``"huge-frame"``
     (the prefix of a frame of ``huge_length`` bytes with opcode ``huge_opcode``, and nothing
-    of its body). With ``stop_after`` set, only that many body bytes are sent before the
+    of its body), ``"foreign-id"`` (FILE_END for a request never sent) or ``"entries"`` (an
+    ENTRIES frame, a LIST answer). With ``stop_after`` set, only that many body bytes are sent before the
     ending.
     """
 
@@ -286,6 +287,12 @@ class HostileProtocol(frames.FrameReceiver):
             # Only the head: a receiver that trusts the prefix would wait for (or allocate)
             # gigabytes; the few bytes after it are the start of a "body".
             self.send(struct.pack(">IBI", how.huge_length, how.huge_opcode, rid), b"x" * 100)
+        elif how.ending == "foreign-id":
+            # FILE_END for a request that was never sent.
+            self.send(frames.frame(frames.FILE_END, rid + 1000, hashlib.sha256(content).digest()))
+        elif how.ending == "entries":
+            # A LIST answer to a FETCH.
+            self.send(frames.frame(frames.ENTRIES, rid, f("x", b"").encode()))
         elif how.ending == "silence":
             pass
         else:

@@ -438,6 +438,9 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
     ("drop-mid-file", lambda c: drop(c, after=len(c) // 2), "lost"),
     ("reset-mid-file", lambda c: drop(c, after=len(c) // 2, abort=True), "lost"),
     ("changed-mid-file", lambda c: changed(c, after=len(c) // 2), "changed while being sent"),
+    ("answer-to-unsent-request", lambda c: Fetch(c, ending="foreign-id"),
+     "response for unknown request"),
+    ("list-answer-to-fetch", lambda c: Fetch(c, ending="entries"), "unexpected response 0x81"),
 ]
 
 
@@ -572,6 +575,28 @@ async def test_longest_legal_path(harness):
             os.close(leaf)
     finally:
         os.close(fd)
+    h.check_safe(result)
+
+
+@pytest_twisted.ensureDeferred
+async def test_extreme_metadata(harness):
+    """Modes and mtimes at the ends of their ranges are applied (or clamped by the file
+    system) without an error; a set-user-ID or set-group-ID bit on a file is dropped: a
+    server we do not control must not plant setuid executables owned by the mirror's user
+    (often root)."""
+    h = harness()
+    result = await h.run(
+        d("dirs", mode=0o7777, mtime_ns=2**63 - 1), d("dirs/none", mode=0),
+        f("setuid", b"#!/bin/sh\n", mode=0o4755), f("setgid", b"x", mode=0o2755),
+        f("all-bits", b"x", mode=0o7777), f("no-bits", b"x", mode=0),
+        f("old", b"x", mtime_ns=-2**63), f("future", b"x", mtime_ns=2**63 - 1),
+        f("dirs/none/inner", b"x"))
+    assert result.ok, result.errors
+    modes = {name: stat.S_IMODE((h.top / name).stat().st_mode)
+             for name in ("setuid", "setgid", "all-bits", "no-bits")}
+    assert modes == {"setuid": 0o755, "setgid": 0o755, "all-bits": 0o1777, "no-bits": 0}
+    assert (h.top / "future").stat().st_mtime_ns == 2**63 - 1
+    assert (h.top / "dirs" / "none" / "inner").read_bytes() == b"x"
     h.check_safe(result)
 
 
