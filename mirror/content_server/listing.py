@@ -15,6 +15,9 @@ from mirror import paths
 from mirror.wire import frames
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class TreeWalker:
     """Depth-first walk of ``parts`` under ``root_fd``; symlinks and special files are skipped.
 
@@ -30,7 +33,10 @@ class TreeWalker:
         # Each level: (parts of the directory, its fd, iterator of its sorted entries).
         self._stack: list[tuple[paths.Parts, int, list[tuple[str, os.stat_result]]]] = []
         if not parts:
-            self._push((), os.dup(root_fd))
+            # A new open file description, not os.dup(root_fd): a dup shares the directory
+            # offset with the root descriptor, so LISTs of the root running at the same time
+            # in other threads would each read only part of it (files silently missing).
+            self._push((), os.open(".", _DIR_FLAGS, dir_fd=root_fd))
             return
         parent = paths.open_parent_dir(root_fd, parts)
         try:
