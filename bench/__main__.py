@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="dataset seed (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8,
                    help="mirror-server --workers (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=900.0,
+    p.add_argument("--timeout", type=float, default=300.0,
                    help="limit on one client run, seconds (default: %(default)s)")
     p.add_argument("--results", type=Path, default=None,
                    help=f"where to write the report (default: {RESULTS}; none with --quick)")
