@@ -171,7 +171,8 @@ The daemons are restarted for every workload, so each peak belongs to that workl
 - Time = from starting the client (`mirror-init ... --json` or `rsync -a rsync://...`) to its
   exit; the daemons are already running.
 - After every run the destination must hold exactly the source's files, sizes and
-  directories; the first timed run of each tool is also compared byte for byte. A failed client,
+  directories; the first timed run of each tool is also compared byte for byte. mirror-init's
+  JSON must say ok, and, into an empty destination, count every file and byte. A failed client,
   a timeout, a wrong copy or a dead daemon aborts the benchmark: nothing wrong is ever timed.
 - memory: one run of ours only, mirroring the 4 GiB file; its row in the RSS table is the check
   that memory does not grow with file size (compare with big).

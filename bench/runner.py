@@ -14,7 +14,9 @@ from pathlib import Path
 from bench.cpu import Meter, Other
 from bench.daemons import RSYNC_MODULE, Daemon
 from bench.datasets import Dataset
-from bench.trees import MismatchError, check_bytes, check_tree
+from bench.trees import MismatchError, Tree, check_bytes, check_tree
+
+FILL = "filling run"
 
 
 class BenchError(RuntimeError):
@@ -92,8 +94,9 @@ def _tail(data: bytes, lines: int = 15) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def run_client(client: Client, path: str, timeout: float) -> float:
-    """Run the client once; return seconds from its start to its exit. Raise BenchError on failure."""
+def run_client(client: Client, path: str, timeout: float) -> tuple[float, dict | None]:
+    """Run the client once: seconds from its start to its exit, and its JSON summary if it
+    prints one. Raise BenchError on failure."""
     argv = client.command(path)
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -121,7 +124,22 @@ def run_client(client: Client, path: str, timeout: float) -> float:
                              f"stdout:\n{_tail(out)}") from None
         if not isinstance(summary, dict):
             raise BenchError(f"{client.name} printed JSON that is not an object: {_tail(out)}")
-    return elapsed
+        return elapsed, summary
+    return elapsed, None
+
+
+def check_summary(summary: dict, tree: Tree | None) -> None:
+    """Raise BenchError unless mirror-init reports success and, given the tree it should have
+    transferred, exactly that tree's file count and bytes (keys: mirror/initiator/report.py)."""
+    if summary.get("ok") is not True:
+        raise BenchError(f"mirror-init reports ok={summary.get('ok')!r}, "
+                         f"error={summary.get('error')!r}")
+    if tree is not None:
+        totals = summary.get("totals") or {}
+        if (totals.get("files"), totals.get("bytes")) != (len(tree.files), tree.total_bytes):
+            raise BenchError(f"mirror-init reports {totals.get('files')} files / "
+                             f"{totals.get('bytes')} bytes transferred, expected "
+                             f"{len(tree.files)} / {tree.total_bytes}")
 
 
 def _empty(dest: Path) -> None:
@@ -136,6 +154,7 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     Every run starts from an emptied destination, except no-op runs, which rerun into the copy
     filled by an untimed first run. After every run the destination must hold exactly the
     source's files and sizes; the first timed run of each client is also compared byte for byte.
+    mirror-init must report success, and the whole tree transferred when it started empty.
     `watched` servers must stay alive; their peak RSS is sampled after every run.
     """
     path = dataset.spec.name
@@ -144,10 +163,13 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
 
     def once(client: Client, label: str, byte_check: bool = False) -> float:
         dest = client.dest(path)
-        if not workload.noop:
+        fresh = not workload.noop or label == FILL
+        if fresh:
             _empty(dest)
         try:
-            seconds = run_client(client, path, timeout)
+            seconds, summary = run_client(client, path, timeout)
+            if summary is not None:
+                check_summary(summary, dataset.tree if fresh else None)
             check_tree(dataset.tree, dest)
             if byte_check:
                 check_bytes(dataset.tree, dataset.path, dest)
@@ -163,8 +185,7 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     meter = Meter(sorted(servers))
     if workload.noop:
         for client in clients:
-            _empty(client.dest(path))
-            once(client, "filling run")
+            once(client, FILL)
     if workload.warmup:
         for client in clients:
             once(client, "warm-up")
