@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
@@ -33,31 +33,73 @@ class SourceConnections:
         self._connect_timeout = connect_timeout
         self._client_options = client_options
         self._conns: list[ContentClientProtocol] = []
-        self._lock = DeferredLock()
+        self._opening = False
+        self._waiters: list[Deferred[None]] = []
         self._closed = False
         self._down_interval = down_interval
         self._down: tuple[float, str] | None = None  # (until, message)
 
+    def _live(self) -> list[ContentClientProtocol]:
+        live = [c for c in self._conns if c.lost_reason is None and c.transport is not None]
+        self._conns = live
+        return live
+
     async def get(self) -> ContentClientProtocol:
-        """A live connection, opening one if all are busy and there is room."""
-        async with self._lock:
-            live = [c for c in self._conns if c.lost_reason is None and c.transport is not None]
-            self._conns = live
-            if not live and self._down is not None:
-                until, message = self._down
-                if self._reactor.seconds() < until:
-                    raise TransferError(message)
-            if len(live) < self.size and (not live or min(c.load for c in live) > 0):
-                try:
-                    proto = await self.connect()
-                except TransferError as e:
-                    if not live:
-                        self._down = (self._reactor.seconds() + self._down_interval, str(e))
-                        raise
-                else:
-                    self._down = None
-                    live.append(proto)
+        """A live connection, opening one if all are busy and there is room.
+
+        Callers that need a new connection share one attempt and are all woken, one after
+        the other, when it ends. (A `DeferredLock` held across the attempt hands itself from
+        waiter to waiter synchronously, one stack level each: with a few hundred workers
+        waiting that ended in RecursionError and a lock never released.)
+        """
+        live = self._live()
+        if not live and self._down is not None:
+            until, message = self._down
+            if self._reactor.seconds() < until:
+                raise TransferError(message)
+        if len(live) >= self.size or (live and min(c.load for c in live) == 0):
             return min(live, key=lambda c: c.load)
+        try:
+            await self._opened()
+        except TransferError:
+            live = self._live()
+            if not live:
+                raise
+        else:
+            live = self._live()
+            if not live:
+                raise TransferError(f"connection to {self.name} lost")
+        return min(live, key=lambda c: c.load)
+
+    def _opened(self) -> Deferred[None]:
+        """Fires when the connection being opened (or one opened now) is ready or failed."""
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        if not self._opening:
+            self._opening = True
+            Deferred.fromCoroutine(self._open())
+        return waiter
+
+    async def _open(self) -> None:
+        try:
+            proto = await self.connect()
+        except TransferError as e:
+            outcome: Any = e
+            if not self._live():
+                self._down = (self._reactor.seconds() + self._down_interval, str(e))
+        else:
+            outcome = None
+            self._down = None
+            self._conns.append(proto)
+        self._opening = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue  # cancelled meanwhile
+            if outcome is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(TransferError(str(outcome)))
 
     async def connect(self) -> ContentClientProtocol:
         """A new connection of its own (not shared through `get`); the caller closes it."""

@@ -519,6 +519,19 @@ async def test_full_queue_is_not_a_listing_stall(harness):
     h.check_safe(result)
 
 
+@pytest_twisted.ensureDeferred
+async def test_hundreds_of_workers_on_one_source(harness):
+    """600 workers (the limit is 1024) asking one source's connections at once. They used
+    to queue on a DeferredLock that hands itself on synchronously, one stack level per
+    waiter: RecursionError, a lock never released, a job that never ended."""
+    h = harness(workers=600)
+    result = await h.run(*[f(f"x{i:03d}", b"%d" % i) for i in range(600)])
+    assert result.ok, result.errors[:3]
+    assert result.source_done[0].files == 600
+    assert (h.top / "x599").read_bytes() == b"599"
+    h.check_safe(result)
+
+
 # -- odd but legal names -----------------------------------------------------------------
 
 ODD_NAMES = [
