@@ -135,8 +135,9 @@ class _FetchRequest(_Request):
             self.sink.head(header, self.client.flow)
         elif opcode == frames.FILE_END and self.header is not None:
             if len(payload) != frames.DIGEST_SIZE:
-                self.fail(f"{self.what}: malformed digest")
-            elif self.received != self.header.size:
+                # A frame of the wrong size for its opcode: the framing itself is suspect.
+                raise frames.ProtocolError(f"malformed digest: FILE_END of {len(payload)} bytes")
+            if self.received != self.header.size:
                 self.fail(f"{self.what}: short transfer: {self.received} of "
                           f"{self.header.size} bytes")
             else:
@@ -279,15 +280,16 @@ class ContentClientProtocol(frames.FrameReceiver):
             return
         req = self.requests.get(request_id)
         if req is None:
-            # Responses to a request we already failed (e.g. stalled) may still be coming.
-            if request_id >= self._next_id:
+            # Responses to a request we already failed (e.g. stalled) may still be coming;
+            # ids start at 1, so 0 was never sent.
+            if request_id >= self._next_id or request_id == 0:
                 self.frameError(f"response for unknown request {request_id}")
             return
-        if opcode == frames.ERROR:
-            _, message = frames.decode_error(payload)
-            req.fail(f"{message}" if message else f"{req.what}: error from server")
-            return
         try:
+            if opcode == frames.ERROR:
+                _, message = frames.decode_error(payload)  # ProtocolError if too short
+                req.fail(f"{message}" if message else f"{req.what}: error from server")
+                return
             req.frame(opcode, payload)
         except frames.ProtocolError as e:
             self.frameError(str(e))
@@ -296,7 +298,7 @@ class ContentClientProtocol(frames.FrameReceiver):
         req = self.requests.get(request_id)
         if req is not None:
             req.piece(piece)
-        elif request_id >= self._next_id:
+        elif request_id >= self._next_id or request_id == 0:
             self.frameError(f"DATA for unknown request {request_id}")
 
     def frameError(self, reason: str) -> None:

@@ -79,8 +79,9 @@ class Fetch:
     ``"silence"`` (nothing more, connection kept open), ``"drop"`` (connection closed),
     ``"abort"`` (connection reset), ``"error"`` (ERROR ``error_code``), ``"huge-frame"``
     (the prefix of a frame of ``huge_length`` bytes with opcode ``huge_opcode``, and nothing
-    of its body), ``"foreign-id"`` (FILE_END for a request never sent) or ``"entries"`` (an
-    ENTRIES frame, a LIST answer). With ``stop_after`` set, only that many body bytes are sent before the
+    of its body), ``"foreign-id"`` or ``"id-zero"`` (FILE_END for a request never sent),
+    ``"short-error"`` (an ERROR frame too short for its code) or ``"entries"`` (an ENTRIES
+    frame, a LIST answer). With ``stop_after`` set, only that many body bytes are sent before the
     ending.
     """
 
@@ -290,6 +291,12 @@ class HostileProtocol(frames.FrameReceiver):
         elif how.ending == "foreign-id":
             # FILE_END for a request that was never sent.
             self.send(frames.frame(frames.FILE_END, rid + 1000, hashlib.sha256(content).digest()))
+        elif how.ending == "id-zero":
+            # FILE_END for request id 0, which no client ever sends.
+            self.send(frames.frame(frames.FILE_END, 0, hashlib.sha256(content).digest()))
+        elif how.ending == "short-error":
+            # An ERROR frame too short to hold its code.
+            self.send(frames.frame(frames.ERROR, rid, b"\x00"))
         elif how.ending == "entries":
             # A LIST answer to a FETCH.
             self.send(frames.frame(frames.ENTRIES, rid, f("x", b"").encode()))

@@ -417,7 +417,9 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
     ("long", long, "more bytes than the announced"),
     ("long-by-a-frame", lambda c: long(c, b"y" * 70_000), "more bytes than the announced"),
     ("wrong-digest", wrong_digest, "SHA-256 mismatch"),
-    ("bad-digest-length", lambda c: Fetch(c, digest=b"\x00" * 31), "malformed digest"),
+    ("bad-digest-length", lambda c: Fetch(c, digest=b"\x00" * 31),
+     "protocol error: malformed digest"),
+    ("long-digest", lambda c: Fetch(c, digest=b"\x00" * 33), "protocol error: malformed digest"),
     ("absurd-size", absurd_size, f"announced size {2**62} exceeds the limit"),
     ("size-not-file-size", lambda c: Fetch(c, size=len(c) + 10, body=c + b"0" * 10),
      "SHA-256 mismatch"),
@@ -441,6 +443,10 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
     ("answer-to-unsent-request", lambda c: Fetch(c, ending="foreign-id"),
      "response for unknown request"),
     ("list-answer-to-fetch", lambda c: Fetch(c, ending="entries"), "unexpected response 0x81"),
+    ("answer-for-id-zero", lambda c: Fetch(c, ending="id-zero"),
+     "response for unknown request 0"),
+    ("error-frame-too-short", lambda c: Fetch(c, ending="short-error", stop_after=len(c) // 2),
+     "protocol error: bad ERROR frame"),
 ]
 
 
