@@ -43,6 +43,15 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+#: Directory descriptors kept open for reuse over all stores of the process (a job has one
+#: store per source, and jobs run at once): beyond this, directories are opened per use. A
+#: per-store limit alone let four sources of 300 directories hold 1,024 descriptors, the
+#: usual ``ulimit -n``, and every later file failed with "Too many open files".
+MAX_CACHED_DIRS_TOTAL = 256
+_cache_lock = threading.Lock()
+_cached_total = 0
+
+
 class MirrorStore:
     """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``)."""
 
@@ -60,9 +69,12 @@ class MirrorStore:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        global _cached_total
         with self._lock:
             for fd in self._dirs.values():
                 os.close(fd)
+            with _cache_lock:
+                _cached_total -= len(self._dirs)
             self._dirs.clear()
         os.close(self.root_fd)
 
@@ -77,12 +89,13 @@ class MirrorStore:
             yield fd
             return
         fd = paths.open_dir(self.root_fd, parts, create=create, mode=0o700)
-        with self._lock:
-            if parts not in self._dirs and len(self._dirs) < self.MAX_CACHED_DIRS:
+        global _cached_total
+        with self._lock, _cache_lock:
+            cached = (parts not in self._dirs and len(self._dirs) < self.MAX_CACHED_DIRS
+                      and _cached_total < MAX_CACHED_DIRS_TOTAL)
+            if cached:
                 self._dirs[parts] = fd
-                cached = True
-            else:
-                cached = False
+                _cached_total += 1
         try:
             yield fd
         finally:

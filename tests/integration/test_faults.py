@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -282,6 +283,36 @@ async def test_disk_full_injected(tmp_path, monkeypatch, start_content_server,
     assert result.ok, result.errors
     assert (top / "docs" / "victim.bin").read_bytes() == b"now it fits\n"
     assert temporaries(tmp_path) == []
+
+
+# -- too many open files --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_sources_with_many_directories_within_the_fd_limit(
+        tmp_path, start_hostile_server, start_mirror_server):
+    """Each source of a job has its own store, and each store kept up to 256 directory
+    descriptors: four sources of 300 directories held 1,024, the usual ``ulimit -n``, and
+    every later file failed with "Too many open files". Here the process gets 400 more
+    descriptors than it has open: enough for the job, not for four full caches."""
+    ports = []
+    for i in range(4):
+        entries = [d("d")]
+        for j in range(300):
+            entries += [d(f"d/{j:03d}"), f(f"d/{j:03d}/f", b"%d/%d" % (i, j))]
+        ports.append(start_hostile_server(HostileServer(entries)))
+    mirror = tmp_path / "mirror"
+    mport, _ = start_mirror_server(str(mirror))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 400, hard))
+    try:
+        result = await run_job(mport, [source(p) for p in ports], timeout=15)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [e.message for e in result.errors[:3]] == []
+    assert result.ok
+    for i, port in enumerate(ports):
+        assert (mirror / f"127.0.0.1_{port}" / "d" / "299" / "f").read_bytes() == b"%d/299" % i
 
 
 # -- a content server killed mid-job --------------------------------------------------------
