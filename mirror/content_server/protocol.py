@@ -289,7 +289,10 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
             await self._wait(task.deferLater(self.clock, delay, lambda: None))
         threads = self.factory.threads
         try:
-            opened = await threads.run(open_range, self.factory.root_fd, parts, offset, length)
+            # Batched: the FETCHes of one reactor turn open (and, if small, read and hash)
+            # their files in a single thread call.
+            opened = await threads.run_batched(open_range, self.factory.root_fd, parts, offset,
+                                               length)
         except Exception as e:
             raise _request_error(e, path) from None
         if self._lost:

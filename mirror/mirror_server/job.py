@@ -217,56 +217,60 @@ class SourceRun:
 
     # -- a worker's transfer ---------------------------------------------------------------
 
+    def _receiver(self, parts: paths.Parts) -> FileReceiver:
+        """A receiver for one attempt; its bytes count towards the job's progress."""
+        return FileReceiver(self.store, parts, self.job.service.threads, self._count)
+
+    def _count(self, n: int) -> None:
+        self.job.bytes_done += n
+
+    def _done_ok(self, header: frames.FileHeader) -> None:
+        self.stats.add(header.size)
+        self.job.files_done += 1
+        self._finished_one()
+
+    def _finished_one(self) -> None:
+        self._pending -= 1
+        if self._pending == 0 and self._listing_done and self._idle is not None:
+            idle, self._idle = self._idle, None
+            idle.callback(None)
+
     async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         path = paths.join_parts(parts)
-        service = self.job.service
         problem = ""
-        try:
-            for _attempt in range(2):
-                received = 0
-
-                def count(n: int) -> None:
-                    nonlocal received
-                    received += n
-                    self.job.bytes_done += n
-
-                receiver = FileReceiver(self.store, parts, service.threads, count)
-                try:
-                    conn = await self.connections.get()
-                    header, digest = await conn.fetch(path, receiver, delay=self.request.delay)
-                    if header.size != header.file_size:
-                        raise TransferError(f"{path}: server sent {header.size} of "
-                                            f"{header.file_size} bytes")
-                    await receiver.commit(header, digest)
-                except (TransferError, StoreError) as e:
-                    self.job.bytes_done -= received
-                    await receiver.discard()
-                    problem = str(e)
-                    continue
-                except CancelledError:
-                    raise  # the service is stopping
-                except Exception as e:
-                    # A bug, not the peer's fault: logged with its traceback, and the file
-                    # is still counted and reported as failed (never silently lost).
-                    self.log.failure("{source}: transfer of {path} failed", source=self.label,
-                                     path=path)
-                    self.job.bytes_done -= received
-                    await receiver.discard()
-                    problem = f"internal error: {e}"
-                    break
-                self.stats.add(header.size)
-                self.job.files_done += 1
-                return
-            self.failed += 1
-            self.job.files_failed += 1
-            # Messages from the client already name the path; store errors do not.
-            self.error(path, problem if problem.startswith(path) else f"{path}: {problem}")
-        finally:
-            self._pending -= 1
-            if self._pending == 0 and self._listing_done and self._idle is not None:
-                idle, self._idle = self._idle, None
-                idle.callback(None)
+        for _attempt in range(2):
+            receiver = self._receiver(parts)
+            try:
+                conn = await self.connections.get()
+                header, digest = await conn.fetch(path, receiver, delay=self.request.delay)
+                if header.size != header.file_size:
+                    raise TransferError(f"{path}: server sent {header.size} of "
+                                        f"{header.file_size} bytes")
+                await receiver.commit(header, digest)
+            except (TransferError, StoreError) as e:
+                self.job.bytes_done -= receiver.received
+                await receiver.discard()
+                problem = str(e)
+                continue
+            except CancelledError:
+                raise  # the service is stopping
+            except Exception as e:
+                # A bug, not the peer's fault: logged with its traceback, and the file
+                # is still counted and reported as failed (never silently lost).
+                self.log.failure("{source}: transfer of {path} failed", source=self.label,
+                                 path=path)
+                self.job.bytes_done -= receiver.received
+                await receiver.discard()
+                problem = f"internal error: {e}"
+                break
+            self._done_ok(header)
+            return
+        self.failed += 1
+        self.job.files_failed += 1
+        # Messages from the client already name the path; store errors do not.
+        self.error(path, problem if problem.startswith(path) else f"{path}: {problem}")
+        self._finished_one()
 
 
 class _Dir:

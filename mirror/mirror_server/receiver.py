@@ -31,6 +31,8 @@ class FileReceiver:
         self._parts = parts
         self._threads = threads
         self._on_bytes = on_bytes
+        #: Bytes handed to this receiver so far (for undoing progress on failure).
+        self.received = 0
         self._flow: FlowControl | None = None
         self._small: list[bytes] | None = None
         self._partial: PartialFile | None = None
@@ -50,6 +52,7 @@ class FileReceiver:
             self._start(self._store.create, self._parts, on_result=self._set_partial)
 
     def data(self, piece: memoryview) -> None:
+        self.received += len(piece)
         self._on_bytes(len(piece))
         if self._small is not None:
             self._small.append(bytes(piece))
@@ -67,7 +70,8 @@ class FileReceiver:
         """Write what is left, verify, and rename into place; raises `StoreError`."""
         if self._small is not None:
             data, self._small = b"".join(self._small), None
-            await self._threads.run(self._store.write_whole, self._parts, data, header, digest)
+            await self._threads.run_batched(self._store.write_whole, self._parts, data, header,
+                                            digest)
             return
         await self._drain()
         partial, self._partial = self._partial, None

@@ -7,7 +7,7 @@ full, `get` frees a slot. No busy waiting, no overflow.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredQueue, DeferredSemaphore
 
@@ -33,6 +33,15 @@ class BoundedQueue(Generic[T]):
         d = self._items.get()
         d.addCallback(self._taken)
         return d
+
+    def take_ready(self, limit: int, accept: Callable[[T], bool]) -> list[T]:
+        """Up to ``limit`` items already waiting at the head of the queue, in order, while
+        ``accept`` says yes; never waits. Lets a worker batch small files."""
+        taken: list[T] = []
+        pending = self._items.pending
+        while pending and len(taken) < limit and accept(pending[0]):
+            taken.append(self._taken(pending.pop(0)))
+        return taken
 
     def _taken(self, item: T) -> T:
         self._slots.release()
