@@ -107,7 +107,9 @@ def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755
     `UnsafePath` if a component exists but is not a real directory (a symlink, a file),
     `FileNotFoundError` if it is missing and not created. The caller closes the returned fd.
     """
-    fd = os.dup(root_fd)
+    # A new descriptor, not os.dup(): a duplicate shares the directory's read position, so
+    # two walks listing through duplicates at once would each see part of it.
+    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
     try:
         for part in parts:
             try:
@@ -145,6 +147,13 @@ def open_regular_file(root_fd: int, parts: Parts) -> tuple[int, os.stat_result]:
     """
     parent = open_parent_dir(root_fd, parts)
     try:
+        # Refuse what is visibly not a regular file before opening it: opening some devices
+        # has side effects. The fstat below still decides (the name may be swapped between).
+        mode = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafePath("is a symbolic link")
+        if not stat.S_ISREG(mode):
+            raise UnsafePath("not a regular file")
         try:
             fd = os.open(
                 parts[-1],

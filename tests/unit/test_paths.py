@@ -294,3 +294,42 @@ class DisplayName(SynchronousTestCase):
         self.assertNotIn("\x1b", shown)
         self.assertTrue(shown.endswith("..."))
         self.assertLessEqual(len(shown), 200 * 4 + 3)
+
+
+class DirectoryDescriptors(SynchronousTestCase):
+    """Regressions found by the load test and a review of paths.py."""
+
+    def test_open_dir_of_root_has_its_own_read_position(self) -> None:
+        # os.dup() would share the read position: two listings at once each saw part.
+        root = self.mktemp()
+        os.mkdir(root)
+        for i in range(50):
+            open(os.path.join(root, f"f{i}"), "w").close()
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, root_fd)
+        a = open_dir(root_fd, ())
+        b = open_dir(root_fd, ())
+        try:
+            with os.scandir(a) as it_a:
+                first = next(it_a).name
+                with os.scandir(b) as it_b:
+                    names_b = sorted(e.name for e in it_b)
+                names_a = sorted([first] + [e.name for e in it_a])
+        finally:
+            os.close(a)
+            os.close(b)
+        self.assertEqual(names_a, sorted(f"f{i}" for i in range(50)))
+        self.assertEqual(names_b, names_a)
+
+    def test_fifo_refused_before_open(self) -> None:
+        root = self.mktemp()
+        os.mkdir(root)
+        os.mkfifo(os.path.join(root, "fifo"))
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, root_fd)
+        opened = []
+        real_open = os.open
+        self.patch(os, "open", lambda name, *a, **k: opened.append(name) or real_open(name, *a, **k))
+        with self.assertRaises(UnsafePath):
+            open_regular_file(root_fd, ("fifo",))
+        self.assertNotIn("fifo", opened)
