@@ -2,7 +2,7 @@
 
 Two halves:
 
-- validation: `parse_wire_path` / `parse_request_path` turn untrusted bytes or text into a tuple
+- validation: `parse_wire_path`, `parse_request_path`, `parse_user_path` turn untrusted bytes or text into a tuple
   of safe components, or raise `UnsafePath` saying why;
 - confinement: `open_parent_dir` / `open_dir` walk those components one by one under a root
   directory file descriptor with ``O_NOFOLLOW``, so that no symlink (at any level) and no
@@ -77,7 +77,16 @@ def parse_wire_path(raw: bytes | str) -> Parts:
 
 
 def parse_request_path(raw: bytes | str) -> Parts:
-    """Validate the path of a LIST or FETCH request; ``()`` means the whole export.
+    """Validate the path of a LIST or FETCH request: ``""`` (the whole export) or a wire path.
+
+    Strict, as it comes off the network; `parse_user_path` is the tolerant form for what
+    users type.
+    """
+    return () if raw in ("", b"") else parse_wire_path(raw)
+
+
+def parse_user_path(raw: bytes | str) -> Parts:
+    """Validate a path a user typed (a SPEC's PATH); ``()`` means the whole export.
 
     ``""``, ``"."`` and ``"/"`` name the export root; one leading and one trailing ``/`` are
     tolerated (users type them); everything else follows `parse_wire_path`.

@@ -243,11 +243,6 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
 
     def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
         shown = raw[:200].decode("utf-8", "replace")
-        if raw.startswith(b"/") and raw != b"/":
-            # A request path is relative to the export (doc/protocol.md). parse_request_path
-            # would drop the "/" (users type one in SPECs) and serve "/etc/passwd" as
-            # "etc/passwd" under the root: refuse it instead of guessing.
-            raise RequestError(frames.E_NOT_ALLOWED, f"{shown!r}: absolute path")
         try:
             parts = paths.parse_request_path(raw)
         except paths.UnsafePath as e:

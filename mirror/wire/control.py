@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import quote
 
-from mirror.paths import UnsafePath, join_parts, parse_request_path
+from mirror.paths import UnsafePath, join_parts, parse_user_path
 
 #: Longest line either side accepts, terminator excluded.
 MAX_LINE = 16384
@@ -273,7 +273,7 @@ def check_request_path(path: str) -> str:
     is dropped.
     """
     try:
-        return join_parts(parse_request_path(path))
+        return join_parts(parse_user_path(path))
     except UnsafePath as e:
         raise ControlError(f"bad path {path!r}: {e}") from None
 

@@ -132,9 +132,12 @@ class Listing(ServerTestCase):
         # fifo, link, linkdir and docs/up are skipped and counted, never listed.
         self.assertEqual(r.end, (7, 4))
 
-    def test_root_spellings(self) -> None:
-        for i, spelling in enumerate((".", "/"), start=1):
-            self.assertEqual(self.list(spelling, i).end, (7, 4))
+    def test_root_is_the_empty_path_only(self) -> None:
+        # On the wire the whole export is "" (doc/protocol.md); "." and "/" are what users
+        # type, mapped by mirror-init, and refused here rather than guessed at.
+        self.assertEqual(self.list("", 1).end, (7, 4))
+        self.assert_error(self.list(".", 2), frames.E_NOT_ALLOWED)
+        self.assert_error(self.list("/", 3), frames.E_NOT_ALLOWED, "absolute")
 
     def test_entries_metadata(self) -> None:
         r = self.list("")

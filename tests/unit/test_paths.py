@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
 from mirror.paths import UnsafePath, open_dir, open_regular_file, parse_request_path, \
+    parse_user_path, \
     parse_wire_path
 from tests.unit.helpers import must_not_block
 
@@ -52,14 +53,20 @@ class AcceptedNames(SynchronousTestCase):
         self.assertEqual(len(name.encode()), 4096)
         self.assertEqual(len(parse_wire_path(name)), 17)
 
-    def test_request_root_forms(self) -> None:
+    def test_user_root_forms(self) -> None:
         for root in ("", ".", "/", b"", b".", b"/"):
-            self.assertEqual(parse_request_path(root), (), root)
+            self.assertEqual(parse_user_path(root), (), root)
 
-    def test_request_tolerates_one_leading_and_trailing_slash(self) -> None:
-        self.assertEqual(parse_request_path("/docs/sub/"), ("docs", "sub"))
-        self.assertEqual(parse_request_path("docs/"), ("docs",))
-        self.assertEqual(parse_request_path("/docs"), ("docs",))
+    def test_user_path_tolerates_one_leading_and_trailing_slash(self) -> None:
+        self.assertEqual(parse_user_path("/docs/sub/"), ("docs", "sub"))
+        self.assertEqual(parse_user_path("docs/"), ("docs",))
+        self.assertEqual(parse_user_path("/docs"), ("docs",))
+
+    def test_request_path_is_strict(self) -> None:
+        # Off the network, "/etc/passwd" is refused, never taken as "etc/passwd".
+        self.assertEqual(parse_request_path(b""), ())
+        for raw in (b".", b"/", b"/etc/passwd", b"docs/"):
+            self.assertRaises(UnsafePath, parse_request_path, raw)
 
     def test_join_round_trip(self) -> None:
         parts = parse_wire_path("x/..y/ z")
