@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import stat
@@ -59,7 +60,8 @@ class MirrorStore:
     MAX_CACHED_DIRS = 256
 
     def __init__(self, base_dir: str, top: str) -> None:
-        paths.parse_wire_path(top)  # one component, no tricks
+        if len(paths.parse_wire_path(top)) != 1:
+            raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.root_fd = paths.open_dir(base, (top,), create=True, mode=0o755)
@@ -152,6 +154,18 @@ class MirrorStore:
             raise
 
 
+_temp_names = itertools.count()
+_temp_tag = secrets.token_hex(4)
+
+
+def _temp_name() -> str:
+    """A fresh temporary name; O_EXCL on creation makes any collision an error, not a clobber.
+
+    A random tag per process plus a counter: ``secrets`` per file cost more than the write.
+    """
+    return f"{paths.TEMP_PREFIX}{os.getpid()}-{_temp_tag}-{next(_temp_names)}"
+
+
 class PartialFile:
     """A temporary file being filled; `commit` verifies and renames it into place."""
 
@@ -159,7 +173,7 @@ class PartialFile:
         self._dir_fd = dir_fd
         self.parts = parts
         self.name = parts[-1]
-        self.temp_name = f"{paths.TEMP_PREFIX}{secrets.token_hex(8)}"
+        self.temp_name = _temp_name()
         self._hash = hashlib.sha256()
         self.size = 0
         try:
