@@ -33,7 +33,11 @@ def own_cpu() -> float:
 
 @dataclass
 class Other:
-    """CPU used outside the benchmark during `wall` seconds, and time stolen by the hypervisor."""
+    """CPU used outside the benchmark during `wall` seconds, and time stolen by the hypervisor.
+
+    `cpu` is a difference of two accountings (the machine's ticks, the processes' times), so
+    small values of either sign are noise.
+    """
 
     cpu: float
     steal: float
@@ -59,7 +63,7 @@ class Meter:
     def stop(self) -> Other:
         t0, busy0, steal0, ours0 = self.start
         t1, busy1, steal1, ours1 = self._sample()
-        return Other(max(0.0, (busy1 - busy0) - (ours1 - ours0)), steal1 - steal0, t1 - t0)
+        return Other((busy1 - busy0) - (ours1 - ours0), steal1 - steal0, t1 - t0)
 
 
 def idle_check(seconds: float = 1.0) -> Other:

@@ -2,7 +2,8 @@
 
 Measures SHA-256 over 1 GiB, raw loopback TCP throughput (1 GiB, sender and receiver in two
 processes), writing 1 GiB to the data location, and the start-up time of a Python client.
-Prints one line per measurement; run it on an idle machine.
+Prints one line per measurement, and the CPU other processes used meanwhile; run it on an
+idle machine.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from bench.cpu import Meter
 from bench.daemons import find_tool
 from bench.datasets import GiB, MiB, workspace
 
@@ -86,6 +88,7 @@ def start_up(argv: list[str], runs: int = 7) -> float:
 
 def main() -> None:
     _, where = workspace(quick=True)
+    meter = Meter([])
     print(f"- SHA-256 (hashlib, 1 MiB updates), one core: {GiB / best(sha256_gib) / 1e6:.0f} MB/s")
     print(f"- raw loopback TCP, 1 GiB, sendall/recv_into 1 MiB, two processes: "
           f"{GiB / best(loopback_gib) / 1e6:.0f} MB/s")
@@ -97,6 +100,7 @@ def main() -> None:
         path = find_tool(tool)
         if path:
             print(f"- `{tool} --help`: {start_up([path, '--help']):.3f} s")
+    print(f"- meanwhile {meter.stop()}")
 
 
 if __name__ == "__main__":

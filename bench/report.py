@@ -179,7 +179,8 @@ The daemons are restarted for every workload, so each peak belongs to that workl
 
 ## All timed runs (seconds)
 "Other processes" is the machine's busy CPU time minus that of the harness, its clients and
-the daemons: anything well above 0 cores means the timings were disturbed.
+the daemons: anything well above 0 cores means the timings were disturbed (small values of
+either sign are accounting noise).
 
 {runs_detail(results)}
 """
