@@ -21,9 +21,14 @@ from mirror.mirror_server.content_client import ContentClientProtocol, TransferE
 DOWN_INTERVAL = 5.0
 
 
+#: Requests in flight per connection: half the content server's default --max-requests.
+MAX_IN_FLIGHT = 32
+
+
 class SourceConnections:
     def __init__(self, reactor: Any, host: str, port: int, size: int = 2,
                  connect_timeout: float = 10.0, down_interval: float = DOWN_INTERVAL,
+                 max_in_flight: int = MAX_IN_FLIGHT,
                  **client_options: Any) -> None:
         self._reactor = reactor
         self.host = host
@@ -35,6 +40,8 @@ class SourceConnections:
         self._conns: list[ContentClientProtocol] = []
         self._opening = False
         self._waiters: list[Deferred[None]] = []
+        self._slot_waiters: list[Deferred[None]] = []
+        self.max_in_flight = max_in_flight
         self._closed = False
         self._down_interval = down_interval
         self._down: tuple[float, str] | None = None  # (until, message)
@@ -45,6 +52,28 @@ class SourceConnections:
         return live
 
     async def get(self) -> ContentClientProtocol:
+        """A live connection with room for one more request (at most `MAX_IN_FLIGHT`).
+
+        Waits while every connection is full: the content server refuses requests beyond its
+        own limit (``--max-requests``), and more in flight would only wait there anyway.
+        """
+        while True:
+            conn = await self._least_loaded()
+            if conn.load < self.max_in_flight:
+                return conn
+            waiter: Deferred[None] = Deferred()
+            self._slot_waiters.append(waiter)
+            await waiter
+
+    def _slot_free(self) -> None:
+        """A request ended: wake one caller waiting for room (it checks again)."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.called:
+                waiter.callback(None)
+                return
+
+    async def _least_loaded(self) -> ContentClientProtocol:
         """A live connection, opening one if all are busy and there is room.
 
         Callers that need a new connection share one attempt and are all woken, one after
@@ -109,6 +138,7 @@ class SourceConnections:
         endpoint = HostnameEndpoint(self._reactor, host, self.port,
                                     timeout=self._connect_timeout)
         proto = ContentClientProtocol(self._reactor, self.name, **self._client_options)
+        proto.on_request_done = self._slot_free
         try:
             await connectProtocol(endpoint, proto)
         except Exception as e:

@@ -79,11 +79,13 @@ class _Request:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
             self.done.errback(TransferError(message))
+            self.client.on_request_done()
 
     def finish(self, result: Any) -> None:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
             self.done.callback(result)
+            self.client.on_request_done()
 
     def frame(self, opcode: int, payload: bytes) -> None:
         raise NotImplementedError
@@ -175,6 +177,8 @@ class ContentClientProtocol(frames.FrameReceiver):
         self.stall_timeout = stall_timeout
         self.max_file_size = max_file_size
         self.requests: dict[int, _Request] = {}
+        #: Called after each request ends (a slot is free); see SourceConnections.
+        self.on_request_done: Callable[[], None] = lambda: None
         self._next_id = 1
         self._pauses = 0
         self.connected_d: Deferred[None] = Deferred()

@@ -224,11 +224,6 @@ class SourceRun:
     def _count(self, n: int) -> None:
         self.job.bytes_done += n
 
-    def _done_ok(self, header: frames.FileHeader) -> None:
-        self.stats.add(header.size)
-        self.job.files_done += 1
-        self._finished_one()
-
     def _finished_one(self) -> None:
         self._pending -= 1
         if self._pending == 0 and self._listing_done and self._idle is not None:
@@ -237,6 +232,16 @@ class SourceRun:
 
     async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
+        try:
+            header = await self._attempts(parts)
+            if header is not None:
+                self.stats.add(header.size)
+                self.job.files_done += 1
+        finally:
+            # Whatever happened, the file is no longer pending: a job never waits forever.
+            self._finished_one()
+
+    async def _attempts(self, parts: paths.Parts) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
         for _attempt in range(2):
@@ -264,13 +269,12 @@ class SourceRun:
                 await receiver.discard()
                 problem = f"internal error: {e}"
                 break
-            self._done_ok(header)
-            return
+            return header
         self.failed += 1
         self.job.files_failed += 1
         # Messages from the client already name the path; store errors do not.
         self.error(path, problem if problem.startswith(path) else f"{path}: {problem}")
-        self._finished_one()
+        return None
 
 
 class _Dir:

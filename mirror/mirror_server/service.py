@@ -26,7 +26,7 @@ class MirrorSettings:
     workers: int = 8
     queue_size: int = 1000
     #: Small files a worker fetches and commits together.
-    batch_files: int = 8
+    batch_files: int = 32
     connections_per_source: int = 2
     disk_threads: int = 4
     stall_timeout: float = 30.0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
@@ -425,3 +426,40 @@ class FailedTransfers(FakeServerTestCase):
             observer.progress_events[-1]
         self.assertEqual((files_done, files_total), (1, 2))
         self.assertEqual(bytes_done, 4)  # only the good file's bytes
+
+
+class TransferBookkeeping(SynchronousTestCase):
+    """A transfer that blows up still stops being pending: the job can never hang on it."""
+
+    def test_unexpected_exception_still_finishes_the_file(self) -> None:
+        from mirror.mirror_server.job import SourceRun
+
+        finished = []
+        run = SourceRun.__new__(SourceRun)
+        run._finished_one = lambda: finished.append(True)
+
+        async def boom(parts):
+            raise RuntimeError("bug")
+
+        run._attempts = boom
+        d = Deferred.fromCoroutine(run.transfer(("a",), None))
+        self.failureResultOf(d, RuntimeError)
+        self.assertEqual(finished, [True])
+
+
+class InFlightCap(SynchronousTestCase):
+    """At most max_in_flight requests per connection: the content server refuses more."""
+
+    def test_get_waits_for_a_free_slot(self) -> None:
+        conns = SourceConnections(MemoryReactorClock(), "127.0.0.1", 1, size=1, max_in_flight=2)
+
+        class Busy:
+            load = 2
+
+        busy = Busy()
+        conns._least_loaded = lambda: succeed(busy)
+        waiting = Deferred.fromCoroutine(conns.get())
+        self.assertNoResult(waiting)
+        busy.load = 1
+        conns._slot_free()
+        self.assertIs(self.successResultOf(waiting), busy)
