@@ -409,8 +409,13 @@ async def test_mirror_server_killed_mid_job(tmp_path, daemons, start_hostile_ser
     job.addErrback(lambda failure: failure.value)  # checked below
 
     def half_written() -> bool:
-        temps = temporaries(mirror)
-        return len(temps) == 2 and all(t.stat().st_size >= (1 << 19) for t in temps)
+        sizes = []
+        for temp in temporaries(mirror):
+            try:
+                sizes.append(temp.stat().st_size)
+            except FileNotFoundError:
+                return False  # a small file's temporary, renamed into place meanwhile
+        return len(sizes) == 2 and all(size >= (1 << 19) for size in sizes)
 
     await wait_for(half_written, what="two half-written temporary files")
     assert (top / "docs" / "a.txt").read_bytes() == b"a\n"
