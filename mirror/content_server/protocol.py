@@ -91,6 +91,8 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         self.settings: ContentSettings = factory.settings
         self.clock = factory.clock
         self._requests: dict[int, Deferred[None]] = {}
+        #: Ids of the FETCHes among them: only those put the client on ``write_timeout``.
+        self._fetches: set[int] = set()
         self._waits: set[Deferred[Any]] = set()
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
@@ -142,14 +144,15 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         Read no more requests until it does: a client pipelining requests for small files
         without reading the answers would otherwise make the server buffer every answer
         (each up to a chunk) without bound. Requests already parsed wait in `_writable`.
-        The client gets ``write_timeout`` to catch up.
+        A client with a FETCH waiting gets ``write_timeout`` to catch up (see `_writable`).
         """
         if self._paused:
             return
         self._paused = True
         self.paused = True  # FrameReceiver: parse no further frames of what was read
         self._frame_deadline.stop()
-        self._write_deadline.start()
+        if self._fetches:
+            self._write_deadline.start()
         if not self._lost and self.transport is not None:
             self.transport.pauseProducing()
 
@@ -179,16 +182,22 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         finally:
             self._waits.discard(d)
 
-    async def _writable(self) -> None:
+    async def _writable(self, deadline: bool = True) -> None:
         """Wait until the transport wants more; raises `CancelledError` once it is gone.
 
-        A loop: of several streams woken together, the first may fill the buffer again.
+        While a FETCH waits, the client has ``write_timeout`` to read. A LIST waits without
+        that deadline (``deadline=False``): a mirror server stops reading its listing while
+        its work queue is full, for as long as its transfers take, and a paused listing holds
+        only one batch (connection caps bound how many). A loop: of several streams woken
+        together, the first may fill the buffer again.
         """
         while True:
             if self._lost:
                 raise CancelledError()
             if not self._paused:
                 return
+            if deadline:
+                self._write_deadline.start()
             d: Deferred[None] = Deferred()
             self._resume_waiters.append(d)
             await self._wait(d)
@@ -215,6 +224,7 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
             work: Awaitable[None] = self._serve_list(request_id, payload)
         else:
             work = self._serve_fetch(request_id, payload)
+            self._fetches.add(request_id)
         self._idle_deadline.stop()
         d = Deferred.fromCoroutine(self._run(request_id, work))
         if not d.called:
@@ -238,6 +248,7 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                                     frames.encode_error(frames.E_IO, "internal error")))
         finally:
             self._requests.pop(request_id, None)
+            self._fetches.discard(request_id)
             if not self._requests and not self._lost:
                 self._idle_deadline.start()
 
@@ -264,7 +275,7 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                     raise _request_error(e, path) from None
                 if batch is None:
                     break
-                await self._writable()
+                await self._writable(deadline=False)
                 self._send(frames.frame(frames.ENTRIES, request_id, batch))
             self._send(frames.frame(frames.LIST_END, request_id,
                                     frames.encode_list_end(walker.count, walker.skipped)))
@@ -318,10 +329,11 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                 except Exception as e:
                     pending = None
                     raise _request_error(e, path) from None
-                # Read (and hash) the next chunk while this one drains to the socket; a
-                # stream held up by a slow client holds at most two chunks.
-                pending = None if reader.done else threads.run(reader.read)
+                # Read (and hash) the next chunk while this one drains to the socket, but
+                # only once the socket takes more: a stream held up by a slow client holds
+                # one chunk, not two.
                 await self._writable()
+                pending = None if reader.done else threads.run(reader.read)
                 self._send(frames.data_header(request_id, len(data)), data)
             try:
                 digest = await threads.run(reader.finish)

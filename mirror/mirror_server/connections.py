@@ -58,12 +58,26 @@ class SourceConnections:
         own limit (``--max-requests``), and more in flight would only wait there anyway.
         """
         while True:
-            conn = await self._least_loaded()
+            try:
+                conn = await self._least_loaded()
+            except TransferError:
+                # No connection: callers waiting for a slot would wait for requests that
+                # will never end. Wake them all (in a later turn: waking from here would nest
+                # one stack level per waiter) so that each finds out for itself.
+                if self._slot_waiters:
+                    self._reactor.callLater(0, self._wake_all)
+                raise
             if conn.load < self.max_in_flight:
                 return conn
             waiter: Deferred[None] = Deferred()
             self._slot_waiters.append(waiter)
             await waiter
+
+    def _wake_all(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     def _slot_free(self) -> None:
         """A request ended: wake one caller waiting for room (it checks again)."""

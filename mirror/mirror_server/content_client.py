@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mirror.limits import Deadline
+from mirror.limits import ClosingMixin, Deadline
 from mirror.wire import frames
 
 #: Per-request limit on silence: no frame for this request for this long fails it.
@@ -67,13 +67,20 @@ class _Request:
         self.client = client
         self.id = request_id
         self.what = what
-        self.done: Deferred[Any] = Deferred()
+        # Cancelling (the service stopping) forgets the request, so that a late answer for
+        # it is ignored rather than fired into a Deferred that already has a result.
+        self.done: Deferred[Any] = Deferred(lambda d: self._forget())
         self.deadline = Deadline(client.clock, timeout, self._stalled)
         if not client.reading_paused:
             self.deadline.start()
 
     def _stalled(self) -> None:
         self.fail(f"{self.what}: no answer for {self.deadline.seconds:g} s (stalled)")
+
+    def _forget(self) -> None:
+        if self.client.requests.pop(self.id, None) is self:
+            self.deadline.stop()
+            self.client.on_request_done()
 
     def fail(self, message: str) -> None:
         if self.client.requests.pop(self.id, None) is self:
@@ -159,7 +166,7 @@ class _FetchRequest(_Request):
         self.sink.data(piece)
 
 
-class ContentClientProtocol(frames.FrameReceiver):
+class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     """One connection to a content server, carrying many requests at once."""
 
     log = Logger()
@@ -200,6 +207,7 @@ class ContentClientProtocol(frames.FrameReceiver):
         self.connected_d.callback(None)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.cancel_close_timer()
         if self.lost_reason is None:
             self.lost_reason = reason.getErrorMessage()
         for request in list(self.requests.values()):
@@ -312,6 +320,3 @@ class ContentClientProtocol(frames.FrameReceiver):
             request.fail(f"{request.what}: {self.lost_reason}")
         super().frameError(reason)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()

@@ -83,6 +83,7 @@ class SourceRun:
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
         self._pending = 0
         self._listing_done = False
+        self._taking: Deferred[None] | None = None
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
@@ -144,14 +145,21 @@ class SourceRun:
             # Only now, with a server that answers, does HOST_PORT get created.
             if not await self._open_store():
                 return
-            await conn.list(self.request.path,
-                            lambda entries: Deferred.fromCoroutine(self._take_safely(entries)))
+            await conn.list(self.request.path, self._take_batch)
         except TransferError as e:
             self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
+            # A batch may still be waiting for room in the queue (the connection dropped
+            # meanwhile): its files count as pending before the listing counts as done.
+            if self._taking is not None:
+                await self._taking
             self._listing_done = True
             if conn is not None:
                 conn.close()
+
+    def _take_batch(self, entries: list[frames.Entry]) -> Deferred[None]:
+        self._taking = Deferred.fromCoroutine(self._take_safely(entries))
+        return self._taking
 
     async def _take_safely(self, entries: list[frames.Entry]) -> None:
         try:
@@ -382,14 +390,19 @@ class Job:
         return self.finished
 
     async def _wait(self, runs: list[Deferred[None]]) -> None:
-        for d in runs:
-            await d
-        self.listing_done = True
-        if self._ticker.running:
-            self._ticker.stop()
-        self._tick(force=True)
-        self.observer.job_done(self)
-        self.finished.callback(self)
+        try:
+            for d in runs:
+                await d
+            self.listing_done = True
+            if self._ticker.running:
+                self._ticker.stop()
+            self._tick(force=True)
+            self.observer.job_done(self)
+        finally:
+            # Even if reporting failed: the service forgets the job, never waits on it.
+            if self._ticker.running:
+                self._ticker.stop()
+            self.finished.callback(self)
 
     def _tick(self, force: bool = False) -> None:
         self.listing_done = self.listing_done or all(s._listing_done for s in self.sources)

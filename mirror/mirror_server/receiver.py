@@ -52,16 +52,23 @@ class FileReceiver:
             self._start(self._store.create, self._parts, on_result=self._set_partial)
 
     def data(self, piece: memoryview) -> None:
-        self.received += len(piece)
-        self._on_bytes(len(piece))
-        if self._small is not None:
-            self._small.append(bytes(piece))
-            return
+        n = len(piece)
+        self.received += n
+        self._on_bytes(n)
         if self._error is not None:
             return  # already failed; the request will be discarded
-        self._queue.append(piece)
-        self._queued += len(piece)
-        self._flow.queued(len(piece))
+        # Copied, not kept as a view: a view pins the whole socket read it came from (up to
+        # 1 MiB), and a peer mixing a byte of this file into each read would pin far more
+        # than flow control counts.
+        if self._small is not None:
+            # Not counted by flow control: it is released only when more data completes the
+            # file, so pausing for it could stall the connection for good. Bounded instead
+            # by the requests in flight per connection (32 x SMALL_FILE).
+            self._small.append(bytes(piece))
+            return
+        self._queue.append(bytes(piece))
+        self._queued += n
+        self._flow.queued(n)
         self._kick()
 
     # -- ending -----------------------------------------------------------------------------

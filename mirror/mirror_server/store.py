@@ -122,10 +122,15 @@ class MirrorStore:
         return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
 
     def set_dir_meta(self, parts: paths.Parts, mode: int, mtime_ns: int) -> None:
-        """Give a directory the source's mode and mtime (after its contents are written)."""
+        """Give a directory the source's mode and mtime (after its contents are written).
+
+        The owner keeps rwx whatever the source says: a read-only (0o555) or closed (0o000)
+        source directory would otherwise make every later update inside it fail (for a
+        non-root daemon) and hide its temporary files from the start-up sweep.
+        """
         try:
             with self._dir(parts, create=False) as fd:
-                os.fchmod(fd, mode & 0o7777)
+                os.fchmod(fd, (mode & 0o7777) | 0o700)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
         except OSError as e:
             raise StoreError(f"cannot set directory attributes: {_describe(e)}") from None

@@ -646,12 +646,33 @@ class Timeouts(ServerTestCase):
         self.assertTrue(self.rig.closing)
 
     def test_write_timeout(self) -> None:
+        # Disk work on the test's command, so that the FETCH is still in flight when the
+        # transport pauses (StringTransport never pauses by itself).
+        threads = StepThreads()
+        self.factory.threads = threads
         self.rig.fetch(1, "big.bin", delay_ms=0)
+        threads.step()
         self.rig.proto.pauseProducing()
+        threads.run_all()
         self.clock.advance(2.9)
         self.assertFalse(self.rig.aborted)
         self.clock.advance(0.1)
         self.assertTrue(self.rig.aborted)
+
+    def test_paused_list_has_no_write_timeout(self) -> None:
+        # A mirror server stops reading its listing while its queue is full, for as long as
+        # its transfers take: a LIST waiting to write is not a client to drop.
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.list(1, "")
+        threads.step()  # the walker is open
+        self.rig.proto.pauseProducing()
+        threads.run_all()
+        self.clock.advance(100)
+        self.assertFalse(self.rig.aborted)
+        self.rig.proto.resumeProducing()
+        threads.run_all()
+        self.assertEqual(list_result(self.answer(), 1).end, (7, 4))
 
     def test_write_timeout_stopped_by_resume(self) -> None:
         self.rig.proto.pauseProducing()

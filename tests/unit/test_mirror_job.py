@@ -463,3 +463,46 @@ class InFlightCap(SynchronousTestCase):
         busy.load = 1
         conns._slot_free()
         self.assertIs(self.successResultOf(waiting), busy)
+
+    def test_waiters_fail_when_the_server_dies(self) -> None:
+        # More callers waiting for a slot than requests in flight, then the server dies:
+        # every caller must get an error, none may wait forever (review finding).
+        from twisted.internet.error import ConnectionLost
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        clock = Clock()
+        conns = SourceConnections(clock, "h", 1, size=1, max_in_flight=1)
+        up = [True]
+
+        async def connect():
+            if not up[0]:
+                raise TransferError("cannot connect to h:1: connection refused")
+            proto = ContentClientProtocol(clock, "h:1")
+            proto.on_request_done = conns._slot_free
+            proto.makeConnection(StringTransport())
+            return proto
+
+        conns.connect = connect
+
+        class Sink:
+            def head(self, header, flow): pass
+
+            def data(self, piece): pass
+
+        async def worker(name: str) -> str:
+            try:
+                conn = await conns.get()
+                await conn.fetch(name, Sink())
+                return "ok"
+            except TransferError as e:
+                return str(e)
+
+        ds = [Deferred.fromCoroutine(worker(n)) for n in "ABC"]
+        self.assertEqual(len(conns._slot_waiters), 2)
+        up[0] = False
+        conns._conns[0].connectionLost(Failure(ConnectionLost()))
+        clock.advance(1)
+        for d in ds:
+            self.assertIn("connection", self.successResultOf(d))

@@ -130,6 +130,14 @@ class Placing(StoreTestCase):
         st = os.stat(self.path("x"))
         self.assertEqual((stat.S_IMODE(st.st_mode), st.st_mtime_ns), (0o751, MTIME))
 
+    def test_directory_stays_writable_by_its_owner(self) -> None:
+        # A read-only or closed source directory must not lock the daemon out of later
+        # updates inside it (review finding; root would not notice).
+        for mode, expected in ((0o555, 0o755), (0o000, 0o700), (0o2750, 0o2750)):
+            self.store.make_dir(("ro",))
+            self.store.set_dir_meta(("ro",), mode, MTIME)
+            self.assertEqual(stat.S_IMODE(os.stat(self.path("ro")).st_mode), expected)
+
     def test_top_must_be_one_safe_component(self) -> None:
         self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "..")
         self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "/etc")
