@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from mirror.mirror_server.service import MirrorService
 
 PROGRESS_INTERVAL = 0.2
+#: Errors of one source reported one by one; later ones are counted in a last message.
+MAX_REPORTED_ERRORS = 1000
 
 
 class JobObserver(Protocol):
@@ -83,6 +85,7 @@ class SourceRun:
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
         self._pending = 0
         self._listing_done = False
+        self._errors = 0
         self._taking: Deferred[None] | None = None
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
@@ -91,10 +94,22 @@ class SourceRun:
     # -- reporting -------------------------------------------------------------------------
 
     def error(self, path: str | None, message: str) -> None:
+        """Report a failure; past `MAX_REPORTED_ERRORS` they are only counted (a hostile
+        server streaming bad names must not flood the log and the client)."""
         self.ok = False
+        self._errors += 1
+        if self._errors > MAX_REPORTED_ERRORS:
+            return
         self.log.info("{source}: {path}: {message}", source=self.label, path=path or "-",
                       message=message)
         self.job.observer.source_error(self.index, path, message)
+
+    def _report_unshown_errors(self) -> None:
+        unshown = self._errors - MAX_REPORTED_ERRORS
+        if unshown > 0:
+            message = f"{unshown} more errors not shown"
+            self.log.info("{source}: {message}", source=self.label, message=message)
+            self.job.observer.source_error(self.index, None, message)
 
     # -- the manager -----------------------------------------------------------------------
 
@@ -123,6 +138,7 @@ class SourceRun:
             if self.store is not None:
                 await service.threads.run(self.store.close)
             self.elapsed = time.monotonic() - started
+            self._report_unshown_errors()
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:

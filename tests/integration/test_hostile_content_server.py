@@ -235,6 +235,24 @@ async def test_unknown_entry_kind_is_a_protocol_error(harness):
     await h.check_alive()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_bad_names_is_reported_in_bounded_lines(harness, monkeypatch):
+    from mirror.mirror_server import job as job_module
+
+    monkeypatch.setattr(job_module, "MAX_REPORTED_ERRORS", 5)
+    h = harness()
+    bad = [f("../escape%03d" % i, SMALL) for i in range(40)]
+    result = await h.run(d("docs"), *bad, f("docs/good", SMALL))
+    assert not result.ok
+    messages = [e.message for e in result.errors]
+    assert len(messages) == 6
+    assert messages[-1] == "35 more errors not shown"
+    assert result.source_done[0].failed == 40
+    assert (h.top / "docs" / "good").read_bytes() == SMALL
+    h.check_safe(result)
+    await h.check_alive()
+
+
 # -- LIST: the same path twice, a parent that is a file, outside the request -------------
 
 
