@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 #: How long a graceful close may wait for the write buffer to drain before aborting.
@@ -45,6 +46,33 @@ class ConnectionLimiter:
 def peer_host(addr: object) -> str:
     """The key a peer is counted under: its host address (UNIX sockets share one key)."""
     return getattr(addr, "host", None) or "unix"
+
+
+class LimitedFactory(Factory):
+    """A server factory that refuses connections beyond ``limiter``'s caps.
+
+    Subclasses set ``self.limiter`` and implement `make_protocol`; their protocols call
+    ``factory.connection_closed(self)`` from ``connectionLost``.
+    """
+
+    log = Logger()
+    limiter: ConnectionLimiter
+
+    def make_protocol(self) -> Protocol:
+        raise NotImplementedError
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        host = peer_host(addr)
+        if not self.limiter.admit(host):
+            self.log.warn("refusing connection from {host}: connection limit reached",
+                          host=host)
+            return None  # Twisted closes the connection at once
+        proto = self.make_protocol()
+        proto.peer_key = host
+        return proto
+
+    def connection_closed(self, proto: Protocol) -> None:
+        self.limiter.release(proto.peer_key)
 
 
 class Deadline:

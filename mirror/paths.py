@@ -106,7 +106,8 @@ def join_parts(parts: Parts) -> str:
     return "/".join(parts)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags that open a directory and refuse a symlink in its place.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755) -> int:
@@ -118,11 +119,11 @@ def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755
     """
     # A new descriptor, not os.dup(): a duplicate shares the directory's read position, so
     # two walks listing through duplicates at once would each see part of it.
-    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    fd = os.open(".", DIR_FLAGS, dir_fd=root_fd)
     try:
         for part in parts:
             try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -130,7 +131,7 @@ def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755
                     os.mkdir(part, mode, dir_fd=fd)
                 except FileExistsError:
                     pass  # made concurrently: the open below checks what it is
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePath(f"'{part}' is not a directory (a file or a link)") from None

@@ -15,7 +15,6 @@ from mirror import paths
 from mirror.wire import frames
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TreeWalker:
@@ -33,10 +32,9 @@ class TreeWalker:
         # Each level: (parts of the directory, its fd, iterator of its sorted entries).
         self._stack: list[tuple[paths.Parts, int, list[tuple[str, os.stat_result]]]] = []
         if not parts:
-            # A new open file description, not os.dup(root_fd): a dup shares the directory
-            # offset with the root descriptor, so LISTs of the root running at the same time
-            # in other threads would each read only part of it (files silently missing).
-            self._push((), os.open(".", _DIR_FLAGS, dir_fd=root_fd))
+            # open_dir opens the root afresh: a dup of root_fd would share its read offset
+            # with LISTs of the root running at the same time in other threads.
+            self._push((), paths.open_dir(root_fd, ()))
             return
         parent = paths.open_parent_dir(root_fd, parts)
         try:

@@ -188,7 +188,6 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         self.on_request_done: Callable[[], None] = lambda: None
         self._next_id = 1
         self._pauses = 0
-        self.connected_d: Deferred[None] = Deferred()
         self.lost_d: Deferred[None] = Deferred()
         self.flow: FlowControl
         self.lost_reason: str | None = None
@@ -204,7 +203,6 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
             # Pipelined small requests: Nagle + delayed ACKs would add ~40 ms stalls.
             self.transport.setTcpNoDelay(True)
         self.flow = FlowControl(self.pause, self.resume)
-        self.connected_d.callback(None)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.cancel_close_timer()

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mirror.limits import ClosingMixin, ConnectionLimiter, Deadline, peer_host
+from mirror.limits import ClosingMixin, ConnectionLimiter, Deadline, LimitedFactory
 from mirror.wire import control
 
 if TYPE_CHECKING:
@@ -134,22 +133,11 @@ class ControlProtocol(LineReceiver, ClosingMixin):
             self.close()
 
 
-class ControlFactory(Factory):
-    log = Logger()
-
+class ControlFactory(LimitedFactory):
     def __init__(self, service: MirrorService) -> None:
         self.service = service
         s = service.settings
         self.limiter = ConnectionLimiter(s.max_connections, s.max_per_peer)
 
-    def buildProtocol(self, addr: IAddress) -> ControlProtocol | None:
-        host = peer_host(addr)
-        if not self.limiter.admit(host):
-            self.log.warn("refusing control connection from {host}: limit reached", host=host)
-            return None
-        proto = ControlProtocol(self)
-        proto.peer_key = host
-        return proto
-
-    def connection_closed(self, proto: ControlProtocol) -> None:
-        self.limiter.release(proto.peer_key)
+    def make_protocol(self) -> ControlProtocol:
+        return ControlProtocol(self)

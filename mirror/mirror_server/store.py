@@ -56,9 +56,6 @@ _cached_total = 0
 class MirrorStore:
     """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``)."""
 
-    #: Open directory descriptors kept for reuse; beyond this, directories are opened per use.
-    MAX_CACHED_DIRS = 256
-
     def __init__(self, base_dir: str, top: str) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
@@ -93,8 +90,7 @@ class MirrorStore:
         fd = paths.open_dir(self.root_fd, parts, create=create, mode=0o700)
         global _cached_total
         with self._lock, _cache_lock:
-            cached = (parts not in self._dirs and len(self._dirs) < self.MAX_CACHED_DIRS
-                      and _cached_total < MAX_CACHED_DIRS_TOTAL)
+            cached = parts not in self._dirs and _cached_total < MAX_CACHED_DIRS_TOTAL
             if cached:
                 self._dirs[parts] = fd
                 _cached_total += 1
@@ -245,7 +241,6 @@ class PartialFile:
             self._dir_fd = -1
 
 
-_SWEEP_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _sweep_dir(fd: int) -> tuple[int, list[str]]:
@@ -289,7 +284,7 @@ def sweep_temporaries(base_dir: str) -> int:
                     fd = parent
                 continue
             try:
-                child = os.open(pending[-1].pop(), _SWEEP_DIR_FLAGS, dir_fd=fd)
+                child = os.open(pending[-1].pop(), paths.DIR_FLAGS, dir_fd=fd)
             except OSError:
                 continue  # gone, or replaced by a link, since it was listed
             os.close(fd)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from mirror import paths
 from mirror.content_server import fetch as content_fetch
