@@ -27,8 +27,10 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     per second over it; ``errors`` is a count here, ``errors_dropped`` the errors received
     but not kept (beyond the client's limit).
 
-Figures count files transferred in this job; skipped entries (links, special files, invalid
-names) are in ``skipped``, files that could not be transferred in ``failed``.
+Figures count files transferred in this job; ``skipped`` counts files already current
+(same size and mtime) and left alone, ``failed`` the files and entries (unsafe names
+included) that could not be mirrored. Links and special files on the content server are
+never listed, so they appear in neither.
 """
 
 from __future__ import annotations
