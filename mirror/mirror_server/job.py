@@ -10,7 +10,6 @@ runs for one file: FETCH into a `FileReceiver`, verify, rename; one retry, then 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -115,7 +114,7 @@ class SourceRun:
 
     async def run(self) -> None:
         service = self.job.service
-        started = time.monotonic()
+        started = service.reactor.seconds()
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
             self.connections = SourceConnections(
@@ -137,7 +136,7 @@ class SourceRun:
                 self.connections.close()
             if self.store is not None:
                 await service.threads.run(self.store.close)
-            self.elapsed = time.monotonic() - started
+            self.elapsed = service.reactor.seconds() - started
             self._report_unshown_errors()
             self.job.observer.source_done(self)
 
