@@ -105,6 +105,20 @@ def rss_table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def cpu_table(results: list[Result]) -> str:
+    """Mean CPU seconds per timed run of each client and of the servers it used."""
+    rows = ["| workload | tool | median wall s | client CPU-s | servers' CPU-s |",
+            "|---|---|---|---|---|"]
+    for r in results:
+        for tool, used in r.cpu.items():
+            n = len(r.times[tool])
+            servers = ", ".join(f"{name} {cpu / n:.2f}" for name, cpu in used.items()
+                                if name != "client")
+            rows.append(f"| {r.workload.name} | {tool} | {_median(r.times[tool]):.3f} "
+                        f"| {used['client'] / n:.2f} | {servers} |")
+    return "\n".join(rows)
+
+
 def summary(results: list[Result]) -> list[str]:
     """One line per target: met or not, with the measured value."""
     lines = []
@@ -160,6 +174,13 @@ tree checked per second.
 
 The daemons are restarted for every workload, so each peak belongs to that workload alone
 (no-op's includes its untimed filling run).
+
+## CPU seconds per timed run (mean)
+{cpu_table(results)}
+
+With 2 cores, CPU seconds summed over the processes can reach twice the wall time. The client's
+figure includes its start-up. rsync's daemon forks one process per connection, counted when
+the daemon reaps it: its figure can lag by a run.
 
 ## Method
 - Datasets generated from a fixed seed on the data location above; our content server and

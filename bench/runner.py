@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.cpu import Meter, Other
+from bench.cpu import Meter, Other, process_cpu
 from bench.daemons import RSYNC_MODULE, Daemon
 from bench.datasets import Dataset
 from bench.trees import MismatchError, Tree, check_bytes, check_tree
@@ -79,14 +79,15 @@ def rsync_client(rsync: str, rsyncd: Daemon, dest_root: Path) -> Client:
 
 @dataclass
 class Result:
-    """Timed runs (seconds, warm-ups excluded) per client, our servers' peak RSS (bytes), and
-    the CPU other processes used meanwhile."""
+    """Timed runs (seconds, warm-ups excluded) per client, our servers' peak RSS (bytes), CPU
+    seconds over the timed runs per client and process, and the CPU others used meanwhile."""
 
     workload: Workload
     files: int
     bytes: int
     times: dict[str, list[float]] = field(default_factory=dict)
     peaks: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     other: Other | None = None
 
 
@@ -142,6 +143,14 @@ def check_summary(summary: dict, tree: Tree | None) -> None:
                              f"{len(tree.files)} / {tree.total_bytes}")
 
 
+def cpu_snapshot(client: Client) -> dict[str, float]:
+    """CPU seconds so far of our reaped children (so, after a run, of the client) and of each of
+    the client's servers, children included once reaped."""
+    t = os.times()
+    return {"client": t.children_user + t.children_system,
+            **{d.name: process_cpu(d.proc.pid) for d in client.servers if d.proc}}
+
+
 def _empty(dest: Path) -> None:
     if dest.exists() or dest.is_symlink():
         shutil.rmtree(dest)
@@ -161,17 +170,22 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     result = Result(workload, len(dataset.tree.files), dataset.tree.total_bytes,
                     times={c.name: [] for c in clients})
 
-    def once(client: Client, label: str, byte_check: bool = False) -> float:
+    def once(client: Client, label: str, timed: bool = False) -> float:
         dest = client.dest(path)
         fresh = not workload.noop or label == FILL
         if fresh:
             _empty(dest)
         try:
+            before = cpu_snapshot(client)
             seconds, summary = run_client(client, path, timeout)
+            if timed:
+                used = result.cpu.setdefault(client.name, {})
+                for key, value in cpu_snapshot(client).items():
+                    used[key] = used.get(key, 0.0) + value - before[key]
             if summary is not None:
                 check_summary(summary, dataset.tree if fresh else None)
             check_tree(dataset.tree, dest)
-            if byte_check:
+            if timed and len(result.times[client.name]) == 0:
                 check_bytes(dataset.tree, dataset.path, dest)
         except (BenchError, MismatchError) as e:
             tails = "\n".join(d.log_tail() for d in client.servers)
@@ -192,7 +206,7 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     for i in range(workload.fixed_runs or runs):
         order = clients if i % 2 == 0 else clients[::-1]
         for client in order:
-            result.times[client.name].append(once(client, f"run {i + 1}", byte_check=i == 0))
+            result.times[client.name].append(once(client, f"run {i + 1}", timed=True))
         print(f"  {workload.name} run {i + 1}: " + ", ".join(
             f"{c.name} {result.times[c.name][-1]:.3f} s" for c in clients), flush=True)
     for client in clients:
