@@ -1,9 +1,11 @@
 """Start, watch and stop the benchmark's servers: our two twistd daemons and rsync's daemon.
 
-Every server runs in its own session (process group), so stopping it stops all its processes.
+Every server runs in its own session (process group), so stopping it stops all its processes,
+and gets SIGTERM from the kernel if the harness dies, even by SIGKILL.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -17,6 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 RSYNC_MODULE = "bench"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: ask Linux to SIGTERM it when the harness exits."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class DaemonError(RuntimeError):
@@ -107,7 +115,7 @@ class Daemon:
         with open(self.logs[0], "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
