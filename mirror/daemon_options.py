@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -14,6 +15,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
+
+T = TypeVar("T")
 from twisted.python.failure import Failure
 
 
@@ -140,6 +143,17 @@ def _reason(failure: Failure) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror[:1].lower() + error.strerror[1:]
     return str(error) or type(error).__name__
+
+
+def settings_from(options: usage.Options, settings_class: type[T]) -> T:
+    """The settings dataclass filled from the options named like its fields (``max_delay``
+    <- ``--max-delay``); fields without an option keep their defaults."""
+    values = {}
+    for field in dataclasses.fields(settings_class):
+        name = field.name.replace("_", "-")
+        if name in options:
+            values[field.name] = options[name]
+    return settings_class(**values)
 
 
 def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: Factory,

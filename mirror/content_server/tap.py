@@ -9,7 +9,7 @@ from twisted.python import usage
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
-from mirror.daemon_options import ListenOptions, add_listeners, number
+from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
 from mirror.threads import DiskThreads
 
 _defaults = ContentSettings()
@@ -64,22 +64,12 @@ class Options(ListenOptions):
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
 
 
-def settings_from(options: Options) -> ContentSettings:
-    return ContentSettings(
-        max_requests=options["max-requests"],
-        max_connections=options["max-connections"],
-        max_per_peer=options["max-per-peer"],
-        frame_timeout=options["frame-timeout"],
-        idle_timeout=options["idle-timeout"],
-        write_timeout=options["write-timeout"],
-        max_delay=options["max-delay"],
-    )
-
 
 def makeService(options: Options) -> IService:
     top = MultiService()
     threads = DiskThreads(size=options["threads"], name="content-disk")
     threads.setServiceParent(top)
-    factory = ContentServerFactory(open_root(options["root"]), threads, settings_from(options))
+    settings = settings_from(options, ContentSettings)
+    factory = ContentServerFactory(open_root(options["root"]), threads, settings)
     add_listeners(top, options["listen"], factory, options.command)
     return top

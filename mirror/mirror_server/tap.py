@@ -8,7 +8,7 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
-from mirror.daemon_options import ListenOptions, add_listeners, number
+from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
 from mirror.paths import TEMP_PREFIX
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
@@ -79,22 +79,8 @@ def check_writable(directory: str, flag: str) -> None:
     os.unlink(probe)
 
 
-def settings_from(options: Options) -> MirrorSettings:
-    return MirrorSettings(
-        workers=options["workers"],
-        queue_size=options["queue-size"],
-        connections_per_source=options["connections-per-source"],
-        disk_threads=options["disk-threads"],
-        stall_timeout=options["stall-timeout"],
-        max_file_size=options["max-file-size"],
-        max_connections=options["max-connections"],
-        max_per_peer=options["max-per-peer"],
-        submit_timeout=options["submit-timeout"],
-        write_timeout=options["write-timeout"],
-    )
-
 
 def makeService(options: Options) -> IService:
-    service = MirrorService(options["mirror-dir"], settings_from(options))
+    service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings))
     add_listeners(service, options["listen"], ControlFactory(service), options.command)
     return service
