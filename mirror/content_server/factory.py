@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mirror.content_server.fetch import DigestCache
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.limits import ConnectionLimiter, LimitedFactory
 
@@ -22,6 +23,7 @@ class ContentServerFactory(LimitedFactory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.root_fd = root_fd
+        self.digests = DigestCache()
         self.threads = threads
         self.settings = settings or ContentSettings()
         self.clock = clock

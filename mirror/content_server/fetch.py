@@ -3,12 +3,22 @@
 `RangeReader` is blocking and runs in the disk thread pool: it reads with ``pread`` and hashes
 in the same thread call (hashlib releases the GIL on large buffers), so the reactor only moves
 finished chunks to the socket.
+
+SHA-256 is most of what serving a large file costs (no SHA instructions on the machines
+measured: bench/NOTES.md), so the digest of a whole file is remembered in a `DigestCache`,
+keyed on what any write to the file changes: device, inode, size, mtime and ctime (ctime
+cannot be set by users). A file served again unchanged is then read without hashing. The
+receiver verifies every byte against the digest either way; a file whose bytes changed
+underneath an unchanged key (disk corruption) then fails verification instead of being
+delivered with a digest computed from the corrupted bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 
 from mirror import paths
 from mirror.wire import frames
@@ -20,10 +30,44 @@ class FileChanged(Exception):
     """The file was modified or truncated while it was being sent."""
 
 
+StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class DigestCache:
+    """SHA-256 digests of whole files, by `_stat_key`; least recently used ones go first.
+
+    Shared by the disk threads, hence the lock.
+    """
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self.max_entries = max_entries
+        self._digests: OrderedDict[StatKey, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: StatKey) -> bytes | None:
+        with self._lock:
+            digest = self._digests.get(key)
+            if digest is not None:
+                self._digests.move_to_end(key)
+            return digest
+
+    def put(self, key: StatKey, digest: bytes) -> None:
+        with self._lock:
+            self._digests[key] = digest
+            self._digests.move_to_end(key)
+            while len(self._digests) > self.max_entries:
+                self._digests.popitem(last=False)
+
+
 class RangeReader:
     """Reads ``[offset, offset+length)`` of a regular file under the root, hashing as it goes."""
 
-    def __init__(self, root_fd: int, parts: paths.Parts, offset: int, length: int) -> None:
+    def __init__(self, root_fd: int, parts: paths.Parts, offset: int, length: int,
+                 cache: DigestCache | None = None) -> None:
         self._fd, st = paths.open_regular_file(root_fd, parts)
         self._stat = st
         if offset > st.st_size:
@@ -32,7 +76,10 @@ class RangeReader:
         self.size = min(length, st.st_size - offset)
         self._pos = offset
         self._left = self.size
-        self._hash = hashlib.sha256()
+        # Only whole files are cached: a range's digest is of that range.
+        self._cache = cache if offset == 0 and self.size == st.st_size else None
+        self._cached = self._cache.get(_stat_key(st)) if self._cache is not None else None
+        self._hash = hashlib.sha256() if self._cached is None else None
 
     @property
     def header(self) -> frames.FileHeader:
@@ -49,7 +96,8 @@ class RangeReader:
         data = os.pread(self._fd, want, self._pos)
         if len(data) < want:
             raise FileChanged("file was truncated while being sent")
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._pos += want
         self._left -= want
         return data
@@ -60,10 +108,15 @@ class RangeReader:
 
     def finish(self) -> bytes:
         """The digest, once the file is proven unchanged since it was opened."""
-        st = os.fstat(self._fd)
-        if st.st_size != self._stat.st_size or st.st_mtime_ns != self._stat.st_mtime_ns:
+        key = _stat_key(os.fstat(self._fd))
+        if key != _stat_key(self._stat):
             raise FileChanged("file changed while being sent")
-        return self._hash.digest()
+        if self._cached is not None:
+            return self._cached
+        digest = self._hash.digest()
+        if self._cache is not None:
+            self._cache.put(key, digest)
+        return digest
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -72,7 +125,8 @@ class RangeReader:
 
 
 def open_range(
-    root_fd: int, parts: paths.Parts, offset: int, length: int, small: int = CHUNK_SIZE
+    root_fd: int, parts: paths.Parts, offset: int, length: int,
+    cache: DigestCache | None = None, small: int = CHUNK_SIZE,
 ) -> RangeReader | tuple[frames.FileHeader, bytes, bytes]:
     """Open a range for FETCH (blocking).
 
@@ -80,7 +134,7 @@ def open_range(
     (one thread hop per small file) and returned as ``(header, data, digest)``; a larger one
     returns the open `RangeReader` for streaming.
     """
-    reader = RangeReader(root_fd, parts, offset, length)
+    reader = RangeReader(root_fd, parts, offset, length, cache)
     if reader.size > small:
         return reader
     try:

@@ -298,7 +298,7 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
             # Batched: the FETCHes of one reactor turn open (and, if small, read and hash)
             # their files in a single thread call.
             opened = await threads.run_batched(open_range, self.factory.root_fd, parts, offset,
-                                               length)
+                                               length, self.factory.digests)
         except Exception as e:
             raise _request_error(e, path) from None
         if self._lost:

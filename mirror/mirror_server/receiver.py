@@ -57,16 +57,16 @@ class FileReceiver:
         self._on_bytes(n)
         if self._error is not None:
             return  # already failed; the request will be discarded
-        # Copied, not kept as a view: a view pins the whole socket read it came from (up to
-        # 1 MiB), and a peer mixing a byte of this file into each read would pin far more
-        # than flow control counts.
         if self._small is not None:
             # Not counted by flow control: it is released only when more data completes the
             # file, so pausing for it could stall the connection for good. Bounded instead
             # by the requests in flight per connection (32 x SMALL_FILE).
             self._small.append(bytes(piece))
             return
-        self._queue.append(bytes(piece))
+        # A view pins the whole socket read it came from (up to 1 MiB): a peer mixing one byte
+        # of this file into each read would pin far more than flow control counts. A piece
+        # that is a small part of its read is copied; a large one (the usual case) is not.
+        self._queue.append(bytes(piece) if n * 4 < len(piece.obj) else piece)
         self._queued += n
         self._flow.queued(n)
         self._kick()

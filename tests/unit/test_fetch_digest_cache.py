@@ -1,0 +1,92 @@
+"""The content server's digest cache: a file served again unchanged is not hashed again, and
+any change to it (even one that restores size and mtime) is noticed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mirror.content_server import fetch
+from mirror.content_server.fetch import DigestCache, FileChanged, RangeReader, open_range
+from mirror.wire.frames import TO_END
+
+BODY = os.urandom(3 * fetch.CHUNK_SIZE + 17)
+
+
+class DigestCacheTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        os.mkdir(self.root)
+        self.path = os.path.join(self.root, "f")
+        with open(self.path, "wb") as f:
+            f.write(BODY)
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        self.cache = DigestCache()
+        self.hashers = 0
+        real = hashlib.sha256
+
+        def counting_sha256(*args):
+            self.hashers += 1
+            return real(*args)
+
+        self.patch(fetch.hashlib, "sha256", counting_sha256)
+
+    def serve(self, offset: int = 0, length: int = TO_END) -> tuple[bytes, bytes]:
+        reader = RangeReader(self.root_fd, ("f",), offset, length, self.cache)
+        try:
+            data = b"".join(reader.read() for _ in range(-(-reader.size // fetch.CHUNK_SIZE)))
+            return data, reader.finish()
+        finally:
+            reader.close()
+
+    def test_second_send_is_not_hashed(self) -> None:
+        first = self.serve()
+        second = self.serve()
+        self.assertEqual(first, (BODY, hashlib.new("sha256", BODY).digest()))
+        self.assertEqual(second, first)
+        self.assertEqual(self.hashers, 1)
+
+    def test_rewrite_with_same_size_and_mtime_is_hashed_again(self) -> None:
+        self.serve()
+        st = os.stat(self.path)
+        new = bytes(b ^ 0xFF for b in BODY)
+        with open(self.path, "r+b") as f:
+            f.write(new)
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ctime still moves
+        data, digest = self.serve()
+        self.assertEqual((data, digest), (new, hashlib.new("sha256", new).digest()))
+        self.assertEqual(self.hashers, 2)
+
+    def test_ranges_are_not_cached(self) -> None:
+        self.serve()
+        data, digest = self.serve(offset=5, length=100)
+        self.assertEqual(digest, hashlib.new("sha256", BODY[5:105]).digest())
+        self.assertEqual(self.hashers, 2)
+
+    def test_change_while_sending_a_cached_file_is_reported(self) -> None:
+        self.serve()
+        reader = RangeReader(self.root_fd, ("f",), 0, TO_END, self.cache)
+        self.addCleanup(reader.close)
+        reader.read()
+        os.chmod(self.path, 0o600)  # changes only the ctime
+        self.assertRaises(FileChanged, reader.finish)
+
+    def test_small_files_through_open_range(self) -> None:
+        small = os.path.join(self.root, "s")
+        with open(small, "wb") as f:
+            f.write(b"small")
+        for _ in range(2):
+            header, data, digest = open_range(self.root_fd, ("s",), 0, TO_END, self.cache)
+            self.assertEqual((data, digest), (b"small", hashlib.new("sha256", b"small").digest()))
+        self.assertEqual(self.hashers, 1)
+
+    def test_least_recently_used_entries_go_first(self) -> None:
+        cache = DigestCache(max_entries=2)
+        cache.put((1,) * 5, b"a")
+        cache.put((2,) * 5, b"b")
+        cache.get((1,) * 5)
+        cache.put((3,) * 5, b"c")
+        self.assertEqual([cache.get((i,) * 5) for i in (1, 2, 3)], [b"a", None, b"c"])
