@@ -32,6 +32,7 @@ from decimal import Decimal
 from urllib.parse import quote
 
 from mirror.paths import UnsafePath, join_parts, parse_user_path
+from mirror.stats import SizeStats
 
 #: Longest line either side accepts, terminator excluded.
 MAX_LINE = 16384
@@ -402,14 +403,10 @@ def check_size_sums(files: int, total: int, sum_sq: int) -> None:
 
     Without this, a confused peer could make the reported variance negative.
     """
-    if files == 0:
-        if total or sum_sq:
-            raise ControlError("bytes and sum of squares must be 0 when no file was transferred")
-        return
-    if total * total > files * sum_sq or sum_sq > total * total:
-        raise ControlError(
-            f"sum of squares {sum_sq} impossible for {files} files of {total} bytes in total"
-        )
+    try:
+        SizeStats.from_sums(files, total, sum_sq)
+    except ValueError as e:
+        raise ControlError(str(e)) from None
 
 
 def _encode_path_field(path: str | None, room: int) -> str:
