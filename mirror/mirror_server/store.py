@@ -61,7 +61,7 @@ class MirrorStore:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.root_fd = paths.open_dir(base, (top,), create=True, mode=0o755)
+            self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
         finally:
             os.close(base)
         self._dirs: dict[paths.Parts, int] = {}
@@ -87,7 +87,8 @@ class MirrorStore:
         if fd is not None:
             yield fd
             return
-        fd = paths.open_dir(self.root_fd, parts, create=create, mode=0o700)
+        fd = (paths.open_or_make_dir(self.root_fd, parts, mode=0o700) if create
+              else paths.open_dir(self.root_fd, parts))
         global _cached_total
         with self._lock, _cache_lock:
             cached = parts not in self._dirs and _cached_total < MAX_CACHED_DIRS_TOTAL
