@@ -428,7 +428,9 @@ class LinearWork(SynchronousTestCase):
         reads = [wire[i : i + 1] for i in range(len(wire))]
         batches = [reads[i : i + self.BATCH] for i in range(0, len(reads), self.BATCH)]
         total = 0
-        tracemalloc.start()
+        already = tracemalloc.is_tracing()  # e.g. PYTHONTRACEMALLOC: left as it was
+        if not already:
+            tracemalloc.start()
         try:
             for batch in batches:
                 before = tracemalloc.get_traced_memory()[0]
@@ -439,7 +441,8 @@ class LinearWork(SynchronousTestCase):
                 if total > limit:
                     break
         finally:
-            tracemalloc.stop()
+            if not already:
+                tracemalloc.stop()
         return total
 
     def test_large_frames_byte_by_byte(self) -> None:
