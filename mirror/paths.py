@@ -4,7 +4,8 @@ Two halves:
 
 - validation: `parse_wire_path`, `parse_request_path`, `parse_user_path` turn untrusted bytes or text into a tuple
   of safe components, or raise `UnsafePath` saying why;
-- confinement: `open_parent_dir` / `open_dir` walk those components one by one under a root
+- confinement: `open_parent_dir` / `open_dir` (and `open_or_make_dir`, the mirror store's,
+  which makes missing directories) walk those components one by one under a root
   directory file descriptor with ``O_NOFOLLOW``, so that no symlink (at any level) and no
   rename race can lead outside the root. ``realpath()`` and string-prefix checks are not used:
   both have been bypassed in real tools.
@@ -110,13 +111,26 @@ def join_parts(parts: Parts) -> str:
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755) -> int:
+def open_dir(root_fd: int, parts: Parts) -> int:
     """Open the directory ``parts`` under ``root_fd`` without following any symlink.
 
-    With ``create``, missing directories are made (``mode``, subject to umask). Raises
-    `UnsafePath` if a component exists but is not a real directory (a symlink, a file),
-    `FileNotFoundError` if it is missing and not created. The caller closes the returned fd.
+    Never creates anything (the content server's LIST and FETCH leave the export as it is).
+    Raises `UnsafePath` if a component exists but is not a real directory (a symlink, a
+    file), `FileNotFoundError` if one is missing. The caller closes the returned fd.
     """
+    return _walk_dirs(root_fd, parts, None)
+
+
+def open_or_make_dir(root_fd: int, parts: Parts, mode: int = 0o755) -> int:
+    """`open_dir`, making missing directories (``mode``, subject to umask) on the way.
+
+    For the mirror store, which builds the tree it receives; never for an export.
+    """
+    return _walk_dirs(root_fd, parts, mode)
+
+
+def _walk_dirs(root_fd: int, parts: Parts, make_mode: int | None) -> int:
+    """Open ``parts`` component by component; missing ones are made if ``make_mode`` is set."""
     # A new descriptor, not os.dup(): a duplicate shares the directory's read position, so
     # two walks listing through duplicates at once would each see part of it.
     fd = os.open(".", DIR_FLAGS, dir_fd=root_fd)
@@ -125,10 +139,10 @@ def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755
             try:
                 nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
-                if not create:
+                if make_mode is None:
                     raise
                 try:
-                    os.mkdir(part, mode, dir_fd=fd)
+                    os.mkdir(part, make_mode, dir_fd=fd)
                 except FileExistsError:
                     pass  # made concurrently: the open below checks what it is
                 nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
@@ -144,9 +158,9 @@ def open_dir(root_fd: int, parts: Parts, create: bool = False, mode: int = 0o755
         raise
 
 
-def open_parent_dir(root_fd: int, parts: Parts, create: bool = False) -> int:
-    """Open the directory that holds ``parts[-1]``; see `open_dir`."""
-    return open_dir(root_fd, parts[:-1], create=create)
+def open_parent_dir(root_fd: int, parts: Parts) -> int:
+    """Open the directory that holds ``parts[-1]``; see `open_dir` (nothing is created)."""
+    return open_dir(root_fd, parts[:-1])
 
 
 def open_regular_file(root_fd: int, parts: Parts) -> tuple[int, os.stat_result]:

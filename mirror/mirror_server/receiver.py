@@ -91,6 +91,8 @@ class FileReceiver:
     async def discard(self) -> None:
         """Forget this attempt; the temporary file, if any, is removed."""
         self._small = None
+        # Ended first, then the queued pieces' credit back (see `_finished`); the credit of a
+        # write in flight comes back when it ends.
         self._error = self._error or RuntimeError("discarded")
         self._release_queue()
         while self._busy is not None:
@@ -112,16 +114,23 @@ class FileReceiver:
     def _finished(self, result: Any, on_result: Callable[[Any], None] | None,
                   written: int) -> None:
         self._busy = None
-        if written:
-            self._flow.written(written)
+        released = written
         if isinstance(result, Failure):
             if self._error is None:
                 self._error = result.value
-            self._release_queue()
+            # Pieces queued behind the failed step are never written: their credit comes
+            # back with it (kept, the connection could stay paused for good, and a paused
+            # connection's stall timers are stopped).
+            released += self._drop_queue()
         elif on_result is not None:
             on_result(result)
         if self._error is None:
             self._kick()
+        # Credit goes back last: it may resume the connection, which delivers what it read
+        # before pausing at once, re-entering `data`; by now the failure is recorded (so the
+        # pieces are dropped, not written after it) and the next write is started.
+        if released:
+            self._flow.written(released)
         if self._busy is None:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
@@ -137,10 +146,16 @@ class FileReceiver:
         n, self._queued = self._queued, 0
         self._start(self._partial.write, batch, written=n)
 
-    def _release_queue(self) -> None:
-        if self._queued and self._flow is not None:
-            self._flow.written(self._queued)
+    def _drop_queue(self) -> int:
+        """Forget the pieces not yet handed to a write; returns the credit they held."""
+        n = self._queued
         self._queue, self._queued = [], 0
+        return n
+
+    def _release_queue(self) -> None:
+        n = self._drop_queue()
+        if n and self._flow is not None:
+            self._flow.written(n)
 
     async def _drain(self) -> None:
         while self._busy is not None or (self._queue and self._error is None):

@@ -10,10 +10,11 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mirror.mirror_server.job import Job, JobObserver, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
-from mirror.mirror_server.store import sweep_temporaries
+from mirror.mirror_server.store import SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
@@ -68,8 +69,14 @@ class MirrorService(MultiService):
         sweep = self.threads.run(sweep_temporaries, self.mirror_dir)
         sweep.addCallbacks(
             lambda n: n and self.log.info("removed {n} leftover temporary files", n=n),
-            lambda f: self.log.failure("sweeping temporary files failed", f))
+            self._sweep_failed)
         sweep.addCallback(lambda _: self._start_workers())
+
+    def _sweep_failed(self, f: Failure) -> None:
+        if f.check(SweepStopped):
+            self.log.error("{reason}", reason=str(f.value))
+        else:
+            self.log.failure("sweeping temporary files failed", f)
 
     def _start_workers(self) -> None:
         if self.running and not self._workers:

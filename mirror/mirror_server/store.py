@@ -61,7 +61,7 @@ class MirrorStore:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.root_fd = paths.open_dir(base, (top,), create=True, mode=0o755)
+            self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
         finally:
             os.close(base)
         self._dirs: dict[paths.Parts, int] = {}
@@ -87,7 +87,8 @@ class MirrorStore:
         if fd is not None:
             yield fd
             return
-        fd = paths.open_dir(self.root_fd, parts, create=create, mode=0o700)
+        fd = (paths.open_or_make_dir(self.root_fd, parts, mode=0o700) if create
+              else paths.open_dir(self.root_fd, parts))
         global _cached_total
         with self._lock, _cache_lock:
             cached = parts not in self._dirs and _cached_total < MAX_CACHED_DIRS_TOTAL
@@ -261,6 +262,20 @@ def _sweep_dir(fd: int) -> tuple[int, list[str]]:
     return removed, subdirs
 
 
+class SweepStopped(Exception):
+    """The sweep climbed back into a directory that is not the one it came down from."""
+
+    def __init__(self, message: str, removed: int) -> None:
+        super().__init__(message)
+        #: Temporary files removed before it stopped.
+        self.removed = removed
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def sweep_temporaries(base_dir: str) -> int:
     """Remove temporary files left by a mirror server that was killed; returns how many.
 
@@ -269,32 +284,47 @@ def sweep_temporaries(base_dir: str) -> int:
     (``O_NOFOLLOW``) and leaving through ``..``: a legal wire path is up to 2,048 directories
     deep, too deep for ``os.fwalk`` (one recursion and one open descriptor per level) and
     for full path names (``PATH_MAX``).
+
+    Hazard: ``..`` is wherever the directory is *now*. If one the walk is inside is renamed
+    out of ``base_dir`` meanwhile, climbing would lead outside and sweep directories there
+    that happen to bear the names still to visit. So each level's (st_dev, st_ino) is
+    recorded on the way down (a few bytes a level, not a descriptor) and checked after each
+    climb; on a mismatch the sweep raises `SweepStopped` (the rest waits for the next
+    start). Until that climb it may still finish the subdirectories, listed while inside
+    ``base_dir``, of directories that moved along with it.
     """
     fd = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         removed, subdirs = _sweep_dir(fd)
-        pending = [subdirs]  # per level: the subdirectories still to visit
+        # Per level: the directory's identity, and its subdirectories still to visit.
+        pending = [(_identity(fd), subdirs)]
         while pending:
-            if not pending[-1]:
+            if not pending[-1][1]:
                 pending.pop()
                 if pending:
                     parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
                                      dir_fd=fd)
                     os.close(fd)
                     fd = parent
+                    if _identity(fd) != pending[-1][0]:
+                        raise SweepStopped(
+                            f"sweeping temporary files in {base_dir} stopped: a directory "
+                            f"was moved while the sweep was inside it (removed {removed} "
+                            f"files before)", removed)
                 continue
             try:
-                child = os.open(pending[-1].pop(), paths.DIR_FLAGS, dir_fd=fd)
+                child = os.open(pending[-1][1].pop(), paths.DIR_FLAGS, dir_fd=fd)
             except OSError:
                 continue  # gone, or replaced by a link, since it was listed
             os.close(fd)
             fd = child
+            identity = _identity(fd)
             try:
                 n, subdirs = _sweep_dir(fd)
             except OSError:
                 n, subdirs = 0, []
             removed += n
-            pending.append(subdirs)
+            pending.append((identity, subdirs))
     finally:
         os.close(fd)
     return removed

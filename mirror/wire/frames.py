@@ -1,10 +1,11 @@
 """Frames of the content protocol (doc/protocol.md): opcodes, codecs and the receiver.
 
 ``FrameReceiver`` is an ``Int32StringReceiver`` whose ``dataReceived`` is replaced by a linear
-parser: the stock one re-concatenates its buffer on every read (quadratic in a large frame),
-and would buffer a whole DATA frame. Here DATA bodies are handed on piece by piece as they
-arrive (``dataFrameReceived``), so a file body is never held whole in memory, and every other
-frame goes to ``stringReceived`` as usual.
+parser: the stock one re-concatenates its buffer on every read (quadratic in a large frame
+arriving in small reads), and would buffer a whole DATA frame. Here DATA bodies are handed on
+piece by piece as they arrive (``dataFrameReceived``), so a file body is never held whole in
+memory; every other frame is gathered without re-copying what is already buffered and goes
+to ``stringReceived`` as usual.
 """
 
 from __future__ import annotations
@@ -179,7 +180,11 @@ class FrameReceiver(Int32StringReceiver):
     MAX_LENGTH = 256 * 1024
     MAX_DATA_LENGTH = 0
 
-    _buffer: bytes = b""
+    #: Input read but not parsed yet: a partial frame (a bytearray that later reads are
+    #: appended to) or, while paused, the rest of a read (kept as it came, a view of it).
+    _buffer: bytes | bytearray | memoryview = b""
+    #: Bytes `_buffer` must hold before parsing it again can make progress (0: at once).
+    _need = 0
     _data_id: int | None = None
     _data_left = 0
     #: Set by `frameError`: nothing more is parsed or delivered on this connection (a real
@@ -190,10 +195,21 @@ class FrameReceiver(Int32StringReceiver):
         if self._broken:
             return
         if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
+            # Linear whatever the read sizes: a read that cannot complete what is buffered
+            # is appended (amortised O(its length)) and not parsed; the buffer is joined
+            # into one piece only once it holds the whole frame (or frame head) it waits for.
+            if data:
+                if not isinstance(self._buffer, bytearray):
+                    self._buffer = bytearray(self._buffer)
+                self._buffer += data
+            if self.paused or len(self._buffer) < self._need:
+                return
+            held, self._buffer = self._buffer, b""
+            # Parsed from an immutable copy: DATA pieces are views that sinks may keep.
+            data = bytes(held) if isinstance(held, bytearray) else held
         view = memoryview(data)
-        pos, end = 0, len(data)
+        pos, end = 0, len(view)
+        need = 0
         while pos < end and not self.paused and not self._broken and self.transport is not None:
             if self._data_left:
                 take = min(self._data_left, end - pos)
@@ -202,8 +218,9 @@ class FrameReceiver(Int32StringReceiver):
                 pos += take
                 continue
             if end - pos < 4:
+                need = 4
                 break
-            (length,) = _LEN.unpack_from(data, pos)
+            (length,) = _LEN.unpack_from(view, pos)
             # Refuse a bad length prefix as soon as it is seen, not once more bytes came.
             if length < 5:
                 self.frameError(f"frame length {length} too short")
@@ -212,13 +229,14 @@ class FrameReceiver(Int32StringReceiver):
                 self.lengthLimitExceeded(length)
                 return
             if end - pos < 9:
+                need = 9
                 break
-            opcode = data[pos + 4]
+            opcode = view[pos + 4]
             if opcode == DATA and self.MAX_DATA_LENGTH:
                 if length > self.MAX_DATA_LENGTH + 5:
                     self.lengthLimitExceeded(length)
                     return
-                (self._data_id,) = struct.unpack_from(">I", data, pos + 5)
+                (self._data_id,) = struct.unpack_from(">I", view, pos + 5)
                 self._data_left = length - 5
                 pos += 9
                 if not self._data_left:
@@ -228,13 +246,20 @@ class FrameReceiver(Int32StringReceiver):
                 self.lengthLimitExceeded(length)
                 return
             if end - pos < 4 + length:
+                need = 4 + length
                 break
-            self.stringReceived(data[pos + 4 : pos + 4 + length])
+            self.stringReceived(bytes(view[pos + 4 : pos + 4 + length]))
             pos += 4 + length
         if pos < end and not self._broken:
-            # Only a partial frame head or a partial non-DATA frame (bounded by MAX_LENGTH)
-            # is ever kept; copying it on the next read is bounded too.
-            self._buffer = bytes(view[pos:])
+            if need:
+                # A partial frame head or non-DATA frame (bounded by MAX_LENGTH): copied, so
+                # as not to pin the whole read, and completed by the reads that follow.
+                self._buffer = bytearray(view[pos:])
+            else:
+                # Paused (or disconnected): the rest waits as it is, parsed on resume; not
+                # copied again at every pause, and pinning no more than this one read.
+                self._buffer = view[pos:]
+            self._need = need
 
     def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
         self.frameError("unexpected DATA frame")

@@ -8,9 +8,8 @@ import stat
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
-from mirror.paths import UnsafePath, open_dir, open_regular_file, parse_request_path, \
-    parse_user_path, \
-    parse_wire_path
+from mirror.paths import UnsafePath, open_dir, open_or_make_dir, open_parent_dir, \
+    open_regular_file, parse_request_path, parse_user_path, parse_wire_path
 from tests.unit.helpers import must_not_block
 
 CONTROL_CHARS = [chr(c) for c in range(0x20)] + [chr(c) for c in range(0x7F, 0xA0)]
@@ -206,22 +205,31 @@ class Confinement(SynchronousTestCase):
         finally:
             os.close(fd)
 
+    def tree(self) -> list[str]:
+        """Everything under the root, as relative paths."""
+        return sorted(os.path.relpath(os.path.join(d, n), self.root)
+                      for d, ds, fs in os.walk(self.root) for n in ds + fs)
+
     def test_missing(self) -> None:
-        self.assertRaises(FileNotFoundError, open_dir, self.root_fd, ("a", "nope"))
-        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("a", "nope"))
-        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("x", "y"))
-        self.assertFalse(os.path.exists(os.path.join(self.root, "a", "nope")))
+        before = self.tree()
+        for missing in (("a", "nope"), ("x", "y"), ("x", "y", "z"), ("a", "nope", "c")):
+            self.assertRaises(FileNotFoundError, open_dir, self.root_fd, missing)
+            self.assertRaises(FileNotFoundError, open_parent_dir, self.root_fd,
+                              missing + ("f",))
+            self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, missing)
+        self.assertEqual(self.tree(), before)  # nothing created on the way
         self.assert_no_fd_leak()
 
-    def test_create_makes_missing_directories(self) -> None:
-        fd = open_dir(self.root_fd, ("a", "new", "deeper"), create=True)
+    def test_make_dir_makes_missing_directories(self) -> None:
+        fd = open_or_make_dir(self.root_fd, ("a", "new", "deeper"))
         os.close(fd)
         self.assertTrue(os.path.isdir(os.path.join(self.root, "a", "new", "deeper")))
         self.assert_no_fd_leak()
 
-    def test_create_keeps_existing(self) -> None:
-        os.close(open_dir(self.root_fd, ("a", "b"), create=True))
-        self.assertTrue(os.path.exists(os.path.join(self.root, "a", "file.txt")))
+    def test_make_dir_keeps_existing(self) -> None:
+        before = self.tree()
+        os.close(open_or_make_dir(self.root_fd, ("a", "b")))
+        self.assertEqual(self.tree(), before)
 
     def test_symlink_final_file(self) -> None:
         os.symlink(os.path.join(self.outside, "secret"), os.path.join(self.root, "link"))
@@ -247,7 +255,7 @@ class Confinement(SynchronousTestCase):
         with self.assertRaises(UnsafePath):
             open_regular_file(self.root_fd, ("a", "out", "secret"))
         with self.assertRaises(UnsafePath):
-            open_dir(self.root_fd, ("a", "out", "x"), create=True)
+            open_or_make_dir(self.root_fd, ("a", "out", "x"))
         self.assertFalse(os.path.exists(os.path.join(self.outside, "x")))
         self.assert_no_fd_leak()
 
@@ -257,7 +265,7 @@ class Confinement(SynchronousTestCase):
 
     def test_file_as_parent(self) -> None:
         with self.assertRaises(UnsafePath):
-            open_dir(self.root_fd, ("a", "file.txt", "x"), create=True)
+            open_or_make_dir(self.root_fd, ("a", "file.txt", "x"))
 
     def test_directory_is_not_a_regular_file(self) -> None:
         with self.assertRaises(UnsafePath) as cm:

@@ -7,17 +7,21 @@ import hashlib
 import os
 
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
-from mirror.mirror_server.content_client import FlowControl
+from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, \
+    TransferError
 from mirror.mirror_server.receiver import SMALL_FILE, FileReceiver
 from mirror.mirror_server.store import MirrorStore, StoreError
 from mirror.threads import InlineThreads
+from mirror.wire import frames
 from mirror.wire.frames import FileHeader
-from tests.unit.helpers import StepThreads
+from tests.unit.helpers import RecordingSink, StepThreads, parse_frames
 
 MTIME = 1_400_000_000_000_000_001
+STALL = 30.0
 
 
 class ReceiverTestCase(SynchronousTestCase):
@@ -286,3 +290,133 @@ class PiecesAreCopied(SynchronousTestCase):
             read[0] = ord("y")  # the socket buffer is reused or freed after dataReceived
             held = receiver._queue if size > SMALL_FILE else receiver._small
             self.assertEqual([bytes(p) for p in held], [b"x"])
+
+
+class CreditComesBack(ReceiverTestCase):
+    """Flow-control credit of pieces queued behind a write comes back when the attempt ends
+    early, and the connection resumes.
+
+    On a real `ContentClientProtocol`: while it is paused it reads nothing and its requests'
+    stall timers are stopped, so credit that never came back would hang every request on the
+    connection for good, with no timeout to end them (issue 7, item 3).
+    """
+
+    PIECE = 1 << 19  # 512 KiB; the connection pauses above 1 MiB pending, resumes at 512 KiB
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.threads = StepThreads()
+        self.clock = MemoryReactorClock()
+        self.client = ContentClientProtocol(clock=self.clock, name="srv:1",
+                                            stall_timeout=STALL)
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+        self.flow = self.client.flow = FlowControl(self.client.pause, self.client.resume,
+                                                   high=2 * self.PIECE, low=self.PIECE)
+        self.writes = 0
+        real_write = os.write
+
+        def counting_write(fd, data):
+            self.writes += 1
+            return real_write(fd, data)
+
+        self.patch(os, "write", counting_write)
+
+    def start(self, size: int) -> tuple[FileReceiver, Deferred, int]:
+        """A FETCH of ``f`` into a receiver whose temporary file exists."""
+        r = self.receiver("f", threads=self.threads)
+        d = self.client.fetch("f", r)
+        rid = parse_frames(self.transport.value())[-1][1]
+        self.transport.clear()
+        header = FileHeader(size, size, MTIME, 0o600)
+        self.client.dataReceived(frames.frame(frames.FILE, rid, frames.encode_file(header)))
+        self.assertTrue(self.threads.step())  # create()
+        self.assertEqual(self.threads.queue, [])
+        return r, d, rid
+
+    def feed(self, rid: int, body: bytes) -> None:
+        self.client.dataReceived(frames.data_header(rid, len(body)) + body)
+
+    def disk_full(self) -> None:
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "write", full)
+
+    def assert_resumed(self, *requests: Deferred) -> None:
+        """No credit held, reading again, and the stall timers of ``requests`` running."""
+        self.assertEqual(self.flow.pending, 0)
+        self.assertFalse(self.flow.paused)
+        self.assertFalse(self.client.reading_paused)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.clock.advance(STALL)
+        for d in requests:
+            self.assertIn("stalled", str(self.failureResultOf(d, TransferError).value))
+
+    def test_discard_with_pieces_queued_behind_a_write(self) -> None:
+        data = os.urandom(3 * self.PIECE)
+        r, d, rid = self.start(len(data))
+        other = self.client.fetch("g", RecordingSink())  # a request waiting on the connection
+        self.feed(rid, data[: self.PIECE])
+        self.assertEqual(len(self.threads.queue), 1)  # its write is in flight
+        self.feed(rid, data[self.PIECE : 2 * self.PIECE])
+        self.feed(rid, data[2 * self.PIECE :])  # both queued behind it
+        self.assertEqual(self.flow.pending, len(data))
+        self.assertTrue(self.client.reading_paused)
+        discarded = Deferred.fromCoroutine(r.discard())
+        # The queued pieces' credit comes back at once, the write's when it ends.
+        self.assertEqual(self.flow.pending, self.PIECE)
+        self.assertNoResult(discarded)
+        self.threads.run_all()
+        self.successResultOf(discarded)
+        self.assertEqual(self.writes, 1)  # the queued pieces were never written
+        self.assertEqual(self.temporaries(), [])
+        self.assert_resumed(d, other)
+
+    def test_write_failing_with_pieces_queued_behind_it(self) -> None:
+        data = os.urandom(3 * self.PIECE)
+        r, d, rid = self.start(len(data))
+        other = self.client.fetch("g", RecordingSink())
+        self.feed(rid, data[: self.PIECE])
+        self.feed(rid, data[self.PIECE : 2 * self.PIECE])
+        self.feed(rid, data[2 * self.PIECE :])
+        self.assertTrue(self.client.reading_paused)
+        self.disk_full()
+        self.assertTrue(self.threads.step())  # the write in flight fails
+        self.assertEqual(self.threads.queue, [])  # nothing more is written after a failure
+        self.assert_resumed(d, other)
+        committed = Deferred.fromCoroutine(r.commit(FileHeader(len(data), len(data), MTIME,
+                                                               0o600), b"\x00" * 32))
+        self.assertIn("no space left on device",
+                      str(self.failureResultOf(committed, StoreError).value))
+        discarded = Deferred.fromCoroutine(r.discard())
+        self.threads.run_all()
+        self.successResultOf(discarded)
+        self.assertEqual(self.temporaries(), [])
+
+    def test_write_failing_while_the_connection_resumes(self) -> None:
+        # Credit coming back resumes the connection, which at once delivers what it read
+        # before it paused; the receiver must already know its write failed, or it starts
+        # writing again after the failure and keeps that credit until that write ends too.
+        data = os.urandom(4 * self.PIECE)
+        r, d, rid = self.start(len(data))
+        self.feed(rid, data[: 2 * self.PIECE])  # in flight, at the high mark
+        self.feed(rid, data[2 * self.PIECE : 3 * self.PIECE])  # queued: pauses
+        self.assertTrue(self.client.reading_paused)
+        self.feed(rid, data[3 * self.PIECE :])  # read, but held while paused
+        self.assertEqual(self.flow.pending, 3 * self.PIECE)
+        self.disk_full()
+        self.assertTrue(self.threads.step())  # the write fails
+        self.assertEqual(self.threads.queue, [])
+        self.assertEqual(r.received, len(data))  # the held piece was delivered, and dropped
+        self.client.dataReceived(frames.frame(frames.FILE_END, rid, b"\x00" * 32))
+        self.successResultOf(d)
+        self.assert_resumed()
+        committed = Deferred.fromCoroutine(r.commit(FileHeader(len(data), len(data), MTIME,
+                                                               0o600), b"\x00" * 32))
+        self.assertIn("no space left on device",
+                      str(self.failureResultOf(committed, StoreError).value))
+        discarded = Deferred.fromCoroutine(r.discard())
+        self.threads.run_all()
+        self.successResultOf(discarded)
+        self.assertEqual(self.temporaries(), [])

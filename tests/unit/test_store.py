@@ -6,11 +6,17 @@ import errno
 import hashlib
 import os
 import stat
+import tempfile
 
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
+from mirror.mirror_server import service as mirror_service, store
+from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import MirrorStore, StoreError, sweep_temporaries
+from mirror.threads import InlineThreads
 from mirror.wire.frames import FileHeader
 
 MTIME = 1_500_000_000_987_654_321
@@ -420,4 +426,170 @@ class Sweep(SynchronousTestCase):
         self.assertEqual(sweep_temporaries(base), 0)
 
 
+def _touch(name: str, dir_fd: int) -> None:
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=dir_fd))
 
+
+class SweepStaysInside(SynchronousTestCase):
+    """The sweep climbs back up with ``..``: a directory moved out of the mirror while the
+    sweep is inside it must not lead it outside (issue 7, item 4)."""
+
+    def setUp(self) -> None:
+        self.base = os.path.abspath(self.mktemp())
+        self.mirror = os.path.join(self.base, "mirror")
+        self.outside = os.path.join(self.base, "outside")
+        temp = paths.TEMP_PREFIX
+        for d in ("h/a/b", "h/z"):
+            os.makedirs(os.path.join(self.mirror, d))
+        os.makedirs(os.path.join(self.outside, "z"))
+        self.inner = os.path.join(self.mirror, "h", "a", "b", temp + "1")
+        self.later = os.path.join(self.mirror, "h", "z", temp + "2")
+        # Not the mirror's: named like what the sweep has still to visit after leaving b.
+        self.victims = [os.path.join(self.outside, "z", temp + "victim"),
+                        os.path.join(self.outside, temp + "victim")]
+        for p in [self.inner, self.later] + self.victims:
+            with open(p, "w") as f:
+                f.write("x")
+
+    def sweep_moving(self, moved: str, to: str, when_in: str) -> None:
+        """Patch the sweep so that, once it has swept ``when_in``, ``moved`` is renamed to
+        ``to``; directories are visited in name order."""
+        real = store._sweep_dir
+        target = os.stat(when_in)
+
+        def sweep_dir(fd: int) -> tuple[int, list[str]]:
+            n, subdirs = real(fd)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                os.rename(moved, to)
+            return n, sorted(subdirs, reverse=True)  # popped from the end: a before z
+
+        self.patch(store, "_sweep_dir", sweep_dir)
+
+    def sweep(self) -> Exception | None:
+        """Sweep the mirror; what it raised, if anything."""
+        try:
+            sweep_temporaries(self.mirror)
+        except store.SweepStopped as e:
+            return e
+        return None
+
+    def test_directory_moved_out_while_inside(self) -> None:
+        self.sweep_moving(os.path.join(self.mirror, "h", "a"),
+                          os.path.join(self.outside, "a"),
+                          when_in=os.path.join(self.mirror, "h", "a", "b"))
+        stopped = self.sweep()
+        for p in self.victims:
+            self.assertTrue(os.path.exists(p), p)
+        self.assertIsInstance(stopped, store.SweepStopped)
+        self.assertEqual(stopped.removed, 1)
+        self.assertIn("moved", str(stopped))
+        self.assertFalse(os.path.exists(os.path.join(self.outside, "a", "b",
+                                                     paths.TEMP_PREFIX + "1")))
+        # Stopped: the rest of the mirror waits for the next start.
+        self.assertTrue(os.path.exists(self.later))
+        self.assertEqual(sweep_temporaries(self.mirror), 1)
+        self.assertFalse(os.path.exists(self.later))
+
+    def test_directory_moved_within_the_mirror(self) -> None:
+        # Moved inside the mirror, ``..`` is not where the sweep came from either: it stops
+        # rather than guess.
+        self.sweep_moving(os.path.join(self.mirror, "h", "a", "b"),
+                          os.path.join(self.mirror, "b"),
+                          when_in=os.path.join(self.mirror, "h", "a", "b"))
+        stopped = self.sweep()
+        for p in self.victims:
+            self.assertTrue(os.path.exists(p), p)
+        self.assertIsInstance(stopped, store.SweepStopped)
+
+    def test_the_service_logs_the_stop_and_starts_its_workers(self) -> None:
+        def stopped(base_dir: str) -> int:
+            raise store.SweepStopped("sweeping temporary files in x stopped: moved", 3)
+
+        self.patch(mirror_service, "sweep_temporaries", stopped)
+        service = MirrorService(self.mirror, MirrorSettings(workers=1),
+                                reactor=MemoryReactorClock(), threads=InlineThreads())
+        with capturedLogs() as events:
+            service.startService()
+        self.addCleanup(service.stopService)
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual([formatEvent(e) for e in errors],
+                         ["sweeping temporary files in x stopped: moved"])
+        self.assertNotIn("log_failure", errors[0])  # an operator's message, no traceback
+        self.assertEqual(len(service._workers), 1)
+
+
+class SweepDepth(SynchronousTestCase):
+    DEPTH = 2000  # a legal wire path is up to 2,048 directories deep
+
+    def test_deep_tree_swept_with_few_descriptors(self) -> None:
+        # On tmpfs when there is one: thousands of mkdir and rmdir cost seconds on a disk.
+        if os.access("/dev/shm", os.W_OK):
+            base = tempfile.mkdtemp(prefix="mirror-sweep-", dir="/dev/shm")
+        else:
+            base = os.path.abspath(self.mktemp())
+            os.makedirs(base)
+        self.addCleanup(os.rmdir, base)
+        temp = paths.TEMP_PREFIX
+        # Built and removed with relative steps: the full path is longer than PATH_MAX.
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(self.remove_chain, base)
+        for level in range(1, self.DEPTH + 1):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            if level % 500 == 0:
+                _touch(temp + str(level), fd)
+        _touch("keep", fd)
+        os.close(fd)
+        real = store._sweep_dir
+        open_fds = []
+
+        def sweep_dir(fd: int) -> tuple[int, list[str]]:
+            open_fds.append(len(os.listdir("/proc/self/fd")))
+            return real(fd)
+
+        self.patch(store, "_sweep_dir", sweep_dir)
+        baseline = len(os.listdir("/proc/self/fd"))
+        self.assertEqual(sweep_temporaries(base), self.DEPTH // 500)
+        self.assertEqual(len(open_fds), self.DEPTH + 1)  # every level was swept
+        self.assertLessEqual(max(open_fds), baseline + 2)  # one directory open at a time
+        self.assertEqual(len(os.listdir("/proc/self/fd")), baseline)
+        self.assertEqual(self.leaves(base), ["keep"])
+
+    def leaves(self, base: str) -> list[str]:
+        """The files at every level of the chain under ``base``."""
+        files = []
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            while True:
+                files += [n for n in os.listdir(fd) if n != "d"]
+                try:
+                    nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                except FileNotFoundError:
+                    return files
+                os.close(fd)
+                fd = nfd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def remove_chain(base: str) -> None:
+        """Remove the chain of ``d`` directories under ``base`` without recursion
+        (shutil.rmtree recurses once per level)."""
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        levels = 0
+        while "d" in os.listdir(fd):
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            levels += 1
+        for _ in range(levels):
+            for name in os.listdir(fd):
+                os.unlink(name, dir_fd=fd)
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir("d", dir_fd=fd)
+        os.close(fd)
