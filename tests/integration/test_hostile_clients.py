@@ -160,7 +160,7 @@ class ServerSide:
     def __init__(self, factory: Any) -> None:
         self.protos: list[Any] = []
         self.closed_at: dict[int, float] = {}
-        build, closed = factory.buildProtocol, factory.connection_closed
+        build, closed = factory.buildProtocol, factory.unregisterProtocol
 
         def keep(addr: Any) -> Any:
             proto = build(addr)
@@ -173,7 +173,7 @@ class ServerSide:
             closed(proto)
 
         factory.buildProtocol = keep
-        factory.connection_closed = note
+        factory.unregisterProtocol = note
 
     def ended(self, index: int) -> float | None:
         return self.closed_at.get(id(self.protos[index])) if index < len(self.protos) else None
