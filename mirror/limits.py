@@ -67,6 +67,10 @@ class ConnectionLimiter:
         """How many connections ``host`` holds."""
         return len(self._peers.get(host, ()))
 
+    def connections(self, host: str) -> list[LimitedConnection]:
+        """The connections ``host`` holds, oldest first."""
+        return list(self._peers.get(host, ()))
+
     def make_room(self, host: str) -> LimitedConnection | None:
         """Check there is room for one more connection from ``host``.
 
