@@ -133,6 +133,7 @@ class _Refusal(Protocol):
         self.message = message
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(self.message)
         self.transport.loseConnection()
 
@@ -154,7 +155,7 @@ class LimitedFactory(Factory[Protocol]):
         """What a connection beyond the caps is sent before it is closed."""
         raise NotImplementedError
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         host = peer_host(addr)
         try:
             victim = self.limiter.make_room(host)
