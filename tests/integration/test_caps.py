@@ -23,7 +23,6 @@ from tests.integration.test_hostile_clients import (  # noqa: F401 (fixtures)
     connect_raw,
     good_fetch,
     no_logged_failures,
-    tree,
     wait_until,
 )
 
@@ -145,6 +144,15 @@ def test_idle_control_connection_makes_room_for_mirror_init(tmp_path: Path, daem
 
 
 # -- content port ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """An export holding ok.txt, as `good_fetch` expects."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ok.txt").write_bytes(b"fine\n")
+    return root
 
 
 async def working(port: int, bind: str) -> RawClient:
