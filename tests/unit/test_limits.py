@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.limits import CapReached, ConnectionLimiter, LimitedConnection, LimitedFactory
@@ -196,3 +196,70 @@ class Factory(SynchronousTestCase):
             protocol = Protocol  # type: ignore[assignment]
 
         self.assertRaises(TypeError, Wrong(2, 2).buildProtocol, IPv4Address("TCP", "h", 1))
+
+
+class FakeJob:
+    def __init__(self) -> None:
+        self.id = "1"
+        self.ok = True
+
+
+class FakeService:
+    """What ControlFactory uses of a MirrorService: settings, reactor, submit."""
+
+    def __init__(self, **settings: int) -> None:
+        from mirror.mirror_server.service import MirrorSettings
+
+        self.settings = MirrorSettings(**settings)
+        self.reactor = MemoryReactorClock()
+        self.jobs: list[FakeJob] = []
+
+    def submit(self, sources: object, observer: object) -> FakeJob:
+        job = FakeJob()
+        self.jobs.append(job)
+        return job
+
+
+class ControlPortCaps(SynchronousTestCase):
+    """The caps on the mirror server's control port: a running job is never idle."""
+
+    def setUp(self) -> None:
+        from mirror.mirror_server.control import ControlFactory
+
+        self.factory = ControlFactory(FakeService(max_connections=10, max_per_peer=1))
+
+    def connect(self) -> tuple[Protocol, StringTransport]:
+        addr = IPv4Address("TCP", "10.0.0.1", 1)
+        proto = self.factory.buildProtocol(addr)
+        assert proto is not None
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def refused(self, transport: StringTransport) -> str:
+        from mirror.wire import control
+
+        (line,) = transport.value().split(b"\r\n")[:-1]
+        event = control.parse_server_line(line)
+        assert isinstance(event, control.Refused), line
+        self.assertTrue(transport.disconnecting)
+        return event.message
+
+    def test_idle_connection_is_told_and_makes_room(self) -> None:
+        _, idle = self.connect()
+        proto, _ = self.connect()
+        self.assertIn("mirror server busy: idle connection closed", self.refused(idle))
+        self.assertEqual(self.factory.limiter.total, 1)
+
+    def test_running_job_is_never_taken(self) -> None:
+        running, transport = self.connect()
+        running.dataReceived(b"SOURCE 127.0.0.1 1 . 0\r\nGO\r\n")
+        self.assertIsNotNone(running.job)
+        _, newcomer = self.connect()
+        self.assertEqual(self.refused(newcomer),
+                         "mirror server busy: too many connections from 10.0.0.1")
+        self.assertFalse(transport.disconnecting)
+        # Once its job is done the connection is idle again, and may make room.
+        running.job_done(running.job)
+        self.connect()
+        self.assertEqual(self.factory.limiter.count("10.0.0.1"), 1)
