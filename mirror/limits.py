@@ -5,7 +5,6 @@ All limits are settings of the daemon that enforces them; none is negotiated wit
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -16,8 +15,42 @@ from twisted.logger import Logger
 CLOSE_GRACE = 5.0
 
 
+class LimitedConnection(Protocol):
+    """The per-connection side of `LimitedFactory`: what the caps need to know of a protocol.
+
+    Protocols of a `LimitedFactory` derive from this, say when they are idle (`is_idle`),
+    know how to leave when evicted (`evict`), and call ``factory.unregisterProtocol(self)``
+    from ``connectionLost``.
+    """
+
+    #: The key the connection is counted under (its peer's host), set by `LimitedFactory`.
+    peer_key: str = ""
+
+    def is_idle(self) -> bool:
+        """True if closing this connection now loses no work of its peer (nothing in flight).
+
+        Only idle connections may be evicted to make room for a new one.
+        """
+        return False
+
+    def evict(self, reason: str) -> None:
+        """Close this idle connection to make room for another, telling the peer ``reason``."""
+        raise NotImplementedError
+
+
+class CapReached(Exception):
+    """No room for a new connection; the message says which cap (for the refused peer)."""
+
+
 class ConnectionLimiter:
-    """Caps connections in total and per peer host.
+    """Caps connections in total and per peer host, evicting idle connections before refusing.
+
+    At the per-peer cap, the peer's own oldest idle connection makes room for its new one
+    (as nginx reuses idle keep-alive connections), so idle sockets cannot lock out a working
+    client behind the same address. At the total cap, room is taken from the peer holding the
+    most connections among those with an idle one, and only if it holds more than the new
+    connection's peer (or is that peer): a peer never loses a connection to one that already
+    holds as many, and a connection with work in flight is never evicted.
 
     Written here because ``policies.LimitConnectionsByPeer`` raises on every connection in
     Twisted 26.10 (twisted#12183).
@@ -27,20 +60,61 @@ class ConnectionLimiter:
         self.max_total = max_total
         self.max_per_peer = max_per_peer
         self.total = 0
-        self._per_peer: Counter[str] = Counter()
+        # Per host, its connections oldest first (dicts keep insertion order).
+        self._peers: dict[str, dict[LimitedConnection, None]] = {}
 
-    def admit(self, host: str) -> bool:
-        if self.total >= self.max_total or self._per_peer[host] >= self.max_per_peer:
-            return False
+    def count(self, host: str) -> int:
+        """How many connections ``host`` holds."""
+        return len(self._peers.get(host, ()))
+
+    def connections(self, host: str) -> list[LimitedConnection]:
+        """The connections ``host`` holds, oldest first."""
+        return list(self._peers.get(host, ()))
+
+    def make_room(self, host: str) -> LimitedConnection | None:
+        """Check there is room for one more connection from ``host``.
+
+        Returns None if there is, or the idle connection to evict first (the caller evicts
+        it and calls `remove`). Raises `CapReached` if neither.
+        """
+        if self.count(host) >= self.max_per_peer:
+            victim = self._oldest_idle(host)
+            if victim is None:
+                raise CapReached(f"too many connections from {host}")
+            return victim
+        if self.total >= self.max_total:
+            own = self.count(host)
+            candidates = sorted(
+                (peer for peer, conns in self._peers.items() if peer == host or len(conns) > own),
+                key=lambda peer: -len(self._peers[peer]),
+            )  # a stable sort: among peers holding as many, the one that connected first
+            for peer in candidates:
+                victim = self._oldest_idle(peer)
+                if victim is not None:
+                    return victim
+            raise CapReached(f"too many connections ({self.max_total} in total)")
+        return None
+
+    def _oldest_idle(self, host: str) -> LimitedConnection | None:
+        for conn in self._peers.get(host, ()):
+            if conn.is_idle():
+                return conn
+        return None
+
+    def add(self, conn: LimitedConnection) -> None:
+        """Count ``conn`` under its ``peer_key`` (after `make_room` found room)."""
+        self._peers.setdefault(conn.peer_key, {})[conn] = None
         self.total += 1
-        self._per_peer[host] += 1
-        return True
 
-    def release(self, host: str) -> None:
+    def remove(self, conn: LimitedConnection) -> None:
+        """Stop counting ``conn``; a connection not (or no longer) counted is ignored."""
+        conns = self._peers.get(conn.peer_key)
+        if conns is None or conn not in conns:
+            return
+        del conns[conn]
+        if not conns:
+            del self._peers[conn.peer_key]
         self.total -= 1
-        self._per_peer[host] -= 1
-        if self._per_peer[host] <= 0:
-            del self._per_peer[host]
 
 
 def peer_host(addr: object) -> str:
@@ -48,31 +122,63 @@ def peer_host(addr: object) -> str:
     return getattr(addr, "host", None) or "unix"
 
 
-class LimitedFactory(Factory):
-    """A server factory that refuses connections beyond ``limiter``'s caps.
+class _Refusal(Protocol):
+    """Sends one message saying why the connection is refused, then closes.
 
-    Subclasses set ``self.limiter`` and implement `make_protocol`; their protocols call
-    ``factory.connection_closed(self)`` from ``connectionLost``.
+    The message is small: it goes into the socket's buffer at once, so the close completes
+    even if the peer never reads.
+    """
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.message)
+        self.transport.loseConnection()
+
+
+class LimitedFactory(Factory[Protocol]):
+    """A server factory that keeps to ``limiter``'s caps (see `ConnectionLimiter`).
+
+    Subclasses set ``protocol`` to a `LimitedConnection` class (built the Twisted way, by
+    ``Factory.buildProtocol``), ``self.limiter``, ``server_name`` and `refusal`. A connection
+    beyond the caps is told why (`refusal`) and closed; its protocol is never built.
     """
 
     log = Logger()
     limiter: ConnectionLimiter
+    #: How the peer is told who is busy: "<server_name> busy: too many connections ...".
+    server_name = "server"
 
-    def make_protocol(self) -> Protocol:
+    def refusal(self, reason: str) -> bytes:
+        """What a connection beyond the caps is sent before it is closed."""
         raise NotImplementedError
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         host = peer_host(addr)
-        if not self.limiter.admit(host):
-            self.log.warn("refusing connection from {host}: connection limit reached",
-                          host=host)
-            return None  # Twisted closes the connection at once
-        proto = self.make_protocol()
+        try:
+            victim = self.limiter.make_room(host)
+        except CapReached as e:
+            reason = f"{self.server_name} busy: {e}"
+            self.log.warn("refusing connection from {host}: {reason}", host=host, reason=reason)
+            return _Refusal(self.refusal(reason))
+        if victim is not None:
+            self.log.info("closing an idle connection of {victim} to make room for {host}",
+                          victim=victim.peer_key, host=host)
+            self.limiter.remove(victim)
+            victim.evict(f"{self.server_name} busy: idle connection closed to make room "
+                         f"for another")
+        proto = super().buildProtocol(addr)
+        if not isinstance(proto, LimitedConnection):
+            raise TypeError(f"{type(self).__name__}.protocol must build a LimitedConnection")
         proto.peer_key = host
+        self.limiter.add(proto)
         return proto
 
-    def connection_closed(self, proto: Protocol) -> None:
-        self.limiter.release(proto.peer_key)
+    def unregisterProtocol(self, proto: LimitedConnection) -> None:
+        """``proto``'s connection is closed: its slot is free (called from connectionLost)."""
+        self.limiter.remove(proto)
 
 
 class Deadline:

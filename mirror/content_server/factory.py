@@ -6,8 +6,12 @@ import os
 from typing import Any
 
 from mirror.content_server.fetch import DigestCache
-from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
-from mirror.limits import ConnectionLimiter, LimitedFactory
+from mirror.content_server.protocol import (
+    ContentFactoryBase,
+    ContentServerProtocol,
+    ContentSettings,
+)
+from mirror.limits import ConnectionLimiter
 
 
 def open_root(path: str) -> int:
@@ -15,8 +19,10 @@ def open_root(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-class ContentServerFactory(LimitedFactory):
+class ContentServerFactory(ContentFactoryBase):
     """The exported root (an open descriptor), the disk threads, the settings."""
+
+    protocol = ContentServerProtocol
 
     def __init__(self, root_fd: int, threads: Any, settings: ContentSettings | None = None,
                  clock: Any = None) -> None:
@@ -28,6 +34,3 @@ class ContentServerFactory(LimitedFactory):
         self.settings = settings or ContentSettings()
         self.clock = clock
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
-
-    def make_protocol(self) -> ContentServerProtocol:
-        return ContentServerProtocol(self)

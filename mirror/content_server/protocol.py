@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import Any, Awaitable
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror import paths
-from mirror.content_server.fetch import FileChanged, RangeReader, open_range
+from mirror.content_server.fetch import DigestCache, FileChanged, RangeReader, open_range
 from mirror.content_server.listing import TreeWalker
-from mirror.limits import ClosingMixin, Deadline
+from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.wire import frames
-
-if TYPE_CHECKING:
-    from mirror.content_server.factory import ContentServerFactory
 
 
 #: Bytes the transport may buffer before it pauses the streams (see connectionMade).
@@ -55,6 +52,23 @@ class RequestError(Exception):
         self.code = code
 
 
+class ContentFactoryBase(LimitedFactory):
+    """What a connection needs from its content server: declared here, provided by
+    `mirror.content_server.factory.ContentServerFactory`, so that this module does not import
+    the factory's (which imports this one)."""
+
+    root_fd: int
+    threads: Any
+    digests: DigestCache
+    settings: ContentSettings
+    clock: IReactorTime
+    server_name = "content server"
+
+    def refusal(self, reason: str) -> bytes:
+        """A connection-level ERROR (request id 0, busy): the client's requests fail with it."""
+        return frames.frame(frames.ERROR, 0, frames.encode_error(frames.E_BUSY, reason))
+
+
 def _request_error(exc: BaseException, path: str) -> RequestError:
     """Map what reading the tree raised to what the client is told (never a traceback)."""
     where = path or "."
@@ -80,16 +94,14 @@ def _request_error(exc: BaseException, path: str) -> RequestError:
 
 
 @implementer(IPushProducer)
-class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
-    """One client connection of the content server."""
+class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixin):
+    """One client connection of the content server (built by its factory's ``protocol``)."""
 
     log = Logger()
     MAX_LENGTH = 8192  # requests only: a path is at most 4 KiB
+    factory: ContentFactoryBase
 
-    def __init__(self, factory: ContentServerFactory) -> None:
-        self.factory = factory
-        self.settings: ContentSettings = factory.settings
-        self.clock = factory.clock
+    def __init__(self) -> None:
         self._requests: dict[int, Deferred[None]] = {}
         #: Ids of the FETCHes among them: only those put the client on ``write_timeout``.
         self._fetches: set[int] = set()
@@ -97,6 +109,13 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
         self._lost = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        # The factory is set after construction (Factory.buildProtocol): read it here.
+        self.settings: ContentSettings = self.factory.settings
+        self.clock = self.factory.clock
         s = self.settings
         self._frame_deadline = Deadline(self.clock, s.frame_timeout,
                                         lambda: self.abort("request frame not completed in time"))
@@ -104,8 +123,16 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
                                        lambda: self.close("idle"))
         self._write_deadline = Deadline(self.clock, s.write_timeout,
                                         lambda: self.abort("client stopped reading"))
+        super().makeConnection(transport)
 
-    # -- connection ---------------------------------------------------------------------
+    def is_idle(self) -> bool:
+        """No request in flight: closing the connection loses the client nothing."""
+        return not self._requests
+
+    def evict(self, reason: str) -> None:
+        """Tell the client why (a connection-level ERROR), then close."""
+        self._send(self.factory.refusal(reason))
+        self.close(reason)
 
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
@@ -125,7 +152,7 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         self.cancel_close_timer()
         for d in list(self._waits):
             d.cancel()
-        self.factory.connection_closed(self)
+        self.factory.unregisterProtocol(self)
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)

@@ -75,9 +75,16 @@ def format_rate(bytes_per_second: float) -> str:
     return format_bytes(bytes_per_second) + "/s"
 
 
+#: Longest duration `format_clock` spells out; longer ones (an ETA at a crawl) are shown as
+#: more than this.
+MAX_CLOCK = 9999 * 3600 + 59 * 60 + 59
+
+
 def format_clock(seconds: float) -> str:
-    """A duration as ``m:ss`` or ``h:mm:ss``."""
-    total = int(round(seconds))
+    """A duration as ``m:ss`` or ``h:mm:ss``; beyond `MAX_CLOCK`, ``>9999:59:59``."""
+    if not seconds < MAX_CLOCK + 0.5:  # also nan and inf
+        return ">9999:59:59"
+    total = int(round(max(seconds, 0.0)))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
@@ -92,8 +99,13 @@ def format_seconds(seconds: float) -> str:
     return format_clock(seconds)
 
 
+#: Shortest time a throughput is computed over: a server reporting 1e-300 s must not make it
+#: infinite (which JSON cannot carry) or absurdly long to print.
+MIN_ELAPSED = 1e-6
+
+
 def _throughput(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds if seconds > 0 else 0.0
+    return nbytes / max(seconds, MIN_ELAPSED) if seconds > 0 else 0.0
 
 
 def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: float) -> dict:

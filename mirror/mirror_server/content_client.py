@@ -288,6 +288,9 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         if opcode not in frames.RESPONSE_OPCODES:
             self.frameError(f"unknown opcode {opcode:#x}")
             return
+        if request_id == 0 and opcode == frames.ERROR:
+            self._refused(payload)
+            return
         req = self.requests.get(request_id)
         if req is None:
             # Responses to a request we already failed (e.g. stalled) may still be coming;
@@ -303,6 +306,19 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
             req.frame(opcode, payload)
         except frames.ProtocolError as e:
             self.frameError(str(e))
+
+    def _refused(self, payload: bytes) -> None:
+        """A connection-level ERROR (doc/protocol.md): the server refuses or closes the whole
+        connection (e.g. too many connections); every request fails with its message."""
+        try:
+            _, message = frames.decode_error(payload)
+        except frames.ProtocolError as e:
+            self.frameError(str(e))
+            return
+        self.lost_reason = message or f"{self.name} closed the connection"
+        for request in list(self.requests.values()):
+            request.fail(f"{request.what}: {self.lost_reason}")
+        self.close()
 
     def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
         req = self.requests.get(request_id)

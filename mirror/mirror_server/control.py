@@ -16,7 +16,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mirror.limits import ClosingMixin, ConnectionLimiter, Deadline, LimitedFactory
+from mirror.limits import (
+    ClosingMixin,
+    ConnectionLimiter,
+    Deadline,
+    LimitedConnection,
+    LimitedFactory,
+)
 from mirror.wire import control
 
 if TYPE_CHECKING:
@@ -25,21 +31,38 @@ if TYPE_CHECKING:
 
 
 @implementer(IPushProducer)
-class ControlProtocol(LineReceiver, ClosingMixin):
+class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
+    """One mirror-init connection: its submission, then its job's events."""
+
     log = Logger()
     MAX_LENGTH = control.MAX_LINE
     delimiter = b"\n"
+    factory: ControlFactory
 
-    def __init__(self, factory: ControlFactory) -> None:
-        self.factory = factory
-        self.clock = factory.service.reactor
+    def __init__(self) -> None:
         self.sources: list[control.SourceRequest] = []
         self.job: Job | None = None
-        settings = factory.service.settings
+        self._job_over = False
+
+    def makeConnection(self, transport: Any) -> None:
+        # The factory is set after construction (Factory.buildProtocol): read it here.
+        self.clock = self.factory.service.reactor
+        settings = self.factory.service.settings
         self._submit_deadline = Deadline(self.clock, settings.submit_timeout,
                                          lambda: self.refuse("job not submitted in time"))
         self._write_deadline = Deadline(self.clock, settings.write_timeout,
                                         lambda: self.abort("client stopped reading"))
+        super().makeConnection(transport)
+
+    def is_idle(self) -> bool:
+        """Idle until GO and once the job is over; never while the job runs."""
+        return self.job is None or self._job_over
+
+    def evict(self, reason: str) -> None:
+        if self.job is None:
+            self.refuse(reason)
+        else:
+            self.abort(reason)  # DONE was sent: only the close is left
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
@@ -49,7 +72,7 @@ class ControlProtocol(LineReceiver, ClosingMixin):
         self._submit_deadline.stop()
         self._write_deadline.stop()
         self.cancel_close_timer()
-        self.factory.connection_closed(self)
+        self.factory.unregisterProtocol(self)
         self.transport = None  # the job may outlive us: its events go nowhere from now on
 
     def pauseProducing(self) -> None:
@@ -128,16 +151,23 @@ class ControlProtocol(LineReceiver, ClosingMixin):
                                       run.skipped, run.failed, run.elapsed))
 
     def job_done(self, job: Job) -> None:
+        self._job_over = True
         self._send(control.Done(job.ok))
         if self.transport is not None:
             self.close()
 
 
 class ControlFactory(LimitedFactory):
+    """The control port of ``service``, within its connection caps."""
+
+    protocol = ControlProtocol
+    server_name = "mirror server"
+
     def __init__(self, service: MirrorService) -> None:
         self.service = service
         s = service.settings
         self.limiter = ConnectionLimiter(s.max_connections, s.max_per_peer)
 
-    def make_protocol(self) -> ControlProtocol:
-        return ControlProtocol(self)
+    def refusal(self, reason: str) -> bytes:
+        """A REFUSED line: mirror-init prints the reason and exits 1."""
+        return control.encode_event(control.Refused(reason)) + b"\r\n"

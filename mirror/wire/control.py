@@ -17,6 +17,10 @@ Encoding choices the protocol text leaves open, fixed here for both sides:
   ``%XX``; the decoded bytes must be valid UTF-8;
 - numbers are ASCII digits only (no sign, space, ``_`` or other Unicode digits), at most
   `MAX_DIGITS` of them; seconds are ``DIGITS[.DIGITS]``, never an exponent, nan or inf;
+- every number is also held to a range that makes sense for it, whichever side sends it:
+  counts and byte figures to `MAX_COUNT`, a sum of squares to ``MAX_COUNT**2`` (and to what
+  its count and sum allow), elapsed times to `MAX_ELAPSED`, delays to `MAX_DELAY`. A server
+  cannot make mirror-init print a number hundreds of digits long;
 - the encoders never produce a line longer than ``MAX_LINE - 2`` bytes (room for ``\\r\\n``):
   an over-long message, or the path of an ERROR about a name too long to be valid, is
   shortened and ends with ``…``. Paths and numbers are validated, so a line that could not
@@ -42,6 +46,11 @@ MAX_SOURCES = 64
 MAX_DELAY = 86400.0
 #: Most digits in an integer field: sums of squares of 64-bit totals need 39.
 MAX_DIGITS = 64
+#: Largest count or byte figure (files, dirs, bytes, ... in PROGRESS and SOURCE-DONE): what an
+#: unsigned 64-bit integer holds, as the content protocol's sizes.
+MAX_COUNT = 2**64 - 1
+#: Largest elapsed time in SOURCE-DONE, in seconds (about 31 years).
+MAX_ELAPSED = 1e9
 #: Longest host name or address (DNS names are at most 253 bytes).
 MAX_HOST_BYTES = 255
 #: Longest job identifier.
@@ -182,22 +191,30 @@ def _unquote(raw: bytes, what: str) -> str:
         raise ControlError(f"{what} is not valid UTF-8 once decoded: {_show(raw)}") from None
 
 
-def _encode_int(value: int, what: str) -> str:
+def _encode_int(value: int, what: str, maximum: int = MAX_COUNT) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ControlError(f"{what} must be an integer, not {value!r}")
     if value < 0:
         raise ControlError(f"{what} must not be negative: {value}")
-    text = str(value)
-    if len(text) > MAX_DIGITS:
-        raise ControlError(f"{what} has more than {MAX_DIGITS} digits")
-    return text
+    if value > maximum:
+        raise ControlError(f"{what} out of range (at most {maximum}): {_show_int(value)}")
+    return str(value)
 
 
-def _parse_int(raw: bytes, what: str) -> int:
+def _parse_int(raw: bytes, what: str, maximum: int = MAX_COUNT) -> int:
     # fullmatch on bytes: int() alone would take '+1', ' 1', '1_000' and '١'.
     if len(raw) > MAX_DIGITS or not _DIGITS.fullmatch(raw):
         raise ControlError(f"{what} is not a decimal number: {_show(raw)}")
-    return int(raw)
+    value = int(raw)
+    if value > maximum:
+        raise ControlError(f"{what} out of range (at most {maximum}): {_show(raw)}")
+    return value
+
+
+def _show_int(value: int) -> str:
+    """An integer for an error message, shortened if long."""
+    text = str(value) if value.bit_length() < 1000 else "a huge number"
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _check_seconds(value: float, what: str, maximum: float | None = None) -> float:
@@ -213,14 +230,14 @@ def _check_seconds(value: float, what: str, maximum: float | None = None) -> flo
     return value + 0.0  # turns -0.0 into 0.0
 
 
-def _encode_seconds(value: float, what: str, maximum: float | None = None) -> str:
+def _encode_seconds(value: float, what: str, maximum: float) -> str:
     value = _check_seconds(value, what, maximum)
     # repr() is the shortest text that reads back as the same float, but it may use an
     # exponent (1e-05), which the wire does not allow: re-spell it in fixed notation.
     return format(Decimal(repr(value)), "f")
 
 
-def _parse_seconds(raw: bytes, what: str, maximum: float | None = None) -> float:
+def _parse_seconds(raw: bytes, what: str, maximum: float) -> float:
     if len(raw) > 400 or not _SECONDS.fullmatch(raw):
         raise ControlError(f"{what} is not a decimal number of seconds: {_show(raw)}")
     return _check_seconds(float(raw), what, maximum)
@@ -463,10 +480,10 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.files, "files"),
             _encode_int(ev.dirs, "dirs"),
             _encode_int(ev.bytes, "bytes"),
-            _encode_int(ev.sum_sq, "sum of squares"),
+            _encode_int(ev.sum_sq, "sum of squares", MAX_COUNT**2),
             _encode_int(ev.skipped, "skipped"),
             _encode_int(ev.failed, "failed"),
-            _encode_seconds(ev.elapsed, "elapsed"),
+            _encode_seconds(ev.elapsed, "elapsed", MAX_ELAPSED),
         )
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
@@ -511,10 +528,10 @@ def parse_server_line(line: bytes) -> ServerEvent:
             files=_parse_int(args[2], "files"),
             dirs=_parse_int(args[3], "dirs"),
             bytes=_parse_int(args[4], "bytes"),
-            sum_sq=_parse_int(args[5], "sum of squares"),
+            sum_sq=_parse_int(args[5], "sum of squares", MAX_COUNT**2),
             skipped=_parse_int(args[6], "skipped"),
             failed=_parse_int(args[7], "failed"),
-            elapsed=_parse_seconds(args[8], "elapsed"),
+            elapsed=_parse_seconds(args[8], "elapsed", MAX_ELAPSED),
         )
         check_size_sums(done.files, done.bytes, done.sum_sq)
         return done
@@ -528,7 +545,9 @@ def parse_server_line(line: bytes) -> ServerEvent:
 
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_DELAY",
+    "MAX_ELAPSED",
     "MAX_LINE",
     "MAX_SOURCES",
     "ClientMessage",

@@ -414,6 +414,35 @@ class ConnectionLost(ClientTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class ConnectionRefused(ClientTestCase):
+    """A connection-level ERROR (request id 0): the server refuses the whole connection."""
+
+    BUSY = "content server busy: too many connections from 127.0.0.1"
+
+    def test_every_request_fails_with_the_servers_reason(self) -> None:
+        d1, _, _ = self.fetch("a/b")
+        d2, _, _ = self.list("c")
+        self.feed(error_frame(0, frames.E_BUSY, self.BUSY))
+        self.assertEqual(self.failure_message(d1), f"a/b: {self.BUSY}")
+        self.assertEqual(self.failure_message(d2), f"LIST c: {self.BUSY}")
+        self.assertTrue(self.transport.disconnecting)
+        # Requests made before the close completes fail with the same reason.
+        self.assertIn(self.BUSY, self.failure_message(self.client.fetch("x", RecordingSink())))
+        self.client.connectionLost()
+        self.assertIn(self.BUSY, self.failure_message(self.client.fetch("y", RecordingSink())))
+
+    def test_malformed_connection_error_is_a_protocol_error(self) -> None:
+        d, _, _ = self.fetch("a/b")
+        self.feed(frames.frame(frames.ERROR, 0, b"\x00"))
+        self.assertIn("protocol error", self.failure_message(d))
+        self.assertTrue(self.aborted)
+
+    def test_other_frames_for_id_0_are_still_protocol_errors(self) -> None:
+        d, _, _ = self.fetch("a/b")
+        self.feed(frames.frame(frames.LIST_END, 0, frames.encode_list_end(0, 0)))
+        self.assertIn("unknown request 0", self.failure_message(d))
+
+
 class Stalls(ClientTestCase):
     def test_no_answer_at_all(self) -> None:
         d, _, _ = self.fetch("f")

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mirror.content_server.fetch import CHUNK_SIZE
 from mirror.limits import CLOSE_GRACE
 from mirror.wire import frames
+from mirror.content_server.protocol import ContentServerProtocol
 from tests.unit.helpers import FrameLog, ServerRig, StepThreads, connect_server, \
     fetch_result, list_result, make_factory, must_not_block, parse_frames
 
@@ -691,6 +692,8 @@ class Timeouts(ServerTestCase):
 
 
 class ConnectionLimits(SynchronousTestCase):
+    """The caps as the content server applies them (the policy itself: test_limits.py)."""
+
     def setUp(self) -> None:
         self.root, _, _ = make_tree(self.mktemp())
 
@@ -699,21 +702,78 @@ class ConnectionLimits(SynchronousTestCase):
         self.addCleanup(os.close, factory.root_fd)
         return factory
 
-    def test_total(self) -> None:
-        factory = self.factory(max_connections=2, max_per_peer=10)
-        rigs = [connect_server(factory, IPv4Address("TCP", f"10.0.0.{i}", 1)) for i in (1, 2)]
-        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.3", 1)))
-        rigs[0].proto.connectionLost()
-        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.3", 1)))
+    def busy(self, factory, host: str, port: int = 1) -> ServerRig:
+        """A connection from ``host`` with a request in flight (a delayed FETCH)."""
+        rig = connect_server(factory, IPv4Address("TCP", host, port))
+        rig.fetch(1, "a.txt", delay_ms=30_000)
+        self.assertFalse(rig.proto.is_idle())
+        return rig
 
-    def test_per_peer(self) -> None:
+    def refusal(self, factory, host: str) -> tuple[int, str]:
+        """Connect from ``host`` expecting a refusal: the one frame it gets, decoded."""
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 9))
+        self.assertNotIsInstance(proto, ContentServerProtocol)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        (opcode, request_id, payload), = parse_frames(transport.value())
+        self.assertEqual((opcode, request_id), (frames.ERROR, 0))
+        return frames.decode_error(payload)
+
+    def test_per_peer_cap_refuses_with_the_reason(self) -> None:
         factory = self.factory(max_connections=10, max_per_peer=2)
-        a = IPv4Address("TCP", "10.0.0.1", 1)
-        rigs = [connect_server(factory, IPv4Address("TCP", "10.0.0.1", port)) for port in (1, 2)]
-        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 3)))
-        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)))
-        rigs[1].proto.connectionLost()
-        self.assertIsNotNone(factory.buildProtocol(a))
+        self.busy(factory, "10.0.0.1", 1)
+        rig = self.busy(factory, "10.0.0.1", 2)
+        self.assertEqual(self.refusal(factory, "10.0.0.1"),
+                         (frames.E_BUSY, "content server busy: too many connections from "
+                                         "10.0.0.1"))
+        self.assertEqual(factory.limiter.total, 2)
+        # Another address is served meanwhile; a slot freed is a slot for the next client.
+        connect_server(factory, IPv4Address("TCP", "10.0.0.2", 1))
+        rig.proto.connectionLost()
+        connect_server(factory, IPv4Address("TCP", "10.0.0.1", 3))
+
+    def test_idle_connection_of_the_same_peer_makes_room(self) -> None:
+        factory = self.factory(max_connections=10, max_per_peer=2)
+        idle = connect_server(factory, IPv4Address("TCP", "10.0.0.1", 1))
+        working = self.busy(factory, "10.0.0.1", 2)
+        new = connect_server(factory, IPv4Address("TCP", "10.0.0.1", 3))
+        # The idle one was told why and closed; the working one goes on.
+        (opcode, request_id, payload), = parse_frames(idle.transport.value())
+        self.assertEqual((opcode, request_id), (frames.ERROR, 0))
+        code, message = frames.decode_error(payload)
+        self.assertEqual(code, frames.E_BUSY)
+        self.assertIn("idle connection closed", message)
+        self.assertTrue(idle.closing)
+        self.assertFalse(working.closing or working.aborted or new.closing)
+        self.assertEqual(factory.limiter.total, 2)
+        # Its close, when it completes, frees nothing twice.
+        idle.proto.connectionLost()
+        self.assertEqual(factory.limiter.total, 2)
+        # The next one takes the slot of the now idle newest, never the working one.
+        connect_server(factory, IPv4Address("TCP", "10.0.0.1", 4))
+        self.assertTrue(new.closing)
+        self.assertFalse(working.closing or working.aborted)
+
+    def test_total_cap_never_takes_another_peers_working_connection(self) -> None:
+        factory = self.factory(max_connections=2, max_per_peer=10)
+        rigs = [self.busy(factory, f"10.0.0.{i}") for i in (1, 2)]
+        self.assertEqual(self.refusal(factory, "10.0.0.3"),
+                         (frames.E_BUSY, "content server busy: too many connections "
+                                         "(2 in total)"))
+        self.assertFalse(any(r.closing or r.aborted for r in rigs))
+        rigs[0].proto.connectionLost()
+        connect_server(factory, IPv4Address("TCP", "10.0.0.3", 1))
+
+    def test_total_cap_takes_an_idle_connection_of_the_biggest_peer(self) -> None:
+        factory = self.factory(max_connections=4, max_per_peer=10)
+        small = connect_server(factory, IPv4Address("TCP", "10.0.0.1", 1))
+        big = [connect_server(factory, IPv4Address("TCP", "10.0.0.2", p)) for p in (1, 2)]
+        working = self.busy(factory, "10.0.0.2", 3)
+        connect_server(factory, IPv4Address("TCP", "10.0.0.3", 1))
+        self.assertTrue(big[0].closing)
+        self.assertFalse(small.closing or big[1].closing or working.closing)
+        self.assertEqual(factory.limiter.count("10.0.0.2"), 2)
 
     def test_released_once_per_connection(self) -> None:
         factory = self.factory(max_connections=1, max_per_peer=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.wire.control import (
+    MAX_COUNT,
+    MAX_ELAPSED,
     MAX_LINE,
     ControlError,
     Done,
@@ -192,6 +194,43 @@ class ServerLineTests(SynchronousTestCase):
         for line in bad:
             with self.assertRaises(ControlError, msg=repr(line)):
                 parse_server_line(line)
+
+    def test_numbers_out_of_range_are_refused(self) -> None:
+        """A hostile server's absurd figures never reach the display (issue 7)."""
+        huge = str(MAX_COUNT + 1).encode()
+        bad = [
+            # Elapsed times hundreds of digits long, or just past the limit.
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300,
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 200 + b".5",
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 1000000000.001",
+            # Counts and byte figures beyond 64 bits.
+            b"PROGRESS " + huge + b" 0 0 0 1",
+            b"PROGRESS 0 " + huge + b" 0 0 1",
+            b"PROGRESS 0 0 " + huge + b" 0 1",
+            b"PROGRESS 0 0 0 " + huge + b" 1",
+            b"SOURCE-DONE 0 ok 0 " + huge + b" 0 0 0 0 1",
+            b"SOURCE-DONE 0 ok 1 0 " + huge + b" " + str((MAX_COUNT + 1) ** 2).encode()
+            + b" 0 0 1",
+            b"SOURCE-DONE 0 ok 0 0 0 0 " + huge + b" 0 1",
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 " + huge + b" 1",
+        ]
+        for line in bad:
+            with self.assertRaises(ControlError, msg=line[:60]) as caught:
+                parse_server_line(line)
+            self.assertLess(len(str(caught.exception)), 200)
+
+    def test_numbers_at_their_limits_are_taken(self) -> None:
+        m = MAX_COUNT
+        self.assertEqual(parse_server_line(encode_event(Progress(m, m, m, m, True))),
+                         Progress(m, m, m, m, True))
+        ev = SourceDone(0, True, 1, m, m, m * m, m, m, MAX_ELAPSED)
+        self.assertEqual(parse_server_line(encode_event(ev)), ev)
+
+    def test_encode_refuses_numbers_out_of_range(self) -> None:
+        for ev in (Progress(MAX_COUNT + 1, 0, 0, 0, True),
+                   SourceDone(0, True, 0, 0, 0, 0, 0, 0, MAX_ELAPSED * 2),
+                   SourceDone(0, True, 0, 0, 0, 0, 0, MAX_COUNT + 1, 1.0)):
+            self.assertRaises(ControlError, encode_event, ev)
 
     def test_lines_fit_even_with_huge_fields(self) -> None:
         long_path = "\u00e9" * 40000  # a hostile name far over any limit

@@ -13,6 +13,7 @@ from mirror.initiator.spec import SpecError, parse_specs
 from mirror.paths import MAX_COMPONENT_BYTES, TEMP_PREFIX
 from mirror.stats import SizeStats
 from mirror.wire.control import (
+    MAX_COUNT,
     MAX_DELAY,
     MAX_LINE,
     MAX_SOURCES,
@@ -33,7 +34,7 @@ from mirror.wire.control import (
 # No wall-clock deadline: the tests assert behaviour, never timings.
 fuzz = settings(deadline=None, max_examples=200)
 
-counts = st.integers(min_value=0, max_value=2**64)
+counts = st.integers(min_value=0, max_value=MAX_COUNT)
 seconds = st.floats(min_value=0, max_value=10**7, allow_nan=False, allow_infinity=False)
 
 # Cc covers U+0000-U+001F and U+007F-U+009F, the control characters mirror.paths refuses.
@@ -64,7 +65,7 @@ sources = st.builds(
 
 @st.composite
 def source_dones(draw: st.DrawFn) -> SourceDone:
-    sizes = draw(st.lists(st.integers(min_value=0, max_value=2**63), max_size=20))
+    sizes = draw(st.lists(st.integers(min_value=0, max_value=MAX_COUNT // 20), max_size=20))
     stats = SizeStats()
     for size in sizes:
         stats.add(size)

@@ -112,6 +112,16 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertEqual(seen, [JobAccepted("7"), Progress(1, 2, 3, 4, False), Done(False)])
         self.assertFalse(self.successResultOf(proto.done).ok)
 
+    def test_absurd_numbers_from_the_server_are_a_protocol_violation(self) -> None:
+        """An elapsed time hundreds of digits long is refused, never printed (issue 7)."""
+        proto, transport, seen = connected()
+        proto.dataReceived(b"JOB 7\r\nSOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300 + b"\r\n")
+        error = self.failureResultOf(proto.done, ProtocolViolation).value
+        self.assertIn("elapsed", str(error))
+        self.assertLess(len(str(error)), 300)
+        self.assertEqual(seen, [JobAccepted("7")])
+        self.assertTrue(transport.disconnected)
+
     def test_source_failure_makes_result_not_ok(self) -> None:
         proto, _, _ = connected()
         proto.dataReceived(
@@ -346,6 +356,15 @@ class ProgressTests(SynchronousTestCase):
         self.assertIn("ETA 0:03", last)
         self.assertNotIn("\n", text)
 
+    def test_eta_at_a_crawl_is_bounded(self) -> None:
+        display, out, clock = self.make(tty=False)
+        display(Progress(0, 0, 1, 2**64 - 1, True))
+        clock.advance(3600)
+        display(Progress(0, 1, 1, 2**64 - 1, True))
+        last = out.getvalue().splitlines()[-1]
+        self.assertIn("ETA >9999:59:59", last)
+        self.assertLess(len(last), 120)
+
     def test_tty_throttled_then_caught_up(self) -> None:
         display, out, clock = self.make(tty=True)
         display(Progress(0, 0, 100, 100, True))
@@ -463,6 +482,25 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual((totals["files"], totals["bytes"], totals["elapsed"]), (3, 60, 4.0))
         self.assertEqual(totals["throughput"], 15.0)
         self.assertEqual(totals["errors"], 2)
+
+    def test_figures_stay_printable_at_the_protocols_limits(self) -> None:
+        """The largest figures a server may send, over the shortest time it may report: the
+        JSON stays valid (no infinity) and no cell of the table runs away."""
+        m = 2**64 - 1
+        result = JobResult(sources=SOURCES, job_id="7", done_ok=True)
+        result.source_done[0] = SourceDone(0, True, 1, m, m, m * m, m, m, 1e-300)
+        result.source_done[1] = SourceDone(1, True, 0, 0, 0, 0, 0, 0, 1e9)
+        report = build_report(SOURCES, result, elapsed=0.0)
+        self.assertEqual(json.loads(format_json(report))["sources"][0]["bytes"], m)
+        for line in format_text(report).splitlines():
+            for cell in line.split():
+                self.assertLessEqual(len(cell), 24, line)
+
+    def test_clock_is_bounded(self) -> None:
+        self.assertEqual(format_clock(3723), "1:02:03")
+        self.assertEqual(format_clock(9999 * 3600 + 3599), "9999:59:59")
+        for seconds in (9999 * 3600 + 3600, 1e300, float("inf"), float("nan")):
+            self.assertEqual(format_clock(seconds), ">9999:59:59")
 
     def test_totals_merge_sources_exactly(self) -> None:
         result = JobResult(sources=SOURCES, done_ok=True)
