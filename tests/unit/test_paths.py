@@ -340,3 +340,48 @@ class DirectoryDescriptors(SynchronousTestCase):
         with self.assertRaises(UnsafePath):
             open_regular_file(root_fd, ("fifo",))
         self.assertNotIn("fifo", opened)
+
+
+class LimitsCountBytes(SynchronousTestCase):
+    """The 255-byte component and 4096-byte path limits count UTF-8 bytes, not characters.
+
+    Multi-byte names sit exactly on each limit: a limit counted in characters would accept
+    every refused name here.
+    """
+
+    def test_component_of_255_bytes_accepted(self) -> None:
+        for name in ("é" * 127 + "a", "日" * 85, "😀" * 63 + "abc"):
+            self.assertEqual(len(name.encode()), 255)
+            self.assertEqual(parse_wire_path(name), (name,))
+            self.assertEqual(parse_wire_path(name.encode()), (name,))
+            self.assertEqual(parse_wire_path("d/" + name), ("d", name))
+
+    def test_component_of_256_bytes_refused(self) -> None:
+        for name in ("é" * 128, "日" * 85 + "a", "😀" * 64):
+            self.assertEqual(len(name.encode()), 256)
+            self.assertLess(len(name), 255)
+            for raw in (name, name.encode(), "d/" + name + "/e"):
+                with self.assertRaises(UnsafePath) as cm:
+                    parse_wire_path(raw)
+                self.assertEqual(str(cm.exception), "path component longer than 255 bytes")
+
+    @staticmethod
+    def long_path(extra: str) -> str:
+        # 17 components (15 of 255 bytes in 3-byte characters, then 150 + 105 bytes) and 16
+        # slashes: 4096 bytes in 1,370 characters; ``extra`` is appended to the last one.
+        return "/".join(["日" * 85] * 15 + ["日" * 50, "é" * 52 + "a" + extra])
+
+    def test_path_of_4096_bytes_accepted(self) -> None:
+        name = self.long_path("")
+        self.assertEqual(len(name.encode()), 4096)
+        self.assertEqual(len(parse_wire_path(name)), 17)
+        self.assertEqual(len(parse_wire_path(name.encode())), 17)
+
+    def test_path_of_4097_bytes_refused(self) -> None:
+        for name in (self.long_path("a"), self.long_path("")[:-1] + "é"):
+            self.assertEqual(len(name.encode()), 4097)
+            self.assertLess(len(name), 4096)
+            for raw in (name, name.encode()):
+                with self.assertRaises(UnsafePath) as cm:
+                    parse_wire_path(raw)
+                self.assertEqual(str(cm.exception), "name longer than 4096 bytes")
