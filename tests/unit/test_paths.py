@@ -385,3 +385,123 @@ class LimitsCountBytes(SynchronousTestCase):
                 with self.assertRaises(UnsafePath) as cm:
                     parse_wire_path(raw)
                 self.assertEqual(str(cm.exception), "name longer than 4096 bytes")
+
+
+class RaceLayers(SynchronousTestCase):
+    """Each guard of `open_regular_file` alone, with the others unable to catch the case.
+
+    The guards: an lstat before opening (no open of a link or special file at all), then
+    ``O_NOFOLLOW | O_NONBLOCK`` on the open, then an fstat of what was opened. The later ones
+    exist for a name swapped after the lstat: here the swap is made from inside ``os.stat``,
+    right after the real lstat saw a regular file, so only the later guards can notice.
+    """
+
+    def setUp(self) -> None:
+        base = self.mktemp()
+        self.root = os.path.join(base, "root")
+        os.makedirs(os.path.join(self.root, "d"))
+        self.secret = os.path.join(base, "secret")
+        with open(self.secret, "w") as f:
+            f.write("outside the root")
+        self.victim = os.path.join(self.root, "d", "victim")
+        with open(self.victim, "w") as f:
+            f.write("inside")
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        self.fds_before = len(os.listdir("/proc/self/fd"))
+        self.opened: list[str] = []
+        real_open = os.open
+        self.patch(os, "open", lambda name, *a, **k: self.opened.append(name)
+                   or real_open(name, *a, **k))
+
+    def swap_after_lstat(self, swap) -> None:
+        """Run ``swap()`` right after open_regular_file's lstat of the victim."""
+        real_stat = os.stat
+
+        def stat_then_swap(name, *args, **kwargs):
+            st = real_stat(name, *args, **kwargs)
+            if name == "victim" and kwargs.get("dir_fd") is not None:
+                swap()
+            return st
+
+        self.patch(os, "stat", stat_then_swap)
+
+    def refused(self, why: str) -> None:
+        with must_not_block(2):
+            with self.assertRaises(UnsafePath) as cm:
+                fd, _ = open_regular_file(self.root_fd, ("d", "victim"))
+                os.close(fd)
+        self.assertEqual(str(cm.exception), why)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before, "descriptor leak")
+
+    # -- the lstat, before any open -----------------------------------------------------
+
+    def test_lstat_refuses_a_link_without_opening_it(self) -> None:
+        os.unlink(self.victim)
+        os.symlink(self.secret, self.victim)
+        self.refused("is a symbolic link")
+        self.assertNotIn("victim", self.opened)
+
+    def test_lstat_refuses_a_special_file_without_opening_it(self) -> None:
+        os.unlink(self.victim)
+        os.mkfifo(self.victim)
+        self.refused("not a regular file")
+        self.assertNotIn("victim", self.opened)
+
+    # -- O_NOFOLLOW: a link swapped in after the lstat ----------------------------------
+
+    def test_link_swapped_in_is_not_followed(self) -> None:
+        def to_link() -> None:
+            os.unlink(self.victim)
+            os.symlink(self.secret, self.victim)
+
+        # Followed, the link would reach a regular file, which the fstat would accept.
+        self.swap_after_lstat(to_link)
+        self.refused("is a symbolic link")
+        self.assertIn("victim", self.opened)
+
+    def test_name_removed_after_the_lstat_is_missing_not_a_link(self) -> None:
+        self.swap_after_lstat(lambda: os.unlink(self.victim))
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("d", "victim"))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
+
+    # -- O_NONBLOCK and the fstat: a special file or directory swapped in ---------------
+
+    def test_fifo_swapped_in_neither_blocks_nor_passes(self) -> None:
+        def to_fifo() -> None:
+            os.unlink(self.victim)
+            os.mkfifo(self.victim)
+
+        # Without O_NONBLOCK the open waits for a writer (must_not_block fails the test).
+        self.swap_after_lstat(to_fifo)
+        self.refused("not a regular file")
+        self.assertIn("victim", self.opened)
+
+    def test_directory_swapped_in_is_refused_by_the_fstat(self) -> None:
+        def to_dir() -> None:
+            os.unlink(self.victim)
+            os.mkdir(self.victim)
+
+        # A directory opens fine with O_RDONLY | O_NOFOLLOW | O_NONBLOCK: only the fstat sees it.
+        self.swap_after_lstat(to_dir)
+        self.refused("not a regular file")
+        self.assertIn("victim", self.opened)
+
+    # -- what passes all guards -----------------------------------------------------------
+
+    def test_regular_file_at_any_depth(self) -> None:
+        # parts[-1] is the name opened, whatever the depth (a 1- and a 3-component path).
+        with open(os.path.join(self.root, "top"), "w") as f:
+            f.write("top")
+        os.makedirs(os.path.join(self.root, "x", "y"))
+        with open(os.path.join(self.root, "x", "y", "z"), "w") as f:
+            f.write("deep")
+        for parts, content in ((("top",), b"top"), (("x", "y", "z"), b"deep")):
+            fd, st = open_regular_file(self.root_fd, parts)
+            try:
+                self.assertEqual(os.read(fd, 100), content)
+                self.assertEqual(st.st_size, len(content))
+                self.assertFalse(os.get_inheritable(fd))
+            finally:
+                os.close(fd)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
