@@ -505,3 +505,98 @@ class RaceLayers(SynchronousTestCase):
             finally:
                 os.close(fd)
         self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
+
+
+class ExactRefusals(SynchronousTestCase):
+    """The full text of each refusal: it is what users read in an error report."""
+
+    def test_messages(self) -> None:
+        cases = [
+            ("", "empty name"),
+            ("/a", "absolute name"),
+            ("a//b", "empty path component"),
+            ("a/./b", "'.' path component"),
+            ("a/../b", "'..' path component"),
+            ("a\\b", "backslash in name"),
+            ("a\tb", "control character U+0009 in name"),
+            ("a\x9fb", "control character U+009F in name"),
+            (b"a\xffb", "name is not valid UTF-8"),
+            ("a\udcffb", "name is not valid UTF-8"),
+            ("d/.mirror-tmp-x", "name uses the reserved prefix '.mirror-tmp-'"),
+        ]
+        for raw, why in cases:
+            with self.assertRaises(UnsafePath, msg=repr(raw)) as cm:
+                parse_wire_path(raw)
+            self.assertEqual(str(cm.exception), why, repr(raw))
+
+    def test_first_characters_past_the_control_ranges_accepted(self) -> None:
+        # U+0020 and U+00A0 (no-break space) border the two refused ranges.
+        self.assertEqual(parse_wire_path("a\x20b/c\xa0d"), ("a b", "c\xa0d"))
+        self.assertEqual(parse_wire_path("~\u00a1"), ("~\u00a1",))
+
+    def test_request_path_root_as_text_or_bytes(self) -> None:
+        self.assertEqual(parse_request_path(""), ())
+        self.assertEqual(parse_request_path(b""), ())
+
+
+class CreatedDirectories(SynchronousTestCase):
+    """open_dir(create=True) makes directories with exactly the mode asked (under umask)."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        os.mkdir(self.root)
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+
+    def mode_of(self, *parts: str) -> int:
+        return stat.S_IMODE(os.stat(os.path.join(self.root, *parts)).st_mode)
+
+    def test_default_mode(self) -> None:
+        os.close(open_dir(self.root_fd, ("a", "b"), create=True))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o755, 0o755))
+
+    def test_mode_given(self) -> None:
+        os.close(open_dir(self.root_fd, ("a", "b"), create=True, mode=0o700))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o700, 0o700))
+
+    def test_umask_applies(self) -> None:
+        os.umask(0o027)
+        os.close(open_dir(self.root_fd, ("a",), create=True))
+        self.assertEqual(self.mode_of("a"), 0o750)
+
+    def test_existing_directory_keeps_its_mode(self) -> None:
+        os.mkdir(os.path.join(self.root, "a"), 0o711)
+        os.close(open_dir(self.root_fd, ("a", "b"), create=True, mode=0o700))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o711, 0o700))
+
+    def test_parent_dir_created_only_when_asked(self) -> None:
+        self.assertRaises(FileNotFoundError, paths.open_parent_dir, self.root_fd, ("new", "f"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "new")))
+        fd = paths.open_parent_dir(self.root_fd, ("new", "f"), create=True)
+        try:
+            self.assertEqual(os.fstat(fd).st_ino, os.stat(os.path.join(self.root, "new")).st_ino)
+        finally:
+            os.close(fd)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "new", "f")))
+
+    def test_open_regular_file_creates_nothing(self) -> None:
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("new", "f"))
+        self.assertEqual(os.listdir(self.root), [])
+
+
+class DisplayNameExact(SynchronousTestCase):
+    def test_printable_text_unchanged(self) -> None:
+        self.assertEqual(paths.display_name("docs/é ☃.txt"), "docs/é ☃.txt")
+        self.assertEqual(paths.display_name("docs/é ☃.txt".encode()), "docs/é ☃.txt")
+
+    def test_escapes(self) -> None:
+        self.assertEqual(paths.display_name("a\nb\x1b\x7f\u200b"), "a\\nb\\x1b\\x7f\\u200b")
+        self.assertEqual(paths.display_name(b"x\xff/\x00"), "x\\xff/\\x00")
+
+    def test_cap_at_the_limit(self) -> None:
+        self.assertEqual(paths.display_name("x" * 200), "x" * 200)
+        self.assertEqual(paths.display_name("x" * 201), "x" * 200 + "...")
+        self.assertEqual(paths.display_name("abcd", limit=3), "abc...")
+        self.assertEqual(paths.display_name("abc", limit=3), "abc")
