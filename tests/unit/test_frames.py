@@ -389,3 +389,55 @@ class HostileFraming(SynchronousTestCase):
     def test_digest_helper_sanity(self) -> None:
         # The DIGEST_SIZE constant is SHA-256's.
         self.assertEqual(frames.DIGEST_SIZE, hashlib.sha256().digest_size)
+
+
+class CodecEdges(SynchronousTestCase):
+    """Each side of a codec alone, exact messages, and sizes exactly on a boundary."""
+
+    def test_entry_mode_masked_by_the_encoder(self) -> None:
+        # The wire carries permission bits only (doc/protocol.md), whatever the decoder does.
+        raw = frames.encode_entry(frames.KIND_FILE, 0o100644, 1, 2, b"x")
+        self.assertEqual(raw, struct.pack(">BHQqH", frames.KIND_FILE, 0o644, 1, 2, 1) + b"x")
+
+    def test_entry_mode_masked_by_the_decoder(self) -> None:
+        raw = struct.pack(">BHQqH", frames.KIND_DIR, 0o40755, 0, 0, 1) + b"d"
+        self.assertEqual(frames.decode_entries(raw)[0].mode, 0o755)
+
+    def test_file_mode_masked_by_the_encoder(self) -> None:
+        raw = frames.encode_file(FileHeader(1, 2, -3, 0o104755))
+        self.assertEqual(raw, struct.pack(">QQqH", 1, 2, -3, 0o4755))
+
+    def test_file_mode_masked_by_the_decoder(self) -> None:
+        raw = struct.pack(">QQqH", 1, 2, -3, 0xFFFF)
+        self.assertEqual(frames.decode_file(raw), FileHeader(1, 2, -3, 0o7777))
+
+    def test_fetch_layout(self) -> None:
+        self.assertEqual(frames.encode_fetch("é", 1, 2, 3),
+                         struct.pack(">QQI", 1, 2, 3) + "é".encode())
+        self.assertEqual(frames.decode_fetch(struct.pack(">QQI", 1, 2, 3)), (1, 2, 3, b""))
+
+    def test_entry_with_an_empty_name_last(self) -> None:
+        # Exactly one entry head left and a zero-length name: not truncated. (Names are
+        # validated by mirror.paths, not here.)
+        payload = (frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b"a")
+                   + frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b""))
+        self.assertEqual([e.name for e in frames.decode_entries(payload)], [b"a", b""])
+
+    def test_error_layout(self) -> None:
+        self.assertEqual(frames.encode_error(0x0102, "é"), b"\x01\x02" + "é".encode())
+
+    def test_messages(self) -> None:
+        good_entry = frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b"name")
+        cases = [
+            (frames.decode_fetch, b"\x00" * 19, "FETCH frame too short"),
+            (frames.decode_entries, b"", "empty ENTRIES frame"),
+            (frames.decode_entries, good_entry[:20], "truncated LIST entry"),
+            (frames.decode_entries, good_entry[:-1], "truncated LIST entry name"),
+            (frames.decode_list_end, b"\x00" * 11, "bad LIST_END frame"),
+            (frames.decode_file, b"\x00" * 25, "bad FILE frame"),
+            (frames.decode_error, b"\x00", "bad ERROR frame"),
+        ]
+        for decode, payload, why in cases:
+            with self.assertRaises(ProtocolError, msg=why) as cm:
+                decode(payload)
+            self.assertEqual(str(cm.exception), why)
