@@ -441,3 +441,56 @@ class CodecEdges(SynchronousTestCase):
             with self.assertRaises(ProtocolError, msg=why) as cm:
                 decode(payload)
             self.assertEqual(str(cm.exception), why)
+
+
+class ReceiverBoundaries(SynchronousTestCase):
+    """FrameReceiver seen from outside, on the boundaries a mutation run found untested.
+
+    Black-box only (events, errors, the transport): they hold for any buffering strategy.
+    """
+
+    def test_data_request_id_with_the_high_bit(self) -> None:
+        proto, transport = connected()
+        proto.dataReceived(data_frame(0xFFFFFFFF, b"ab") + data_frame(0x80000000, b""))
+        self.assertEqual(proto.events, [("data", 0xFFFFFFFF, b"ab"), ("data", 0x80000000, b"")])
+        self.assertFalse(transport.disconnecting)
+
+    def test_prefix_one_over_the_data_limit_refused_at_once(self) -> None:
+        # 4 bytes say the frame is too big for any opcode: no waiting for the head.
+        proto, transport = connected()
+        proto.dataReceived(struct.pack(">I", Recorder.MAX_DATA_LENGTH + 5 + 1))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors,
+                         [f"frame of {Recorder.MAX_DATA_LENGTH + 6} bytes exceeds the limit"])
+
+    def test_data_one_over_its_limit_when_other_frames_may_be_larger(self) -> None:
+        class SmallData(Recorder):
+            MAX_LENGTH = 1024
+            MAX_DATA_LENGTH = 100
+
+        proto, transport = connected(SmallData)
+        proto.dataReceived(data_frame(1, b"x" * 100) + frames.data_header(2, 101) + b"y")
+        self.assertEqual(proto.merged(), [("data", 1, b"x" * 100, "open")])
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors, ["frame of 106 bytes exceeds the limit"])
+
+    def test_data_refused_when_the_subclass_takes_none(self) -> None:
+        class NoDataHandler(frames.FrameReceiver):
+            MAX_DATA_LENGTH = 100
+
+            def __init__(self) -> None:
+                self.errors: list[str] = []
+
+            def stringReceived(self, frame: bytes) -> None:
+                raise AssertionError("no frame expected")
+
+            def frameError(self, reason: str) -> None:
+                self.errors.append(reason)
+                super().frameError(reason)
+
+        proto = NoDataHandler()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data_frame(1, b"abc"))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors, ["unexpected DATA frame"])
