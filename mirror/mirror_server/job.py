@@ -144,7 +144,8 @@ class SourceRun:
         service = self.job.service
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top)
+            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top,
+                                                  service.dir_budget)
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from mirror.mirror_server.job import Job, JobObserver, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
-from mirror.mirror_server.store import SweepStopped, sweep_temporaries
+from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
@@ -55,6 +55,8 @@ class MirrorService(MultiService):
             threads = DiskThreads(reactor, self.settings.disk_threads, name="mirror-disk")
             threads.setServiceParent(self)
         self.threads = threads
+        #: Directory descriptors the stores of all jobs may keep open between uses.
+        self.dir_budget = DescriptorBudget()
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
