@@ -118,7 +118,7 @@ class SourceRun:
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
             self.connections = SourceConnections(
-                service.reactor, self.request.host, self.request.port,
+                service.reactor, self.request.host, self.request.port, service.endpoints,
                 size=service.settings.connections_per_source,
                 stall_timeout=service.settings.stall_timeout,
                 max_file_size=service.settings.max_file_size,
