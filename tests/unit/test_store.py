@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mirror import paths
 from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
-from mirror.mirror_server.store import MirrorStore, StoreError, sweep_temporaries
+from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
 from mirror.threads import InlineThreads
 from mirror.wire.frames import FileHeader
 
@@ -37,7 +37,7 @@ class StoreTestCase(SynchronousTestCase):
         self.outside = os.path.join(base, "outside")
         os.makedirs(self.mirror)
         os.makedirs(self.outside)
-        self.store = MirrorStore(self.mirror, "host_1")
+        self.store = MirrorStore(self.mirror, "host_1", DescriptorBudget())
         self.addCleanup(self.store.close)
         self.top = os.path.join(self.mirror, "host_1")
 
@@ -167,13 +167,13 @@ class Placing(StoreTestCase):
                          0o700)
 
     def test_top_must_be_one_safe_component(self) -> None:
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "..")
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "/etc")
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, ".mirror-tmp-x")
+        for top in ("..", "/etc", ".mirror-tmp-x"):
+            self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, top, DescriptorBudget())
 
     def test_top_as_a_symlink_refused(self) -> None:
         os.symlink(self.outside, os.path.join(self.mirror, "evil_1"))
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "evil_1")
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "evil_1",
+                          DescriptorBudget())
 
 
 class Verification(StoreTestCase):
