@@ -2,15 +2,21 @@
 
 Up to ``size`` connections are opened lazily; each request goes to the least loaded one, so
 small files pipeline on a connection while large ones spread over several.
+
+How a connection is made is not decided here: `SourceConnections` asks an `EndpointFactory`
+for an endpoint to ``(host, port)`` (`tcp_endpoints` in the daemon; TLS, or the in-memory
+network of `mirror.testing` in tests, plug in the same way).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
 
@@ -24,18 +30,39 @@ DOWN_INTERVAL = 5.0
 #: Requests in flight per connection: half the content server's default --max-requests.
 MAX_IN_FLIGHT = 32
 
+#: Seconds a TCP connection attempt may take.
+CONNECT_TIMEOUT = 10.0
+
+#: Makes the endpoint that connects to ``(host, port)``.
+EndpointFactory = Callable[[str, int], IStreamClientEndpoint]
+
+
+def tcp_endpoints(reactor: Any, timeout: float = CONNECT_TIMEOUT) -> EndpointFactory:
+    """Plain TCP: a `HostnameEndpoint` (name resolution, IPv4 and IPv6) per connection."""
+
+    def endpoint(host: str, port: int) -> IStreamClientEndpoint:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+    return endpoint
+
 
 class SourceConnections:
-    def __init__(self, reactor: Any, host: str, port: int, size: int = 2,
-                 connect_timeout: float = 10.0, down_interval: float = DOWN_INTERVAL,
+    """The connections of one job to one content server (``host:port``).
+
+    ``endpoints`` makes the endpoint each new connection goes through; ``clock`` times the
+    down interval and wakes waiters.
+    """
+
+    def __init__(self, clock: IReactorTime, host: str, port: int, endpoints: EndpointFactory,
+                 size: int = 2, down_interval: float = DOWN_INTERVAL,
                  max_in_flight: int = MAX_IN_FLIGHT,
                  **client_options: Any) -> None:
-        self._reactor = reactor
+        self._clock = clock
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
         self.size = size
-        self._connect_timeout = connect_timeout
+        self._endpoints = endpoints
         self._client_options = client_options
         self._conns: list[ContentClientProtocol] = []
         self._opening = False
@@ -51,6 +78,10 @@ class SourceConnections:
         self._conns = live
         return live
 
+    def live_connections(self) -> list[ContentClientProtocol]:
+        """The shared connections open now (a copy: `get` chooses among them)."""
+        return list(self._live())
+
     async def get(self) -> ContentClientProtocol:
         """A live connection with room for one more request (at most `MAX_IN_FLIGHT`).
 
@@ -65,7 +96,7 @@ class SourceConnections:
                 # will never end. Wake them all (in a later turn: waking from here would nest
                 # one stack level per waiter) so that each finds out for itself.
                 if self._slot_waiters:
-                    self._reactor.callLater(0, self._wake_all)
+                    self._clock.callLater(0, self._wake_all)
                 raise
             if conn.load < self.max_in_flight:
                 return conn
@@ -98,7 +129,7 @@ class SourceConnections:
         live = self._live()
         if not live and self._down is not None:
             until, message = self._down
-            if self._reactor.seconds() < until:
+            if self._clock.seconds() < until:
                 raise TransferError(message)
         if len(live) >= self.size or (live and min(c.load for c in live) == 0):
             return min(live, key=lambda c: c.load)
@@ -129,7 +160,7 @@ class SourceConnections:
         except TransferError as e:
             outcome: Any = e
             if not self._live():
-                self._down = (self._reactor.seconds() + self._down_interval, str(e))
+                self._down = (self._clock.seconds() + self._down_interval, str(e))
         else:
             outcome = None
             self._down = None
@@ -148,13 +179,10 @@ class SourceConnections:
         """A new connection of its own (not shared through `get`); the caller closes it."""
         if self._closed:
             raise TransferError(f"connections to {self.name} closed")
-        host = self.host
-        endpoint = HostnameEndpoint(self._reactor, host, self.port,
-                                    timeout=self._connect_timeout)
-        proto = ContentClientProtocol(self._reactor, self.name, **self._client_options)
+        proto = ContentClientProtocol(self._clock, self.name, **self._client_options)
         proto.on_request_done = self._slot_free
         try:
-            await connectProtocol(endpoint, proto)
+            await connectProtocol(self._endpoints(self.host, self.port), proto)
         except Exception as e:
             raise TransferError(f"cannot connect to {self.name}: {_reason(e)}") from None
         return proto
@@ -166,11 +194,27 @@ class SourceConnections:
         self._conns = []
 
 
+#: Connection errors whose text says nothing useful, or says it badly: a DNSLookupError's
+#: text ends with the host name, already in the message ("cannot connect to HOST:PORT: ...").
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (error.TimeoutError, "timed out"),
+    (error.DNSLookupError, "host name not found"),
+)
+
+
 def _reason(e: BaseException) -> str:
     """The human part of a connection error ("connection refused", "timed out")."""
     os_error = getattr(e, "osError", None)
     if isinstance(os_error, int):
         return os.strerror(os_error).lower()
-    text = str(e).strip().rstrip(".")
-    # Twisted's texts read "Connection was refused by other side: 111: Connection refused".
-    return text.rsplit(": ", 1)[-1].lower() if ": " in text else (text or type(e).__name__)
+    for kind, reason in _REASONS:
+        if isinstance(e, kind):
+            return reason
+    # Twisted's ConnectError texts read "<its docstring>: <osError>: <string>.": the
+    # string, if any, is the specific part.
+    if isinstance(e, error.ConnectError) and e.args and e.args[0]:
+        text = str(e.args[0])
+    else:
+        text = str(e)
+    text = text.strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text else type(e).__name__

@@ -118,7 +118,7 @@ class SourceRun:
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
             self.connections = SourceConnections(
-                service.reactor, self.request.host, self.request.port,
+                service.reactor, self.request.host, self.request.port, service.endpoints,
                 size=service.settings.connections_per_source,
                 stall_timeout=service.settings.stall_timeout,
                 max_file_size=service.settings.max_file_size,
@@ -144,7 +144,8 @@ class SourceRun:
         service = self.job.service
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top)
+            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top,
+                                                  service.dir_budget)
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")

@@ -12,9 +12,10 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.job import Job, JobObserver, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
-from mirror.mirror_server.store import SweepStopped, sweep_temporaries
+from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
@@ -39,12 +40,16 @@ class MirrorSettings:
 
 
 class MirrorService(MultiService):
-    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue."""
+    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue.
+
+    ``endpoints`` makes the endpoint to each content server (plain TCP by default).
+    """
 
     log = Logger()
 
     def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
-                 reactor: Any = None, threads: Any = None) -> None:
+                 reactor: Any = None, threads: Any = None,
+                 endpoints: EndpointFactory | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -55,6 +60,9 @@ class MirrorService(MultiService):
             threads = DiskThreads(reactor, self.settings.disk_threads, name="mirror-disk")
             threads.setServiceParent(self)
         self.threads = threads
+        self.endpoints = endpoints or tcp_endpoints(reactor)
+        #: Directory descriptors the stores of all jobs may keep open between uses.
+        self.dir_budget = DescriptorBudget()
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)

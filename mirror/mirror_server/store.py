@@ -44,19 +44,53 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-#: Directory descriptors kept open for reuse over all stores of the process (a job has one
-#: store per source, and jobs run at once): beyond this, directories are opened per use. A
-#: per-store limit alone let four sources of 300 directories hold 1,024 descriptors, the
-#: usual ``ulimit -n``, and every later file failed with "Too many open files".
+#: Directory descriptors kept open for reuse by all the stores of one mirror service (a
+#: job has one store per source, and jobs run at once): beyond this, directories are opened
+#: per use. A per-store limit alone let four sources of 300 directories hold 1,024
+#: descriptors, the usual ``ulimit -n``, and every later file failed with "Too many open
+#: files".
 MAX_CACHED_DIRS_TOTAL = 256
-_cache_lock = threading.Lock()
-_cached_total = 0
+
+
+class DescriptorBudget:
+    """How many directory descriptors the stores sharing it may keep open for reuse.
+
+    The mirror service owns one and hands it to each of its stores; stores call it from the
+    disk threads, hence the lock.
+    """
+
+    def __init__(self, limit: int = MAX_CACHED_DIRS_TOTAL) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._used = 0
+
+    @property
+    def used(self) -> int:
+        """Descriptors cached now by the stores sharing this budget."""
+        return self._used
+
+    def take(self) -> bool:
+        """One more descriptor may be kept (True, and counted), or not (False)."""
+        with self._lock:
+            if self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def give_back(self, n: int) -> None:
+        """``n`` cached descriptors were closed."""
+        with self._lock:
+            self._used -= n
 
 
 class MirrorStore:
-    """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``)."""
+    """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``).
 
-    def __init__(self, base_dir: str, top: str) -> None:
+    Directory descriptors it keeps open for reuse count against ``budget``, shared with the
+    other stores of the same service.
+    """
+
+    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -64,16 +98,15 @@ class MirrorStore:
             self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
         finally:
             os.close(base)
+        self.budget = budget
         self._dirs: dict[paths.Parts, int] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        global _cached_total
         with self._lock:
             for fd in self._dirs.values():
                 os.close(fd)
-            with _cache_lock:
-                _cached_total -= len(self._dirs)
+            self.budget.give_back(len(self._dirs))
             self._dirs.clear()
         os.close(self.root_fd)
 
@@ -89,12 +122,10 @@ class MirrorStore:
             return
         fd = (paths.open_or_make_dir(self.root_fd, parts, mode=0o700) if create
               else paths.open_dir(self.root_fd, parts))
-        global _cached_total
-        with self._lock, _cache_lock:
-            cached = parts not in self._dirs and _cached_total < MAX_CACHED_DIRS_TOTAL
+        with self._lock:
+            cached = parts not in self._dirs and self.budget.take()
             if cached:
                 self._dirs[parts] = fd
-                _cached_total += 1
         try:
             yield fd
         finally:

@@ -468,3 +468,108 @@ class LinearWork(SynchronousTestCase):
         self.assertEqual(proto.frames, [(frames.ENTRIES, 1, entries)]
                          + [(op, 3, payload) for op, payload in small])
         self.assertEqual(proto.data, [len(body)])
+
+
+class CodecEdges(SynchronousTestCase):
+    """Each side of a codec alone, exact messages, and sizes exactly on a boundary."""
+
+    def test_entry_mode_masked_by_the_encoder(self) -> None:
+        # The wire carries permission bits only (doc/protocol.md), whatever the decoder does.
+        raw = frames.encode_entry(frames.KIND_FILE, 0o100644, 1, 2, b"x")
+        self.assertEqual(raw, struct.pack(">BHQqH", frames.KIND_FILE, 0o644, 1, 2, 1) + b"x")
+
+    def test_entry_mode_masked_by_the_decoder(self) -> None:
+        raw = struct.pack(">BHQqH", frames.KIND_DIR, 0o40755, 0, 0, 1) + b"d"
+        self.assertEqual(frames.decode_entries(raw)[0].mode, 0o755)
+
+    def test_file_mode_masked_by_the_encoder(self) -> None:
+        raw = frames.encode_file(FileHeader(1, 2, -3, 0o104755))
+        self.assertEqual(raw, struct.pack(">QQqH", 1, 2, -3, 0o4755))
+
+    def test_file_mode_masked_by_the_decoder(self) -> None:
+        raw = struct.pack(">QQqH", 1, 2, -3, 0xFFFF)
+        self.assertEqual(frames.decode_file(raw), FileHeader(1, 2, -3, 0o7777))
+
+    def test_fetch_layout(self) -> None:
+        self.assertEqual(frames.encode_fetch("é", 1, 2, 3),
+                         struct.pack(">QQI", 1, 2, 3) + "é".encode())
+        self.assertEqual(frames.decode_fetch(struct.pack(">QQI", 1, 2, 3)), (1, 2, 3, b""))
+
+    def test_entry_with_an_empty_name_last(self) -> None:
+        # Exactly one entry head left and a zero-length name: not truncated. (Names are
+        # validated by mirror.paths, not here.)
+        payload = (frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b"a")
+                   + frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b""))
+        self.assertEqual([e.name for e in frames.decode_entries(payload)], [b"a", b""])
+
+    def test_error_layout(self) -> None:
+        self.assertEqual(frames.encode_error(0x0102, "é"), b"\x01\x02" + "é".encode())
+
+    def test_messages(self) -> None:
+        good_entry = frames.encode_entry(frames.KIND_FILE, 0, 1, 1, b"name")
+        cases = [
+            (frames.decode_fetch, b"\x00" * 19, "FETCH frame too short"),
+            (frames.decode_entries, b"", "empty ENTRIES frame"),
+            (frames.decode_entries, good_entry[:20], "truncated LIST entry"),
+            (frames.decode_entries, good_entry[:-1], "truncated LIST entry name"),
+            (frames.decode_list_end, b"\x00" * 11, "bad LIST_END frame"),
+            (frames.decode_file, b"\x00" * 25, "bad FILE frame"),
+            (frames.decode_error, b"\x00", "bad ERROR frame"),
+        ]
+        for decode, payload, why in cases:
+            with self.assertRaises(ProtocolError, msg=why) as cm:
+                decode(payload)
+            self.assertEqual(str(cm.exception), why)
+
+
+class ReceiverBoundaries(SynchronousTestCase):
+    """FrameReceiver seen from outside, on the boundaries a mutation run found untested.
+
+    Black-box only (events, errors, the transport): they hold for any buffering strategy.
+    """
+
+    def test_data_request_id_with_the_high_bit(self) -> None:
+        proto, transport = connected()
+        proto.dataReceived(data_frame(0xFFFFFFFF, b"ab") + data_frame(0x80000000, b""))
+        self.assertEqual(proto.events, [("data", 0xFFFFFFFF, b"ab"), ("data", 0x80000000, b"")])
+        self.assertFalse(transport.disconnecting)
+
+    def test_prefix_one_over_the_data_limit_refused_at_once(self) -> None:
+        # 4 bytes say the frame is too big for any opcode: no waiting for the head.
+        proto, transport = connected()
+        proto.dataReceived(struct.pack(">I", Recorder.MAX_DATA_LENGTH + 5 + 1))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors,
+                         [f"frame of {Recorder.MAX_DATA_LENGTH + 6} bytes exceeds the limit"])
+
+    def test_data_one_over_its_limit_when_other_frames_may_be_larger(self) -> None:
+        class SmallData(Recorder):
+            MAX_LENGTH = 1024
+            MAX_DATA_LENGTH = 100
+
+        proto, transport = connected(SmallData)
+        proto.dataReceived(data_frame(1, b"x" * 100) + frames.data_header(2, 101) + b"y")
+        self.assertEqual(proto.merged(), [("data", 1, b"x" * 100, "open")])
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors, ["frame of 106 bytes exceeds the limit"])
+
+    def test_data_refused_when_the_subclass_takes_none(self) -> None:
+        class NoDataHandler(frames.FrameReceiver):
+            MAX_DATA_LENGTH = 100
+
+            def __init__(self) -> None:
+                self.errors: list[str] = []
+
+            def stringReceived(self, frame: bytes) -> None:
+                raise AssertionError("no frame expected")
+
+            def frameError(self, reason: str) -> None:
+                self.errors.append(reason)
+                super().frameError(reason)
+
+        proto = NoDataHandler()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data_frame(1, b"abc"))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(proto.errors, ["unexpected DATA frame"])

@@ -1,5 +1,6 @@
 """The mirror service end to end in memory: real content server protocols (or a fake one) wired
-to the mirror service's content clients with iosim, a fake clock, and inline disk work."""
+to the mirror service's content clients by `mirror.testing.MemoryNetwork`, a fake clock, and
+inline disk work."""
 
 from __future__ import annotations
 
@@ -7,68 +8,20 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.mirror_server.connections import SourceConnections
-from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.testing import MemoryNetwork
 from mirror.threads import InlineThreads
 from mirror.wire import frames
 from mirror.wire.control import SourceRequest
 from tests.trees import assert_same_tree, make_sample_tree
 from tests.unit.helpers import make_factory
-
-
-class MemoryNetwork:
-    """Stands in for TCP: `SourceConnections.connect` gets a client joined by iosim to a
-    server protocol built for its (host, port)."""
-
-    def __init__(self, clock: MemoryReactorClock) -> None:
-        self.clock = clock
-        self.servers: dict[tuple[str, int], Callable[[], Protocol | None]] = {}
-        self.pumps: list[iosim.IOPump] = []
-        self.connections = 0
-
-    def install(self, test: SynchronousTestCase) -> None:
-        network = self
-
-        async def connect(conns: SourceConnections) -> ContentClientProtocol:
-            if conns._closed:
-                raise TransferError(f"connections to {conns.name} closed")
-            make_server = network.servers.get((conns.host, conns.port))
-            server = make_server() if make_server else None
-            if server is None:
-                raise TransferError(f"cannot connect to {conns.name}: connection refused")
-            client = ContentClientProtocol(conns._reactor, conns.name, **conns._client_options)
-            network.connections += 1
-            peer = IPv4Address("TCP", "127.0.0.1", 40000 + network.connections)
-            host = IPv4Address("TCP", conns.host, conns.port)
-            server_io = iosim.FakeTransport(server, isServer=True, hostAddress=host,
-                                            peerAddress=peer)
-            client_io = iosim.FakeTransport(client, isServer=False, hostAddress=peer,
-                                            peerAddress=host)
-            network.pumps.append(iosim.connect(server, server_io, client, client_io,
-                                               greet=False, clock=network.clock))
-            return client
-
-        test.patch(SourceConnections, "connect", connect)
-
-    def run_until(self, done: Any, max_rounds: int = 20000) -> None:
-        """Move bytes until ``done`` fires; let fake time pass only when nothing moves."""
-        for _ in range(max_rounds):
-            if done.called:
-                return
-            moved = [pump.pump() for pump in list(self.pumps)]
-            if not any(moved):
-                self.clock.advance(0.1)
-        raise AssertionError("the job did not finish")
 
 
 @dataclass
@@ -107,17 +60,16 @@ class JobTestCase(SynchronousTestCase):
         self.mirror.mkdir(parents=True)
         self.clock = MemoryReactorClock()
         self.network = MemoryNetwork(self.clock)
-        self.network.install(self)
         self.service = MirrorService(str(self.mirror), MirrorSettings(**self.settings),
-                                     reactor=self.clock, threads=InlineThreads())
+                                     reactor=self.clock, threads=InlineThreads(),
+                                     endpoints=self.network.endpoint)
         self.service.startService()
         self.addCleanup(self.service.stopService)
 
     def serve(self, root: Path, host: str = "10.0.0.1", port: int = 7000, **settings) -> None:
         factory = make_factory(str(root), self.clock, **settings)
         self.addCleanup(os.close, factory.root_fd)
-        self.network.servers[(host, port)] = lambda: factory.buildProtocol(
-            IPv4Address("TCP", "127.0.0.1", 40000))
+        self.network.listen(host, port, factory)
 
     def run_job(self, *sources: SourceRequest) -> Observer:
         observer = Observer()
@@ -190,13 +142,24 @@ class MirrorWholeTree(JobTestCase):
     def test_more_workers_than_files_and_a_queue_of_one(self) -> None:
         self.service.stopService()
         self.service = MirrorService(str(self.mirror), MirrorSettings(workers=5, queue_size=1),
-                                     reactor=self.clock, threads=InlineThreads())
+                                     reactor=self.clock, threads=InlineThreads(),
+                                     endpoints=self.network.endpoint)
         self.service.startService()
         src = make_sample_tree(self.base / "src", big_size=300 * 1024)
         self.serve(src)
         observer = self.run_job(source())
         self.assertEqual(observer.finished, [True])
         assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+
+    def test_stores_count_against_the_service_budget(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        self.serve(src, port=7001)
+        observer = self.run_job(source(), source(port=7001))
+        self.assertEqual(observer.finished, [True])
+        for run in observer.done.values():
+            self.assertIs(run.store.budget, self.service.dir_budget)
+        self.assertEqual(self.service.dir_budget.used, 0)  # given back when the job ended
 
     def test_unreachable_source_fails_alone(self) -> None:
         src = make_sample_tree(self.base / "src", big_size=300 * 1024)
@@ -294,7 +257,7 @@ class FakeServerTestCase(JobTestCase):
             server.spoil = spoil if spoil is not None else {}
             return server
 
-        self.network.servers[("10.0.0.1", 7000)] = make
+        self.network.listen("10.0.0.1", 7000, Factory.forProtocol(make))
 
 
 class HostileListing(FakeServerTestCase):
@@ -445,64 +408,3 @@ class TransferBookkeeping(SynchronousTestCase):
         d = Deferred.fromCoroutine(run.transfer(("a",), None))
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(finished, [True])
-
-
-class InFlightCap(SynchronousTestCase):
-    """At most max_in_flight requests per connection: the content server refuses more."""
-
-    def test_get_waits_for_a_free_slot(self) -> None:
-        conns = SourceConnections(MemoryReactorClock(), "127.0.0.1", 1, size=1, max_in_flight=2)
-
-        class Busy:
-            load = 2
-
-        busy = Busy()
-        conns._least_loaded = lambda: succeed(busy)
-        waiting = Deferred.fromCoroutine(conns.get())
-        self.assertNoResult(waiting)
-        busy.load = 1
-        conns._slot_free()
-        self.assertIs(self.successResultOf(waiting), busy)
-
-    def test_waiters_fail_when_the_server_dies(self) -> None:
-        # More callers waiting for a slot than requests in flight, then the server dies:
-        # every caller must get an error, none may wait forever (review finding).
-        from twisted.internet.error import ConnectionLost
-        from twisted.internet.task import Clock
-        from twisted.internet.testing import StringTransport
-        from twisted.python.failure import Failure
-
-        clock = Clock()
-        conns = SourceConnections(clock, "h", 1, size=1, max_in_flight=1)
-        up = [True]
-
-        async def connect():
-            if not up[0]:
-                raise TransferError("cannot connect to h:1: connection refused")
-            proto = ContentClientProtocol(clock, "h:1")
-            proto.on_request_done = conns._slot_free
-            proto.makeConnection(StringTransport())
-            return proto
-
-        conns.connect = connect
-
-        class Sink:
-            def head(self, header, flow): pass
-
-            def data(self, piece): pass
-
-        async def worker(name: str) -> str:
-            try:
-                conn = await conns.get()
-                await conn.fetch(name, Sink())
-                return "ok"
-            except TransferError as e:
-                return str(e)
-
-        ds = [Deferred.fromCoroutine(worker(n)) for n in "ABC"]
-        self.assertEqual(len(conns._slot_waiters), 2)
-        up[0] = False
-        conns._conns[0].connectionLost(Failure(ConnectionLost()))
-        clock.advance(1)
-        for d in ds:
-            self.assertIn("connection", self.successResultOf(d))

@@ -347,3 +347,257 @@ class DirectoryDescriptors(SynchronousTestCase):
         with self.assertRaises(UnsafePath):
             open_regular_file(root_fd, ("fifo",))
         self.assertNotIn("fifo", opened)
+
+
+class LimitsCountBytes(SynchronousTestCase):
+    """The 255-byte component and 4096-byte path limits count UTF-8 bytes, not characters.
+
+    Multi-byte names sit exactly on each limit: a limit counted in characters would accept
+    every refused name here.
+    """
+
+    def test_component_of_255_bytes_accepted(self) -> None:
+        for name in ("é" * 127 + "a", "日" * 85, "😀" * 63 + "abc"):
+            self.assertEqual(len(name.encode()), 255)
+            self.assertEqual(parse_wire_path(name), (name,))
+            self.assertEqual(parse_wire_path(name.encode()), (name,))
+            self.assertEqual(parse_wire_path("d/" + name), ("d", name))
+
+    def test_component_of_256_bytes_refused(self) -> None:
+        for name in ("é" * 128, "日" * 85 + "a", "😀" * 64):
+            self.assertEqual(len(name.encode()), 256)
+            self.assertLess(len(name), 255)
+            for raw in (name, name.encode(), "d/" + name + "/e"):
+                with self.assertRaises(UnsafePath) as cm:
+                    parse_wire_path(raw)
+                self.assertEqual(str(cm.exception), "path component longer than 255 bytes")
+
+    @staticmethod
+    def long_path(extra: str) -> str:
+        # 17 components (15 of 255 bytes in 3-byte characters, then 150 + 105 bytes) and 16
+        # slashes: 4096 bytes in 1,370 characters; ``extra`` is appended to the last one.
+        return "/".join(["日" * 85] * 15 + ["日" * 50, "é" * 52 + "a" + extra])
+
+    def test_path_of_4096_bytes_accepted(self) -> None:
+        name = self.long_path("")
+        self.assertEqual(len(name.encode()), 4096)
+        self.assertEqual(len(parse_wire_path(name)), 17)
+        self.assertEqual(len(parse_wire_path(name.encode())), 17)
+
+    def test_path_of_4097_bytes_refused(self) -> None:
+        for name in (self.long_path("a"), self.long_path("")[:-1] + "é"):
+            self.assertEqual(len(name.encode()), 4097)
+            self.assertLess(len(name), 4096)
+            for raw in (name, name.encode()):
+                with self.assertRaises(UnsafePath) as cm:
+                    parse_wire_path(raw)
+                self.assertEqual(str(cm.exception), "name longer than 4096 bytes")
+
+
+class RaceLayers(SynchronousTestCase):
+    """Each guard of `open_regular_file` alone, with the others unable to catch the case.
+
+    The guards: an lstat before opening (no open of a link or special file at all), then
+    ``O_NOFOLLOW | O_NONBLOCK`` on the open, then an fstat of what was opened. The later ones
+    exist for a name swapped after the lstat: here the swap is made from inside ``os.stat``,
+    right after the real lstat saw a regular file, so only the later guards can notice.
+    """
+
+    def setUp(self) -> None:
+        base = self.mktemp()
+        self.root = os.path.join(base, "root")
+        os.makedirs(os.path.join(self.root, "d"))
+        self.secret = os.path.join(base, "secret")
+        with open(self.secret, "w") as f:
+            f.write("outside the root")
+        self.victim = os.path.join(self.root, "d", "victim")
+        with open(self.victim, "w") as f:
+            f.write("inside")
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        self.fds_before = len(os.listdir("/proc/self/fd"))
+        self.opened: list[str] = []
+        real_open = os.open
+        self.patch(os, "open", lambda name, *a, **k: self.opened.append(name)
+                   or real_open(name, *a, **k))
+
+    def swap_after_lstat(self, swap) -> None:
+        """Run ``swap()`` right after open_regular_file's lstat of the victim."""
+        real_stat = os.stat
+
+        def stat_then_swap(name, *args, **kwargs):
+            st = real_stat(name, *args, **kwargs)
+            if name == "victim" and kwargs.get("dir_fd") is not None:
+                swap()
+            return st
+
+        self.patch(os, "stat", stat_then_swap)
+
+    def refused(self, why: str) -> None:
+        with must_not_block(2):
+            with self.assertRaises(UnsafePath) as cm:
+                fd, _ = open_regular_file(self.root_fd, ("d", "victim"))
+                os.close(fd)
+        self.assertEqual(str(cm.exception), why)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before, "descriptor leak")
+
+    # -- the lstat, before any open -----------------------------------------------------
+
+    def test_lstat_refuses_a_link_without_opening_it(self) -> None:
+        os.unlink(self.victim)
+        os.symlink(self.secret, self.victim)
+        self.refused("is a symbolic link")
+        self.assertNotIn("victim", self.opened)
+
+    def test_lstat_refuses_a_special_file_without_opening_it(self) -> None:
+        os.unlink(self.victim)
+        os.mkfifo(self.victim)
+        self.refused("not a regular file")
+        self.assertNotIn("victim", self.opened)
+
+    # -- O_NOFOLLOW: a link swapped in after the lstat ----------------------------------
+
+    def test_link_swapped_in_is_not_followed(self) -> None:
+        def to_link() -> None:
+            os.unlink(self.victim)
+            os.symlink(self.secret, self.victim)
+
+        # Followed, the link would reach a regular file, which the fstat would accept.
+        self.swap_after_lstat(to_link)
+        self.refused("is a symbolic link")
+        self.assertIn("victim", self.opened)
+
+    def test_name_removed_after_the_lstat_is_missing_not_a_link(self) -> None:
+        self.swap_after_lstat(lambda: os.unlink(self.victim))
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("d", "victim"))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
+
+    # -- O_NONBLOCK and the fstat: a special file or directory swapped in ---------------
+
+    def test_fifo_swapped_in_neither_blocks_nor_passes(self) -> None:
+        def to_fifo() -> None:
+            os.unlink(self.victim)
+            os.mkfifo(self.victim)
+
+        # Without O_NONBLOCK the open waits for a writer (must_not_block fails the test).
+        self.swap_after_lstat(to_fifo)
+        self.refused("not a regular file")
+        self.assertIn("victim", self.opened)
+
+    def test_directory_swapped_in_is_refused_by_the_fstat(self) -> None:
+        def to_dir() -> None:
+            os.unlink(self.victim)
+            os.mkdir(self.victim)
+
+        # A directory opens fine with O_RDONLY | O_NOFOLLOW | O_NONBLOCK: only the fstat sees it.
+        self.swap_after_lstat(to_dir)
+        self.refused("not a regular file")
+        self.assertIn("victim", self.opened)
+
+    # -- what passes all guards -----------------------------------------------------------
+
+    def test_regular_file_at_any_depth(self) -> None:
+        # parts[-1] is the name opened, whatever the depth (a 1- and a 3-component path).
+        with open(os.path.join(self.root, "top"), "w") as f:
+            f.write("top")
+        os.makedirs(os.path.join(self.root, "x", "y"))
+        with open(os.path.join(self.root, "x", "y", "z"), "w") as f:
+            f.write("deep")
+        for parts, content in ((("top",), b"top"), (("x", "y", "z"), b"deep")):
+            fd, st = open_regular_file(self.root_fd, parts)
+            try:
+                self.assertEqual(os.read(fd, 100), content)
+                self.assertEqual(st.st_size, len(content))
+                self.assertFalse(os.get_inheritable(fd))
+            finally:
+                os.close(fd)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), self.fds_before)
+
+
+class ExactRefusals(SynchronousTestCase):
+    """The full text of each refusal: it is what users read in an error report."""
+
+    def test_messages(self) -> None:
+        cases = [
+            ("", "empty name"),
+            ("/a", "absolute name"),
+            ("a//b", "empty path component"),
+            ("a/./b", "'.' path component"),
+            ("a/../b", "'..' path component"),
+            ("a\\b", "backslash in name"),
+            ("a\tb", "control character U+0009 in name"),
+            ("a\x9fb", "control character U+009F in name"),
+            (b"a\xffb", "name is not valid UTF-8"),
+            ("a\udcffb", "name is not valid UTF-8"),
+            ("d/.mirror-tmp-x", "name uses the reserved prefix '.mirror-tmp-'"),
+        ]
+        for raw, why in cases:
+            with self.assertRaises(UnsafePath, msg=repr(raw)) as cm:
+                parse_wire_path(raw)
+            self.assertEqual(str(cm.exception), why, repr(raw))
+
+    def test_first_characters_past_the_control_ranges_accepted(self) -> None:
+        # U+0020 and U+00A0 (no-break space) border the two refused ranges.
+        self.assertEqual(parse_wire_path("a\x20b/c\xa0d"), ("a b", "c\xa0d"))
+        self.assertEqual(parse_wire_path("~\u00a1"), ("~\u00a1",))
+
+    def test_request_path_root_as_text_or_bytes(self) -> None:
+        self.assertEqual(parse_request_path(""), ())
+        self.assertEqual(parse_request_path(b""), ())
+
+
+class CreatedDirectories(SynchronousTestCase):
+    """open_or_make_dir makes directories with exactly the mode asked (under umask)."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        os.mkdir(self.root)
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, self.root_fd)
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+
+    def mode_of(self, *parts: str) -> int:
+        return stat.S_IMODE(os.stat(os.path.join(self.root, *parts)).st_mode)
+
+    def test_default_mode(self) -> None:
+        os.close(paths.open_or_make_dir(self.root_fd, ("a", "b")))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o755, 0o755))
+
+    def test_mode_given(self) -> None:
+        os.close(paths.open_or_make_dir(self.root_fd, ("a", "b"), mode=0o700))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o700, 0o700))
+
+    def test_umask_applies(self) -> None:
+        os.umask(0o027)
+        os.close(paths.open_or_make_dir(self.root_fd, ("a",)))
+        self.assertEqual(self.mode_of("a"), 0o750)
+
+    def test_existing_directory_keeps_its_mode(self) -> None:
+        os.mkdir(os.path.join(self.root, "a"), 0o711)
+        os.close(paths.open_or_make_dir(self.root_fd, ("a", "b"), mode=0o700))
+        self.assertEqual((self.mode_of("a"), self.mode_of("a", "b")), (0o711, 0o700))
+
+    def test_parent_dir_never_created(self) -> None:
+        self.assertRaises(FileNotFoundError, paths.open_parent_dir, self.root_fd, ("new", "f"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "new")))
+
+    def test_open_regular_file_creates_nothing(self) -> None:
+        self.assertRaises(FileNotFoundError, open_regular_file, self.root_fd, ("new", "f"))
+        self.assertEqual(os.listdir(self.root), [])
+
+
+class DisplayNameExact(SynchronousTestCase):
+    def test_printable_text_unchanged(self) -> None:
+        self.assertEqual(paths.display_name("docs/é ☃.txt"), "docs/é ☃.txt")
+        self.assertEqual(paths.display_name("docs/é ☃.txt".encode()), "docs/é ☃.txt")
+
+    def test_escapes(self) -> None:
+        self.assertEqual(paths.display_name("a\nb\x1b\x7f\u200b"), "a\\nb\\x1b\\x7f\\u200b")
+        self.assertEqual(paths.display_name(b"x\xff/\x00"), "x\\xff/\\x00")
+
+    def test_cap_at_the_limit(self) -> None:
+        self.assertEqual(paths.display_name("x" * 200), "x" * 200)
+        self.assertEqual(paths.display_name("x" * 201), "x" * 200 + "...")
+        self.assertEqual(paths.display_name("abcd", limit=3), "abc...")
+        self.assertEqual(paths.display_name("abc", limit=3), "abc")

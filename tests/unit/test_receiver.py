@@ -14,7 +14,7 @@ from mirror import paths
 from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, \
     TransferError
 from mirror.mirror_server.receiver import SMALL_FILE, FileReceiver
-from mirror.mirror_server.store import MirrorStore, StoreError
+from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
 from mirror.threads import InlineThreads
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader
@@ -29,7 +29,7 @@ class ReceiverTestCase(SynchronousTestCase):
         base = os.path.abspath(self.mktemp())
         self.mirror = os.path.join(base, "mirror")
         os.makedirs(self.mirror)
-        self.store = MirrorStore(self.mirror, "h_1")
+        self.store = MirrorStore(self.mirror, "h_1", DescriptorBudget())
         self.addCleanup(self.store.close)
         self.top = os.path.join(self.mirror, "h_1")
         self.calls: list[str] = []

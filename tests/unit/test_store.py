@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mirror import paths
 from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
-from mirror.mirror_server.store import MirrorStore, StoreError, sweep_temporaries
+from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
 from mirror.threads import InlineThreads
 from mirror.wire.frames import FileHeader
 
@@ -37,7 +37,7 @@ class StoreTestCase(SynchronousTestCase):
         self.outside = os.path.join(base, "outside")
         os.makedirs(self.mirror)
         os.makedirs(self.outside)
-        self.store = MirrorStore(self.mirror, "host_1")
+        self.store = MirrorStore(self.mirror, "host_1", DescriptorBudget())
         self.addCleanup(self.store.close)
         self.top = os.path.join(self.mirror, "host_1")
 
@@ -144,14 +144,36 @@ class Placing(StoreTestCase):
             self.store.set_dir_meta(("ro",), mode, MTIME)
             self.assertEqual(stat.S_IMODE(os.stat(self.path("ro")).st_mode), expected)
 
+    def test_modes_of_created_directories(self) -> None:
+        # The top directory is 0o755 (under umask); directories inside are created private
+        # (0o700) until set_dir_meta gives them the source's mode after their contents.
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        store = MirrorStore(self.mirror, "host_2")
+        self.addCleanup(store.close)
+        top = os.path.join(self.mirror, "host_2")
+        store.make_dir(("a", "b"))
+        data = b"x"
+        store.write_whole(("c", "f"), data, header_for(data), sha(data))
+        modes = {name: stat.S_IMODE(os.stat(os.path.join(top, *name.split("/"))).st_mode)
+                 for name in (".", "a", "a/b", "c")}
+        self.assertEqual(modes, {".": 0o755, "a": 0o700, "a/b": 0o700, "c": 0o700})
+
+    def test_top_directory_mode_under_umask(self) -> None:
+        old = os.umask(0o077)
+        self.addCleanup(os.umask, old)
+        MirrorStore(self.mirror, "host_3").close()
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.mirror, "host_3")).st_mode),
+                         0o700)
+
     def test_top_must_be_one_safe_component(self) -> None:
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "..")
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "/etc")
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, ".mirror-tmp-x")
+        for top in ("..", "/etc", ".mirror-tmp-x"):
+            self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, top, DescriptorBudget())
 
     def test_top_as_a_symlink_refused(self) -> None:
         os.symlink(self.outside, os.path.join(self.mirror, "evil_1"))
-        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "evil_1")
+        self.assertRaises(paths.UnsafePath, MirrorStore, self.mirror, "evil_1",
+                          DescriptorBudget())
 
 
 class Verification(StoreTestCase):
