@@ -149,7 +149,7 @@ class Placing(StoreTestCase):
         # (0o700) until set_dir_meta gives them the source's mode after their contents.
         old = os.umask(0)
         self.addCleanup(os.umask, old)
-        store = MirrorStore(self.mirror, "host_2")
+        store = MirrorStore(self.mirror, "host_2", DescriptorBudget())
         self.addCleanup(store.close)
         top = os.path.join(self.mirror, "host_2")
         store.make_dir(("a", "b"))
@@ -162,7 +162,7 @@ class Placing(StoreTestCase):
     def test_top_directory_mode_under_umask(self) -> None:
         old = os.umask(0o077)
         self.addCleanup(os.umask, old)
-        MirrorStore(self.mirror, "host_3").close()
+        MirrorStore(self.mirror, "host_3", DescriptorBudget()).close()
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.mirror, "host_3")).st_mode),
                          0o700)
 
