@@ -17,6 +17,8 @@ import errno
 import os
 import stat
 
+from mirror.text import printable
+
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 #: Prefix of the mirror server's own temporary files; never accepted from the network.
@@ -200,11 +202,12 @@ def open_regular_file(root_fd: int, parts: Parts) -> tuple[int, os.stat_result]:
         raise
 
 
-def display_name(raw: bytes | str, limit: int = 200) -> str:
-    """A name from the network made safe to show: control characters escaped, length capped.
+#: A name quoted in an error message is cut to this many characters, so that the reason
+#: after it survives the 1024-byte cap of an ERROR frame.
+DISPLAY_NAME_LIMIT = 200
 
-    For error messages only; never used to reach a file.
-    """
-    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
+
+def display_name(raw: bytes | str) -> str:
+    """A name from the network as shown in an error message (`mirror.text.printable`'s rule,
+    `DISPLAY_NAME_LIMIT` characters). Never used to reach a file."""
+    return printable(raw, DISPLAY_NAME_LIMIT)

@@ -280,11 +280,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                 self._idle_deadline.start()
 
     def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
-        shown = raw[:200].decode("utf-8", "replace")
         try:
             parts = paths.parse_request_path(raw)
         except paths.UnsafePath as e:
-            raise RequestError(frames.E_NOT_ALLOWED, f"{shown!r}: {e}") from None
+            raise RequestError(frames.E_NOT_ALLOWED, f"{paths.display_name(raw)}: {e}") from None
         return parts, paths.join_parts(parts)
 
     async def _serve_list(self, request_id: int, payload: bytes) -> None:

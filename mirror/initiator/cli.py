@@ -29,6 +29,7 @@ from mirror.initiator.client import ControlClientError, JobResult, submit_job
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
+from mirror.text import printable
 from mirror.wire.control import ControlError, check_host
 
 PROG = "mirror-init"
@@ -197,7 +198,8 @@ async def run(
         display.finish()
     elapsed = reactor.seconds() - started
     if error is not None:
-        stderr.write(f"{PROG}: {error}\n")
+        # The reason may quote the server: never a raw ESC or CR on the terminal.
+        stderr.write(f"{PROG}: {printable(error)}\n")
         stderr.flush()
     report = build_report(sources, result, elapsed, error)
     if options["json"]:

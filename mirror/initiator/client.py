@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
     MAX_SOURCES,
@@ -105,10 +106,9 @@ class JobResult:
 
 
 def _one_line(text: str) -> str:
-    """Whitespace collapsed and other control characters escaped: the text may come from the
-    server and ends up on a terminal."""
-    text = " ".join(str(text).split())
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text) or "no reason given"
+    """A reason for a one-line message: it may come from the server and ends up on a
+    terminal, so it is shown by `mirror.text.printable`'s rule (never empty)."""
+    return printable(str(text)).strip() or "no reason given"
 
 
 class ControlClientProtocol(LineReceiver):

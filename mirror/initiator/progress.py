@@ -14,8 +14,9 @@ from typing import IO, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from mirror.initiator.report import format_bytes, format_clock, format_rate, printable
+from mirror.initiator.report import format_bytes, format_clock, format_rate
 from mirror.initiator.spec import format_source
+from mirror.text import printable
 from mirror.wire.control import (
     Done,
     Progress,

@@ -41,22 +41,12 @@ from typing import Any, Sequence
 from mirror.initiator.client import JobResult
 from mirror.initiator.spec import format_source
 from mirror.stats import SizeStats
+from mirror.text import printable
 from mirror.wire.control import SourceRequest
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 #: Whole-source errors shown under the text table (per-file errors were shown live).
 MAX_TEXT_ERRORS = 20
-
-
-def printable(text: str) -> str:
-    """``text`` with control and other non-printable characters escaped.
-
-    Names and messages come from remote peers: raw, they could move the cursor or rewrite
-    the terminal (ESC sequences, ``\\r``).
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def format_bytes(n: float) -> str:
@@ -181,8 +171,13 @@ def build_report(
 
 
 def format_json(report: dict[str, Any]) -> str:
-    """One JSON object on one line, newline-terminated."""
-    return json.dumps(report, allow_nan=False, ensure_ascii=False) + "\n"
+    """One JSON object on one line, newline-terminated, in ASCII.
+
+    Names and messages are kept exactly (a JSON parser gets them back), but every non-ASCII
+    character is written ``\\uXXXX``: JSON itself escapes only U+0000-U+001F, and DEL, the
+    C1 controls (U+009B is a CSI) and bidi overrides must not reach a terminal raw either.
+    """
+    return json.dumps(report, allow_nan=False, ensure_ascii=True) + "\n"
 
 
 def _source_label(entry: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from mirror.paths import UnsafePath, join_parts, parse_user_path
 from mirror.stats import SizeStats
+from mirror.text import printable
 
 #: Longest line either side accepts, terminator excluded.
 MAX_LINE = 16384
@@ -155,10 +156,9 @@ ServerEvent = JobAccepted | Progress | SourceError | SourceDone | Done | Refused
 # -- field codecs ---------------------------------------------------------------------------
 
 
-def _show(raw: bytes, limit: int = 40) -> str:
-    """A short, printable rendering of untrusted bytes for an error message."""
-    text = repr(raw[:limit])
-    return text + ("..." if len(raw) > limit else "")
+def _show(raw: bytes | str) -> str:
+    """Untrusted bytes or text in an error message: quoted, short, `mirror.text.printable`."""
+    return f"'{printable(raw, 40)}'"
 
 
 def _quote(text: str) -> str:
@@ -265,13 +265,13 @@ def check_host(host: str) -> str:
         raise ControlError("empty host")
     for ch in host:
         if ch == " " or not ch.isprintable():
-            raise ControlError(f"host has a space or control character: {host!r}")
+            raise ControlError(f"host has a space or control character: {_show(host)}")
         if ch in "/[]":
-            raise ControlError(f"host must not contain {ch!r}: {host!r}")
+            raise ControlError(f"host must not contain {ch!r}: {_show(host)}")
     try:
         size = len(host.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ControlError(f"host is not valid UTF-8: {host!r}") from None
+        raise ControlError(f"host is not valid UTF-8: {_show(host)}") from None
     if size > MAX_HOST_BYTES:
         raise ControlError(f"host longer than {MAX_HOST_BYTES} bytes")
     return host
@@ -293,7 +293,7 @@ def check_request_path(path: str) -> str:
     try:
         return join_parts(parse_user_path(path))
     except UnsafePath as e:
-        raise ControlError(f"bad path {path!r}: {e}") from None
+        raise ControlError(f"bad path {_show(path)}: {e}") from None
 
 
 def check_delay(delay: float) -> float:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from twisted.protocols.basic import Int32StringReceiver
 
+from mirror.text import printable
+
 # requests
 LIST = 0x01
 FETCH = 0x02
@@ -155,17 +157,25 @@ def decode_file(payload: bytes) -> FileHeader:
     return FileHeader(size, file_size, mtime_ns, mode & 0o7777)
 
 
+#: An ERROR frame's message is cut to this many bytes by the sender, and shown in at most
+#: this many characters by the receiver.
+MAX_ERROR_MESSAGE = 1024
+
+
 def encode_error(code: int, message: str) -> bytes:
-    return _ERROR.pack(code) + message.encode("utf-8")[:1024]
+    data = message.encode("utf-8")
+    if len(data) > MAX_ERROR_MESSAGE:
+        # Cut on a character boundary: a split character would be shown as stray bytes.
+        data = data[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
+    return _ERROR.pack(code) + data
 
 
 def decode_error(payload: bytes) -> tuple[int, str]:
     if len(payload) < _ERROR.size:
         raise ProtocolError("bad ERROR frame")
     (code,) = _ERROR.unpack_from(payload)
-    # The message is shown to users: keep it printable and short.
-    text = payload[_ERROR.size : _ERROR.size + 1024].decode("utf-8", "replace")
-    return code, "".join(c if c.isprintable() else "?" for c in text)
+    # The message is shown to users and logged: untrusted text, made printable and short.
+    return code, printable(payload[_ERROR.size :], MAX_ERROR_MESSAGE)
 
 
 class FrameReceiver(Int32StringReceiver):

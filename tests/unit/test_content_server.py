@@ -250,6 +250,14 @@ class ListRefusals(ServerTestCase):
     def test_invalid_utf8(self) -> None:
         self.assert_error(self.list(b"\xff\xfe"), frames.E_NOT_ALLOWED, "UTF-8")
 
+    def test_refused_name_shown_by_the_one_rule(self) -> None:
+        # The ERROR frame itself (not as decoded by a client) shows the name escaped:
+        # no raw ESC, bad UTF-8 as \xNN, as mirror.text.printable says.
+        self.rig.fetch(1, b"a\x1b[2J\xff\xe2\x80\xae")
+        [(opcode, request_id, payload)] = self.answer()
+        self.assertEqual((opcode, request_id), (frames.ERROR, 1))
+        self.assertEqual(payload[2:], b"a\\x1b[2J\\xff\\u202e: name is not valid UTF-8")
+
     def test_reserved_prefix(self) -> None:
         self.assert_error(self.list(".mirror-tmp-x"), frames.E_NOT_ALLOWED, "reserved prefix")
 

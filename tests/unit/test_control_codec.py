@@ -121,6 +121,20 @@ class ClientLineTests(SynchronousTestCase):
         self.assertNotIn("\n", str(cm.exception))
         self.assertNotIn("\x1b", str(cm.exception))
 
+    def test_error_messages_show_fields_by_the_one_rule(self) -> None:
+        # mirror.text.printable: bad UTF-8 as \xNN, controls escaped, quoted and short.
+        with self.assertRaises(ControlError) as cm:
+            parse_client_line(b"SOURCE h\xff\x1b 1 a 0")
+        self.assertEqual(str(cm.exception), "host is not valid UTF-8: 'h\\xff\\x1b'")
+        with self.assertRaises(ControlError) as cm:
+            parse_client_line(b"SOURCE h\xe2\x80\xae 1 a 0")
+        self.assertEqual(str(cm.exception), "host has a space or control character: 'h\\u202e'")
+        # A hostile path (a percent-encoded name thousands of characters long) stays short.
+        with self.assertRaises(ControlError) as cm:
+            parse_client_line(b"SOURCE h 1 " + b"../" * 3000 + b"%1B 0")
+        self.assertLess(len(str(cm.exception)), 200)
+        self.assertTrue(str(cm.exception).startswith("bad path '../../"), str(cm.exception))
+
 
 class ServerLineTests(SynchronousTestCase):
     def test_each_event(self) -> None:

@@ -190,21 +190,26 @@ class Codecs(SynchronousTestCase):
             self.assertRaises(ProtocolError, frames.decode_error, bad)
 
     def test_error_message_made_printable(self) -> None:
-        code, message = frames.decode_error(b"\x00\x05" + b"bad\n\x1b[31mred\xff")
+        code, message = frames.decode_error(b"\x00\x05" + b"bad\n\x1b[31mred\xff\xe2\x80\xae")
         self.assertEqual(code, 5)
-        self.assertTrue(message.isprintable(), message)
-        self.assertTrue(message.startswith("bad?"))
+        # mirror.text.printable's rule, so that what is shown says what was sent.
+        self.assertEqual(message, "bad\\n\\x1b[31mred\\xff\\u202e")
 
     def test_error_message_capped(self) -> None:
         payload = frames.encode_error(1, "x" * 5000)
-        self.assertEqual(len(payload), 2 + 1024)
-        self.assertEqual(len(frames.decode_error(b"\x00\x01" + b"y" * 5000)[1]), 1024)
+        self.assertEqual(len(payload), 2 + frames.MAX_ERROR_MESSAGE)
+        message = frames.decode_error(b"\x00\x01" + b"y" * 5000)[1]
+        self.assertEqual(message, "y" * (frames.MAX_ERROR_MESSAGE - 1) + "\u2026")
+        # Escapes count: 5000 ESC bytes are shown in no more characters than that.
+        message = frames.decode_error(b"\x00\x01" + b"\x1b" * 5000)[1]
+        self.assertLessEqual(len(message), frames.MAX_ERROR_MESSAGE)
 
     def test_error_message_cut_inside_a_character(self) -> None:
-        payload = frames.encode_error(1, "a" + "é" * 600)  # the cut splits a 2-byte character
+        payload = frames.encode_error(1, "a" + "é" * 600)  # the cut would split a 2-byte character
+        self.assertEqual(len(payload), 2 + frames.MAX_ERROR_MESSAGE - 1)
         code, message = frames.decode_error(payload)
         self.assertEqual(code, 1)
-        self.assertTrue(message.startswith("aé"))
+        self.assertEqual(message, "a" + "é" * 511)
 
 
 # -- the receiver --------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from mirror.initiator.report import (
     format_clock,
     format_json,
     format_text,
-    printable,
 )
 from mirror.wire.control import (
     Done,
@@ -55,6 +54,12 @@ SOURCES = [
     SourceRequest("::1", 8001, "", 0.5),
 ]
 MiB = 1024 * 1024
+
+
+#: Text a hostile server could send: clear screen, set title, carriage return, C1 CSI, bidi
+#: override, line separator, DEL, and how mirror-init must show it.
+HOSTILE = "\x1b[2J\x1b]0;t\x07\rx\x9b1m\u202eexe.txt\u2028\x7f\u00e9"
+SHOWN = "\\x1b[2J\\x1b]0;t\\x07\\rx\\x9b1m\\u202eexe.txt\\u2028\\x7f\u00e9"
 
 
 def lines(*events: Any) -> bytes:
@@ -149,7 +154,7 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertEqual(seen, [Refused("too many\nsources\x1b[2J")])
         error = self.failureResultOf(proto.done, JobRefused).value
         self.assertEqual(
-            str(error), "the mirror server refused the job: too many sources\\x1b[2J"
+            str(error), "the mirror server refused the job: too many\\nsources\\x1b[2J"
         )
         self.assertTrue(transport.disconnecting)
 
@@ -547,7 +552,6 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(format_bytes(5 * 1024**3), "5.0 GiB")
         self.assertEqual(format_clock(61), "1:01")
         self.assertEqual(format_clock(3725), "1:02:05")
-        self.assertEqual(printable("a\nb\x1bc\u00e9"), "a\\nb\\x1bc\u00e9")
 
 
 class CommandLineTests(SynchronousTestCase):
@@ -679,6 +683,53 @@ class CommandLineTests(SynchronousTestCase):
         endpoint.pump.flush()
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(err.getvalue(), "mirror-init: the mirror server refused the job: busy\n")
+
+    def assert_terminal_safe(self, *texts: str) -> None:
+        for text in texts:
+            # Only our own line ends; nothing a terminal would act on (ESC, CR, BEL, C1 CSI,
+            # a bidi override or a line separator).
+            bad = [ch for ch in text.replace("\n", "") if not ch.isprintable()]
+            self.assertEqual(bad, [], text)
+
+    def test_hostile_names_never_reach_the_terminal_raw(self) -> None:
+        script = lines(
+            JobAccepted("1"),
+            SourceError(0, "a/" + HOSTILE, "cannot fetch " + HOSTILE),
+            SourceError(0, None, "whole source: " + HOSTILE),
+            SourceDone(0, False, 0, 0, 0, 0, 0, 1, 0.1),
+            Done(False),
+        )
+        endpoint = LoopbackEndpoint(ScriptedServer(script))
+        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assert_terminal_safe(out.getvalue(), err.getvalue())
+        # Shown, not hidden: the progress line, then the report's note on the whole source.
+        self.assertIn(f"error: 127.0.0.1:1:a: a/{SHOWN}: cannot fetch {SHOWN}\n", out.getvalue())
+        self.assertIn(f"  127.0.0.1:1:a: whole source: {SHOWN}\n", out.getvalue())
+
+    def test_hostile_refusal_never_reaches_the_terminal_raw(self) -> None:
+        endpoint = LoopbackEndpoint(ScriptedServer(lines(Refused(HOSTILE))))
+        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assert_terminal_safe(out.getvalue(), err.getvalue())
+        self.assertEqual(err.getvalue(),
+                         f"mirror-init: the mirror server refused the job: {SHOWN}\n")
+
+    def test_hostile_names_in_json_are_ascii_and_intact(self) -> None:
+        # JSON escapes C0 controls itself, but not DEL, C1 controls (U+009B is a CSI) or bidi
+        # characters: the output is ASCII, and the data is still exactly what was sent.
+        script = lines(JobAccepted("1"), SourceError(0, HOSTILE, HOSTILE),
+                       SourceDone(0, False, 0, 0, 0, 0, 0, 1, 0.1), Done(False))
+        endpoint = LoopbackEndpoint(ScriptedServer(script))
+        d, out, err, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], endpoint)
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertTrue(out.getvalue().isascii(), out.getvalue())
+        self.assert_terminal_safe(out.getvalue(), err.getvalue())
+        data = json.loads(out.getvalue())
+        self.assertEqual(data["sources"][0]["errors"], [{"path": HOSTILE, "message": HOSTILE}])
 
     def test_shutdown_interrupts(self) -> None:
         endpoint = StringEndpoint()
