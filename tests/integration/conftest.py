@@ -21,14 +21,15 @@ from mirror.wire.control import SourceRequest
 
 @pytest.fixture
 def start_content_server() -> Any:
-    """``start(root, **settings) -> (port, factory)``: a content server on 127.0.0.1."""
+    """``start(root, clock=None, **settings) -> (port, factory)``: a content server on
+    127.0.0.1; its deadlines run on ``clock`` if given (a `task.Clock` the test advances)."""
     started: list[tuple[Any, DiskThreads, int]] = []
 
-    def start(root: str, **settings: Any) -> tuple[int, ContentServerFactory]:
+    def start(root: str, clock: Any = None, **settings: Any) -> tuple[int, ContentServerFactory]:
         threads = DiskThreads(reactor, 4)
         threads.startService()
         root_fd = open_root(root)
-        factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings))
+        factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings), clock)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         started.append((port, threads, root_fd))
         return port.getHost().port, factory
@@ -40,6 +41,10 @@ def start_content_server() -> Any:
         os.close(root_fd)
 
 
+#: The control factory of each port `start_mirror_server` listens on (its connection limiter).
+control_factories: dict[int, ControlFactory] = {}
+
+
 @pytest.fixture
 def start_mirror_server() -> Any:
     """``start(mirror_dir, **settings) -> (port, service)``: a mirror server on 127.0.0.1."""
@@ -49,12 +54,15 @@ def start_mirror_server() -> Any:
         os.makedirs(mirror_dir, exist_ok=True)
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
         service.startService()
-        port = reactor.listenTCP(0, ControlFactory(service), interface="127.0.0.1")
+        factory = ControlFactory(service)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         started.append((port, service))
+        control_factories[port.getHost().port] = factory
         return port.getHost().port, service
 
     yield start
     for port, service in started:
+        control_factories.pop(port.getHost().port, None)
         pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
