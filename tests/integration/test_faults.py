@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from mirror.initiator.client import ConnectionLostBeforeDone
 from mirror.mirror_server import service as mirror_service
 from mirror.mirror_server import store
 from mirror.wire.control import Progress
-from tests.integration.conftest import run_job, source
+from tests.integration.conftest import deep_scratch_dir, run_job, source
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     MTIME_NS,
     Fetch,
@@ -492,7 +491,7 @@ async def test_sweep_does_not_remove_files_of_running_jobs(tmp_path, monkeypatch
 async def test_sweep_reaches_any_depth(start_mirror_server):
     """A legal 4 KiB wire path is 2,000 directories deep: the sweep must still get there
     (os.fwalk recurses once per level and keeps a descriptor open per level)."""
-    base = Path(tempfile.mkdtemp(prefix="mirror-sweep-"))
+    base = Path(deep_scratch_dir("mirror-sweep-"))
     try:
         deep = base / "mirror" / "127.0.0.1_1"
         deep.mkdir(parents=True)
