@@ -101,8 +101,9 @@ class Fetch:
     wait: float = 0.0
     #: Send the FILE header at all (False: go straight to the body and the ending).
     header: bool = True
-    #: Hold the answer at this `Gate` once ``hold_at`` body bytes are sent, until the test
-    #: opens it: a transfer kept in progress for exactly as long as a test needs, not a time.
+    #: Hold the answer at this `Gate` until the test opens it: before anything is sent
+    #: (``hold_at`` 0) or once ``hold_at`` body bytes are sent. A transfer kept waiting for
+    #: exactly as long as a test needs, not for a time.
     hold: Gate | None = None
     hold_at: int = 0
 
@@ -290,6 +291,8 @@ class HostileProtocol(frames.FrameReceiver):
             return
         if how.wait:
             await self.sleep(how.wait)
+        if how.hold is not None and how.hold_at == 0:
+            await self.held(how.hold.wait())
         content = how.content
         if how.header:
             size = len(content) if how.size is None else how.size
@@ -301,7 +304,7 @@ class HostileProtocol(frames.FrameReceiver):
             body = body[: how.stop_after]
         i = 0
         while i < len(body):
-            if how.hold is not None and i == how.hold_at:
+            if how.hold is not None and i == how.hold_at > 0:
                 await self.held(how.hold.wait())
             if how.interval and i:
                 await self.sleep(how.interval)

@@ -26,15 +26,17 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from mirror import paths
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
+from tests.integration.waiting import wait_for
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     MTIME_NS,
     Fetch,
+    Gate,
     HostileServer,
     ListEntry,
     absurd_size,
@@ -486,13 +488,21 @@ async def test_fetch_lie(harness, case, lie, why, size):
     content = SMALL if size == "small" else BIG
     old = h.seed("docs/victim")
     lies = {"docs/victim": lie(content), "docs/brand-new": lie(content)}
+    # The honest file is received before any lie is told: a lie that breaks the connection
+    # must not take it down before it is done (that would be a different test).
+    honest_received = Gate()
     for how in lies.values():
-        # An honest file listed first is answered first: a lie that breaks the connection
-        # must not take it down before it is done (that would be a different test).
-        how.wait = 0.1
+        how.hold = honest_received
     h.script.fetch.update(lies)
-    result = await h.run(d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
-                         f("docs/brand-new", content))
+    job = defer.Deferred.fromCoroutine(h.run(
+        d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
+        f("docs/brand-new", content)))
+    try:
+        await wait_for(lambda: any(j.bytes_done >= len(SMALL) for j in h.service.jobs.values()),
+                       what="the honest file to be received")
+    finally:
+        honest_received.open()
+    result = await job
     assert not result.ok
     for name in ("docs/victim", "docs/brand-new"):
         [message] = errors_for(result, name)
