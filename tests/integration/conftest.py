@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import tempfile
 from typing import Any, Callable
 
@@ -91,11 +93,32 @@ def source(port: int, path: str = "", delay: float = 0.0) -> SourceRequest:
     return SourceRequest("127.0.0.1", port, path, delay)
 
 
+def free_port() -> int:
+    """A loopback port free now, and outside the range the kernel picks ports from.
+
+    A port the kernel handed out (bind to port 0) and that was closed again is soon handed
+    out again, as the local port of some outgoing connection (the suite makes thousands):
+    a daemon started on it later then failed with "address already in use", one run in a
+    few on a busy machine. A port below the ephemeral range is only ever taken explicitly.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    for _ in range(100):
+        port = rnd.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 @pytest.fixture
 def unused_port() -> int:
-    """A loopback port with nothing listening on it."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port with nothing listening on it (see `free_port`)."""
+    return free_port()

@@ -30,7 +30,7 @@ from mirror.initiator.client import ConnectionLostBeforeDone
 from mirror.mirror_server import service as mirror_service
 from mirror.mirror_server import store
 from mirror.wire.control import Progress
-from tests.integration.conftest import deep_scratch_dir, run_job, source
+from tests.integration.conftest import deep_scratch_dir, free_port, run_job, source
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     MTIME_NS,
     Fetch,
@@ -58,12 +58,6 @@ def temporaries(root: Path) -> list[Path]:
     out = subprocess.run(["find", str(root), "-name", paths.TEMP_PREFIX + "*", "-print0"],
                          check=True, capture_output=True).stdout
     return [Path(p.decode()) for p in out.split(b"\0") if p]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
