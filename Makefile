@@ -23,10 +23,8 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-# trial runs the unit tests; pytest runs them again with the integration tests.
-test: $(STAMP)
-	$(BIN)/trial tests.unit
-	$(BIN)/pytest -q tests
+# Each test runs once: trial for the unit tests, pytest(-twisted) for the integration tests.
+test: unit integration
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.demo
