@@ -256,7 +256,7 @@ class SourceRun:
     async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
-            header = await self._attempts(parts)
+            header = await self._attempts(parts, entry.size)
             if header is not None:
                 self.stats.add(header.size)
                 self.job.files_done += 1
@@ -264,14 +264,15 @@ class SourceRun:
             # Whatever happened, the file is no longer pending: a job never waits forever.
             self._finished_one()
 
-    async def _attempts(self, parts: paths.Parts) -> frames.FileHeader | None:
+    async def _attempts(self, parts: paths.Parts, size: int) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
         for _attempt in range(2):
             receiver = self._receiver(parts)
             try:
                 conn = await self.connections.get()
-                header, digest = await conn.fetch(path, receiver, delay=self.request.delay)
+                header, digest = await conn.fetch(path, receiver, delay=self.request.delay,
+                                                  expect_size=size)
                 if header.size != header.file_size:
                     raise TransferError(f"{path}: server sent {header.size} of "
                                         f"{header.file_size} bytes")

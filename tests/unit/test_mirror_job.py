@@ -428,6 +428,56 @@ class FailedTransfers(FakeServerTestCase):
         self.assertEqual(bytes_done, 4)  # only the good file's bytes
 
 
+class ListedSizeHeld(FakeServerTestCase):
+    """FETCH is held to the size the listing announced (issue 7): a server that listed
+    3 bytes cannot send 8, and the progress totals stay those of the listing."""
+
+    F = frames.KIND_FILE
+
+    def test_size_differing_from_the_listing_fails_the_file(self) -> None:
+        self.serve_fake([(self.F, b"f", 3), (self.F, b"good", 4)],
+                        {b"f": b"content!", b"good": b"good"})
+        observer = self.run_job(source())
+        (_, path, message), = observer.errors
+        self.assertEqual(path, "f")
+        self.assertIn("listed with 3 bytes, now 8", message)
+        run = observer.done[0]
+        self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
+        top = self.mirror / "10.0.0.1_7000"
+        self.assertFalse((top / "f").exists())
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
+        files_done, bytes_done, files_total, bytes_total, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done, files_total, bytes_total), (1, 4, 2, 7))
+
+    def test_retried_once(self) -> None:
+        """A file that changed back (the listed size again) on the retry is mirrored."""
+        sizes = iter([b"content!", b"abc"])
+
+        def make():
+            server = FakeContentServer([(self.F, b"f", 3)], {})
+            server.files = _Changing(lambda: next(sizes))
+            return server
+
+        self.network.servers[("10.0.0.1", 7000)] = make
+        observer = self.run_job(source())
+        self.assertEqual(observer.errors, [])
+        self.assertEqual((self.mirror / "10.0.0.1_7000" / "f").read_bytes(), b"abc")
+
+
+class _Changing(dict):
+    """A FakeContentServer's files whose every lookup gives the next version."""
+
+    def __init__(self, next_version) -> None:
+        super().__init__()
+        self.next_version = next_version
+
+    def get(self, name, default=None):
+        return self.next_version()
+
+    def __getitem__(self, name):
+        return self.next_version()
+
+
 class TransferBookkeeping(SynchronousTestCase):
     """A transfer that blows up still stops being pending: the job can never hang on it."""
 
@@ -438,11 +488,12 @@ class TransferBookkeeping(SynchronousTestCase):
         run = SourceRun.__new__(SourceRun)
         run._finished_one = lambda: finished.append(True)
 
-        async def boom(parts):
+        async def boom(parts, size):
             raise RuntimeError("bug")
 
         run._attempts = boom
-        d = Deferred.fromCoroutine(run.transfer(("a",), None))
+        entry = frames.Entry(frames.KIND_FILE, 0o644, 1, 0, b"a")
+        d = Deferred.fromCoroutine(run.transfer(("a",), entry))
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(finished, [True])
 
