@@ -28,6 +28,8 @@ class ContentServerFactory(LimitedFactory):
         self.settings = settings or ContentSettings()
         self.clock = clock
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
+        #: LISTs walking at once in the whole server (see ``ContentSettings.max_lists``).
+        self.lists = 0
 
     def make_protocol(self) -> ContentServerProtocol:
         return ContentServerProtocol(self)

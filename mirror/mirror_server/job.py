@@ -201,6 +201,12 @@ class SourceRun:
         dirs: list[tuple[paths.Parts, frames.Entry]] = []
         files: list[tuple[paths.Parts, frames.Entry]] = []
         for entry in entries:
+            if entry.is_error:
+                # The source could not list this path (not "gone" or "a link": those it
+                # skips and counts): the mirror is incomplete, so the job fails.
+                self.failed += 1
+                self.error(paths.display_name(entry.name), entry.message)
+                continue
             try:
                 parts = self._check(entry)
             except EntryRefused as e:
