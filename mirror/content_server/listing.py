@@ -46,6 +46,12 @@ def _reason(exc: BaseException) -> tuple[int, str]:
     return frames.E_IO, str(exc)
 
 
+def _open_child(name: str, dir_fd: int) -> int:
+    """Open the directory ``name`` of ``dir_fd``, never through a link (one place, where
+    tests inject errors)."""
+    return os.open(name, paths.DIR_FLAGS, dir_fd=dir_fd)
+
+
 class _Level:
     """A directory the walk is inside: its names still to list, in reverse (popped last)."""
 
@@ -131,7 +137,7 @@ class TreeWalker:
         for i, name in enumerate(rest):
             child = parts + rest[: i + 1]
             try:
-                fd = os.open(name, paths.DIR_FLAGS, dir_fd=self._fd)
+                fd = _open_child(name, self._fd)
             except OSError as e:
                 if not _gone(e):
                     self._error(child, e)
@@ -147,7 +153,7 @@ class TreeWalker:
     def _descend(self, child: paths.Parts, name: str) -> None:
         """Enter the directory ``name`` of the current one (just listed as ``child``)."""
         try:
-            fd = os.open(name, paths.DIR_FLAGS, dir_fd=self._fd)
+            fd = _open_child(name, self._fd)
         except OSError as e:
             if _gone(e):
                 self.skipped += 1  # replaced by a link or removed since: never followed

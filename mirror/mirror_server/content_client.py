@@ -226,14 +226,15 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         return request_id
 
     def list(self, path: str,
-             on_entries: Callable[[list[frames.Entry]], Deferred[None] | None]
-             ) -> Deferred[tuple[int, int]]:
-        """LIST ``path``; ``on_entries`` gets each batch (and may return a Deferred to make
-        the connection wait). Fires with ``(count, skipped)``."""
+             on_entries: Callable[[list[frames.Entry]], Deferred[None] | None],
+             cursor: str | None = None) -> Deferred[tuple[int, int]]:
+        """LIST ``path`` (after ``cursor``, the last name received before, if resuming);
+        ``on_entries`` gets each batch (and may return a Deferred to make the connection
+        wait). Fires with ``(count, skipped)`` of this request."""
         request_id = self._allocate()
         req = _ListRequest(self, request_id, f"LIST {path or '.'}", self.stall_timeout,
                            on_entries)
-        return self._send(req, frames.LIST, frames.encode_list(path))
+        return self._send(req, frames.LIST, frames.encode_list(path, cursor))
 
     def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
               delay: float = 0.0, expect_size: int | None = None

@@ -125,7 +125,7 @@ class ControlProtocol(LineReceiver, ClosingMixin):
     def source_done(self, run: SourceRun) -> None:
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
-                                      run.skipped, run.failed, run.elapsed))
+                                      run.skipped, run.failed, run.elapsed, run.not_exported))
 
     def job_done(self, job: Job) -> None:
         self._send(control.Done(job.ok))

@@ -77,6 +77,9 @@ class SourceRun:
         self.stats = SizeStats()
         self.dirs = 0
         self.skipped = 0
+        #: What the source did not export (links, special files, names that are not valid
+        #: wire paths), as its LIST_ENDs count them.
+        self.not_exported = 0
         self.failed = 0
         self.ok = True
         self.elapsed = 0.0
@@ -86,6 +89,10 @@ class SourceRun:
         self._listing_done = False
         self._errors = 0
         self._taking: Deferred[None] | None = None
+        #: The last name received: a closed listing resumes after it.
+        self._cursor: str | None = None
+        self._listing_conn: Any = None
+        self._hold_call: Any = None
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
@@ -152,29 +159,82 @@ class SourceRun:
         return True
 
     async def _list(self) -> None:
-        # A connection of its own: listing waits (paused) while the queue is full, and must
-        # not stall the FETCHes that would empty it.
+        """List the source, resuming from the cursor after each pause that closed it."""
+        try:
+            while await self._list_once():
+                # Closed while the queue was full: resume once it is half empty, not at the
+                # first free slot (each resumption costs a connection and a re-descent).
+                queue = self.job.service.queue
+                await queue.wait_below(queue.size // 2)
+        finally:
+            self._listing_done = True
+
+    async def _list_once(self) -> bool:
+        """One LIST request on a connection of its own; True if it was closed while paused
+        (and is to be resumed from ``_cursor``).
+
+        A connection of its own: listing waits (paused) while the queue is full, and must not
+        stall the FETCHes that would empty it. A content server drops a client that reads
+        nothing for its --write-timeout, so a pause longer than ``list_hold`` closes the
+        listing: the server then holds nothing for it, and neither do we beyond one batch.
+        """
         conn = None
+        resume = False
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
-            if not await self._open_store():
-                return
-            await conn.list(self.request.path, self._take_batch)
+            if self.store is None and not await self._open_store():
+                return False
+            self._listing_conn = conn
+            _count, skipped = await conn.list(self.request.path, self._take_batch, self._cursor)
+            self.not_exported += skipped
         except TransferError as e:
-            self.error(None, f"cannot list {self.request.path or '.'}: {e}")
+            # Lost while we were not reading it (closed by us after list_hold, or dropped by
+            # the server after its --write-timeout): not the source's fault; resume. A batch
+            # was taken in on this connection, so the cursor moved: no endless loop.
+            resume = self._taking is not None and not self._taking.called
+            if not resume:
+                self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
+            self._listing_conn = None
             # A batch may still be waiting for room in the queue (the connection dropped
             # meanwhile): its files count as pending before the listing counts as done.
             if self._taking is not None:
                 await self._taking
-            self._listing_done = True
             if conn is not None:
                 conn.close()
+        return resume
 
     def _take_batch(self, entries: list[frames.Entry]) -> Deferred[None]:
-        self._taking = Deferred.fromCoroutine(self._take_safely(entries))
-        return self._taking
+        # Every name received moves the cursor, refused ones too (if still a valid name):
+        # they were received, and are reported once.
+        for entry in reversed(entries):
+            try:
+                parts = paths.parse_wire_path(entry.name)
+            except paths.UnsafePath:
+                continue
+            if parts[: len(self._request_parts)] == self._request_parts:
+                self._cursor = paths.join_parts(parts)
+                break
+        self._taking = taking = Deferred.fromCoroutine(self._take_safely(entries))
+        if not taking.called:
+            conn = self._listing_conn
+            hold = self.job.service.settings.list_hold
+            self._hold_call = self.job.service.reactor.callLater(hold, self._close_held, conn)
+            taking.addBoth(self._held_done)
+        return taking
+
+    def _close_held(self, conn: Any) -> None:
+        self._hold_call = None
+        if conn is not None:
+            conn.abort(f"{self.label}: listing paused (work queue full); resumed later")
+
+    def _held_done(self, result: Any) -> Any:
+        if self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
+        return result
 
     async def _take_safely(self, entries: list[frames.Entry]) -> None:
         try:

@@ -172,14 +172,14 @@ class Failures(WalkerTestCase):
     def fail_open(self, name: str, err: int) -> None:
         """Opening the directory ``name`` (as the walker does, by name under its parent)
         fails with ``err``; everything else is real."""
-        real_open = os.open
+        real_open = listing._open_child
 
-        def fake_open(path, flags, mode=0o777, *, dir_fd=None):
-            if path == name and flags & os.O_DIRECTORY:
+        def fake_open(path, dir_fd):
+            if path == name:
                 raise OSError(err, os.strerror(err))
-            return real_open(path, flags, mode, dir_fd=dir_fd)
+            return real_open(path, dir_fd)
 
-        self.patch(listing.os, "open", fake_open)
+        self.patch(listing, "_open_child", fake_open)
 
     def test_unreadable_directory_is_an_error_entry(self) -> None:
         self.make("a/x", "b/secret", "c")
