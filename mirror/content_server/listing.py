@@ -7,8 +7,9 @@ last name a client received, so a client may close a listing and take it up agai
 
 The listing's canonical order (doc/protocol.md): each directory before its contents, names
 sorted within a directory (by code point, which for valid UTF-8 is byte order). Whatever the
-depth, a walker holds one directory descriptor (two for a moment while it descends or
-climbs) and, per level it is inside, the directory's path, identity and the names not listed
+depth, a walker holds one directory descriptor (three for a moment while it enters a
+directory: its parent, it, and the duplicate ``os.listdir`` reads through) and, per level it
+is inside, the directory's path, identity and the names not listed
 yet: names only, never their stat results. Climbing back up opens ``..`` from the directory
 just finished and checks it is the (st_dev, st_ino) recorded on the way down; if not (a
 directory was moved meanwhile), the parent is opened again from the root by its path, so the

@@ -95,8 +95,9 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         self.settings: ContentSettings = factory.settings
         self.clock = factory.clock
         self._requests: dict[int, Deferred[None]] = {}
-        #: LISTs of this connection holding a walker.
+        #: LISTs of this connection holding a walker, and those waiting for one.
         self._lists = 0
+        self._list_waiters: list[Deferred[None]] = []
         self._waits: set[Deferred[Any]] = set()
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
@@ -272,10 +273,14 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         parts, path = self._parse_path(raw_path)
         cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
         s = self.settings
-        if self._lists >= s.max_lists_per_connection:
-            raise RequestError(frames.E_BUSY, f"more than {s.max_lists_per_connection} "
-                                              "LISTs at once on one connection")
+        # Pipelined LISTs beyond the connection's share wait their turn (--max-requests
+        # bounds how many); beyond the server's total they are answered busy.
+        while self._lists >= s.max_lists_per_connection:
+            waiter: Deferred[None] = Deferred()
+            self._list_waiters.append(waiter)
+            await self._wait(waiter)
         if self.factory.lists >= s.max_lists:
+            self._next_list()
             raise RequestError(frames.E_BUSY, f"more than {s.max_lists} LISTs at once")
         self._lists += 1
         self.factory.lists += 1
@@ -284,6 +289,15 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         finally:
             self._lists -= 1
             self.factory.lists -= 1
+            self._next_list()
+
+    def _next_list(self) -> None:
+        """Wake the next LIST waiting for a walker of this connection, if any."""
+        while self._list_waiters:
+            waiter = self._list_waiters.pop(0)
+            if not waiter.called:
+                waiter.callback(None)
+                return
 
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
                     cursor: paths.Parts | None) -> None:

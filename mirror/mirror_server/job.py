@@ -93,6 +93,9 @@ class SourceRun:
         self._cursor: str | None = None
         self._listing_conn: Any = None
         self._hold_call: Any = None
+        #: The listing connection was not read from (a batch being taken) since the last
+        #: batch arrived: a loss noticed now is the server dropping a client that did not read.
+        self._list_held = False
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
@@ -186,13 +189,15 @@ class SourceRun:
             if self.store is None and not await self._open_store():
                 return False
             self._listing_conn = conn
+            self._list_held = False
             _count, skipped = await conn.list(self.request.path, self._take_batch, self._cursor)
             self.not_exported += skipped
         except TransferError as e:
-            # Lost while we were not reading it (closed by us after list_hold, or dropped by
-            # the server after its --write-timeout): not the source's fault; resume. A batch
-            # was taken in on this connection, so the cursor moved: no endless loop.
-            resume = self._taking is not None and not self._taking.called
+            # Lost while (or just after) we were not reading it: closed by us after
+            # list_hold, or dropped by the server after its --write-timeout (a paused
+            # transport notices only once it reads again). Not the source's fault: resume.
+            # A batch was taken in on this connection, so the cursor moved: no endless loop.
+            resume = self._list_held
             if not resume:
                 self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
@@ -217,12 +222,18 @@ class SourceRun:
                 self._cursor = paths.join_parts(parts)
                 break
         self._taking = taking = Deferred.fromCoroutine(self._take_safely(entries))
+        self._list_held = not taking.called
         if not taking.called:
-            conn = self._listing_conn
-            hold = self.job.service.settings.list_hold
-            self._hold_call = self.job.service.reactor.callLater(hold, self._close_held, conn)
             taking.addBoth(self._held_done)
         return taking
+
+    def _hold_started(self) -> None:
+        """The queue is full: a listing held longer than ``list_hold`` gets closed."""
+        conn = self._listing_conn
+        if self._hold_call is None and conn is not None:
+            service = self.job.service
+            self._hold_call = service.reactor.callLater(service.settings.list_hold,
+                                                        self._close_held, conn)
 
     def _close_held(self, conn: Any) -> None:
         self._hold_call = None
@@ -295,6 +306,8 @@ class SourceRun:
             self._pending += 1
             self.job.files_total += 1
             self.job.bytes_total += entry.size
+            if len(queue) >= queue.size:
+                self._hold_started()
             await queue.put(WorkItem(self, parts, entry))
 
     async def _finish_dirs(self) -> None:

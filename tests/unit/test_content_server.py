@@ -250,7 +250,8 @@ class ListCursor(ServerTestCase):
 
 
 class ListCaps(ServerTestCase):
-    """Walkers at once are capped per connection and in total; more are answered busy."""
+    """Walkers at once are capped per connection (more wait their turn) and in total (more
+    are answered busy)."""
 
     settings = {"max_lists_per_connection": 1, "max_lists": 2}
 
@@ -259,7 +260,8 @@ class ListCaps(ServerTestCase):
         self.factory.threads = threads
         self.rig.list(1, "")
         self.rig.list(2, "docs")
-        self.assert_error(list_result(self.answer(), 2), frames.E_BUSY, "on one connection")
+        threads.step()  # the first walker opens; the second LIST waits for it
+        self.assertEqual(len(threads.queue), 1)
         other = connect_server(self.factory)
         other.list(1, "docs")
         third = connect_server(self.factory)
@@ -267,12 +269,24 @@ class ListCaps(ServerTestCase):
         self.assert_error(list_result(third.log.take(), 1), frames.E_BUSY, "at once")
         self.assertEqual(self.factory.lists, 2)
         threads.run_all()
-        self.assertEqual(list_result(self.answer(), 1).end, (7, 4))
+        got = self.answer()
+        self.assertEqual(list_result(got, 1).end, (7, 4))
+        self.assertEqual(list_result(got, 2).end, (4, 1))
         self.assertEqual(list_result(other.log.take(), 1).end, (4, 1))
         self.assertEqual(self.factory.lists, 0)
         third.list(2, "docs")
         threads.run_all()
         self.assertEqual(list_result(third.log.take(), 2).end, (4, 1))
+
+    def test_waiting_list_dropped_with_the_connection(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.list(1, "")
+        self.rig.list(2, "docs")
+        self.rig.proto.connectionLost()
+        threads.run_all()
+        self.assertEqual(self.factory.lists, 0)
+        self.assertEqual(self.rig.proto._list_waiters, [])
 
 
 class ListRefusals(ServerTestCase):
