@@ -54,6 +54,17 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _fd_targets(pid: int) -> list[str]:
+    """What the descriptors of ``pid`` point to (those closed meanwhile left out)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return sorted(targets)
+
+
 def _tcp_state(sock: socket.socket) -> int:
     """tcpi_state of ``sock`` (1 = established)."""
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
@@ -88,14 +99,13 @@ def test_client_pipelining_lists_and_never_reading_is_dropped(tmp_path: Path, da
         sock.sendall(b"".join(frames.frame(frames.LIST, rid, frames.encode_list(""))
                               for rid in range(1, 65)))
         sent = time.monotonic()
-        peak_rss, peak_fds = base_rss, base_fds
+        peak_rss, peak_fds, peak_what = base_rss, base_fds, []
         dropped = None
         while time.monotonic() - sent < write_timeout + 20:
             peak_rss = max(peak_rss, _rss(pid))
-            if _fds(pid) > peak_fds:
-                peak_fds = _fds(pid)
-                peak_what = sorted(os.readlink(f"/proc/{pid}/fd/{fd}")
-                                   for fd in os.listdir(f"/proc/{pid}/fd"))
+            what = _fd_targets(pid)
+            if len(what) > peak_fds:
+                peak_fds, peak_what = len(what), what
             if _tcp_state(sock) != 1:
                 dropped = time.monotonic() - sent
                 break
