@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.defer import DeferredSemaphore
+
 from mirror.content_server.fetch import DigestCache
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.limits import ConnectionLimiter, LimitedFactory
@@ -28,8 +30,13 @@ class ContentServerFactory(LimitedFactory):
         self.settings = settings or ContentSettings()
         self.clock = clock
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
-        #: LISTs walking at once in the whole server (see ``ContentSettings.max_lists``).
-        self.lists = 0
+        #: Walkers at once in the whole server (see ``ContentSettings.max_lists``).
+        self.list_slots = DeferredSemaphore(self.settings.max_lists)
+
+    @property
+    def lists(self) -> int:
+        """LISTs walking the tree now."""
+        return self.list_slots.limit - self.list_slots.tokens
 
     def make_protocol(self) -> ContentServerProtocol:
         return ContentServerProtocol(self)

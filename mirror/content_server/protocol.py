@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable
 
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -46,7 +46,8 @@ class ContentSettings:
     write_timeout: float = 60.0
     max_delay: float = 60.0
     #: LISTs walking at once, per connection and in the whole server (each walker holds one
-    #: directory descriptor and the names not yet listed of the directories it is in).
+    #: directory descriptor and the names not yet listed of the directories it is in);
+    #: more wait their turn.
     max_lists_per_connection: int = 4
     max_lists: int = 64
 
@@ -95,9 +96,8 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         self.settings: ContentSettings = factory.settings
         self.clock = factory.clock
         self._requests: dict[int, Deferred[None]] = {}
-        #: LISTs of this connection holding a walker, and those waiting for one.
-        self._lists = 0
-        self._list_waiters: list[Deferred[None]] = []
+        #: Walkers this connection may hold at once (its LISTs beyond wait their turn).
+        self._list_slots = DeferredSemaphore(self.settings.max_lists_per_connection)
         self._waits: set[Deferred[Any]] = set()
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
@@ -272,32 +272,18 @@ class ContentServerProtocol(frames.FrameReceiver, ClosingMixin):
         raw_path, raw_cursor = frames.decode_list(payload)
         parts, path = self._parse_path(raw_path)
         cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
-        s = self.settings
-        # Pipelined LISTs beyond the connection's share wait their turn (--max-requests
-        # bounds how many); beyond the server's total they are answered busy.
-        while self._lists >= s.max_lists_per_connection:
-            waiter: Deferred[None] = Deferred()
-            self._list_waiters.append(waiter)
-            await self._wait(waiter)
-        if self.factory.lists >= s.max_lists:
-            self._next_list()
-            raise RequestError(frames.E_BUSY, f"more than {s.max_lists} LISTs at once")
-        self._lists += 1
-        self.factory.lists += 1
+        # LISTs beyond the connection's share, then beyond the server's, wait their turn
+        # holding no walker (--max-requests bounds how many per connection). Always in this
+        # order, so that no two LISTs can each hold what the other waits for.
+        await self._wait(self._list_slots.acquire())
         try:
-            await self._walk(request_id, parts, path, cursor)
+            await self._wait(self.factory.list_slots.acquire())
+            try:
+                await self._walk(request_id, parts, path, cursor)
+            finally:
+                self.factory.list_slots.release()
         finally:
-            self._lists -= 1
-            self.factory.lists -= 1
-            self._next_list()
-
-    def _next_list(self) -> None:
-        """Wake the next LIST waiting for a walker of this connection, if any."""
-        while self._list_waiters:
-            waiter = self._list_waiters.pop(0)
-            if not waiter.called:
-                waiter.callback(None)
-                return
+            self._list_slots.release()
 
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
                     cursor: paths.Parts | None) -> None:

@@ -183,6 +183,7 @@ class SourceRun:
         """
         conn = None
         resume = False
+        start = self._cursor
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
@@ -196,8 +197,8 @@ class SourceRun:
             # Lost while (or just after) we were not reading it: closed by us after
             # list_hold, or dropped by the server after its --write-timeout (a paused
             # transport notices only once it reads again). Not the source's fault: resume.
-            # A batch was taken in on this connection, so the cursor moved: no endless loop.
-            resume = self._list_held
+            # Only if the cursor moved on this connection: never an endless loop.
+            resume = self._list_held and self._cursor != start
             if not resume:
                 self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
