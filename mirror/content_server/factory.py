@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.defer import DeferredSemaphore
+
 from mirror.content_server.fetch import DigestCache
 from mirror.content_server.protocol import (
     ContentFactoryBase,
@@ -34,3 +36,10 @@ class ContentServerFactory(ContentFactoryBase):
         self.settings = settings or ContentSettings()
         self.clock = clock
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
+        #: Walkers at once in the whole server (see ``ContentSettings.max_lists``).
+        self.list_slots = DeferredSemaphore(self.settings.max_lists)
+
+    @property
+    def lists(self) -> int:
+        """LISTs walking the tree now."""
+        return self.list_slots.limit - self.list_slots.tokens

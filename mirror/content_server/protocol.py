@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable
 
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -42,6 +42,11 @@ class ContentSettings:
     idle_timeout: float = 60.0
     write_timeout: float = 60.0
     max_delay: float = 60.0
+    #: LISTs walking at once, per connection and in the whole server (each walker holds one
+    #: directory descriptor and the names not yet listed of the directories it is in);
+    #: more wait their turn.
+    max_lists_per_connection: int = 4
+    max_lists: int = 64
 
 
 class RequestError(Exception):
@@ -103,8 +108,6 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
 
     def __init__(self) -> None:
         self._requests: dict[int, Deferred[None]] = {}
-        #: Ids of the FETCHes among them: only those put the client on ``write_timeout``.
-        self._fetches: set[int] = set()
         self._waits: set[Deferred[Any]] = set()
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
@@ -117,6 +120,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self.settings: ContentSettings = self.factory.settings
         self.clock = self.factory.clock
         s = self.settings
+        #: Walkers this connection may hold at once (its LISTs beyond wait their turn).
+        self._list_slots = DeferredSemaphore(s.max_lists_per_connection)
         self._frame_deadline = Deadline(self.clock, s.frame_timeout,
                                         lambda: self.abort("request frame not completed in time"))
         self._idle_deadline = Deadline(self.clock, s.idle_timeout,
@@ -171,15 +176,14 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         Read no more requests until it does: a client pipelining requests for small files
         without reading the answers would otherwise make the server buffer every answer
         (each up to a chunk) without bound. Requests already parsed wait in `_writable`.
-        A client with a FETCH waiting gets ``write_timeout`` to catch up (see `_writable`).
+        The client gets ``write_timeout`` to catch up, whatever it asked for.
         """
         if self._paused:
             return
         self._paused = True
         self.paused = True  # FrameReceiver: parse no further frames of what was read
         self._frame_deadline.stop()
-        if self._fetches:
-            self._write_deadline.start()
+        self._write_deadline.start()
         if not self._lost and self.transport is not None:
             self.transport.pauseProducing()
 
@@ -209,22 +213,19 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         finally:
             self._waits.discard(d)
 
-    async def _writable(self, deadline: bool = True) -> None:
+    async def _writable(self) -> None:
         """Wait until the transport wants more; raises `CancelledError` once it is gone.
 
-        While a FETCH waits, the client has ``write_timeout`` to read. A LIST waits without
-        that deadline (``deadline=False``): a mirror server stops reading its listing while
-        its work queue is full, for as long as its transfers take, and a paused listing holds
-        only one batch (connection caps bound how many). A loop: of several streams woken
-        together, the first may fill the buffer again.
+        The client has ``write_timeout`` to read (LIST included: a mirror server that must
+        stop reading a listing for longer closes it and resumes it from its cursor). A loop:
+        of several streams woken together, the first may fill the buffer again.
         """
         while True:
             if self._lost:
                 raise CancelledError()
             if not self._paused:
                 return
-            if deadline:
-                self._write_deadline.start()
+            self._write_deadline.start()
             d: Deferred[None] = Deferred()
             self._resume_waiters.append(d)
             await self._wait(d)
@@ -251,7 +252,6 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             work: Awaitable[None] = self._serve_list(request_id, payload)
         else:
             work = self._serve_fetch(request_id, payload)
-            self._fetches.add(request_id)
         self._idle_deadline.stop()
         d = Deferred.fromCoroutine(self._run(request_id, work))
         if not d.called:
@@ -275,7 +275,6 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                                     frames.encode_error(frames.E_IO, "internal error")))
         finally:
             self._requests.pop(request_id, None)
-            self._fetches.discard(request_id)
             if not self._requests and not self._lost:
                 self._idle_deadline.start()
 
@@ -286,11 +285,37 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             raise RequestError(frames.E_NOT_ALLOWED, f"{paths.display_name(raw)}: {e}") from None
         return parts, paths.join_parts(parts)
 
+    def _parse_cursor(self, raw: bytes, parts: paths.Parts) -> paths.Parts:
+        try:
+            cursor = paths.parse_wire_path(raw)
+        except paths.UnsafePath as e:
+            raise RequestError(frames.E_BAD_REQUEST, f"bad LIST cursor: {e}") from None
+        if cursor[: len(parts)] != parts:
+            raise RequestError(frames.E_BAD_REQUEST, "LIST cursor outside the requested path")
+        return cursor
+
     async def _serve_list(self, request_id: int, payload: bytes) -> None:
-        parts, path = self._parse_path(payload)
+        raw_path, raw_cursor = frames.decode_list(payload)
+        parts, path = self._parse_path(raw_path)
+        cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
+        # LISTs beyond the connection's share, then beyond the server's, wait their turn
+        # holding no walker (--max-requests bounds how many per connection). Always in this
+        # order, so that no two LISTs can each hold what the other waits for.
+        await self._wait(self._list_slots.acquire())
+        try:
+            await self._wait(self.factory.list_slots.acquire())
+            try:
+                await self._walk(request_id, parts, path, cursor)
+            finally:
+                self.factory.list_slots.release()
+        finally:
+            self._list_slots.release()
+
+    async def _walk(self, request_id: int, parts: paths.Parts, path: str,
+                    cursor: paths.Parts | None) -> None:
         threads = self.factory.threads
         try:
-            walker = await threads.run(TreeWalker, self.factory.root_fd, parts)
+            walker = await threads.run(TreeWalker, self.factory.root_fd, parts, cursor)
         except Exception as e:
             raise _request_error(e, path) from None
         try:
@@ -301,7 +326,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                     raise _request_error(e, path) from None
                 if batch is None:
                     break
-                await self._writable(deadline=False)
+                await self._writable()
                 self._send(frames.frame(frames.ENTRIES, request_id, batch))
             self._send(frames.frame(frames.LIST_END, request_id,
                                     frames.encode_list_end(walker.count, walker.skipped)))

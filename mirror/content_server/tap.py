@@ -42,6 +42,12 @@ class Options(ListenOptions):
          "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
         ["max-delay", None, _defaults.max_delay,
          "Largest per-file delay (seconds) a client may ask for.", number(float, 0)],
+        ["max-lists-per-connection", None, _defaults.max_lists_per_connection,
+         "LISTs walking the tree at once on one connection (more wait their turn).",
+         number(int, 1, 10000)],
+        ["max-lists", None, _defaults.max_lists,
+         "LISTs walking the tree at once in the whole server (more wait their turn).",
+         number(int, 1, 1000000)],
     ]
 
     def postOptions(self) -> None:

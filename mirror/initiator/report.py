@@ -18,7 +18,8 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     SOURCE-DONE arrived: every figure below is then null), ``files`` and ``dirs``
     transferred, ``bytes`` transferred, ``sum_sq`` (sum of squared file sizes), ``mean_size``,
     ``variance`` (population, bytes squared), ``stddev`` (bytes), ``cv`` (stddev / mean),
-    ``skipped``, ``failed``, ``elapsed`` (seconds, as measured by the mirror server),
+    ``skipped``, ``not_exported``, ``failed``, ``elapsed`` (seconds, as measured by the
+    mirror server),
     ``throughput`` (bytes per second over that time), and ``errors``: a list of
     ``{"path": wire path or null for the whole source, "message": text}``.
 ``totals``
@@ -29,8 +30,10 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
 
 Figures count files transferred in this job; ``skipped`` counts files already current
 (same size and mtime) and left alone, ``failed`` the files and entries (unsafe names
-included) that could not be mirrored. Links and special files on the content server are
-never listed, so they appear in neither.
+included, and paths the content server could not list) that could not be mirrored.
+``not_exported`` counts what the content server did not list: links, special files and
+names that are not valid wire paths (a lower bound when a paused listing was resumed: the
+count of a listing closed before its end is lost).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def _throughput(nbytes: int, seconds: float) -> float:
     return nbytes / max(seconds, MIN_ELAPSED) if seconds > 0 else 0.0
 
 
-def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: float) -> dict:
+def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: float,
+             not_exported: int = 0) -> dict:
     return {
         "files": stats.count,
         "dirs": dirs,
@@ -109,6 +113,7 @@ def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: fl
         "stddev": stats.stddev,
         "cv": stats.cv,
         "skipped": skipped,
+        "not_exported": not_exported,
         "failed": failed,
         "elapsed": elapsed,
         "throughput": _throughput(stats.total, elapsed),
@@ -130,7 +135,7 @@ def build_report(
     """
     per_source = []
     totals = SizeStats()
-    dirs = skipped = failed = 0
+    dirs = skipped = failed = not_exported = 0
     for index, source in enumerate(sources):
         done = result.source_done[index] if result is not None else None
         entry: dict[str, Any] = {
@@ -144,10 +149,12 @@ def build_report(
         }
         if done is not None:
             stats = SizeStats.from_sums(done.files, done.bytes, done.sum_sq)
-            entry.update(_figures(stats, done.dirs, done.skipped, done.failed, done.elapsed))
+            entry.update(_figures(stats, done.dirs, done.skipped, done.failed, done.elapsed,
+                                  done.not_exported))
             totals.merge(stats)
             dirs += done.dirs
             skipped += done.skipped
+            not_exported += done.not_exported
             failed += done.failed
         else:
             entry.update(_NULL_FIGURES)
@@ -157,7 +164,7 @@ def build_report(
             if e.index == index
         ]
         per_source.append(entry)
-    total_figures = _figures(totals, dirs, skipped, failed, elapsed)
+    total_figures = _figures(totals, dirs, skipped, failed, elapsed, not_exported)
     total_figures["errors"] = len(result.errors) if result is not None else 0
     total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
     return {
@@ -187,7 +194,7 @@ def _source_label(entry: dict[str, Any]) -> str:
 
 def _row(label: str, status: str, fig: dict[str, Any]) -> list[str]:
     if fig["files"] is None:
-        return [label, status] + ["-"] * 11
+        return [label, status] + ["-"] * 12
     return [
         label,
         status,
@@ -199,6 +206,7 @@ def _row(label: str, status: str, fig: dict[str, Any]) -> list[str]:
         format_bytes(fig["stddev"]),
         f"{fig['cv']:.2f}",
         str(fig["skipped"]),
+        str(fig["not_exported"]),
         str(fig["failed"]),
         format_seconds(fig["elapsed"]),
         format_rate(fig["throughput"]),
@@ -207,7 +215,7 @@ def _row(label: str, status: str, fig: dict[str, Any]) -> list[str]:
 
 _HEADER = [
     "SOURCE", "STATUS", "FILES", "DIRS", "BYTES", "MEAN", "VARIANCE(B^2)", "STDDEV", "CV",
-    "SKIPPED", "FAILED", "TIME", "THROUGHPUT",
+    "SKIPPED", "NOT-EXPORTED", "FAILED", "TIME", "THROUGHPUT",
 ]  # fmt: skip
 
 

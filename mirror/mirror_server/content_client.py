@@ -124,10 +124,12 @@ class _ListRequest(_Request):
 
 class _FetchRequest(_Request):
     def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
-                 timeout: float, sink: FetchSink, max_size: int) -> None:
+                 timeout: float, sink: FetchSink, max_size: int,
+                 expect_size: int | None = None) -> None:
         super().__init__(client, request_id, what, timeout)
         self.sink = sink
         self.max_size = max_size
+        self.expect_size = expect_size
         self.header: frames.FileHeader | None = None
         self.received = 0
 
@@ -137,6 +139,12 @@ class _FetchRequest(_Request):
             if header.size > self.max_size:
                 self.fail(f"{self.what}: announced size {header.size} exceeds the limit "
                           f"of {self.max_size} bytes")
+                return
+            if self.expect_size is not None and header.file_size != self.expect_size:
+                # Before any byte is taken: a server that listed 10 bytes cannot send more
+                # (and progress totals, made of listed sizes, stay right).
+                self.fail(f"{self.what}: file changed: listed with {self.expect_size} bytes, "
+                          f"now {header.file_size}")
                 return
             self.header = header
             self.deadline.seconds = self.client.stall_timeout  # the delay is over
@@ -218,22 +226,25 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         return request_id
 
     def list(self, path: str,
-             on_entries: Callable[[list[frames.Entry]], Deferred[None] | None]
-             ) -> Deferred[tuple[int, int]]:
-        """LIST ``path``; ``on_entries`` gets each batch (and may return a Deferred to make
-        the connection wait). Fires with ``(count, skipped)``."""
+             on_entries: Callable[[list[frames.Entry]], Deferred[None] | None],
+             cursor: str | None = None) -> Deferred[tuple[int, int]]:
+        """LIST ``path`` (after ``cursor``, the last name received before, if resuming);
+        ``on_entries`` gets each batch (and may return a Deferred to make the connection
+        wait). Fires with ``(count, skipped)`` of this request."""
         request_id = self._allocate()
         req = _ListRequest(self, request_id, f"LIST {path or '.'}", self.stall_timeout,
                            on_entries)
-        return self._send(req, frames.LIST, frames.encode_list(path))
+        return self._send(req, frames.LIST, frames.encode_list(path, cursor))
 
     def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
-              delay: float = 0.0) -> Deferred[tuple[frames.FileHeader, bytes]]:
+              delay: float = 0.0, expect_size: int | None = None
+              ) -> Deferred[tuple[frames.FileHeader, bytes]]:
         """FETCH a range of ``path`` into ``sink``; fires with ``(header, sha256 digest)`` once
-        exactly ``header.size`` bytes have been handed to the sink."""
+        exactly ``header.size`` bytes have been handed to the sink. With ``expect_size`` (the
+        size the listing announced) a FILE header with another ``file_size`` fails it."""
         request_id = self._allocate()
         req = _FetchRequest(self, request_id, path, self.stall_timeout + delay, sink,
-                            self.max_file_size)
+                            self.max_file_size, expect_size)
         delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
         return self._send(req, frames.FETCH, frames.encode_fetch(path, offset, length, delay_ms))
 

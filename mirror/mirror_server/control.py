@@ -148,7 +148,7 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
     def source_done(self, run: SourceRun) -> None:
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
-                                      run.skipped, run.failed, run.elapsed))
+                                      run.skipped, run.failed, run.elapsed, run.not_exported))
 
     def job_done(self, job: Job) -> None:
         self._job_over = True

@@ -77,6 +77,9 @@ class SourceRun:
         self.stats = SizeStats()
         self.dirs = 0
         self.skipped = 0
+        #: What the source did not export (links, special files, names that are not valid
+        #: wire paths), as its LIST_ENDs count them.
+        self.not_exported = 0
         self.failed = 0
         self.ok = True
         self.elapsed = 0.0
@@ -86,6 +89,13 @@ class SourceRun:
         self._listing_done = False
         self._errors = 0
         self._taking: Deferred[None] | None = None
+        #: The last name received: a closed listing resumes after it.
+        self._cursor: str | None = None
+        self._listing_conn: Any = None
+        self._hold_call: Any = None
+        #: The listing connection was not read from (a batch being taken) since the last
+        #: batch arrived: a loss noticed now is the server dropping a client that did not read.
+        self._list_held = False
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
@@ -153,29 +163,91 @@ class SourceRun:
         return True
 
     async def _list(self) -> None:
-        # A connection of its own: listing waits (paused) while the queue is full, and must
-        # not stall the FETCHes that would empty it.
+        """List the source, resuming from the cursor after each pause that closed it."""
+        try:
+            while await self._list_once():
+                # Closed while the queue was full: resume once it is half empty, not at the
+                # first free slot (each resumption costs a connection and a re-descent).
+                queue = self.job.service.queue
+                await queue.wait_below(queue.size // 2)
+        finally:
+            self._listing_done = True
+
+    async def _list_once(self) -> bool:
+        """One LIST request on a connection of its own; True if it was closed while paused
+        (and is to be resumed from ``_cursor``).
+
+        A connection of its own: listing waits (paused) while the queue is full, and must not
+        stall the FETCHes that would empty it. A content server drops a client that reads
+        nothing for its --write-timeout, so a pause longer than ``list_hold`` closes the
+        listing: the server then holds nothing for it, and neither do we beyond one batch.
+        """
         conn = None
+        resume = False
+        start = self._cursor
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
-            if not await self._open_store():
-                return
-            await conn.list(self.request.path, self._take_batch)
+            if self.store is None and not await self._open_store():
+                return False
+            self._listing_conn = conn
+            self._list_held = False
+            _count, skipped = await conn.list(self.request.path, self._take_batch, self._cursor)
+            self.not_exported += skipped
         except TransferError as e:
-            self.error(None, f"cannot list {self.request.path or '.'}: {e}")
+            # Lost while (or just after) we were not reading it: closed by us after
+            # list_hold, or dropped by the server after its --write-timeout (a paused
+            # transport notices only once it reads again). Not the source's fault: resume.
+            # Only if the cursor moved on this connection: never an endless loop.
+            resume = self._list_held and self._cursor != start
+            if not resume:
+                self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
+            self._listing_conn = None
             # A batch may still be waiting for room in the queue (the connection dropped
             # meanwhile): its files count as pending before the listing counts as done.
             if self._taking is not None:
                 await self._taking
-            self._listing_done = True
             if conn is not None:
                 conn.close()
+        return resume
 
     def _take_batch(self, entries: list[frames.Entry]) -> Deferred[None]:
-        self._taking = Deferred.fromCoroutine(self._take_safely(entries))
-        return self._taking
+        # Every name received moves the cursor, refused ones too (if still a valid name):
+        # they were received, and are reported once.
+        for entry in reversed(entries):
+            try:
+                parts = paths.parse_wire_path(entry.name)
+            except paths.UnsafePath:
+                continue
+            if parts[: len(self._request_parts)] == self._request_parts:
+                self._cursor = paths.join_parts(parts)
+                break
+        self._taking = taking = Deferred.fromCoroutine(self._take_safely(entries))
+        self._list_held = not taking.called
+        if not taking.called:
+            taking.addBoth(self._held_done)
+        return taking
+
+    def _hold_started(self) -> None:
+        """The queue is full: a listing held longer than ``list_hold`` gets closed."""
+        conn = self._listing_conn
+        if self._hold_call is None and conn is not None:
+            service = self.job.service
+            self._hold_call = service.reactor.callLater(service.settings.list_hold,
+                                                        self._close_held, conn)
+
+    def _close_held(self, conn: Any) -> None:
+        self._hold_call = None
+        if conn is not None:
+            conn.abort(f"{self.label}: listing paused (work queue full); resumed later")
+
+    def _held_done(self, result: Any) -> Any:
+        if self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
+        return result
 
     async def _take_safely(self, entries: list[frames.Entry]) -> None:
         try:
@@ -202,6 +274,12 @@ class SourceRun:
         dirs: list[tuple[paths.Parts, frames.Entry]] = []
         files: list[tuple[paths.Parts, frames.Entry]] = []
         for entry in entries:
+            if entry.is_error:
+                # The source could not list this path (not "gone" or "a link": those it
+                # skips and counts): the mirror is incomplete, so the job fails.
+                self.failed += 1
+                self.error(paths.display_name(entry.name), entry.message)
+                continue
             try:
                 parts = self._check(entry)
             except EntryRefused as e:
@@ -230,6 +308,8 @@ class SourceRun:
             self._pending += 1
             self.job.files_total += 1
             self.job.bytes_total += entry.size
+            if len(queue) >= queue.size:
+                self._hold_started()
             await queue.put(WorkItem(self, parts, entry))
 
     async def _finish_dirs(self) -> None:
@@ -257,7 +337,7 @@ class SourceRun:
     async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
-            header = await self._attempts(parts)
+            header = await self._attempts(parts, entry.size)
             if header is not None:
                 self.stats.add(header.size)
                 self.job.files_done += 1
@@ -265,14 +345,15 @@ class SourceRun:
             # Whatever happened, the file is no longer pending: a job never waits forever.
             self._finished_one()
 
-    async def _attempts(self, parts: paths.Parts) -> frames.FileHeader | None:
+    async def _attempts(self, parts: paths.Parts, size: int) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
         for _attempt in range(2):
             receiver = self._receiver(parts)
             try:
                 conn = await self.connections.get()
-                header, digest = await conn.fetch(path, receiver, delay=self.request.delay)
+                header, digest = await conn.fetch(path, receiver, delay=self.request.delay,
+                                                  expect_size=size)
                 if header.size != header.file_size:
                     raise TransferError(f"{path}: server sent {header.size} of "
                                         f"{header.file_size} bytes")

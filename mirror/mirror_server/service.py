@@ -37,6 +37,10 @@ class MirrorSettings:
     max_per_peer: int = 64
     submit_timeout: float = 30.0
     write_timeout: float = 60.0
+    #: Seconds a listing may stay unread while the work queue is full; it is then closed
+    #: and resumed from its cursor once the queue has room (below half full). Well under a
+    #: content server's default --write-timeout (60 s), after which it would drop us anyway.
+    list_hold: float = 5.0
 
 
 class MirrorService(MultiService):

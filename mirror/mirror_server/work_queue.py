@@ -19,6 +19,7 @@ class BoundedQueue(Generic[T]):
         self.size = size
         self._items: DeferredQueue[T] = DeferredQueue()
         self._slots = DeferredSemaphore(size)
+        self._below: list[tuple[int, Deferred[None]]] = []
 
     def __len__(self) -> int:
         return len(self._items.pending)
@@ -43,6 +44,22 @@ class BoundedQueue(Generic[T]):
             taken.append(self._taken(pending.pop(0)))
         return taken
 
+    def wait_below(self, count: int) -> Deferred[None]:
+        """Fires once at most ``count`` items wait (a low watermark: a producer that stopped
+        on a full queue starts again only when there is room for a good run)."""
+        d: Deferred[None] = Deferred()
+        if len(self) <= count:
+            d.callback(None)
+        else:
+            self._below.append((count, d))
+        return d
+
     def _taken(self, item: T) -> T:
         self._slots.release()
+        if self._below:
+            ready = [w for w in self._below if len(self) <= w[0]]
+            self._below = [w for w in self._below if len(self) > w[0]]
+            for _, d in ready:
+                if not d.called:
+                    d.callback(None)
         return item

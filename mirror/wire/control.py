@@ -121,7 +121,9 @@ class SourceDone:
 
     ``files``, ``bytes`` and ``sum_sq`` cover the files transferred in this job, so they obey
     ``bytes**2 <= files * sum_sq`` and ``sum_sq <= bytes**2`` (and are all 0 together); the
-    parser refuses figures that no set of file sizes can produce.
+    parser refuses figures that no set of file sizes can produce. ``not_exported`` is what
+    the content server counted and did not list (links, special files, names that are not
+    valid wire paths).
     """
 
     index: int
@@ -133,6 +135,7 @@ class SourceDone:
     skipped: int
     failed: int
     elapsed: float
+    not_exported: int = 0
 
 
 @dataclass(frozen=True)
@@ -484,6 +487,7 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.skipped, "skipped"),
             _encode_int(ev.failed, "failed"),
             _encode_seconds(ev.elapsed, "elapsed", MAX_ELAPSED),
+            _encode_int(ev.not_exported, "not exported"),
         )
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
@@ -521,7 +525,7 @@ def parse_server_line(line: bytes) -> ServerEvent:
             message=_unquote(args[2], "message"),
         )
     if command == b"SOURCE-DONE":
-        _expect(command, args, 9)
+        _expect(command, args, 10)
         done = SourceDone(
             index=_parse_index(args[0]),
             ok=_parse_flag(args[1], b"ok", b"failed", "status"),
@@ -532,6 +536,7 @@ def parse_server_line(line: bytes) -> ServerEvent:
             skipped=_parse_int(args[6], "skipped"),
             failed=_parse_int(args[7], "failed"),
             elapsed=_parse_seconds(args[8], "elapsed", MAX_ELAPSED),
+            not_exported=_parse_int(args[9], "not exported"),
         )
         check_size_sums(done.files, done.bytes, done.sum_sq)
         return done

@@ -36,6 +36,8 @@ TO_END = 2**64 - 1
 
 KIND_DIR = 1
 KIND_FILE = 2
+#: An error entry: the path could not be listed (doc/protocol.md); the listing goes on.
+KIND_ERROR = 3
 
 # error codes
 E_NOT_FOUND = 1
@@ -52,6 +54,9 @@ _LIST_END = struct.Struct(">QI")
 _FILE = struct.Struct(">QQqH")
 _ERROR = struct.Struct(">H")
 _ENTRY = struct.Struct(">BHQqH")
+_MESSAGE_LEN = struct.Struct(">H")
+#: Longest error message kept (ERROR frames and error entries), in bytes.
+MAX_MESSAGE = 1024
 DIGEST_SIZE = 32
 
 
@@ -61,17 +66,25 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One LIST entry; ``name`` is the raw (still unvalidated) wire path."""
+    """One LIST entry; ``name`` is the raw (still unvalidated) wire path.
+
+    An error entry (``kind`` `KIND_ERROR`) carries its error code in ``mode`` and the reason
+    in ``message``."""
 
     kind: int
     mode: int
     size: int
     mtime_ns: int
     name: bytes
+    message: str = ""
 
     @property
     def is_dir(self) -> bool:
         return self.kind == KIND_DIR
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind == KIND_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +107,17 @@ def data_header(request_id: int, body_len: int) -> bytes:
     return _LEN.pack(5 + body_len) + _HEAD.pack(DATA, request_id)
 
 
-def encode_list(path: str) -> bytes:
-    return path.encode("utf-8")
+def encode_list(path: str, cursor: str | None = None) -> bytes:
+    """A LIST payload: ``path``, and after a NUL the cursor to resume after, if any."""
+    if cursor is None:
+        return path.encode("utf-8")
+    return path.encode("utf-8") + b"\0" + cursor.encode("utf-8")
+
+
+def decode_list(payload: bytes) -> tuple[bytes, bytes | None]:
+    """(raw path, raw cursor or None); both still to be validated."""
+    path, sep, cursor = payload.partition(b"\0")
+    return path, (cursor if sep else None)
 
 
 def encode_fetch(path: str, offset: int = 0, length: int = TO_END, delay_ms: int = 0) -> bytes:
@@ -114,6 +136,19 @@ def encode_entry(kind: int, mode: int, size: int, mtime_ns: int, name: bytes) ->
     return _ENTRY.pack(kind, mode & 0o7777, size, mtime_ns, len(name)) + name
 
 
+def encode_error_entry(code: int, name: bytes, message: str) -> bytes:
+    """An error entry: ``name`` could not be listed, for ``message``."""
+    text = message.encode("utf-8")[:MAX_MESSAGE]
+    return (_ENTRY.pack(KIND_ERROR, code, 0, 0, len(name)) + name
+            + _MESSAGE_LEN.pack(len(text)) + text)
+
+
+def _printable(raw: bytes) -> str:
+    """A message from the peer, shown to users: printable, short."""
+    text = raw[:MAX_MESSAGE].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def decode_entries(payload: bytes) -> list[Entry]:
     """Split an ENTRIES payload; raises `ProtocolError` on truncation or an unknown kind."""
     entries = []
@@ -127,10 +162,21 @@ def decode_entries(payload: bytes) -> list[Entry]:
         pos += size
         if end - pos < name_len:
             raise ProtocolError("truncated LIST entry name")
+        name = payload[pos : pos + name_len]
+        pos += name_len
+        if kind == KIND_ERROR:
+            if end - pos < _MESSAGE_LEN.size:
+                raise ProtocolError("truncated LIST error entry")
+            (text_len,) = _MESSAGE_LEN.unpack_from(payload, pos)
+            pos += _MESSAGE_LEN.size
+            if end - pos < text_len:
+                raise ProtocolError("truncated LIST error entry message")
+            entries.append(Entry(kind, mode, 0, 0, name, _printable(payload[pos : pos + text_len])))
+            pos += text_len
+            continue
         if kind not in (KIND_DIR, KIND_FILE):
             raise ProtocolError(f"unknown LIST entry kind {kind}")
-        entries.append(Entry(kind, mode & 0o7777, fsize, mtime_ns, payload[pos : pos + name_len]))
-        pos += name_len
+        entries.append(Entry(kind, mode & 0o7777, fsize, mtime_ns, name))
     if not entries:
         raise ProtocolError("empty ENTRIES frame")
     return entries

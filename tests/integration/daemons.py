@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tests.integration.waiting import poll
 
@@ -23,11 +24,13 @@ _PORT = re.compile(rb"starting on (\d+)")
 class Daemon:
     """A ``twistd -n`` plugin process listening on an ephemeral loopback port."""
 
-    def __init__(self, plugin: str, args: list[str], workdir: Path) -> None:
+    def __init__(self, plugin: str, args: list[str], workdir: Path,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / f"{plugin}-{time.monotonic_ns()}.log"
         self.plugin = plugin
         self.args = args
+        self.preexec_fn = preexec_fn  # e.g. lower a resource limit in the child
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -35,7 +38,8 @@ class Daemon:
         cmd = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), self.plugin,
                "--listen", f"tcp:{port}:interface=127.0.0.1", *self.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=self.preexec_fn)
         try:
             poll(self._started, timeout, f"{self.plugin} to listen")
         except AssertionError:
@@ -67,8 +71,10 @@ class Daemon:
         self.kill(signal.SIGTERM)
 
 
-def content_server(root: Path, workdir: Path, *extra: str) -> Daemon:
-    return Daemon("content-server", ["--root", str(root), *extra], workdir).start()
+def content_server(root: Path, workdir: Path, *extra: str,
+                   preexec_fn: Callable[[], None] | None = None) -> Daemon:
+    return Daemon("content-server", ["--root", str(root), *extra], workdir,
+                  preexec_fn=preexec_fn).start()
 
 
 def mirror_server(mirror_dir: Path, workdir: Path, *extra: str) -> Daemon:

@@ -449,8 +449,9 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
      "protocol error: malformed digest"),
     ("long-digest", lambda c: Fetch(c, digest=b"\x00" * 33), "protocol error: malformed digest"),
     ("absurd-size", absurd_size, f"announced size {2**62} exceeds the limit"),
+    # More than the listing announced: refused at the FILE header, before any byte.
     ("size-not-file-size", lambda c: Fetch(c, size=len(c) + 10, body=c + b"0" * 10),
-     "SHA-256 mismatch"),
+     "file changed: listed with"),
     ("huge-data-frame", huge_frame, "exceeds the limit"),
     ("huge-data-frame-mid-file", lambda c: huge_frame(c, after=len(c) // 2),
      "exceeds the limit"),

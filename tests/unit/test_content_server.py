@@ -212,6 +212,84 @@ class Listing(ServerTestCase):
         self.assertEqual(len(list_result(self.answer(), 1).names), 3001)
 
 
+class ListCursor(ServerTestCase):
+    """LIST with a cursor resumes after it (doc/protocol.md); a bad cursor is refused."""
+
+    def list_after(self, path: str, cursor: bytes, request_id: int = 1):
+        self.rig.list(request_id, path.encode() + b"\0" + cursor)
+        return list_result(self.answer(), request_id)
+
+    def test_resume_after_each_entry(self) -> None:
+        names = self.list("").names
+        for i, name in enumerate(names):
+            r = self.list_after("", name.encode())
+            self.assertIsNone(r.error)
+            self.assertEqual(r.names, names[i + 1 :], name)
+            self.assertEqual(r.end[0], len(names) - i - 1)
+
+    def test_resume_in_a_subdirectory(self) -> None:
+        self.assertEqual(self.list_after("docs", b"docs").names,
+                         ["docs/b.txt", "docs/sub", "docs/sub/c.txt"])
+        self.assertEqual(self.list_after("docs", b"docs/b.txt").names,
+                         ["docs/sub", "docs/sub/c.txt"])
+        self.assertEqual(self.list_after("docs/b.txt", b"docs/b.txt").names, [])
+
+    def test_cursor_deleted_since(self) -> None:
+        os.unlink(self.path_of("docs/b.txt"))
+        self.assertEqual(self.list_after("", b"docs/b.txt").names,
+                         ["docs/sub", "docs/sub/c.txt", "empty"])
+        self.assertEqual(self.list_after("", b"docs/gone/deeper").names,
+                         ["docs/sub", "docs/sub/c.txt", "empty"])
+
+    def test_bad_cursors(self) -> None:
+        for i, (path, cursor) in enumerate([
+            ("", b""), ("", b"../x"), ("", b"/abs"), ("", b"a//b"), ("", b"a\0b"),
+            ("", b"bad\xff"), ("docs", b"empty"), ("docs", b"doc"), ("docs/sub", b"docs"),
+        ]):
+            r = self.list_after(path, cursor, request_id=i + 1)
+            self.assert_error(r, frames.E_BAD_REQUEST, "cursor")
+
+
+class ListCaps(ServerTestCase):
+    """Walkers at once are capped per connection and in total; more wait their turn."""
+
+    settings = {"max_lists_per_connection": 1, "max_lists": 2}
+
+    def test_caps(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.list(1, "")
+        self.rig.list(2, "docs")
+        threads.step()  # the first walker opens; the second LIST waits for it
+        self.assertEqual(len(threads.queue), 1)
+        other = connect_server(self.factory)
+        other.list(1, "docs")
+        third = connect_server(self.factory)
+        third.list(1, "docs")
+        self.assertEqual(self.factory.lists, 2)
+        self.assertEqual(len(threads.queue), 2)  # the third LIST waits, holding no walker
+        threads.run_all()
+        got = self.answer()
+        self.assertEqual(list_result(got, 1).end, (7, 4))
+        self.assertEqual(list_result(got, 2).end, (4, 1))
+        self.assertEqual(list_result(other.log.take(), 1).end, (4, 1))
+        self.assertEqual(list_result(third.log.take(), 1).end, (4, 1))
+        self.assertEqual(self.factory.lists, 0)
+
+    def test_waiting_list_dropped_with_the_connection(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.list(1, "")
+        self.rig.list(2, "docs")
+        other = connect_server(self.factory)
+        other.list(1, "docs")
+        self.rig.proto.connectionLost()
+        threads.run_all()
+        self.assertEqual(self.rig.proto._list_slots.waiting, [])
+        self.assertEqual(list_result(other.log.take(), 1).end, (4, 1))
+        self.assertEqual(self.factory.lists, 0)
+
+
 class ListRefusals(ServerTestCase):
     def test_dot_dot(self) -> None:
         self.assert_error(self.list(".."), frames.E_NOT_ALLOWED, "'..'", "path component")
@@ -668,20 +746,21 @@ class Timeouts(ServerTestCase):
         self.clock.advance(0.1)
         self.assertTrue(self.rig.aborted)
 
-    def test_paused_list_has_no_write_timeout(self) -> None:
-        # A mirror server stops reading its listing while its queue is full, for as long as
-        # its transfers take: a LIST waiting to write is not a client to drop.
+    def test_paused_list_gets_the_write_timeout(self) -> None:
+        # A client that reads nothing is dropped, whatever it asked for (issue 7): a mirror
+        # server that must stop reading a listing closes it and resumes from its cursor.
         threads = StepThreads()
         self.factory.threads = threads
         self.rig.list(1, "")
         threads.step()  # the walker is open
         self.rig.proto.pauseProducing()
         threads.run_all()
-        self.clock.advance(100)
+        self.clock.advance(2.9)
         self.assertFalse(self.rig.aborted)
-        self.rig.proto.resumeProducing()
-        threads.run_all()
-        self.assertEqual(list_result(self.answer(), 1).end, (7, 4))
+        self.clock.advance(0.1)
+        self.assertTrue(self.rig.aborted)
+        self.rig.proto.connectionLost()  # StringTransport does not call it
+        self.assertEqual(self.factory.lists, 0)
 
     def test_write_timeout_stopped_by_resume(self) -> None:
         self.rig.proto.pauseProducing()

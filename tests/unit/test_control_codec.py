@@ -144,8 +144,10 @@ class ServerLineTests(SynchronousTestCase):
             b"PROGRESS 0 0 0 0 1": Progress(0, 0, 0, 0, True),
             b"ERROR 3 - connection%20refused": SourceError(3, None, "connection refused"),
             b"ERROR 0 a/b%20c not%20found": SourceError(0, "a/b c", "not found"),
-            b"SOURCE-DONE 1 ok 2 1 10 58 4 0 1.5": SourceDone(1, True, 2, 1, 10, 58, 4, 0, 1.5),
-            b"SOURCE-DONE 0 failed 0 0 0 0 0 3 0.0": SourceDone(0, False, 0, 0, 0, 0, 0, 3, 0.0),
+            b"SOURCE-DONE 1 ok 2 1 10 58 4 0 1.5 7": SourceDone(1, True, 2, 1, 10, 58, 4, 0, 1.5,
+                                                                  7),
+            b"SOURCE-DONE 0 failed 0 0 0 0 0 3 0.0 0": SourceDone(0, False, 0, 0, 0, 0, 0, 3,
+                                                                  0.0),
             b"DONE ok": Done(True),
             b"DONE failed": Done(False),
             b"REFUSED GO%20without%20any%20SOURCE": Refused("GO without any SOURCE"),
@@ -191,13 +193,16 @@ class ServerLineTests(SynchronousTestCase):
             b"ERROR 0 - m extra",
             b"ERROR 0 - %C3",  # truncated UTF-8
             b"ERROR 0 - a%",
-            b"SOURCE-DONE 0 yes 0 0 0 0 0 0 0",
+            b"SOURCE-DONE 0 yes 0 0 0 0 0 0 0 0",
             b"SOURCE-DONE 0 ok 0 0 0 0 0 0",
-            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 -1",
-            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 inf",
-            b"SOURCE-DONE 0 ok 0 0 5 25 0 0 1",  # bytes without files
-            b"SOURCE-DONE 0 ok 1 0 3 4 0 0 1",  # 3**2 != 4: impossible for one file
-            b"SOURCE-DONE 0 ok 2 0 10 101 0 0 1",  # sum_sq > bytes**2
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 1",  # without not-exported
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 1 -1",
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 1 0 0",
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 -1 0",
+            b"SOURCE-DONE 0 ok 0 0 0 0 0 0 inf 0",
+            b"SOURCE-DONE 0 ok 0 0 5 25 0 0 1 0",  # bytes without files
+            b"SOURCE-DONE 0 ok 1 0 3 4 0 0 1 0",  # 3**2 != 4: impossible for one file
+            b"SOURCE-DONE 0 ok 2 0 10 101 0 0 1 0",  # sum_sq > bytes**2
             b"DONE",
             b"DONE OK",
             b"REFUSED",

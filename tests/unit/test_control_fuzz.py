@@ -79,6 +79,7 @@ def source_dones(draw: st.DrawFn) -> SourceDone:
         skipped=draw(counts),
         failed=draw(counts),
         elapsed=draw(seconds),
+        not_exported=draw(counts),
     )
 
 

@@ -143,11 +143,31 @@ class Codecs(SynchronousTestCase):
         self.assertRaises(ProtocolError, frames.decode_entries, raw)
 
     def test_entries_unknown_kind(self) -> None:
-        for kind in (0, 3, 255):
+        for kind in (0, 4, 255):
             raw = struct.pack(">BHQqH", kind, 0, 0, 0, 1) + b"x"
             with self.assertRaises(ProtocolError) as cm:
                 frames.decode_entries(raw)
             self.assertIn(f"unknown LIST entry kind {kind}", str(cm.exception))
+
+    def test_error_entry_round_trip(self) -> None:
+        raw = (frames.encode_entry(frames.KIND_DIR, 0o755, 0, 5, b"d")
+               + frames.encode_error_entry(frames.E_NOT_ALLOWED, b"d", "cannot list d: no\n")
+               + frames.encode_entry(frames.KIND_FILE, 0o644, 3, 5, b"e"))
+        d, err, e = frames.decode_entries(raw)
+        self.assertTrue(err.is_error)
+        self.assertEqual((err.mode, err.name, err.message),
+                         (frames.E_NOT_ALLOWED, b"d", "cannot list d: no?"))
+        self.assertEqual((d.name, e.name, e.size), (b"d", b"e", 3))
+
+    def test_error_entry_truncated(self) -> None:
+        raw = frames.encode_error_entry(frames.E_IO, b"d", "reason")
+        for cut in range(1, len(raw)):
+            self.assertRaises(ProtocolError, frames.decode_entries, raw[:cut])
+
+    def test_list_payload(self) -> None:
+        self.assertEqual(frames.decode_list(frames.encode_list("a")), (b"a", None))
+        self.assertEqual(frames.decode_list(frames.encode_list("a", "a/b")), (b"a", b"a/b"))
+        self.assertEqual(frames.decode_list(frames.encode_list("", "x")), (b"", b"x"))
 
     def test_entries_empty(self) -> None:
         with self.assertRaises(ProtocolError) as cm:

@@ -120,7 +120,7 @@ class ClientProtocolTests(SynchronousTestCase):
     def test_absurd_numbers_from_the_server_are_a_protocol_violation(self) -> None:
         """An elapsed time hundreds of digits long is refused, never printed (issue 7)."""
         proto, transport, seen = connected()
-        proto.dataReceived(b"JOB 7\r\nSOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300 + b"\r\n")
+        proto.dataReceived(b"JOB 7\r\nSOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300 + b" 0\r\n")
         error = self.failureResultOf(proto.done, ProtocolViolation).value
         self.assertIn("elapsed", str(error))
         self.assertLess(len(str(error)), 300)
@@ -455,7 +455,7 @@ class ReportTests(SynchronousTestCase):
     def result(self) -> JobResult:
         result = JobResult(sources=SOURCES, job_id="7", done_ok=False)
         # Source 0: files of 10, 20 and 30 bytes; source 1 failed before reporting.
-        result.source_done[0] = SourceDone(0, True, 3, 2, 60, 1400, 4, 0, 2.0)
+        result.source_done[0] = SourceDone(0, True, 3, 2, 60, 1400, 4, 0, 2.0, 5)
         result.errors.append(SourceError(1, None, "connection refused"))
         result.errors.append(SourceError(0, "x", "gone"))
         return result
@@ -475,7 +475,7 @@ class ReportTests(SynchronousTestCase):
         self.assertAlmostEqual(first["variance"], 200 / 3)
         self.assertAlmostEqual(first["stddev"], (200 / 3) ** 0.5)
         self.assertAlmostEqual(first["cv"], (200 / 3) ** 0.5 / 20)
-        self.assertEqual((first["skipped"], first["failed"]), (4, 0))
+        self.assertEqual((first["skipped"], first["not_exported"], first["failed"]), (4, 5, 0))
         self.assertEqual((first["elapsed"], first["throughput"]), (2.0, 30.0))
         self.assertEqual(first["errors"], [{"path": "x", "message": "gone"}])
         self.assertEqual(second["path"], ".")
@@ -487,6 +487,7 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual((totals["files"], totals["bytes"], totals["elapsed"]), (3, 60, 4.0))
         self.assertEqual(totals["throughput"], 15.0)
         self.assertEqual(totals["errors"], 2)
+        self.assertEqual((totals["skipped"], totals["not_exported"]), (4, 5))
 
     def test_figures_stay_printable_at_the_protocols_limits(self) -> None:
         """The largest figures a server may send, over the shortest time it may report: the
@@ -509,8 +510,8 @@ class ReportTests(SynchronousTestCase):
 
     def test_totals_merge_sources_exactly(self) -> None:
         result = JobResult(sources=SOURCES, done_ok=True)
-        result.source_done[0] = SourceDone(0, True, 2, 0, 10, 50, 0, 0, 1.0)  # 5, 5
-        result.source_done[1] = SourceDone(1, True, 2, 0, 30, 450, 0, 0, 1.0)  # 15, 15
+        result.source_done[0] = SourceDone(0, True, 2, 0, 10, 50, 0, 0, 1.0, 1)  # 5, 5
+        result.source_done[1] = SourceDone(1, True, 2, 0, 30, 450, 0, 0, 1.0, 2)  # 15, 15
         report = build_report(SOURCES, result, elapsed=1.0)
         self.assertTrue(report["ok"])
         self.assertEqual(report["sources"][0]["variance"], 0.0)
@@ -538,6 +539,8 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(rows[0], "job 7")
         self.assertTrue(rows[1].startswith("SOURCE"))
         self.assertIn("VARIANCE", rows[1])
+        self.assertEqual(rows[1].split()[9:11], ["SKIPPED", "NOT-EXPORTED"])
+        self.assertEqual(rows[2].split()[12:14], ["4", "5"])  # BYTES, MEAN, STDDEV: 2 words
         self.assertTrue(rows[2].startswith("files.example:8000:pub"))
         self.assertIn("60 B", rows[2])
         self.assertIn("NO RESULT", rows[3])

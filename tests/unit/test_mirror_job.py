@@ -175,6 +175,93 @@ class MirrorWholeTree(JobTestCase):
         assert_same_tree(src, self.mirror / "10.0.0.1_7000")
 
 
+class PausedListing(JobTestCase):
+    """A listing held while the work queue is full is closed after ``list_hold`` and resumed
+    from its cursor once the queue is half empty (issue 7): the content server holds nothing
+    for it meanwhile, and the mirror is complete, nothing listed twice."""
+
+    settings = {"workers": 1, "queue_size": 4, "list_hold": 0.5}
+
+    def test_closed_and_resumed_from_the_cursor(self) -> None:
+        from mirror.content_server.listing import TreeWalker
+        from mirror.content_server.protocol import ContentServerProtocol
+
+        src = self.base / "src"
+        for d in ("a", "b/c", "d"):
+            (src / d).mkdir(parents=True)
+            for i in range(6):
+                (src / d / f"f{i}").write_bytes(f"{d}{i}".encode())
+        small = TreeWalker.next_batch
+        self.patch(TreeWalker, "next_batch", lambda w, max_bytes=0: small(w, 120))
+        cursors: list = []
+        parse = ContentServerProtocol._parse_cursor
+
+        def record(proto, raw, parts):
+            cursors.append(raw.decode())
+            return parse(proto, raw, parts)
+
+        self.patch(ContentServerProtocol, "_parse_cursor", record)
+        self.serve(src)
+        observer = self.run_job(SourceRequest("10.0.0.1", 7000, "", 1.0))
+        self.assertEqual(observer.errors, [])
+        self.assertEqual(observer.finished, [True])
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+        self.assertGreaterEqual(len(cursors), 2)
+        self.assertEqual(cursors, sorted(cursors))
+        self.assertEqual(len(set(cursors)), len(cursors))
+        run = observer.done[0]
+        self.assertEqual((run.stats.count, run.dirs, run.failed), (18, 4, 0))
+
+
+class IncompleteSource(JobTestCase):
+    """What the source did not export is reported as ``not_exported``; what it could not
+    list fails the job with the path and the reason (issue 7)."""
+
+    def make_src(self) -> Path:
+        src = self.base / "src"
+        for name in ("a/x", "b/secret", "c"):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(name.encode())
+        os.symlink("/etc/passwd", src / "link")
+        os.mkfifo(src / "a" / "fifo")
+        return src
+
+    def test_not_exported_counted_apart_from_skipped(self) -> None:
+        src = self.make_src()
+        self.serve(src)
+        observer = self.run_job(source())
+        self.assertEqual(observer.finished, [True])
+        run = observer.done[0]
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 0, 3))
+        observer = self.run_job(source())
+        run = observer.done[0]
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 3, 0))
+
+    def test_unreadable_directory_fails_the_job(self) -> None:
+        from mirror.content_server import listing
+
+        src = self.make_src()
+        real_open = listing._open_child
+
+        def fake_open(name, dir_fd):
+            if name == "b":
+                raise PermissionError(13, "Permission denied")
+            return real_open(name, dir_fd)
+
+        self.patch(listing, "_open_child", fake_open)
+        self.serve(src)
+        observer = self.run_job(source())
+        self.assertEqual(observer.finished, [False])
+        ((_, path, message),) = observer.errors
+        self.assertEqual(path, "b")
+        self.assertIn("cannot list b: Permission denied", message)
+        run = observer.done[0]
+        self.assertEqual((run.ok, run.failed, run.stats.count), (False, 1, 2))
+        top = self.mirror / "10.0.0.1_7000"
+        self.assertEqual((top / "a" / "x").read_bytes(), b"a/x")
+        self.assertEqual(os.listdir(top / "b"), [])
+
+
 class FakeContentServer(Protocol):
     """Answers LIST with crafted entries and FETCH with the given files' bytes."""
 
@@ -391,6 +478,56 @@ class FailedTransfers(FakeServerTestCase):
         self.assertEqual(bytes_done, 4)  # only the good file's bytes
 
 
+class ListedSizeHeld(FakeServerTestCase):
+    """FETCH is held to the size the listing announced (issue 7): a server that listed
+    3 bytes cannot send 8, and the progress totals stay those of the listing."""
+
+    F = frames.KIND_FILE
+
+    def test_size_differing_from_the_listing_fails_the_file(self) -> None:
+        self.serve_fake([(self.F, b"f", 3), (self.F, b"good", 4)],
+                        {b"f": b"content!", b"good": b"good"})
+        observer = self.run_job(source())
+        (_, path, message), = observer.errors
+        self.assertEqual(path, "f")
+        self.assertIn("listed with 3 bytes, now 8", message)
+        run = observer.done[0]
+        self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
+        top = self.mirror / "10.0.0.1_7000"
+        self.assertFalse((top / "f").exists())
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
+        files_done, bytes_done, files_total, bytes_total, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done, files_total, bytes_total), (1, 4, 2, 7))
+
+    def test_retried_once(self) -> None:
+        """A file that changed back (the listed size again) on the retry is mirrored."""
+        sizes = iter([b"content!", b"abc"])
+
+        def make():
+            server = FakeContentServer([(self.F, b"f", 3)], {})
+            server.files = _Changing(lambda: next(sizes))
+            return server
+
+        self.network.listen("10.0.0.1", 7000, Factory.forProtocol(make))
+        observer = self.run_job(source())
+        self.assertEqual(observer.errors, [])
+        self.assertEqual((self.mirror / "10.0.0.1_7000" / "f").read_bytes(), b"abc")
+
+
+class _Changing(dict):
+    """A FakeContentServer's files whose every lookup gives the next version."""
+
+    def __init__(self, next_version) -> None:
+        super().__init__()
+        self.next_version = next_version
+
+    def get(self, name, default=None):
+        return self.next_version()
+
+    def __getitem__(self, name):
+        return self.next_version()
+
+
 class TransferBookkeeping(SynchronousTestCase):
     """A transfer that blows up still stops being pending: the job can never hang on it."""
 
@@ -401,10 +538,11 @@ class TransferBookkeeping(SynchronousTestCase):
         run = SourceRun.__new__(SourceRun)
         run._finished_one = lambda: finished.append(True)
 
-        async def boom(parts):
+        async def boom(parts, size):
             raise RuntimeError("bug")
 
         run._attempts = boom
-        d = Deferred.fromCoroutine(run.transfer(("a",), None))
+        entry = frames.Entry(frames.KIND_FILE, 0o644, 1, 0, b"a")
+        d = Deferred.fromCoroutine(run.transfer(("a",), entry))
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(finished, [True])
