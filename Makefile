@@ -32,8 +32,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
 
-# Mutation testing of paths.py, stats.py and wire/frames.py (configured in setup.cfg [mutmut];
-# survivors explained in tests/MUTATION.md). On demand only, not in make test: a few minutes
+# Mutation testing of paths.py, stats.py, wire/frames.py and mirror_server/receiver.py
+# (configured in setup.cfg [mutmut]; survivors explained in tests/MUTATION.md). On demand only, not in make test: a few minutes
 # on 2 cores. Starts from scratch each time (mutmut's cache would keep old verdicts after a
 # test changed); fails when a module scores under MUTATION_MIN percent.
 MUTATION_MIN ?= 95

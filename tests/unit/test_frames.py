@@ -593,3 +593,86 @@ class ReceiverBoundaries(SynchronousTestCase):
         proto.dataReceived(data_frame(1, b"abc"))
         self.assertTrue(transport.disconnected)
         self.assertEqual(proto.errors, ["unexpected DATA frame"])
+
+
+class Buffering(SynchronousTestCase):
+    """What the linear buffer promises, seen from outside: each frame is handed on as soon as
+    its last byte is read, a bad prefix as soon as its fourth, pieces are read-only, and no
+    read is kept once parsed (found by the mutation run after the rewrite)."""
+
+    class Keeper(Recorder):
+        """Also keeps every DATA piece as it was handed on (the view itself)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pieces: list[memoryview] = []
+
+        def dataFrameReceived(self, request_id: int, piece: memoryview) -> None:
+            super().dataFrameReceived(request_id, piece)
+            self.pieces.append(piece)
+
+    def test_each_frame_handed_on_at_its_last_byte(self) -> None:
+        # Frames of 9 bytes (a head and nothing else) and longer, fed a byte per read.
+        wire = [frames.frame(frames.LIST_END, 1), data_frame(3, b""),
+                frames.frame(frames.FILE_END, 2, b"d" * 32), data_frame(4, b""),
+                frames.frame(frames.LIST_END, 5)]
+        proto, transport = connected()
+        for count, frame_bytes in enumerate(wire):
+            for i in range(len(frame_bytes)):
+                self.assertEqual(len(proto.events), count, (count, i))
+                proto.dataReceived(frame_bytes[i : i + 1])
+            self.assertEqual(len(proto.events), count + 1, count)
+        self.assertFalse(transport.disconnecting)
+
+    def test_bad_prefix_refused_at_its_fourth_byte(self) -> None:
+        for prefix in (struct.pack(">I", Recorder.MAX_DATA_LENGTH + 6), struct.pack(">I", 4)):
+            proto, transport = connected()
+            for i in range(3):
+                proto.dataReceived(prefix[i : i + 1])
+            self.assertFalse(transport.disconnecting)
+            proto.dataReceived(prefix[3:])
+            self.assertTrue(transport.disconnected, prefix)
+            self.assertEqual(len(proto.errors), 1)
+
+    def test_pieces_are_read_only(self) -> None:
+        # Sinks keep pieces (queued for a disk write): none may be a view of a buffer that
+        # is writable, whether the frame came in one read, was completed from the buffer,
+        # or was held while paused.
+        wire = data_frame(1, b"abcdef") + frames.frame(frames.LIST_END, 2) + data_frame(3, b"gh")
+        for cut in (len(wire), 5, 12, 20):
+            proto, transport = connected(self.Keeper)
+            proto.pause_on = frames.LIST_END
+            proto.dataReceived(wire[:cut])
+            proto.dataReceived(wire[cut:])
+            proto.pause_on = None
+            proto.resumeProducing()
+            self.assertEqual(b"".join(bytes(p) for p in proto.pieces), b"abcdefgh", cut)
+            self.assertTrue(all(p.readonly for p in proto.pieces), cut)
+
+    def test_rest_of_a_paused_read_is_not_copied(self) -> None:
+        # Held as it came while paused: the pieces handed on after resuming are views of the
+        # read itself, not of a copy made at the pause or at the resume.
+        wire = frames.frame(frames.LIST_END, 1) + data_frame(2, b"abc") + data_frame(3, b"d")
+        proto, transport = connected(self.Keeper)
+        proto.pause_on = frames.LIST_END
+        proto.dataReceived(wire)
+        self.assertEqual(proto.pieces, [])
+        proto.pause_on = None
+        proto.resumeProducing()
+        self.assertEqual([bytes(p) for p in proto.pieces], [b"abc", b"d"])
+        self.assertTrue(all(p.obj is wire for p in proto.pieces))
+
+    def test_no_read_kept_once_parsed(self) -> None:
+        # A bytearray read cannot be resized while a view of it exists: clear() fails if the
+        # parser still holds one (which would pin every read until the next one came).
+        proto, transport = connected()
+        for chunk in (SAMPLE_STREAM, data_frame(1, b"xy"), frames.frame(frames.LIST_END, 1)):
+            read = bytearray(chunk)
+            proto.dataReceived(read)
+            read.clear()
+        self.assertFalse(transport.disconnecting)
+        read = bytearray(frames.frame(frames.LIST_END, 1) + frames.frame(0x7F, 2)
+                         + frames.frame(frames.LIST_END, 3))
+        proto.dataReceived(read)  # the second frame breaks the connection
+        self.assertEqual(proto.errors, ["bad opcode"])
+        read.clear()

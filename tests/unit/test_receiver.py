@@ -79,7 +79,10 @@ class Receiving(ReceiverTestCase):
     def test_largest_small_file(self) -> None:
         data = os.urandom(SMALL_FILE)
         r = self.receiver("s")
-        self.successResultOf(self.commit(r, self.receive(r, data), data))
+        header = self.receive(r, data)
+        # Still gathered in memory: no temporary file, no flow-control credit held.
+        self.assertEqual((self.temporaries(), self.flow.pending), ([], 0))
+        self.successResultOf(self.commit(r, header, data))
         self.assertEqual(self.read("s"), data)
 
     def test_large_file(self) -> None:
@@ -155,6 +158,18 @@ class Discarding(ReceiverTestCase):
         self.successResultOf(Deferred.fromCoroutine(r.discard()))
         self.assertEqual(os.listdir(self.top), [])
 
+    def test_late_piece_after_discard(self) -> None:
+        # Nothing more is queued or written once discarded (a connection resumed by the
+        # credit coming back may still deliver a piece): it holds no credit.
+        r = self.receiver("f")
+        r.head(FileHeader(2 * SMALL_FILE, 2 * SMALL_FILE, MTIME, 0o600), self.flow)
+        r.data(memoryview(b"a" * 1000))
+        self.successResultOf(Deferred.fromCoroutine(r.discard()))
+        r.data(memoryview(b"b" * 1000))
+        self.assertEqual((self.flow.pending, self.calls), (0, []))
+        self.assertEqual(r.received, 2000)
+        self.assertEqual(os.listdir(self.top), [])
+
     def test_keeps_the_old_file(self) -> None:
         with open(os.path.join(self.top, "f"), "wb") as f:
             f.write(b"old")
@@ -218,6 +233,44 @@ class Concurrency(ReceiverTestCase):
         self.assertEqual(self.temporaries(), [])
         self.assertEqual(self.flow.pending, 0)
         self.assertFalse(os.path.exists(os.path.join(self.top, "f")))
+
+    def start_streaming(self, data: bytes, first: int) -> tuple[FileReceiver, FileHeader]:
+        """A large file whose temporary file exists and whose ``first`` bytes are being
+        written (the write in flight)."""
+        r = self.receiver("f", threads=self.threads)
+        header = FileHeader(len(data), len(data), MTIME, 0o600)
+        r.head(header, self.flow)
+        self.assertTrue(self.threads.step())  # the temporary file is created
+        r.data(memoryview(data)[:first])
+        self.assertEqual(len(self.threads.queue), 1)
+        return r, header
+
+    def test_commit_waits_for_the_write_in_flight(self) -> None:
+        # Verifying and renaming never run in a thread beside a write of the same file.
+        data = os.urandom(SMALL_FILE + 1000)
+        r, header = self.start_streaming(data, len(data))
+        d = self.commit(r, header, data)
+        self.assertEqual(len(self.threads.queue), 1)  # still only the write
+        self.assertTrue(self.threads.step())
+        self.assertEqual(len(self.threads.queue), 1)  # then the commit
+        self.threads.run_all()
+        self.successResultOf(d)
+        self.assertEqual(self.read("f"), data)
+
+    def test_commit_waiting_for_writes_fails_when_discarded(self) -> None:
+        data = os.urandom(SMALL_FILE + 1000)
+        r, header = self.start_streaming(data, 1000)
+        r.data(memoryview(data)[1000:])  # queued behind the write in flight
+        committed = self.commit(r, header, data)
+        self.assertNoResult(committed)
+        discarded = Deferred.fromCoroutine(r.discard())
+        self.threads.run_all()
+        failure = self.failureResultOf(committed, RuntimeError)
+        self.assertEqual(str(failure.value), "discarded")
+        self.successResultOf(discarded)
+        self.assertFalse(os.path.exists(os.path.join(self.top, "f")))
+        self.assertEqual(self.temporaries(), [])
+        self.assertEqual(self.flow.pending, 0)
 
     def test_data_before_the_temporary_file_exists(self) -> None:
         data = os.urandom(SMALL_FILE + 5000)
@@ -290,6 +343,19 @@ class PiecesAreCopied(SynchronousTestCase):
             read[0] = ord("y")  # the socket buffer is reused or freed after dataReceived
             held = receiver._queue if size > SMALL_FILE else receiver._small
             self.assertEqual([bytes(p) for p in held], [b"x"])
+
+    def test_only_a_small_part_of_a_read_is_copied(self) -> None:
+        # Copied when under a quarter of its read; a larger piece is queued as it came.
+        for n, copied in ((24, True), (25, False), (100, False)):
+            store = type("Store", (), {"create": None})()
+            receiver = FileReceiver(store, ("f",), StepThreads())
+            receiver.head(FileHeader(SMALL_FILE + 1, SMALL_FILE + 1, 0, 0o644),
+                          FlowControl(lambda: None, lambda: None))
+            read = b"x" * 100
+            piece = memoryview(read)[:n]
+            receiver.data(piece)
+            self.assertEqual(receiver._queue[0] is not piece, copied, n)
+            self.assertEqual(bytes(receiver._queue[0]), read[:n])
 
 
 class CreditComesBack(ReceiverTestCase):
@@ -393,6 +459,7 @@ class CreditComesBack(ReceiverTestCase):
         self.threads.run_all()
         self.successResultOf(discarded)
         self.assertEqual(self.temporaries(), [])
+        self.assertEqual(self.flow.pending, 0)  # no credit given back twice
 
     def test_write_failing_while_the_connection_resumes(self) -> None:
         # Credit coming back resumes the connection, which at once delivers what it read
