@@ -84,13 +84,3 @@ class DiskThreads(Service):
 
         self.run(_call_all, [(f, args) for f, args, _ in batch]).addCallbacks(deliver, failed)
 
-
-class InlineThreads:
-    """Runs work synchronously: for unit tests on a fake reactor, where no thread may run."""
-
-    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        from twisted.internet.defer import maybeDeferred
-
-        return maybeDeferred(f, *args, **kwargs)
-
-    run_batched = run

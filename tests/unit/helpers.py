@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mirror.content_server.factory import ContentServerFactory
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
-from mirror.threads import InlineThreads
+from mirror.testing import InlineThreads
 from mirror.wire import frames
 
 
@@ -198,39 +198,3 @@ def must_not_block(seconds: int = 5) -> Iterator[None]:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
 
-
-class StepThreads:
-    """A thread pool whose work runs only when the test says so (``step`` / ``run_all``).
-
-    Lets several requests be in flight at once on a fake reactor, in a deterministic order.
-    """
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Any, tuple, dict, Any]] = []
-
-    def run(self, f: Any, *args: Any, **kwargs: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
-        d: Deferred[Any] = Deferred()
-        self.queue.append((f, args, kwargs, d))
-        return d
-
-    def run_batched(self, f: Any, *args: Any) -> Any:
-        return self.run(f, *args)
-
-    def step(self) -> bool:
-        """Run the oldest queued call; False if there was none."""
-        from twisted.internet.defer import maybeDeferred
-
-        if not self.queue:
-            return False
-        f, args, kwargs, d = self.queue.pop(0)
-        maybeDeferred(f, *args, **kwargs).chainDeferred(d)
-        return True
-
-    def run_all(self, limit: int = 100000) -> int:
-        n = 0
-        while self.step():
-            n += 1
-            assert n < limit, "thread work does not end"
-        return n

@@ -16,51 +16,11 @@ from mirror.content_server.fetch import CHUNK_SIZE
 from mirror.limits import CLOSE_GRACE
 from mirror.wire import frames
 from mirror.content_server.protocol import ContentServerProtocol
-from tests.unit.helpers import FrameLog, ServerRig, StepThreads, connect_server, \
+from mirror.testing import BackPressureTransport, StepThreads
+from tests.unit.helpers import FrameLog, ServerRig, connect_server, \
     fetch_result, list_result, make_factory, must_not_block, parse_frames
 
 BIG_SIZE = 3 * CHUNK_SIZE + 12345  # > 256 KiB: streamed in several chunks
-
-
-class PausingTransport(StringTransport):
-    """Like a socket buffer of ``limit`` bytes: pauses its producer once that much is pending.
-
-    The test drains it (``take``) and resumes the producer, as the reactor would.
-    """
-
-    def __init__(self, limit: int, **kw) -> None:
-        super().__init__(**kw)
-        self.limit = limit
-        self.pauses = 0
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        self._check()
-
-    def writeSequence(self, data) -> None:
-        super().writeSequence(data)
-        self._check()
-
-    def _check(self) -> None:
-        if len(self.value()) >= self.limit and self.producer is not None \
-                and self.producerState == "producing":
-            self.pauses += 1
-            self.producerState = "paused"
-            self.producer.pauseProducing()
-
-    def rounds(self):
-        """What was written before the first pause, then after each resume, until done."""
-        while True:
-            data = self.value()
-            self.clear()
-            yield data
-            if self.producerState != "paused":
-                return
-            self.producerState = "producing"
-            self.producer.resumeProducing()
-
-    def drain(self) -> bytes:
-        return b"".join(self.rounds())
 
 
 def make_tree(base: str) -> tuple[str, str, dict[str, bytes]]:
@@ -409,11 +369,11 @@ class Fetching(ServerTestCase):
         self.assert_error(self.fetch("a.txt", offset=2**64 - 1), frames.E_BAD_REQUEST, "a.txt")
 
     def test_stream_waits_while_the_client_is_not_reading(self) -> None:
-        transport = PausingTransport(limit=CHUNK_SIZE)
+        transport = BackPressureTransport(limit=CHUNK_SIZE)
         rig = self.fresh_connection(transport)
         rig.fetch(1, "big.bin")
         first = transport.value()
-        self.assertEqual(transport.producerState, "paused")
+        self.assertTrue(transport.producer_paused)
         self.assertLessEqual(len(first), CHUNK_SIZE + 1024)  # FILE and one chunk at most
         # Time passing and more requests arriving do not make it write past the pause.
         self.clock.advance(1)
@@ -511,18 +471,18 @@ class ChangedWhileSent(ServerTestCase):
     """The file changes after the first chunk went out (the client is slow to read)."""
 
     def start_paused_fetch(self) -> None:
-        self.transport = PausingTransport(limit=CHUNK_SIZE)
+        self.transport = BackPressureTransport(limit=CHUNK_SIZE)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
         proto.makeConnection(self.transport)
         self.rig = ServerRig(self.factory, proto, self.transport, self.clock,
                              FrameLog(self.transport))
         self.rig.fetch(1, "big.bin")
-        self.assertEqual(self.transport.producerState, "paused")
+        self.assertTrue(self.transport.producer_paused)
         self.received = self.transport.value()
         self.transport.clear()
 
     def finish(self):
-        self.received += self.transport.drain()
+        self.received += self.transport.drain_all()
         return fetch_result(parse_frames(self.received), 1)
 
     def test_truncated(self) -> None:

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings, strategies as st
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -30,7 +29,7 @@ from mirror import limits
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.listing import TreeWalker
 from mirror.content_server.protocol import ContentSettings
-from mirror.threads import InlineThreads
+from mirror.testing import BackPressureTransport, InlineThreads
 from mirror.wire import frames
 
 SECRET = b"SECRET-OUTSIDE-THE-ROOT"
@@ -59,51 +58,6 @@ def _make_tree() -> tuple[str, str]:
     os.symlink(outside, root / "linkdir")
     os.mkfifo(root / "fifo")
     return str(root), str(base)
-
-
-class BackPressureTransport(StringTransport):
-    """Pauses its producer when more than ``limit`` bytes wait, as a socket would; the test
-    drains it with `drain`, which resumes the producer like the reactor does."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.limit = limit
-        self.out = bytearray()
-        self.aborted = False
-        self.producer_paused = False
-        self.reading_paused = False
-        self.pauses = 0
-
-    def write(self, data: bytes) -> None:
-        if self.aborted:
-            return  # a real transport sends nothing more once aborted
-        super().write(data)
-        if self.limit and len(self.value()) > self.limit and not self.producer_paused \
-                and self.producer is not None:
-            self.producer_paused = True
-            self.pauses += 1
-            self.producer.pauseProducing()
-
-    def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-    # The transport as a producer of what it reads (the server pauses reading through it).
-    def pauseProducing(self) -> None:
-        self.reading_paused = True
-
-    def resumeProducing(self) -> None:
-        self.reading_paused = False
-
-    def drain(self) -> None:
-        self.out += self.value()
-        self.clear()
-        if self.producer_paused and not self.disconnecting:
-            self.producer_paused = False
-            self.producer.resumeProducing()
 
 
 def _frames_of(data: bytes) -> list[tuple[int, int, bytes]]:

@@ -16,8 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.mirror_server.service import MirrorService, MirrorSettings
-from mirror.testing import MemoryNetwork
-from mirror.threads import InlineThreads
+from mirror.testing import InlineThreads, MemoryNetwork
 from mirror.wire import frames
 from mirror.wire.control import SourceRequest
 from tests.trees import assert_same_tree, make_sample_tree

@@ -15,10 +15,10 @@ from mirror.mirror_server.content_client import ContentClientProtocol, FlowContr
     TransferError
 from mirror.mirror_server.receiver import SMALL_FILE, FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
-from mirror.threads import InlineThreads
+from mirror.testing import InlineThreads, StepThreads
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader
-from tests.unit.helpers import RecordingSink, StepThreads, parse_frames
+from tests.unit.helpers import RecordingSink, parse_frames
 
 MTIME = 1_400_000_000_000_000_001
 STALL = 30.0

@@ -16,7 +16,7 @@ from mirror import paths
 from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
-from mirror.threads import InlineThreads
+from mirror.testing import InlineThreads
 from mirror.wire.frames import FileHeader
 
 MTIME = 1_500_000_000_987_654_321

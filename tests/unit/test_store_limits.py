@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mirror import paths
 from mirror.mirror_server.service import MirrorService
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
-from mirror.threads import InlineThreads
+from mirror.testing import InlineThreads
 from mirror.wire.frames import FileHeader
 
 

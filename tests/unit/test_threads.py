@@ -1,8 +1,8 @@
 """mirror.threads: `DiskThreads` runs calls in its pool, and batches small calls per reactor turn.
 
-No thread runs here: the pool is a double whose calls wait until the test runs them (as a
-worker thread would, later), and the reactor is a `MemoryReactorClock`, whose ``advance(0)``
-ends the current reactor turn.
+No thread runs here: the pool is `mirror.testing.StepThreads`, whose calls wait until the test
+runs them (as a worker thread would, later), and the reactor is a `MemoryReactorClock`, whose
+``advance(0)`` ends the current reactor turn.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.threads import DiskThreads, InlineThreads
+from mirror.testing import StepThreads
+from mirror.threads import DiskThreads
 
 
 class Reactor(MemoryReactorClock):
@@ -22,42 +23,13 @@ class Reactor(MemoryReactorClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.own_pool = QueuedPool()
+        self.own_pool = StepThreads()
 
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         f(*args, **kwargs)
 
-    def getThreadPool(self) -> QueuedPool:
+    def getThreadPool(self) -> StepThreads:
         return self.own_pool
-
-
-class QueuedPool:
-    """A `ThreadPool` double: each call waits in `calls` until `run_next` runs it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[[bool, Any], None], Callable[..., Any], tuple[Any, ...],
-                               dict[str, Any]]] = []
-        self.started = False
-        self.stopped = False
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.calls.append((on_result, f, args, kwargs))
-
-    def run_next(self) -> None:
-        on_result, f, args, kwargs = self.calls.pop(0)
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 class Recorder:
@@ -93,7 +65,7 @@ class ThreadsTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = Reactor()
         self.threads = DiskThreads(self.reactor, size=2)
-        self.pool = QueuedPool()
+        self.pool = StepThreads()
         self.threads.pool = self.pool  # type: ignore[assignment]
         self.calls = Recorder()
 
@@ -102,29 +74,29 @@ class Run(ThreadsTestCase):
     def test_result_comes_back_from_the_pool(self) -> None:
         d = self.threads.run(self.calls.echo, 7)
         self.assertNoResult(d)
-        self.assertEqual(len(self.pool.calls), 1)
-        self.pool.run_next()
+        self.assertEqual(len(self.pool.queue), 1)
+        self.pool.step()
         self.assertEqual(self.successResultOf(d), 7)
 
     def test_exception_is_a_failure(self) -> None:
         d = self.threads.run(self.calls.fail, 1)
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(str(self.failureResultOf(d, ValueError).value), "failed 1")
 
     def test_keyword_arguments(self) -> None:
         d = self.threads.run(lambda a, b=0: a - b, 5, b=2)
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(self.successResultOf(d), 3)
 
 
 class RunBatched(ThreadsTestCase):
     def test_calls_of_one_turn_are_one_pool_call_in_order(self) -> None:
         ds = [self.threads.run_batched(self.calls.echo, i) for i in range(5)]
-        self.assertEqual(self.pool.calls, [])  # nothing dispatched during the turn
+        self.assertEqual(self.pool.queue, [])  # nothing dispatched during the turn
         self.reactor.advance(0)
-        self.assertEqual(len(self.pool.calls), 1)
+        self.assertEqual(len(self.pool.queue), 1)
         self.assertEqual(results(ds), [("pending", None)] * 5)
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(self.calls.ran, [0, 1, 2, 3, 4])
         self.assertEqual(results(ds), [("ok", i) for i in range(5)])
 
@@ -133,7 +105,7 @@ class RunBatched(ThreadsTestCase):
               self.threads.run_batched(self.calls.fail, 1),
               self.threads.run_batched(self.calls.echo, 2)]
         self.reactor.advance(0)
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(self.calls.ran, [0, 1, 2])  # the calls after it still ran
         self.assertEqual(results(ds), [("ok", 0), ("error", ValueError), ("ok", 2)])
         self.assertEqual(str(self.failureResultOf(ds[1]).value), "failed 1")
@@ -143,36 +115,36 @@ class RunBatched(ThreadsTestCase):
         self.reactor.advance(0)
         second = [self.threads.run_batched(self.calls.echo, i) for i in range(2, 5)]
         self.reactor.advance(0)
-        self.assertEqual(len(self.pool.calls), 2)
+        self.assertEqual(len(self.pool.queue), 2)
         # Run in the pool's own order; each batch answers only its own calls.
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(results(first), [("ok", 0), ("ok", 1)])
         self.assertEqual(results(second), [("pending", None)] * 3)
-        self.pool.run_next()
+        self.pool.step()
         self.assertEqual(results(second), [("ok", 2), ("ok", 3), ("ok", 4)])
         self.reactor.advance(0)
-        self.assertEqual(self.pool.calls, [])  # no empty batch dispatched
+        self.assertEqual(self.pool.queue, [])  # no empty batch dispatched
 
     def test_a_full_batch_goes_at_once(self) -> None:
         n = DiskThreads.MAX_BATCH
         full = [self.threads.run_batched(self.calls.echo, i) for i in range(n)]
-        self.assertEqual(len(self.pool.calls), 1)  # without waiting for the turn to end
+        self.assertEqual(len(self.pool.queue), 1)  # without waiting for the turn to end
         late = self.threads.run_batched(self.calls.echo, n)
-        self.assertEqual(len(self.pool.calls), 1)
+        self.assertEqual(len(self.pool.queue), 1)
         self.reactor.advance(0)
-        self.assertEqual(len(self.pool.calls), 2)  # the one after it: next batch
-        self.pool.run_next()
-        self.pool.run_next()
+        self.assertEqual(len(self.pool.queue), 2)  # the one after it: next batch
+        self.pool.step()
+        self.pool.step()
         self.assertEqual(self.calls.ran, list(range(n + 1)))
         self.assertEqual(results(full), [("ok", i) for i in range(n)])
         self.assertEqual(self.successResultOf(late), n)
         self.reactor.advance(0)
-        self.assertEqual(self.pool.calls, [])
+        self.assertEqual(self.pool.queue, [])
 
     def test_the_pool_call_failing_fails_every_call_of_the_batch(self) -> None:
         ds = [self.threads.run_batched(self.calls.echo, i) for i in range(3)]
         self.reactor.advance(0)
-        on_result, _, _, _ = self.pool.calls.pop(0)
+        on_result, _, _, _ = self.pool.queue.pop(0)
         on_result(False, Failure(RuntimeError("pool broke")))
         for d in ds:
             self.assertEqual(str(self.failureResultOf(d, RuntimeError).value), "pool broke")
@@ -192,17 +164,8 @@ class Service(ThreadsTestCase):
         assert d is not None
         self.assertFalse(self.pool.stopped)
         self.assertNoResult(d)
-        self.reactor.own_pool.run_next()
+        self.reactor.own_pool.step()
         self.assertTrue(self.pool.stopped)
         self.successResultOf(d)
         self.assertFalse(self.threads.running)
 
-
-class Inline(SynchronousTestCase):
-    def test_run_and_run_batched_are_synchronous(self) -> None:
-        threads = InlineThreads()
-        calls = Recorder()
-        self.assertEqual(self.successResultOf(threads.run(calls.echo, 1)), 1)
-        self.assertEqual(self.successResultOf(threads.run_batched(calls.echo, 2)), 2)
-        self.failureResultOf(threads.run_batched(calls.fail, 3), ValueError)
-        self.assertEqual(calls.ran, [1, 2, 3])
