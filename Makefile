@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install test unit integration demo bench mutation clean
+.PHONY: all install lint test unit integration demo bench mutation clean
 
 all: test
 
@@ -23,8 +23,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+# Static checks, configured in pyproject.toml [tool.ruff] and setup.cfg [mypy]; any finding
+# fails the build.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 # trial runs the unit tests; pytest runs them again with the integration tests.
-test: $(STAMP)
+test: lint
 	$(BIN)/trial tests.unit
 	$(BIN)/pytest -q tests
 

@@ -11,7 +11,8 @@ network of `mirror.testing` in tests, plug in the same way).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -19,7 +20,6 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
-
 
 #: After a failed connection with none left open, requests fail at once (with the same error)
 #: for this long instead of each trying again: a dead server must not cost a connection
