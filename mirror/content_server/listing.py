@@ -15,8 +15,6 @@ from mirror import paths
 from mirror.wire import frames
 
 
-
-
 class TreeWalker:
     """Depth-first walk of ``parts`` under ``root_fd``; symlinks and special files are skipped.
 

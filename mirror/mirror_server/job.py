@@ -156,6 +156,7 @@ class SourceRun:
         # A connection of its own: listing waits (paused) while the queue is full, and must
         # not stall the FETCHes that would empty it.
         conn = None
+        assert self.connections is not None  # made by run()
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
@@ -210,9 +211,10 @@ class SourceRun:
                 continue
             (dirs if entry.is_dir else files).append((parts, entry))
         threads = self.job.service.threads
+        assert self.store is not None  # opened before the listing starts
         if dirs:
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
-            for (parts, entry), problem in zip(dirs, results):
+            for (parts, entry), problem in zip(dirs, results, strict=True):
                 if problem:
                     self.failed += 1
                     self.error(paths.join_parts(parts), problem)
@@ -223,7 +225,7 @@ class SourceRun:
             return
         current = await threads.run(_quick_check, self.store, files)
         queue = self.job.service.queue
-        for (parts, entry), is_current in zip(files, current):
+        for (parts, entry), is_current in zip(files, current, strict=True):
             if is_current:
                 self.skipped += 1
                 continue
@@ -236,6 +238,7 @@ class SourceRun:
         # Deepest first: setting a parent's mtime before its children would be undone.
         metas = sorted(self._dir_meta, key=lambda m: len(m[0]), reverse=True)
         if metas:
+            assert self.store is not None  # directories were made in it
             for parts, problem in await self.job.service.threads.run(_set_dirs, self.store, metas):
                 self.error(paths.join_parts(parts), problem)
 
@@ -243,6 +246,7 @@ class SourceRun:
 
     def _receiver(self, parts: paths.Parts) -> FileReceiver:
         """A receiver for one attempt; its bytes count towards the job's progress."""
+        assert self.store is not None  # files are queued only once it is open
         return FileReceiver(self.store, parts, self.job.service.threads, self._count)
 
     def _count(self, n: int) -> None:
@@ -268,6 +272,7 @@ class SourceRun:
     async def _attempts(self, parts: paths.Parts) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
+        assert self.connections is not None  # made by run() before anything is queued
         for _attempt in range(2):
             receiver = self._receiver(parts)
             try:
