@@ -6,8 +6,7 @@ All limits are settings of the daemon that enforces them; none is negotiated wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol as TypingProtocol
-from typing import runtime_checkable
+from typing import Protocol as TypingProtocol, runtime_checkable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol

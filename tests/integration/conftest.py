@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -17,6 +18,9 @@ from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
+
+# A fixture for every test module here (one imported by a test module shadows itself).
+from tests.integration.hostile_server import start_hostile_server  # noqa: F401
 
 
 @pytest.fixture

@@ -27,19 +27,16 @@ from twisted.internet import reactor, task
 from mirror import paths
 from mirror.content_server import fetch as content_fetch
 from mirror.initiator.client import ConnectionLostBeforeDone
-from mirror.mirror_server import service as mirror_service
-from mirror.mirror_server import store
+from mirror.mirror_server import service as mirror_service, store
 from mirror.wire.control import Progress
 from tests.integration.conftest import run_job, source
-from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+from tests.integration.hostile_server import (
     MTIME_NS,
-    Fetch,
     HostileServer,
     d,
     f,
     slow,
     stall,
-    start_hostile_server,
 )
 from tests.trees import assert_same_tree, make_sample_tree
 

@@ -15,8 +15,9 @@ import resource
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -315,7 +316,7 @@ async def test_paths_outside_the_root_are_refused(tree: Path, start_content_serv
     for i, (opcode, path, _) in enumerate(refused, 1):
         payload = frames.encode_fetch(path) if opcode == frames.FETCH else path.encode()
         c.request(opcode, i, payload)
-    for i, (opcode, path, code) in enumerate(refused, 1):
+    for i, (_, path, code) in enumerate(refused, 1):
         got, message = error_of(await c.answer(i))
         assert got in (code if isinstance(code, tuple) else (code,)), (path, message)
     # Raw bytes that are not UTF-8 at all.

@@ -6,16 +6,21 @@ import contextlib
 import os
 import signal
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mirror.content_server.factory import ContentServerFactory
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.threads import InlineThreads
 from mirror.wire import frames
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def parse_frames(data: bytes) -> list[tuple[int, int, bytes]]:
@@ -206,22 +211,19 @@ class StepThreads:
     """
 
     def __init__(self) -> None:
-        self.queue: list[tuple[Any, tuple, dict, Any]] = []
+        self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
+                               Deferred[Any]]] = []
 
-    def run(self, f: Any, *args: Any, **kwargs: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
-        d: Deferred[Any] = Deferred()
+    def run(self, f: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
         self.queue.append((f, args, kwargs, d))
         return d
 
-    def run_batched(self, f: Any, *args: Any) -> Any:
+    def run_batched(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
         return self.run(f, *args)
 
     def step(self) -> bool:
         """Run the oldest queued call; False if there was none."""
-        from twisted.internet.defer import maybeDeferred
-
         if not self.queue:
             return False
         f, args, kwargs, d = self.queue.pop(0)

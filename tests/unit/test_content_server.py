@@ -13,11 +13,20 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.content_server.fetch import CHUNK_SIZE
+from mirror.content_server.protocol import ContentServerProtocol
 from mirror.limits import CLOSE_GRACE
 from mirror.wire import frames
-from mirror.content_server.protocol import ContentServerProtocol
-from tests.unit.helpers import FrameLog, ServerRig, StepThreads, connect_server, \
-    fetch_result, list_result, make_factory, must_not_block, parse_frames
+from tests.unit.helpers import (
+    FrameLog,
+    ServerRig,
+    StepThreads,
+    connect_server,
+    fetch_result,
+    list_result,
+    make_factory,
+    must_not_block,
+    parse_frames,
+)
 
 BIG_SIZE = 3 * CHUNK_SIZE + 12345  # > 256 KiB: streamed in several chunks
 
@@ -421,7 +430,7 @@ class FetchRefusals(ServerTestCase):
         try:
             os.mknod(self.path_of("null"), stat_mod.S_IFCHR | 0o666, os.makedev(1, 3))
         except OSError as e:
-            raise self.skipTest(f"cannot make a device node: {e}")
+            raise self.skipTest(f"cannot make a device node: {e}") from None
         with must_not_block():
             r = self.fetch("null")
         self.assertIsNotNone(r.error)

@@ -5,8 +5,15 @@ from __future__ import annotations
 from hypothesis import example, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, UnsafePath, \
-    join_parts, parse_request_path, parse_wire_path
+from mirror.paths import (
+    MAX_COMPONENT_BYTES,
+    MAX_PATH_BYTES,
+    TEMP_PREFIX,
+    UnsafePath,
+    join_parts,
+    parse_request_path,
+    parse_wire_path,
+)
 
 FUZZ = settings(deadline=None, max_examples=300)
 
