@@ -29,10 +29,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# trial runs the unit tests; pytest runs them again with the integration tests.
-test: lint
-	$(BIN)/trial tests.unit
-	$(BIN)/pytest -q tests
+# The static checks first; then each test runs once: trial for the unit tests,
+# pytest(-twisted) for the integration tests.
+test: lint unit integration
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.demo

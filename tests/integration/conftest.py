@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,14 +28,15 @@ from tests.integration.hostile_server import start_hostile_server  # noqa: F401
 
 @pytest.fixture
 def start_content_server() -> Any:
-    """``start(root, **settings) -> (port, factory)``: a content server on 127.0.0.1."""
+    """``start(root, clock=None, **settings) -> (port, factory)``: a content server on
+    127.0.0.1; its deadlines run on ``clock`` if given (a `task.Clock` the test advances)."""
     started: list[tuple[Any, DiskThreads, int]] = []
 
-    def start(root: str, **settings: Any) -> tuple[int, ContentServerFactory]:
+    def start(root: str, clock: Any = None, **settings: Any) -> tuple[int, ContentServerFactory]:
         threads = DiskThreads(reactor, 4)
         threads.startService()
         root_fd = open_root(root)
-        factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings))
+        factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings), clock)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         started.append((port, threads, root_fd))
         return port.getHost().port, factory
@@ -44,6 +48,10 @@ def start_content_server() -> Any:
         os.close(root_fd)
 
 
+#: The control factory of each port `start_mirror_server` listens on (its connection limiter).
+control_factories: dict[int, ControlFactory] = {}
+
+
 @pytest.fixture
 def start_mirror_server() -> Any:
     """``start(mirror_dir, **settings) -> (port, service)``: a mirror server on 127.0.0.1."""
@@ -53,12 +61,15 @@ def start_mirror_server() -> Any:
         os.makedirs(mirror_dir, exist_ok=True)
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
         service.startService()
-        port = reactor.listenTCP(0, ControlFactory(service), interface="127.0.0.1")
+        factory = ControlFactory(service)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         started.append((port, service))
+        control_factories[port.getHost().port] = factory
         return port.getHost().port, service
 
     yield start
     for port, service in started:
+        control_factories.pop(port.getHost().port, None)
         pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
@@ -71,15 +82,47 @@ def run_job(mirror_port: int, sources: list[SourceRequest],
     return submit_job(reactor, endpoint, sources, on_event, timeout=timeout)
 
 
+def deep_scratch_dir(prefix: str) -> str:
+    """A new directory for a tree thousands of levels deep, removed by the test itself.
+
+    On a tmpfs where there is one: removing 2,000 levels one ``rmdir`` at a time took 5 s on
+    a busy disk. Not under pytest's tmp_path: its clean-up recurses once per level.
+    """
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
 def source(port: int, path: str = "", delay: float = 0.0) -> SourceRequest:
     return SourceRequest("127.0.0.1", port, path, delay)
 
 
+def free_port() -> int:
+    """A loopback port free now, and outside the range the kernel picks ports from.
+
+    A port the kernel handed out (bind to port 0) and that was closed again is soon handed
+    out again, as the local port of some outgoing connection (the suite makes thousands):
+    a daemon started on it later then failed with "address already in use", one run in a
+    few on a busy machine. A port below the ephemeral range is only ever taken explicitly.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    for _ in range(100):
+        port = rnd.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 @pytest.fixture
 def unused_port() -> int:
-    """A loopback port with nothing listening on it."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port with nothing listening on it (see `free_port`)."""
+    return free_port()

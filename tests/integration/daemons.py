@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.integration.waiting import poll
+
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 MIRROR_INIT = str(BIN / "mirror-init")
@@ -34,18 +36,24 @@ class Daemon:
                "--listen", f"tcp:{port}:interface=127.0.0.1", *self.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log.exists():
-                found = _PORT.findall(self.log.read_bytes())
-                if found:
-                    self.port = int(found[-1])
-                    return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.plugin} exited: {self.proc.stderr.read().decode()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.plugin} did not start; log:\n{self.log_text()}")
+        try:
+            poll(self._started, timeout, f"{self.plugin} to listen")
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"{self.plugin} did not start; log:\n{self.log_text()}") from None
+        return self
+
+    def _started(self) -> bool:
+        """True once the log names the port; raises if the daemon has exited."""
+        assert self.proc is not None
+        if self.log.exists():
+            found = _PORT.findall(self.log.read_bytes())
+            if found:
+                self.port = int(found[-1])
+                return True
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.plugin} exited: {self.proc.stderr.read().decode()}")
+        return False
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -101,6 +101,34 @@ class Fetch:
     wait: float = 0.0
     #: Send the FILE header at all (False: go straight to the body and the ending).
     header: bool = True
+    #: Hold the answer at this `Gate` until the test opens it: before anything is sent
+    #: (``hold_at`` 0) or once ``hold_at`` body bytes are sent. A transfer kept waiting for
+    #: exactly as long as a test needs, not for a time.
+    hold: Gate | None = None
+    hold_at: int = 0
+
+
+class Gate:
+    """Closed until the test calls `open`; FETCH answers held at it go on then."""
+
+    def __init__(self) -> None:
+        self.opened = False
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def open(self) -> None:
+        self.opened = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:  # cancelled when its connection was lost
+                d.callback(None)
+
+    def wait(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.opened:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
 
 
 def normal(content: bytes, **kw: Any) -> Fetch:
@@ -216,7 +244,10 @@ class HostileProtocol(frames.FrameReceiver):
             self.transport.writeSequence(list(chunks))
 
     async def sleep(self, seconds: float) -> None:
-        d = task.deferLater(reactor, seconds, lambda: None)
+        await self.held(task.deferLater(reactor, seconds, lambda: None))
+
+    async def held(self, d: defer.Deferred[None]) -> None:
+        """Wait for ``d``; cancelled when the connection is lost."""
         self.calls.append(d)
         await d
 
@@ -260,6 +291,8 @@ class HostileProtocol(frames.FrameReceiver):
             return
         if how.wait:
             await self.sleep(how.wait)
+        if how.hold is not None and how.hold_at == 0:
+            await self.held(how.hold.wait())
         content = how.content
         if how.header:
             size = len(content) if how.size is None else how.size
@@ -269,11 +302,18 @@ class HostileProtocol(frames.FrameReceiver):
         body = content if how.body is None else how.body
         if how.stop_after is not None:
             body = body[: how.stop_after]
-        for i in range(0, len(body), how.chunk):
+        i = 0
+        while i < len(body):
+            if how.hold is not None and i == how.hold_at > 0:
+                await self.held(how.hold.wait())
             if how.interval and i:
                 await self.sleep(how.interval)
-            piece = body[i:i + how.chunk]
+            end = i + how.chunk
+            if how.hold is not None and i < how.hold_at:
+                end = min(end, how.hold_at)
+            piece = body[i:end]
             self.send(frames.data_header(rid, len(piece)), piece)
+            i = end
         if how.ending == "end":
             digest = how.digest if how.digest is not None else hashlib.sha256(content).digest()
             self.send(frames.frame(frames.FILE_END, rid, digest))

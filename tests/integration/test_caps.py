@@ -23,8 +23,8 @@ from tests.integration.test_hostile_clients import (  # noqa: F401 (fixtures)
     connect_raw,
     good_fetch,
     no_logged_failures,
-    wait_until,
 )
+from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,7 +180,7 @@ async def test_one_address_cannot_evict_anothers_working_connections(tree: Path,
                                                                      start_content_server):
     port, factory = start_content_server(str(tree), max_per_peer=3, max_connections=5)
     busy = [await working(port, "127.0.0.1") for _ in range(3)]
-    await wait_until(lambda: all_working(factory, "127.0.0.1", 3), 10.0, "FETCHes received")
+    await wait_for(lambda: all_working(factory, "127.0.0.1", 3), 10.0, "FETCHes received")
     # Its own fourth is refused, with the reason, since none of the three is idle.
     fourth = await connect_raw(port, "127.0.0.1")
     await fourth.wait_for(lambda: fourth.closed)
@@ -188,7 +188,7 @@ async def test_one_address_cannot_evict_anothers_working_connections(tree: Path,
     # 127.0.0.2 fills the total cap with idle connections, then opens more: each takes the
     # slot of its own oldest idle one (127.0.0.1 holds more, but nothing idle).
     others = [await connect_raw(port, "127.0.0.2") for _ in range(2)]
-    await wait_until(lambda: factory.limiter.total == 5, 10.0)
+    await wait_for(lambda: factory.limiter.total == 5, 10.0)
     third = await connect_raw(port, "127.0.0.2")
     await others[0].wait_for(lambda: others[0].closed)
     code, message = connection_error(others[0])
@@ -202,7 +202,7 @@ async def test_one_address_cannot_evict_anothers_working_connections(tree: Path,
     for c in busy + [others[1], third]:
         c.transport.loseConnection()
     await defer.gatherResults([c.lost for c in busy])
-    await wait_until(lambda: factory.limiter.total == 0, 10.0)
+    await wait_for(lambda: factory.limiter.total == 0, 10.0)
 
 
 @pytest_twisted.ensureDeferred
@@ -211,7 +211,7 @@ async def test_idle_connections_make_room_for_a_working_client(tree: Path,
     """Idle sockets cannot lock out a client behind the same address."""
     port, factory = start_content_server(str(tree), max_per_peer=4)
     idle = [await connect_raw(port, "127.0.0.1") for _ in range(4)]
-    await wait_until(lambda: factory.limiter.total == 4, 10.0)
+    await wait_for(lambda: factory.limiter.total == 4, 10.0)
     await good_fetch(port, bind="127.0.0.1")  # it took the slot of the oldest
     await idle[0].wait_for(lambda: idle[0].closed)
     code, message = connection_error(idle[0])
@@ -219,12 +219,12 @@ async def test_idle_connections_make_room_for_a_working_client(tree: Path,
     assert [c.closed for c in idle] == [True, False, False, False]
     # Three more: one fits in the slot good_fetch freed, two take the oldest idle ones.
     newer = [await connect_raw(port, "127.0.0.1") for _ in range(3)]
-    await wait_until(lambda: sum(c.closed for c in idle) == 3, 10.0)
+    await wait_for(lambda: sum(c.closed for c in idle) == 3, 10.0)
     assert [c.closed for c in idle] == [True, True, True, False], "oldest first"
     assert not any(c.closed for c in newer)
     for c in newer + idle[3:]:
         c.transport.loseConnection()
-    await wait_until(lambda: factory.limiter.total == 0, 10.0)
+    await wait_for(lambda: factory.limiter.total == 0, 10.0)
 
 
 @pytest_twisted.ensureDeferred
@@ -234,13 +234,13 @@ async def test_mirror_server_reports_the_content_servers_reason(tree: Path, tmp_
     cport, factory = start_content_server(str(tree), max_per_peer=1)
     mport, _ = start_mirror_server(str(tmp_path / "mirror"))
     held = await working(cport, "127.0.0.1")
-    await wait_until(lambda: all_working(factory, "127.0.0.1", 1), 10.0, "FETCH received")
+    await wait_for(lambda: all_working(factory, "127.0.0.1", 1), 10.0, "FETCH received")
     result = await run_job(mport, [source(cport, "ok.txt")])
     assert not result.ok
     messages = [e.message for e in result.errors]
     assert any(f"content server {BUSY_1}" in m for m in messages), messages
     held.transport.loseConnection()
     await held.lost
-    await wait_until(lambda: factory.limiter.total == 0, 10.0)
+    await wait_for(lambda: factory.limiter.total == 0, 10.0)
     result = await run_job(mport, [source(cport, "ok.txt")])
     assert result.ok, result.errors

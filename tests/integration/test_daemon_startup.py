@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from mirror.content_server import tap as content_tap
 from mirror.mirror_server import tap as mirror_tap
+from tests.integration.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -186,14 +186,12 @@ def test_bad_listen_description(plugin: str, tmp_path: Path):
 
 
 def _wait_for_port(log: Path, timeout: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists():
-            found = re.findall(r"starting on (\d+)", log.read_text(errors="replace"))
-            if found:
-                return int(found[-1])
-        time.sleep(0.05)
-    raise AssertionError(f"no 'starting on' in {log}")
+    def ports() -> list[str]:
+        return re.findall(r"starting on (\d+)", log.read_text(errors="replace")) \
+            if log.exists() else []
+
+    poll(ports, timeout, f"'starting on' in {log}")
+    return int(ports()[-1])
 
 
 @pytest.mark.parametrize("plugin", sorted(PLUGINS))
@@ -220,10 +218,7 @@ def test_daemonized_start_serves_and_stops(plugin: str, tmp_path: Path):
                 assert s.recv(4096).startswith(b"REFUSED ")
     finally:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while (tmp_path / "twistd.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not (tmp_path / "twistd.pid").exists()
+    poll(lambda: not (tmp_path / "twistd.pid").exists(), 10, "twistd.pid to be removed")
 
 
 # -- flags ----------------------------------------------------------------------------------

@@ -15,29 +15,31 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
 from mirror import paths
 from mirror.content_server import fetch as content_fetch
 from mirror.initiator.client import ConnectionLostBeforeDone
 from mirror.mirror_server import service as mirror_service, store
 from mirror.wire.control import Progress
-from tests.integration.conftest import run_job, source
+from tests.integration.conftest import deep_scratch_dir, free_port, run_job, source
 from tests.integration.hostile_server import (
     MTIME_NS,
+    Fetch,
+    Gate,
     HostileServer,
     d,
     f,
-    slow,
     stall,
 )
+from tests.integration.waiting import wait_for
 from tests.trees import assert_same_tree, make_sample_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,28 +52,10 @@ pytestmark = pytest.mark.timeout(20)
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(0.02)
-
-
 def temporaries(root: Path) -> list[Path]:
     out = subprocess.run(["find", str(root), "-name", paths.TEMP_PREFIX + "*", "-print0"],
                          check=True, capture_output=True).stdout
     return [Path(p.decode()) for p in out.split(b"\0") if p]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -98,13 +82,13 @@ class Daemons:
             stderr=subprocess.PIPE)
         self.procs.append(proc)
         proc.log = log  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 10
-        while not listening(port):
+
+        def started() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"{name} exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name} not listening on {port}")
-            await sleep(0.05)
+            return listening(port)
+
+        await wait_for(started, 10, f"{name} to listen on {port}")
         return proc
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
@@ -335,22 +319,33 @@ async def test_content_server_killed_mid_job(tmp_path, monkeypatch, daemons,
     (top / "docs" / "sub").mkdir(parents=True)
     (top / "docs" / "sub" / "big.bin").write_bytes(OLD)
 
-    # A disk of about 16 MB/s, so that the kill lands in the middle of the 32 MiB file.
+    # A disk that stops after 4 MiB of a file until the content server is dead, so that
+    # the kill lands in the middle of the 32 MiB file however fast or slow the machine is.
     real_write = store.PartialFile.write
+    written: dict[int, int] = {}
+    disk_may_go_on = threading.Event()
 
-    def slow_write(self: Any, pieces: Any) -> None:
-        time.sleep(sum(len(p) for p in pieces) / 16e6)
+    def gated_write(self: Any, pieces: Any) -> None:
         real_write(self, pieces)
+        written[id(self)] = written.get(id(self), 0) + sum(len(p) for p in pieces)
+        if written[id(self)] > (4 << 20):
+            disk_may_go_on.wait(20)  # a bound: the test fails below if it is reached
 
-    monkeypatch.setattr(store.PartialFile, "write", slow_write)
+    monkeypatch.setattr(store.PartialFile, "write", gated_write)
     killed = []
 
     def on_event(event: Any) -> None:
+        # Progress counts bytes received: with the disk stopped, flow control holds the
+        # transfer a few MiB further on, mid-file.
         if isinstance(event, Progress) and event.bytes_done > (4 << 20) and not killed:
             killed.append(time.monotonic())
             daemons.kill(content)
+            disk_may_go_on.set()
 
-    result = await run_job(mport, [source(cport)], on_event=on_event, timeout=20)
+    try:
+        result = await run_job(mport, [source(cport)], on_event=on_event, timeout=20)
+    finally:
+        disk_may_go_on.set()
     assert killed, "the job ended before the content server could be killed"
     # The files still queued fail at once: not one connection attempt (0.3 s) each.
     assert time.monotonic() - killed[0] < 5
@@ -449,28 +444,46 @@ async def test_sweep_does_not_remove_files_of_running_jobs(tmp_path, monkeypatch
     """The start-up sweep runs in a thread and may take long on a big mirror: a job that
     starts meanwhile must not have its temporary file removed under it."""
     real_sweep = store.sweep_temporaries
+    sweep_may_run = threading.Event()
+    swept = Gate()
 
     def slow_sweep(base_dir: str) -> int:
-        time.sleep(1.0)  # a big mirror directory
-        return real_sweep(base_dir)
+        # A big mirror directory: the sweep is still going when the job below arrives.
+        sweep_may_run.wait(10)  # a bound: the test fails below if it is reached
+        try:
+            return real_sweep(base_dir)
+        finally:
+            reactor.callFromThread(swept.open)
 
     monkeypatch.setattr(mirror_service, "sweep_temporaries", slow_sweep)
     big = os.urandom(1 << 20)
     script = HostileServer([f("big.bin", big)])
-    script.fetch["big.bin"] = slow(big, chunk=128 << 10, interval=0.2)  # about 1.6 s
+    # Half the file, then nothing more until the sweep is over: if a transfer ran during the
+    # sweep, its temporary file would be there, half written, for the sweep to take.
+    script.fetch["big.bin"] = Fetch(big, hold=swept, hold_at=len(big) // 2)
     cport = start_hostile_server(script)
-    mport, _ = start_mirror_server(str(tmp_path / "mirror"))
-    result = await run_job(mport, [source(cport)], timeout=15)
+    mirror = tmp_path / "mirror"
+    mport, service = start_mirror_server(str(mirror))
+    try:
+        job = run_job(mport, [source(cport)], timeout=15)
+        # The sweep goes on once the job is listed and its file queued or (if transfers
+        # did not wait for the sweep) once the file's temporary file exists.
+        await wait_for(lambda: len(service.queue) > 0 or temporaries(mirror),
+                       what="the job to be listed during the sweep")
+    finally:
+        sweep_may_run.set()
+    result = await job
+    assert swept.opened
     assert result.ok, result.errors
     assert script.fetched() == ["big.bin"]  # not lost and fetched again
-    assert (tmp_path / "mirror" / f"127.0.0.1_{cport}" / "big.bin").read_bytes() == big
+    assert (mirror / f"127.0.0.1_{cport}" / "big.bin").read_bytes() == big
 
 
 @pytest_twisted.ensureDeferred
 async def test_sweep_reaches_any_depth(start_mirror_server):
     """A legal 4 KiB wire path is 2,000 directories deep: the sweep must still get there
     (os.fwalk recurses once per level and keeps a descriptor open per level)."""
-    base = Path(tempfile.mkdtemp(prefix="mirror-sweep-"))
+    base = Path(deep_scratch_dir("mirror-sweep-"))
     try:
         deep = base / "mirror" / "127.0.0.1_1"
         deep.mkdir(parents=True)

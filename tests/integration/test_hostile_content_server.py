@@ -15,11 +15,11 @@ outcome the issue asks for, always the same:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +27,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from mirror import paths
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
-from tests.integration.conftest import run_job, source
+from tests.integration.conftest import deep_scratch_dir, run_job, source
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     MTIME_NS,
     Fetch,
+    Gate,
     HostileServer,
     ListEntry,
     absurd_size,
@@ -50,11 +51,16 @@ from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     stall,
     wrong_digest,
 )
+from tests.integration.waiting import wait_for
 from tests.trees import assert_same_tree, make_sample_tree
 
 pytestmark = pytest.mark.timeout(30)
 
-STALL = 0.5  # the mirror server's stall_timeout in these tests, seconds
+#: The mirror server's stall_timeout where a test is about stalls, seconds: each stalled
+#: file waits it out twice (it is retried once).
+STALL = 0.3
+#: Everywhere else: long enough that a loaded machine never looks like a stalled server.
+NO_STALL = 20.0
 
 SMALL = b"small new content\n"
 BIG = hashlib.sha256(b"seed").digest() * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
@@ -106,7 +112,7 @@ class Harness:
         (self.outside / "sentinel").write_bytes(b"must not change\n")
         self._start_hostile = start_hostile
         self._start_content = start_content
-        settings.setdefault("stall_timeout", STALL)
+        settings.setdefault("stall_timeout", NO_STALL)
         self.mport, self.service = start_mirror(str(self.mirror), **settings)
         self.script = HostileServer()
         self.port = self._start_hostile(self.script)
@@ -138,6 +144,9 @@ class Harness:
 
     async def check_alive(self) -> None:
         """The daemon still serves: a good job against a real content server mirrors exactly."""
+        # Read by each new job: a short stall timeout of the test before is not for this one.
+        self.service.settings = dataclasses.replace(self.service.settings,
+                                                    stall_timeout=NO_STALL)
         src = make_sample_tree(self.tmp / "good-src", big_size=300_000)
         cport, _ = self._start_content(str(src))
         result = await run_job(self.mport, [source(cport)], timeout=20)
@@ -348,12 +357,13 @@ async def test_file_listed_after_its_own_children(harness):
 async def test_deep_names_do_not_freeze_the_daemon(harness):
     """Checking an entry used to cost O(depth²): a 4 KiB path of 2,048 components took 60 ms
     of reactor time, so a server listing such names froze every other job. The reactor must
-    keep turning while 400 of them (1.6 MB of LIST) are taken in."""
+    keep turning while 120 of them (480 KB of LIST) are taken in: two ENTRIES frames of 60,
+    each of which took 3.6 s of reactor time before."""
     # Not under pytest's tmp_path: its clean-up recurses once per level and would crash on
     # 2,000 levels, in this session or (if this one is killed) in the next.
-    base = Path(tempfile.mkdtemp(prefix="mirror-deep-"))
+    base = Path(deep_scratch_dir("mirror-deep-"))
     h = harness(base, stall_timeout=30)
-    entries = [f(("a/" * 2046) + f"b{i:03d}", b"") for i in range(400)]
+    entries = [f(("a/" * 2046) + f"b{i:03d}", b"") for i in range(120)]
     assert all(len(e.name) <= 4096 for e in entries)
     h.script.batch = 60  # about 240 KiB per ENTRIES frame, under the 256 KiB limit
     gaps = []
@@ -371,7 +381,7 @@ async def test_deep_names_do_not_freeze_the_daemon(harness):
         ticker.stop()
         assert [(e.path[-20:], e.message[-200:]) for e in result.errors[:3]] == []
         assert result.ok
-        assert result.source_done[0].files == 400
+        assert result.source_done[0].files == 120
         assert max(gaps) < 1.0, max(gaps)
         h.check_safe(result)
     finally:
@@ -417,7 +427,7 @@ async def test_absurd_size_in_listing(harness):
 ])
 @pytest_twisted.ensureDeferred
 async def test_list_that_fails(harness, mode, why):
-    h = harness()
+    h = harness(stall_timeout=STALL)
     h.script.list_mode = mode
     result = await h.run(d("docs"), f("docs/a", SMALL))
     assert not result.ok
@@ -474,17 +484,25 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
 async def test_fetch_lie(harness, case, lie, why, size):
     """The lying file fails with a clear error; its old version stays; its neighbours arrive;
     nothing is left behind."""
-    h = harness()
+    h = harness(stall_timeout=STALL if why == "stalled" else NO_STALL)
     content = SMALL if size == "small" else BIG
     old = h.seed("docs/victim")
     lies = {"docs/victim": lie(content), "docs/brand-new": lie(content)}
+    # The honest file is received before any lie is told: a lie that breaks the connection
+    # must not take it down before it is done (that would be a different test).
+    honest_received = Gate()
     for how in lies.values():
-        # An honest file listed first is answered first: a lie that breaks the connection
-        # must not take it down before it is done (that would be a different test).
-        how.wait = 0.1
+        how.hold = honest_received
     h.script.fetch.update(lies)
-    result = await h.run(d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
-                         f("docs/brand-new", content))
+    job = defer.Deferred.fromCoroutine(h.run(
+        d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
+        f("docs/brand-new", content)))
+    try:
+        await wait_for(lambda: any(j.bytes_done >= len(SMALL) for j in h.service.jobs.values()),
+                       what="the honest file to be received")
+    finally:
+        honest_received.open()
+    result = await job
     assert not result.ok
     for name in ("docs/victim", "docs/brand-new"):
         [message] = errors_for(result, name)
@@ -520,7 +538,7 @@ async def test_error_frame_from_server(harness):
 @pytest_twisted.ensureDeferred
 async def test_honest_slow_server_is_not_a_stall(harness):
     """Data that keeps coming, however slowly, is not a stall (the timer is per silence)."""
-    h = harness()
+    h = harness(stall_timeout=STALL)
     content = BIG
     result = await h.run(f("slow", content),
                          slow=Fetch(content, chunk=len(content) // 6 + 1, interval=STALL / 2))
@@ -533,7 +551,7 @@ async def test_honest_slow_server_is_not_a_stall(harness):
 async def test_full_queue_is_not_a_listing_stall(harness):
     """While the work queue is full the mirror server stops reading the listing: that wait
     is ours, not the server's silence, and must not fail the LIST as stalled."""
-    h = harness(queue_size=1, workers=1)
+    h = harness(queue_size=1, workers=1, stall_timeout=STALL)
     names = [f"f{i}" for i in range(8)]
     for name in names:
         h.script.fetch[name] = Fetch(name.encode(), wait=STALL / 2)
@@ -707,7 +725,7 @@ async def test_planted_symlink_with_real_content_server(tmp_path, start_content_
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     cport, _ = start_content_server(str(src))
-    mport, _ = start_mirror_server(str(tmp_path / "mirror"), stall_timeout=STALL)
+    mport, _ = start_mirror_server(str(tmp_path / "mirror"))
     top = tmp_path / "mirror" / f"127.0.0.1_{cport}"
     top.mkdir(parents=True)
     (top / "docs").symlink_to(elsewhere)
