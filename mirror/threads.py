@@ -7,7 +7,7 @@ there would stall DNS, so each daemon owns one of these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -61,8 +61,8 @@ class DiskThreads(Service):
 
             reactor = default_reactor
         self._clock = reactor
-        # Every real reactor has threads (twisted.internet.reactor's type does not say so).
-        self._reactor = IReactorThreads(reactor)
+        # A reactor has threads too; its static type cannot say both (no intersection types).
+        self._reactor = cast(IReactorThreads, reactor)
         self.pool = ThreadPool(minthreads=1, maxthreads=size, name=name)
         self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
 

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, NoReturn
+from typing import IO, NoReturn, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint
@@ -175,8 +175,8 @@ async def run(
 ) -> int:
     """Run the job described by ``options``; return the exit status.
 
-    ``reactor`` is the clock, and also (adapted to ``IReactorCore``) where the shutdown
-    trigger goes: every reactor provides both.
+    ``reactor`` is the clock, and also where the shutdown trigger goes (an ``IReactorCore``:
+    its static type cannot say both).
     """
     sources = options["specs"]
     if endpoint is None:
@@ -188,7 +188,7 @@ async def run(
     job = submit_job(reactor, endpoint, sources, display, timeout=options["timeout"])
     # Ctrl-C or SIGTERM stops the reactor: cancel the job first so the display is closed,
     # the connection dropped and the exit status says the job did not finish.
-    core = IReactorCore(reactor)
+    core = cast(IReactorCore, reactor)
     trigger = core.addSystemEventTrigger("before", "shutdown", job.cancel)
     result: JobResult | None = None
     error: str | None = None
