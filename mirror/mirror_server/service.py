@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -64,7 +64,8 @@ class MirrorService(MultiService):
             disk.setServiceParent(self)
             threads = disk
         self.threads = threads
-        self.endpoints = endpoints or tcp_endpoints(IReactorTCP(reactor))
+        # The reactor makes TCP connections too (its static type cannot say both).
+        self.endpoints = endpoints or tcp_endpoints(cast(IReactorTCP, reactor))
         #: Directory descriptors the stores of all jobs may keep open between uses.
         self.dir_budget = DescriptorBudget()
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
