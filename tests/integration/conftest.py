@@ -37,9 +37,10 @@ def start_content_server() -> Any:
         threads.startService()
         root_fd = open_root(root)
         factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings), clock)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        # listenTCP's stub wants a ServerFactory of a private protocol type: no factory fits.
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         started.append((port, threads, root_fd))
-        return port.getHost().port, factory
+        return port.getHost().port, factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
 
     yield start
     for port, threads, root_fd in started:
@@ -62,10 +63,11 @@ def start_mirror_server() -> Any:
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
         service.startService()
         factory = ControlFactory(service)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         started.append((port, service))
-        control_factories[port.getHost().port] = factory
-        return port.getHost().port, service
+        address = port.getHost()
+        control_factories[address.port] = factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
+        return address.port, service  # type: ignore[attr-defined]  # a TCP port: IPv4Address
 
     yield start
     for port, service in started:

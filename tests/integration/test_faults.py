@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 
 from mirror import paths
 from mirror.content_server import fetch as content_fetch
@@ -332,7 +333,7 @@ async def test_content_server_killed_mid_job(tmp_path, monkeypatch, daemons,
             disk_may_go_on.wait(20)  # a bound: the test fails below if it is reached
 
     monkeypatch.setattr(store.PartialFile, "write", gated_write)
-    killed = []
+    killed: list[Any] = []
 
     def on_event(event: Any) -> None:
         # Progress counts bytes received: with the disk stopped, flow control holds the
@@ -453,7 +454,7 @@ async def test_sweep_does_not_remove_files_of_running_jobs(tmp_path, monkeypatch
         try:
             return real_sweep(base_dir)
         finally:
-            reactor.callFromThread(swept.open)
+            IReactorFromThreads(reactor).callFromThread(swept.open)
 
     monkeypatch.setattr(mirror_service, "sweep_temporaries", slow_sweep)
     big = os.urandom(1 << 20)

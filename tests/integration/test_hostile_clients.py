@@ -23,7 +23,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import provider
 
 import mirror.limits
 from mirror.wire import control, frames
@@ -115,16 +116,18 @@ class RawClient(Protocol):
         """Read nothing more (and keep the kernel's receive buffer small)."""
         import socket
 
-        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.transport.pauseProducing()
+        # A TCP transport: ITransport declares neither method.
+        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
 
 
 class _Factory(ClientFactory):
-    def __init__(self, proto: Protocol, failed: defer.Deferred[Any]) -> None:
+    def __init__(self, proto: RawClient, failed: defer.Deferred[Any]) -> None:
         self.proto = proto
         self.failed = failed
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> RawClient:
         return self.proto
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -215,6 +218,7 @@ def no_logged_failures() -> Any:
     """No daemon code may log an unexpected exception (a bug caught by a catch-all)."""
     failures: list[dict[str, Any]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if "log_failure" in event:
             failures.append(event)

@@ -8,7 +8,7 @@ import signal
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -159,10 +159,12 @@ def make_factory(root: str, clock: MemoryReactorClock | None = None,
 
 def connect_server(factory: ContentServerFactory, peer: IPv4Address = PEER) -> ServerRig:
     proto = factory.buildProtocol(peer)
-    assert proto is not None, "connection refused by the limiter"
+    assert isinstance(proto, ContentServerProtocol), "connection refused by the limiter"
     transport = StringTransport(peerAddress=peer)
     proto.makeConnection(transport)
-    return ServerRig(factory, proto, transport, factory.clock, FrameLog(transport))
+    # The unit tests' factories (make_factory) run on a MemoryReactorClock.
+    clock = cast(MemoryReactorClock, factory.clock)
+    return ServerRig(factory, proto, transport, clock, FrameLog(transport))
 
 
 class RecordingSink:

@@ -361,6 +361,7 @@ class Fetching(ServerTestCase):
 
     def fresh_connection(self, transport: StringTransport) -> ServerRig:
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(transport)
         return ServerRig(self.factory, proto, transport, self.clock, FrameLog(transport))
 
@@ -444,6 +445,7 @@ class ChangedWhileSent(ServerTestCase):
     def start_paused_fetch(self) -> None:
         self.transport = PausingTransport(limit=CHUNK_SIZE)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(self.transport)
         self.rig = ServerRig(self.factory, proto, self.transport, self.clock,
                              FrameLog(self.transport))

@@ -8,7 +8,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -244,7 +244,7 @@ class _Frames(frames.FrameReceiver):
 
     def __init__(self, handler) -> None:
         self.handler = handler
-        self.transport = object()  # parse without a transport of its own
+        self.transport = cast(Any, object())  # parse without a transport of its own
 
     def stringReceived(self, frame: bytes) -> None:
         self.handler(*frames.split_frame(frame))

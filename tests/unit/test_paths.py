@@ -352,8 +352,12 @@ class DirectoryDescriptors(SynchronousTestCase):
         self.addCleanup(os.close, root_fd)
         opened = []
         real_open = os.open
-        self.patch(os, "open",
-                   lambda name, *a, **k: opened.append(name) or real_open(name, *a, **k))
+
+        def recording_open(name, *a, **k):
+            opened.append(name)
+            return real_open(name, *a, **k)
+
+        self.patch(os, "open", recording_open)
         with self.assertRaises(UnsafePath):
             open_regular_file(root_fd, ("fifo",))
         self.assertNotIn("fifo", opened)
@@ -428,8 +432,12 @@ class RaceLayers(SynchronousTestCase):
         self.fds_before = len(os.listdir("/proc/self/fd"))
         self.opened: list[str] = []
         real_open = os.open
-        self.patch(os, "open", lambda name, *a, **k: self.opened.append(name)
-                   or real_open(name, *a, **k))
+
+        def recording_open(name, *a, **k):
+            self.opened.append(name)
+            return real_open(name, *a, **k)
+
+        self.patch(os, "open", recording_open)
 
     def swap_after_lstat(self, swap) -> None:
         """Run ``swap()`` right after open_regular_file's lstat of the victim."""
@@ -528,7 +536,7 @@ class ExactRefusals(SynchronousTestCase):
     """The full text of each refusal: it is what users read in an error report."""
 
     def test_messages(self) -> None:
-        cases = [
+        cases: list[tuple[str | bytes, str]] = [
             ("", "empty name"),
             ("/a", "absolute name"),
             ("a//b", "empty path component"),

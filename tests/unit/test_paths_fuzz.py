@@ -82,7 +82,7 @@ class ParseWirePathProperties(SynchronousTestCase):
     @FUZZ
     @given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FFF,
                                                     blacklist_characters="/\\",
-                                                    blacklist_categories=("Cs",)),
+                                                    blacklist_categories=["Cs"]),
                             min_size=1, max_size=20), min_size=1, max_size=8))
     def test_legal_names_accepted(self, names: list[str]) -> None:
         names = [n for n in names if n not in (".", "..") and not n.startswith(TEMP_PREFIX)

@@ -113,7 +113,10 @@ class Run(ThreadsTestCase):
         self.assertEqual(str(self.failureResultOf(d, ValueError).value), "failed 1")
 
     def test_keyword_arguments(self) -> None:
-        d = self.threads.run(lambda a, b=0: a - b, 5, b=2)
+        def subtract(a: int, b: int = 0) -> int:
+            return a - b
+
+        d = self.threads.run(subtract, 5, b=2)
         self.pool.run_next()
         self.assertEqual(self.successResultOf(d), 3)
 
