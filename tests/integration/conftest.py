@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
@@ -32,7 +33,8 @@ def start_content_server() -> Any:
     127.0.0.1; its deadlines run on ``clock`` if given (a `task.Clock` the test advances)."""
     started: list[tuple[Any, DiskThreads, int]] = []
 
-    def start(root: str, clock: Any = None, **settings: Any) -> tuple[int, ContentServerFactory]:
+    def start(root: str, clock: IReactorTime | None = None,
+              **settings: Any) -> tuple[int, ContentServerFactory]:
         threads = DiskThreads(reactor, 4)
         threads.startService()
         root_fd = open_root(root)
