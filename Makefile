@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install test unit integration demo bench mutation clean
+.PHONY: all install lint test unit integration demo bench mutation clean
 
 all: test
 
@@ -23,8 +23,15 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-# Each test runs once: trial for the unit tests, pytest(-twisted) for the integration tests.
-test: unit integration
+# Static checks, configured in pyproject.toml [tool.ruff] and setup.cfg [mypy]; any finding
+# fails the build.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The static checks first; then each test runs once: trial for the unit tests,
+# pytest(-twisted) for the integration tests.
+test: lint unit integration
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.demo

@@ -92,7 +92,8 @@ def main() -> None:
     print(f"- SHA-256 (hashlib, 1 MiB updates), one core: {GiB / best(sha256_gib) / 1e6:.0f} MB/s")
     print(f"- raw loopback TCP, 1 GiB, sendall/recv_into 1 MiB, two processes: "
           f"{GiB / best(loopback_gib) / 1e6:.0f} MB/s")
-    print(f"- writing 1 GiB in 1 MiB writes to {where}: {GiB / best(tmpfs_write_gib) / 1e6:.0f} MB/s")
+    print(f"- writing 1 GiB in 1 MiB writes to {where}: "
+          f"{GiB / best(tmpfs_write_gib) / 1e6:.0f} MB/s")
     print(f"- `python -c pass`: {start_up([sys.executable, '-c', 'pass']):.3f} s (median of 7)")
     print(f"- `python -c 'import twisted.internet.reactor'`: "
           f"{start_up([sys.executable, '-c', 'import twisted.internet.reactor']):.3f} s")

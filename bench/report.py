@@ -29,8 +29,10 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     try:
-        run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,
-                                        text=True, timeout=30).stdout.strip()
+        def run(*a: str) -> str:
+            return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+
         commit, dirty = run("rev-parse", "--short", "HEAD"), run("status", "--porcelain")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -50,7 +52,7 @@ def environment(rsync: str | None) -> dict[str, str]:
         "Python": platform.python_version(),
         "Twisted": twisted,
         "rsync": tool_version([rsync, "--version"]) if rsync else "not installed",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
     }
 

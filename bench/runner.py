@@ -111,7 +111,8 @@ def run_client(client: Client, path: str, timeout: float) -> tuple[float, dict |
             pass
         proc.communicate()
         if isinstance(e, subprocess.TimeoutExpired):
-            raise BenchError(f"{client.name} did not finish in {timeout:.0f} s: {' '.join(argv)}")
+            raise BenchError(
+                f"{client.name} did not finish in {timeout:.0f} s: {' '.join(argv)}") from e
         raise
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import IServiceCollection, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
-
-T = TypeVar("T")
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
@@ -107,7 +110,7 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, description: str, command: str, reactor: Any) -> None:
+    def __init__(self, description: str, command: str, reactor: IReactorCore) -> None:
         self.description = description
         self.command = command
         self.reactor = reactor
@@ -116,7 +119,7 @@ class Listener(Service):
         #: Set once `add_listeners` has looked at the outcome: a later failure is logged.
         self.reported = False
 
-    def listened(self, result: Any) -> None:
+    def listened(self, result: IListeningPort | Failure) -> None:
         if not isinstance(result, Failure):
             self.port = result
             return
@@ -132,7 +135,8 @@ class Listener(Service):
         super().stopService()
         if self.port is None:
             return None
-        return maybeDeferred(self.port.stopListening)
+        # The parent MultiService turns an exception raised here into a failed Deferred.
+        return self.port.stopListening()
 
 
 def _reason(failure: Failure) -> str:
@@ -156,8 +160,8 @@ def settings_from(options: usage.Options, settings_class: type[T]) -> T:
     return settings_class(**values)
 
 
-def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: Factory,
-                  command: str = "twistd", reactor: Any = None) -> None:
+def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: IProtocolFactory,
+                  command: str = "twistd", reactor: IReactorCore | None = None) -> None:
     """Listen on every endpoint now, from ``makeService``; one `Listener` each under ``parent``.
 
     twistd's own strports services listen only in ``privilegedStartService``, after it has
@@ -168,7 +172,9 @@ def add_listeners(parent: IServiceCollection, endpoints: list[str], factory: Fac
     and exit status 1.
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     for description in endpoints:
         listener = Listener(description, command, reactor)
         try:

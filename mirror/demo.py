@@ -96,7 +96,7 @@ def main() -> int:
         if status != 0:
             print(f"demo: mirror-init failed with status {status}", file=sys.stderr)
             return 1
-        for src, cport in zip(srcs, ports):
+        for src, cport in zip(srcs, ports, strict=True):
             target = mirror / f"127.0.0.1_{cport}"
             if not _same(src, target):
                 print(f"demo: MISMATCH between {src} and {target}", file=sys.stderr)

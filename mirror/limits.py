@@ -5,9 +5,10 @@ All limits are settings of the daemon that enforces them; none is negotiated wit
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol, runtime_checkable
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -208,7 +209,7 @@ class Deadline:
         self.start()
 
     def stop(self) -> None:
-        if self.running:
+        if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
 
@@ -217,14 +218,34 @@ class Deadline:
         self._on_expire()
 
 
+@runtime_checkable
+class _Abortable(TypingProtocol):
+    def abortConnection(self) -> None: ...
+
+
+def abort_connection(transport: ITransport) -> None:
+    """Close ``transport`` now, dropping unsent data.
+
+    ``abortConnection`` is declared by ``ITCPTransport``, not ``ITransport``, yet every
+    transport this code runs on has it (TCP, TLS, iosim's, ``StringTransport``); one without
+    it can only be closed gracefully.
+    """
+    if isinstance(transport, _Abortable):
+        transport.abortConnection()
+    else:
+        transport.loseConnection()
+
+
 class ClosingMixin:
     """``close()`` that finishes even against a peer that never reads.
 
     ``loseConnection()`` waits for the write buffer to drain; a peer that stops reading would
     keep the connection forever, so after `CLOSE_GRACE` seconds it is aborted.
-    Needs ``self.transport`` and ``self.clock``.
+    Needs ``self.transport`` (a `Protocol`'s) and ``self.clock``.
     """
 
+    transport: ITransport | None
+    clock: IReactorTime
     _log = Logger()
     _abort_call: IDelayedCall | None = None
 
@@ -245,7 +266,7 @@ class ClosingMixin:
                            reason=reason)
         self._abort_call = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            abort_connection(self.transport)
 
     def cancel_close_timer(self) -> None:
         if self._abort_call is not None and self._abort_call.active():

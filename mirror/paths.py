@@ -2,8 +2,8 @@
 
 Two halves:
 
-- validation: `parse_wire_path`, `parse_request_path`, `parse_user_path` turn untrusted bytes or text into a tuple
-  of safe components, or raise `UnsafePath` saying why;
+- validation: `parse_wire_path`, `parse_request_path`, `parse_user_path` turn untrusted bytes
+  or text into a tuple of safe components, or raise `UnsafePath` saying why;
 - confinement: `open_parent_dir` / `open_dir` (and `open_or_make_dir`, the mirror store's,
   which makes missing directories) walk those components one by one under a root
   directory file descriptor with ``O_NOFOLLOW``, so that no symlink (at any level) and no

@@ -41,7 +41,7 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def printable(raw: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
+def printable(raw: bytes | bytearray | memoryview | str, limit: int = DEFAULT_LIMIT) -> str:
     """``raw`` made safe to show on a terminal or in a log, in at most ``limit`` characters.
 
     See the module docstring for the rule. Only a prefix of ``raw`` is looked at, so the

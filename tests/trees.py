@@ -13,7 +13,7 @@ __all__ = ["make_sample_tree", "tree_listing", "assert_same_tree"]
 
 def tree_listing(root: Path) -> dict[str, tuple[str, int, int, bytes | None]]:
     """path -> (kind, mode, mtime_ns, content) for every directory and regular file."""
-    out = {}
+    out: dict[str, tuple[str, int, int, bytes | None]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = Path(dirpath) / name

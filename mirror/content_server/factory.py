@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
 
 from mirror.content_server.fetch import DigestCache
 from mirror.content_server.protocol import (
@@ -14,6 +14,7 @@ from mirror.content_server.protocol import (
     ContentSettings,
 )
 from mirror.limits import ConnectionLimiter
+from mirror.threads import Threads
 
 
 def open_root(path: str) -> int:
@@ -26,10 +27,12 @@ class ContentServerFactory(ContentFactoryBase):
 
     protocol = ContentServerProtocol
 
-    def __init__(self, root_fd: int, threads: Any, settings: ContentSettings | None = None,
-                 clock: Any = None) -> None:
+    def __init__(self, root_fd: int, threads: Threads, settings: ContentSettings | None = None,
+                 clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = reactor
         self.root_fd = root_fd
         self.digests = DigestCache()
         self.threads = threads

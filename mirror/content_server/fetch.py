@@ -113,6 +113,8 @@ class RangeReader:
             raise FileChanged("file changed while being sent")
         if self._cached is not None:
             return self._cached
+        # Without a cached digest, __init__ made the hash.
+        assert self._hash is not None
         digest = self._hash.digest()
         if self._cache is not None:
             self._cache.put(key, digest)

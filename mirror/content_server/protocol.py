@@ -9,8 +9,9 @@ connection's single push producer: when the transport's buffer fills, every stre
 from __future__ import annotations
 
 import errno
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Awaitable
+from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
@@ -24,8 +25,8 @@ from mirror import paths
 from mirror.content_server.fetch import DigestCache, FileChanged, RangeReader, open_range
 from mirror.content_server.listing import TreeWalker
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
+from mirror.threads import Threads
 from mirror.wire import frames
-
 
 #: Bytes the transport may buffer before it pauses the streams (see connectionMade).
 WRITE_BUFFER = 1 << 20
@@ -63,10 +64,12 @@ class ContentFactoryBase(LimitedFactory):
     the factory's (which imports this one)."""
 
     root_fd: int
-    threads: Any
+    threads: Threads
     digests: DigestCache
     settings: ContentSettings
     clock: IReactorTime
+    #: Walkers at once in the whole server (``ContentSettings.max_lists``).
+    list_slots: DeferredSemaphore
     server_name = "content server"
 
     def refusal(self, reason: str) -> bytes:
@@ -140,6 +143,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self.close(reason)
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         if hasattr(self.transport, "setTcpNoDelay"):
             # Many small responses: Nagle + delayed ACKs would add ~40 ms stalls.
             self.transport.setTcpNoDelay(True)
@@ -147,7 +151,9 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             # The transport pauses its producer above this many buffered bytes; the default
             # (64 KiB) is less than one chunk, which would stop read-ahead after every chunk.
             self.transport.bufferSize = WRITE_BUFFER
-        self.transport.registerProducer(self, True)
+        # ITransport omits IConsumer's and IPushProducer's methods (registerProducer,
+        # pauseProducing, resumeProducing), which TCP, TLS and test transports all have.
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._idle_deadline.start()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
@@ -185,7 +191,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self._frame_deadline.stop()
         self._write_deadline.start()
         if not self._lost and self.transport is not None:
-            self.transport.pauseProducing()
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         if not self._paused:
@@ -195,7 +201,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self._write_deadline.stop()
         if self._lost or self.transport is None:
             return
-        self.transport.resumeProducing()
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
         waiters, self._resume_waiters = self._resume_waiters, []
         for d in waiters:
             d.callback(None)
@@ -231,7 +237,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             await self._wait(d)
 
     def _send(self, *chunks: bytes) -> None:
-        if not self._lost:
+        if not self._lost and self.transport is not None:
             self.transport.writeSequence(chunks)
 
     # -- requests -----------------------------------------------------------------------
@@ -259,7 +265,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
 
     def frameError(self, reason: str) -> None:
         self.log.warn("protocol error from {peer}: {reason}",
-                      peer=self.transport.getPeer(), reason=reason)
+                      peer=self.transport.getPeer() if self.transport else "?", reason=reason)
         super().frameError(reason)
 
     async def _run(self, request_id: int, work: Awaitable[None]) -> None:

@@ -10,11 +10,12 @@ import importlib.metadata
 import math
 import os
 import sys
-from typing import IO, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import IO, NoReturn, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorCore, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import react
 from twisted.logger import (
     FilteringLogObserver,
@@ -168,13 +169,17 @@ def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> Optio
 
 
 async def run(
-    reactor: IReactorCore,
+    reactor: IReactorTime,
     options: Options,
     stdout: IO[str],
     stderr: IO[str],
     endpoint: IStreamClientEndpoint | None = None,
 ) -> int:
-    """Run the job described by ``options``; return the exit status."""
+    """Run the job described by ``options``; return the exit status.
+
+    ``reactor`` is the clock, and also where the shutdown trigger goes (an ``IReactorCore``:
+    its static type cannot say both).
+    """
     sources = options["specs"]
     if endpoint is None:
         endpoint = HostnameEndpoint(
@@ -185,7 +190,8 @@ async def run(
     job = submit_job(reactor, endpoint, sources, display, timeout=options["timeout"])
     # Ctrl-C or SIGTERM stops the reactor: cancel the job first so the display is closed,
     # the connection dropped and the exit status says the job did not finish.
-    trigger = reactor.addSystemEventTrigger("before", "shutdown", job.cancel)
+    core = cast(IReactorCore, reactor)
+    trigger = core.addSystemEventTrigger("before", "shutdown", job.cancel)
     result: JobResult | None = None
     error: str | None = None
     try:
@@ -196,7 +202,7 @@ async def run(
     except CancelledError:
         error = "interrupted"
     finally:
-        reactor.removeSystemEventTrigger(trigger)
+        core.removeSystemEventTrigger(trigger)
         display.finish()
     elapsed = reactor.seconds() - started
     if error is not None:
@@ -227,7 +233,7 @@ def _robust_streams() -> None:
             reconfigure(errors="backslashreplace")
 
 
-async def _react_main(reactor: IReactorCore, options: Options) -> None:
+async def _react_main(reactor: IReactorTime, options: Options) -> None:
     status = await run(reactor, options, sys.stdout, sys.stderr)
     if status != EXIT_OK:
         raise SystemExit(status)

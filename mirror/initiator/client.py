@@ -9,8 +9,8 @@ connection before DONE, or the optional timeout expires.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import connectProtocol
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from mirror.limits import abort_connection
 from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
@@ -138,9 +139,11 @@ class ControlClientProtocol(LineReceiver):
 
     def sendLine(self, line: bytes) -> None:
         # The protocol's canonical terminator is CRLF; `delimiter` is "\n" only for reading.
+        assert self.transport is not None
         self.transport.write(line + b"\r\n")
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.writeSequence([line + b"\r\n" for line in self._lines])
 
     def lineReceived(self, line: bytes) -> None:
@@ -183,6 +186,7 @@ class ControlClientProtocol(LineReceiver):
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self._finished = True
+            assert self.transport is not None
             self.transport.loseConnection()
             self.done.callback(result)
         elif isinstance(event, Refused):
@@ -209,9 +213,9 @@ class ControlClientProtocol(LineReceiver):
             return
         self._finished = True
         error.result = self.result
-        if abort:
+        if abort and self.transport is not None:
             # abortConnection: a graceful close would wait on a peer that may not read.
-            self.transport.abortConnection()
+            abort_connection(self.transport)
         self.done.errback(error)
 
     def _cancel(self, d: Deferred[JobResult]) -> None:
@@ -219,7 +223,7 @@ class ControlClientProtocol(LineReceiver):
         # fails with CancelledError (it was not fired by us).
         self._finished = True
         if self.transport is not None:
-            self.transport.abortConnection()
+            abort_connection(self.transport)
 
 
 async def _submit(endpoint: IStreamClientEndpoint, protocol: ControlClientProtocol) -> JobResult:

@@ -10,7 +10,8 @@ ERROR events are printed at once, on their own line, naming the source and the p
 from __future__ import annotations
 
 from collections import deque
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -44,7 +45,9 @@ class ProgressDisplay:
         tty: bool | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self._out = out
         self._sources = list(sources)
         self._clock = clock

@@ -39,7 +39,8 @@ count of a listing closed before its end is lost).
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mirror.initiator.client import JobResult
 from mirror.initiator.spec import format_source
@@ -102,7 +103,7 @@ def _throughput(nbytes: int, seconds: float) -> float:
 
 
 def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: float,
-             not_exported: int = 0) -> dict:
+             not_exported: int = 0) -> dict[str, Any]:
     return {
         "files": stats.count,
         "dirs": dirs,
@@ -232,7 +233,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"job {printable(report['job_id'])}")
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     notes = []
     for entry in report["sources"]:

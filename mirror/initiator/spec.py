@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from mirror.wire.control import (
     MAX_DELAY,

@@ -11,15 +11,15 @@ network of `mirror.testing` in tests, plug in the same way).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
-
 
 #: After a failed connection with none left open, requests fail at once (with the same error)
 #: for this long instead of each trying again: a dead server must not cost a connection
@@ -37,7 +37,7 @@ CONNECT_TIMEOUT = 10.0
 EndpointFactory = Callable[[str, int], IStreamClientEndpoint]
 
 
-def tcp_endpoints(reactor: Any, timeout: float = CONNECT_TIMEOUT) -> EndpointFactory:
+def tcp_endpoints(reactor: IReactorTCP, timeout: float = CONNECT_TIMEOUT) -> EndpointFactory:
     """Plain TCP: a `HostnameEndpoint` (name resolution, IPv4 and IPv6) per connection."""
 
     def endpoint(host: str, port: int) -> IStreamClientEndpoint:

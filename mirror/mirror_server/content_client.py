@@ -9,7 +9,8 @@ FETCH bodies go to a `FetchSink`, LIST entries to a callback.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -186,7 +187,9 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     def __init__(self, clock: IReactorTime | None = None, name: str = "content server",
                  stall_timeout: float = STALL_TIMEOUT, max_file_size: int = 1 << 40) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = reactor
         self.clock = clock
         self.name = name
         self.stall_timeout = stall_timeout
@@ -205,6 +208,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         return len(self.requests)
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.RECV_SIZE
         if hasattr(self.transport, "setTcpNoDelay"):

@@ -65,7 +65,9 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             self.abort(reason)  # DONE was sent: only the close is left
 
     def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+        assert self.transport is not None
+        # ITransport omits IConsumer's methods, which TCP, TLS and test transports all have.
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._submit_deadline.start()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:

@@ -185,6 +185,7 @@ class SourceRun:
         conn = None
         resume = False
         start = self._cursor
+        assert self.connections is not None  # made by run()
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
@@ -288,9 +289,10 @@ class SourceRun:
                 continue
             (dirs if entry.is_dir else files).append((parts, entry))
         threads = self.job.service.threads
+        assert self.store is not None  # opened before the listing starts
         if dirs:
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
-            for (parts, entry), problem in zip(dirs, results):
+            for (parts, entry), problem in zip(dirs, results, strict=True):
                 if problem:
                     self.failed += 1
                     self.error(paths.join_parts(parts), problem)
@@ -301,7 +303,7 @@ class SourceRun:
             return
         current = await threads.run(_quick_check, self.store, files)
         queue = self.job.service.queue
-        for (parts, entry), is_current in zip(files, current):
+        for (parts, entry), is_current in zip(files, current, strict=True):
             if is_current:
                 self.skipped += 1
                 continue
@@ -316,6 +318,7 @@ class SourceRun:
         # Deepest first: setting a parent's mtime before its children would be undone.
         metas = sorted(self._dir_meta, key=lambda m: len(m[0]), reverse=True)
         if metas:
+            assert self.store is not None  # directories were made in it
             for parts, problem in await self.job.service.threads.run(_set_dirs, self.store, metas):
                 self.error(paths.join_parts(parts), problem)
 
@@ -323,6 +326,7 @@ class SourceRun:
 
     def _receiver(self, parts: paths.Parts) -> FileReceiver:
         """A receiver for one attempt; its bytes count towards the job's progress."""
+        assert self.store is not None  # files are queued only once it is open
         return FileReceiver(self.store, parts, self.job.service.threads, self._count)
 
     def _count(self, n: int) -> None:
@@ -348,6 +352,7 @@ class SourceRun:
     async def _attempts(self, parts: paths.Parts, size: int) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
+        assert self.connections is not None  # made by run() before anything is queued
         for _attempt in range(2):
             receiver = self._receiver(parts)
             try:

@@ -9,7 +9,8 @@ instead of growing memory.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -17,6 +18,7 @@ from twisted.python.failure import Failure
 from mirror import paths
 from mirror.mirror_server.content_client import FlowControl
 from mirror.mirror_server.store import MirrorStore, PartialFile
+from mirror.threads import Threads
 from mirror.wire import frames
 
 SMALL_FILE = 256 * 1024
@@ -25,7 +27,7 @@ SMALL_FILE = 256 * 1024
 class FileReceiver:
     """A `FetchSink` for one attempt at one file; ``commit`` or ``discard`` ends it."""
 
-    def __init__(self, store: MirrorStore, parts: paths.Parts, threads: Any,
+    def __init__(self, store: MirrorStore, parts: paths.Parts, threads: Threads,
                  on_bytes: Callable[[int], None] = lambda n: None) -> None:
         self._store = store
         self._parts = parts
@@ -36,7 +38,7 @@ class FileReceiver:
         self._flow: FlowControl | None = None
         self._small: list[bytes] | None = None
         self._partial: PartialFile | None = None
-        self._queue: list[memoryview] = []
+        self._queue: list[bytes | memoryview] = []
         self._queued = 0
         self._busy: Deferred[Any] | None = None
         self._error: BaseException | None = None
@@ -66,8 +68,9 @@ class FileReceiver:
         # A view pins the whole socket read it came from (up to 1 MiB): a peer mixing one byte
         # of this file into each read would pin far more than flow control counts. A piece
         # that is a small part of its read is copied; a large one (the usual case) is not.
-        self._queue.append(bytes(piece) if n * 4 < len(piece.obj) else piece)
+        self._queue.append(bytes(piece) if n * 4 < memoryview(piece.obj).nbytes else piece)
         self._queued += n
+        assert self._flow is not None, "data before head"
         self._flow.queued(n)
         self._kick()
 
@@ -82,6 +85,8 @@ class FileReceiver:
             return
         await self._drain()
         partial, self._partial = self._partial, None
+        # Drained without an error: the temporary file was made.
+        assert partial is not None
         try:
             await self._threads.run(partial.commit, header, digest)
         except BaseException:
@@ -129,7 +134,7 @@ class FileReceiver:
         # Credit goes back last: it may resume the connection, which delivers what it read
         # before pausing at once, re-entering `data`; by now the failure is recorded (so the
         # pieces are dropped, not written after it) and the next write is started.
-        if released:
+        if released and self._flow is not None:
             self._flow.written(released)
         if self._busy is None:
             waiters, self._idle_waiters = self._idle_waiters, []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -17,7 +18,7 @@ from mirror.mirror_server.job import Job, JobObserver, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
-from mirror.threads import DiskThreads
+from mirror.threads import DiskThreads, Threads
 from mirror.wire.control import SourceRequest
 
 
@@ -52,19 +53,23 @@ class MirrorService(MultiService):
     log = Logger()
 
     def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
-                 reactor: Any = None, threads: Any = None,
+                 reactor: IReactorTime | None = None, threads: Threads | None = None,
                  endpoints: EndpointFactory | None = None) -> None:
         super().__init__()
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.reactor = reactor
         self.mirror_dir = os.path.abspath(mirror_dir)
         self.settings = settings or MirrorSettings()
         if threads is None:
-            threads = DiskThreads(reactor, self.settings.disk_threads, name="mirror-disk")
-            threads.setServiceParent(self)
+            disk = DiskThreads(reactor, self.settings.disk_threads, name="mirror-disk")
+            disk.setServiceParent(self)
+            threads = disk
         self.threads = threads
-        self.endpoints = endpoints or tcp_endpoints(reactor)
+        # The reactor makes TCP connections too (its static type cannot say both).
+        self.endpoints = endpoints or tcp_endpoints(cast(IReactorTCP, reactor))
         #: Directory descriptors the stores of all jobs may keep open between uses.
         self.dir_budget = DescriptorBudget()
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
@@ -79,10 +84,12 @@ class MirrorService(MultiService):
         # it must not take a new transfer's temporary file for a leftover and remove it.
         # (Jobs are accepted and listed meanwhile; only their transfers wait.)
         sweep = self.threads.run(sweep_temporaries, self.mirror_dir)
-        sweep.addCallbacks(
-            lambda n: n and self.log.info("removed {n} leftover temporary files", n=n),
-            self._sweep_failed)
+        sweep.addCallbacks(self._swept, self._sweep_failed)
         sweep.addCallback(lambda _: self._start_workers())
+
+    def _swept(self, n: int) -> None:
+        if n:
+            self.log.info("removed {n} leftover temporary files", n=n)
 
     def _sweep_failed(self, f: Failure) -> None:
         if f.check(SweepStopped):

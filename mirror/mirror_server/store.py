@@ -19,12 +19,11 @@ import os
 import secrets
 import stat
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 from mirror import paths
 from mirror.wire import frames
-
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
 #: set-group-ID. A content server is not trusted to plant setuid executables owned by the

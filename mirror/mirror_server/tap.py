@@ -9,9 +9,9 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
-from mirror.paths import TEMP_PREFIX
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.paths import TEMP_PREFIX
 
 _defaults = MirrorSettings()
 

@@ -7,7 +7,8 @@ full, `get` frees a slot. No busy waiting, no overflow.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredQueue, DeferredSemaphore
 

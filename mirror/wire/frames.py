@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from twisted.protocols.basic import Int32StringReceiver
 
+from mirror.limits import abort_connection
 from mirror.text import printable
 
 # requests
@@ -241,7 +242,7 @@ class FrameReceiver(Int32StringReceiver):
     _buffer: bytes | bytearray | memoryview = b""
     #: Bytes `_buffer` must hold before parsing it again can make progress (0: at once).
     _need = 0
-    _data_id: int | None = None
+    _data_id: int = 0
     _data_left = 0
     #: Set by `frameError`: nothing more is parsed or delivered on this connection (a real
     #: transport's abort takes effect only after the current read has been handled).
@@ -250,6 +251,7 @@ class FrameReceiver(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
             return
+        source: bytes | memoryview = data
         if self._buffer:
             # Linear whatever the read sizes: a read that cannot complete what is buffered
             # is appended (amortised O(its length)) and not parsed; the buffer is joined
@@ -262,8 +264,8 @@ class FrameReceiver(Int32StringReceiver):
                 return
             held, self._buffer = self._buffer, b""
             # Parsed from an immutable copy: DATA pieces are views that sinks may keep.
-            data = bytes(held) if isinstance(held, bytearray) else held
-        view = memoryview(data)
+            source = bytes(held) if isinstance(held, bytearray) else held
+        view = memoryview(source)
         pos, end = 0, len(view)
         need = 0
         while pos < end and not self.paused and not self._broken and self.transport is not None:
@@ -329,7 +331,7 @@ class FrameReceiver(Int32StringReceiver):
         self._buffer = b""
         self._data_left = 0
         if self.transport is not None:
-            self.transport.abortConnection()
+            abort_connection(self.transport)
 
 
 def split_frame(frame_bytes: bytes) -> tuple[int, int, bytes]:

@@ -6,12 +6,14 @@ import os
 import random
 import socket
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
@@ -21,6 +23,9 @@ from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
 
+# A fixture for every test module here (one imported by a test module shadows itself).
+from tests.integration.hostile_server import start_hostile_server  # noqa: F401
+
 
 @pytest.fixture
 def start_content_server() -> Any:
@@ -28,14 +33,16 @@ def start_content_server() -> Any:
     127.0.0.1; its deadlines run on ``clock`` if given (a `task.Clock` the test advances)."""
     started: list[tuple[Any, DiskThreads, int]] = []
 
-    def start(root: str, clock: Any = None, **settings: Any) -> tuple[int, ContentServerFactory]:
+    def start(root: str, clock: IReactorTime | None = None,
+              **settings: Any) -> tuple[int, ContentServerFactory]:
         threads = DiskThreads(reactor, 4)
         threads.startService()
         root_fd = open_root(root)
         factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings), clock)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        # listenTCP's stub wants a ServerFactory of a private protocol type: no factory fits.
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         started.append((port, threads, root_fd))
-        return port.getHost().port, factory
+        return port.getHost().port, factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
 
     yield start
     for port, threads, root_fd in started:
@@ -58,10 +65,11 @@ def start_mirror_server() -> Any:
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
         service.startService()
         factory = ControlFactory(service)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         started.append((port, service))
-        control_factories[port.getHost().port] = factory
-        return port.getHost().port, service
+        address = port.getHost()
+        control_factories[address.port] = factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
+        return address.port, service  # type: ignore[attr-defined]  # a TCP port: IPv4Address
 
     yield start
     for port, service in started:

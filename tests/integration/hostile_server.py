@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from mirror.limits import abort_connection
 from mirror.wire import frames
 
 #: An old, fixed mtime, so that a file written by a test afterwards always differs.
@@ -261,7 +262,7 @@ class HostileProtocol(frames.FrameReceiver):
             self.script.requests.append((opcode, path))
             self.go(self.answer_fetch(request_id, path))
         else:
-            self.transport.abortConnection()
+            abort_connection(self.transport)
 
     def go(self, coro: Any) -> None:
         d = defer.Deferred.fromCoroutine(coro)
@@ -323,7 +324,7 @@ class HostileProtocol(frames.FrameReceiver):
         elif how.ending == "drop":
             self.transport.loseConnection()
         elif how.ending == "abort":
-            self.transport.abortConnection()
+            abort_connection(self.transport)
         elif how.ending == "huge-frame":
             # Only the head: a receiver that trusts the prefix would wait for (or allocate)
             # gigabytes; the few bytes after it are the start of a "body".
@@ -346,7 +347,7 @@ class HostileProtocol(frames.FrameReceiver):
             raise ValueError(how.ending)
 
 
-class HostileFactory(Factory):
+class HostileFactory(ServerFactory):
     def __init__(self, script: HostileServer) -> None:
         self.script = script
         self.protocols: set[HostileProtocol] = set()
@@ -364,12 +365,12 @@ def start_hostile_server() -> Any:
         factory = HostileFactory(script)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         started.append((port, factory))
-        return port.getHost().port
+        return port.getHost().port  # type: ignore[attr-defined]  # a TCP port: IPv4Address
 
     yield start
     for port, factory in started:
         for proto in list(factory.protocols):
             proto.cancel_all()
             if proto.transport is not None:
-                proto.transport.abortConnection()
+                abort_connection(proto.transport)
         pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))

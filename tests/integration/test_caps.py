@@ -88,7 +88,7 @@ def assert_still_running(c: LineSocket) -> None:
         while True:
             line = c.line()
             assert line.startswith(b"PROGRESS "), line
-    except socket.timeout:
+    except TimeoutError:
         pass
     finally:
         c.sock.settimeout(20)

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 
 from mirror import paths
 from mirror.content_server import fetch as content_fetch
 from mirror.initiator.client import ConnectionLostBeforeDone
-from mirror.mirror_server import service as mirror_service
-from mirror.mirror_server import store
+from mirror.mirror_server import service as mirror_service, store
 from mirror.wire.control import Progress
 from tests.integration.conftest import deep_scratch_dir, free_port, run_job, source
-from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+from tests.integration.hostile_server import (
     MTIME_NS,
     Fetch,
     Gate,
@@ -39,7 +39,6 @@ from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     d,
     f,
     stall,
-    start_hostile_server,
 )
 from tests.integration.waiting import wait_for
 from tests.trees import assert_same_tree, make_sample_tree
@@ -334,7 +333,7 @@ async def test_content_server_killed_mid_job(tmp_path, monkeypatch, daemons,
             disk_may_go_on.wait(20)  # a bound: the test fails below if it is reached
 
     monkeypatch.setattr(store.PartialFile, "write", gated_write)
-    killed = []
+    killed: list[Any] = []
 
     def on_event(event: Any) -> None:
         # Progress counts bytes received: with the disk stopped, flow control holds the
@@ -455,7 +454,7 @@ async def test_sweep_does_not_remove_files_of_running_jobs(tmp_path, monkeypatch
         try:
             return real_sweep(base_dir)
         finally:
-            reactor.callFromThread(swept.open)
+            IReactorFromThreads(reactor).callFromThread(swept.open)
 
     monkeypatch.setattr(mirror_service, "sweep_temporaries", slow_sweep)
     big = os.urandom(1 << 20)

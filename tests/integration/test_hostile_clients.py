@@ -15,18 +15,20 @@ import resource
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import provider
 
 import mirror.limits
 from mirror.wire import control, frames
-from tests.integration.conftest import control_factories, run_job, source
+from tests.integration.conftest import run_job, source
 from tests.integration.waiting import wait_for
 
 SECRET = b"OUTSIDE-THE-ROOT-" + os.urandom(8).hex().encode()
@@ -114,16 +116,18 @@ class RawClient(Protocol):
         """Read nothing more (and keep the kernel's receive buffer small)."""
         import socket
 
-        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.transport.pauseProducing()
+        # A TCP transport: ITransport declares neither method.
+        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
 
 
 class _Factory(ClientFactory):
-    def __init__(self, proto: Protocol, failed: defer.Deferred[Any]) -> None:
+    def __init__(self, proto: RawClient, failed: defer.Deferred[Any]) -> None:
         self.proto = proto
         self.failed = failed
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> RawClient:
         return self.proto
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -214,6 +218,7 @@ def no_logged_failures() -> Any:
     """No daemon code may log an unexpected exception (a bug caught by a catch-all)."""
     failures: list[dict[str, Any]] = []
 
+    @provider(ILogObserver)
     def observe(event: dict[str, Any]) -> None:
         if "log_failure" in event:
             failures.append(event)
@@ -309,7 +314,7 @@ async def test_paths_outside_the_root_are_refused(tree: Path, start_content_serv
     for i, (opcode, path, _) in enumerate(refused, 1):
         payload = frames.encode_fetch(path) if opcode == frames.FETCH else path.encode()
         c.request(opcode, i, payload)
-    for i, (opcode, path, code) in enumerate(refused, 1):
+    for i, (_, path, code) in enumerate(refused, 1):
         got, message = error_of(await c.answer(i))
         assert got in (code if isinstance(code, tuple) else (code,)), (path, message)
     # Raw bytes that are not UTF-8 at all.

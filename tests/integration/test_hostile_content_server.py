@@ -21,8 +21,9 @@ import os
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -32,7 +33,6 @@ from mirror import paths
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
-from tests.integration.waiting import wait_for
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     MTIME_NS,
     Fetch,
@@ -49,9 +49,9 @@ from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     normal,
     short,
     stall,
-    start_hostile_server,
     wrong_digest,
 )
+from tests.integration.waiting import wait_for
 from tests.trees import assert_same_tree, make_sample_tree
 
 pytestmark = pytest.mark.timeout(30)
@@ -250,7 +250,7 @@ async def test_a_flood_of_bad_names_is_reported_in_bounded_lines(harness, monkey
 
     monkeypatch.setattr(job_module, "MAX_REPORTED_ERRORS", 5)
     h = harness()
-    bad = [f("../escape%03d" % i, SMALL) for i in range(40)]
+    bad = [f(f"../escape{i:03d}", SMALL) for i in range(40)]
     result = await h.run(d("docs"), *bad, f("docs/good", SMALL))
     assert not result.ok
     messages = [e.message for e in result.errors]

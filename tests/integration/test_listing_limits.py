@@ -210,9 +210,9 @@ async def test_job_whose_queue_stays_full_longer_than_the_write_timeout(
         monkeypatch, who_closes: str):
     """Ten slow files (a SPEC delay; over 256 KiB, so that a worker takes them one at a
     time) through one worker and a queue of 2 keep the queue full for more than three
-    times the content server's --write-timeout while the listing
-    (5,000 directories of long names after them, ~600 KB) waits. Either the content server drops the listing or
-    the mirror closes it first (list_hold); either way it resumes from its cursor and the
+    times the content server's --write-timeout while the listing (5,000 directories of long
+    names after them, ~600 KB) waits. Either the content server drops the listing or the
+    mirror closes it first (list_hold); either way it resumes from its cursor and the
     job completes."""
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)

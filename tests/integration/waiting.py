@@ -9,7 +9,7 @@ test depends on: a slow machine makes the test slower, never wrong.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import reactor, task
 

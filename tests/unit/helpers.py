@@ -6,8 +6,9 @@ import contextlib
 import os
 import signal
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ParamSpec, TypeVar, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -16,6 +17,9 @@ from mirror.content_server.factory import ContentServerFactory
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.testing import InlineThreads
 from mirror.wire import frames
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def parse_frames(data: bytes) -> list[tuple[int, int, bytes]]:
@@ -154,10 +158,12 @@ def make_factory(root: str, clock: MemoryReactorClock | None = None,
 
 def connect_server(factory: ContentServerFactory, peer: IPv4Address = PEER) -> ServerRig:
     proto = factory.buildProtocol(peer)
-    assert proto is not None, "connection refused by the limiter"
+    assert isinstance(proto, ContentServerProtocol), "connection refused by the limiter"
     transport = StringTransport(peerAddress=peer)
     proto.makeConnection(transport)
-    return ServerRig(factory, proto, transport, factory.clock, FrameLog(transport))
+    # The unit tests' factories (make_factory) run on a MemoryReactorClock.
+    clock = cast(MemoryReactorClock, factory.clock)
+    return ServerRig(factory, proto, transport, clock, FrameLog(transport))
 
 
 class RecordingSink:

@@ -9,8 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, \
-    TransferError
+from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, TransferError
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader
 from tests.unit.helpers import RecordingSink, parse_frames

@@ -13,12 +13,20 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.content_server.fetch import CHUNK_SIZE
-from mirror.limits import CLOSE_GRACE
-from mirror.wire import frames
 from mirror.content_server.protocol import ContentServerProtocol
+from mirror.limits import CLOSE_GRACE
 from mirror.testing import BackPressureTransport, StepThreads
-from tests.unit.helpers import FrameLog, ServerRig, connect_server, \
-    fetch_result, list_result, make_factory, must_not_block, parse_frames
+from mirror.wire import frames
+from tests.unit.helpers import (
+    FrameLog,
+    ServerRig,
+    connect_server,
+    fetch_result,
+    list_result,
+    make_factory,
+    must_not_block,
+    parse_frames,
+)
 
 BIG_SIZE = 3 * CHUNK_SIZE + 12345  # > 256 KiB: streamed in several chunks
 
@@ -390,6 +398,7 @@ class Fetching(ServerTestCase):
 
     def fresh_connection(self, transport: StringTransport) -> ServerRig:
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(transport)
         return ServerRig(self.factory, proto, transport, self.clock, FrameLog(transport))
 
@@ -459,7 +468,7 @@ class FetchRefusals(ServerTestCase):
         try:
             os.mknod(self.path_of("null"), stat_mod.S_IFCHR | 0o666, os.makedev(1, 3))
         except OSError as e:
-            raise self.skipTest(f"cannot make a device node: {e}")
+            raise self.skipTest(f"cannot make a device node: {e}") from None
         with must_not_block():
             r = self.fetch("null")
         self.assertIsNotNone(r.error)
@@ -473,6 +482,7 @@ class ChangedWhileSent(ServerTestCase):
     def start_paused_fetch(self) -> None:
         self.transport = BackPressureTransport(limit=CHUNK_SIZE)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(self.transport)
         self.rig = ServerRig(self.factory, proto, self.transport, self.clock,
                              FrameLog(self.transport))

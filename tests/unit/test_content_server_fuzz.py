@@ -22,13 +22,14 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from mirror import limits
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.listing import TreeWalker
-from mirror.content_server.protocol import ContentSettings
+from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.testing import BackPressureTransport, InlineThreads
 from mirror.wire import frames
 
@@ -105,6 +106,7 @@ class ContentServerFuzz(SynchronousTestCase):
         self.addCleanup(os.close, self.root_fd)
         self.failures: list[Any] = []
 
+        @provider(ILogObserver)
         def observe(event: dict[str, Any]) -> None:
             if "log_failure" in event:
                 self.failures.append(event["log_failure"])
@@ -296,6 +298,7 @@ class GracefulCloseTests(SynchronousTestCase):
         factory = ContentServerFactory(root_fd, InlineThreads(), ContentSettings(), clock=clock)
         transport = BackPressureTransport(0)
         proto = factory.buildProtocol(transport.getPeer())
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(transport)
         proto.close("test")
         self.assertTrue(transport.disconnecting)
@@ -316,6 +319,7 @@ class GracefulCloseTests(SynchronousTestCase):
         factory = ContentServerFactory(root_fd, InlineThreads(), ContentSettings(), clock=clock)
         transport = BackPressureTransport(0)
         proto = factory.buildProtocol(transport.getPeer())
+        assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(transport)
         proto.close("test")
         proto.connectionLost()  # the buffer drained and the connection closed

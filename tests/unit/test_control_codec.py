@@ -14,6 +14,7 @@ from mirror.wire.control import (
     JobAccepted,
     Progress,
     Refused,
+    ServerEvent,
     SourceDone,
     SourceError,
     SourceRequest,
@@ -138,7 +139,7 @@ class ClientLineTests(SynchronousTestCase):
 
 class ServerLineTests(SynchronousTestCase):
     def test_each_event(self) -> None:
-        cases = {
+        cases: dict[bytes, ServerEvent] = {
             b"JOB 42": JobAccepted("42"),
             b"PROGRESS 1 2 3 4 0": Progress(1, 2, 3, 4, False),
             b"PROGRESS 0 0 0 0 1": Progress(0, 0, 0, 0, True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import tracemalloc
+from typing import Any
 
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -58,7 +59,8 @@ class Recorder(frames.FrameReceiver):
         return out
 
 
-def connected(cls: type[frames.FrameReceiver] = Recorder) -> tuple[Recorder, StringTransport]:
+def connected(cls: type[frames.FrameReceiver] = Recorder) -> tuple[Any, StringTransport]:
+    """An instance of ``cls`` (a `Recorder` unless said otherwise), connected."""
     proto = cls()
     transport = StringTransport()
     proto.makeConnection(transport)

@@ -9,8 +9,8 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.basic import LineReceiver
@@ -214,7 +214,8 @@ class ClientProtocolTests(SynchronousTestCase):
 class TriggerReactor(MemoryReactorClock):
     """A MemoryReactorClock whose system event triggers can be removed, like a real one's."""
 
-    def addSystemEventTrigger(
+    # Returns a trigger ID as a real reactor does (MemoryReactor's returns None).
+    def addSystemEventTrigger(  # type: ignore[override]
         self, phase: str, eventType: str, f: Any, *args: Any, **kw: Any
     ) -> Any:
         super().addSystemEventTrigger(phase, eventType, f, *args, **kw)
@@ -251,7 +252,7 @@ class LoopbackEndpoint:
         self.server = server
         self.pump: iosim.IOPump | None = None
 
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         client = factory.buildProtocol(iosim.FakeAddress())
         self.pump = iosim.connect(
             self.server, iosim.makeFakeServer(self.server),
@@ -266,9 +267,9 @@ class StringEndpoint:
 
     def __init__(self) -> None:
         self.transport = StringTransport()
-        self.protocol: Protocol | None = None
+        self.protocol: IProtocol | None = None
 
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         self.protocol = factory.buildProtocol(iosim.FakeAddress())
         self.protocol.makeConnection(self.transport)
         return succeed(self.protocol)
@@ -276,7 +277,7 @@ class StringEndpoint:
 
 @implementer(IStreamClientEndpoint)
 class RefusingEndpoint:
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         return fail(ConnectionRefusedError("Connection refused"))
 
 
@@ -322,11 +323,11 @@ class SubmitJobTests(SynchronousTestCase):
 
     def test_timeout_while_connecting(self) -> None:
         clock = Clock()
-        connecting: Deferred[Protocol] = Deferred()
+        connecting: Deferred[IProtocol] = Deferred()
 
         @implementer(IStreamClientEndpoint)
         class Hanging:
-            def connect(self, factory: Factory) -> Deferred[Protocol]:
+            def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
                 return connecting
 
         d = submit_job(clock, Hanging(), SOURCES, lambda e: None, timeout=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -135,7 +137,8 @@ class LimiterPolicy(SynchronousTestCase):
 class Factory(SynchronousTestCase):
     """`LimitedFactory`: builds with ``protocol``, evicts, refuses with the reason, releases."""
 
-    def connect(self, factory: Limited, host: str, port: int = 1) -> Protocol:
+    def connect(self, factory: Limited, host: str, port: int = 1) -> Any:
+        """The protocol built: a `Conn`, or the one that tells a refused client why."""
         addr = IPv4Address("TCP", host, port)
         proto = factory.buildProtocol(addr)
         assert proto is not None
@@ -226,9 +229,11 @@ class ControlPortCaps(SynchronousTestCase):
     def setUp(self) -> None:
         from mirror.mirror_server.control import ControlFactory
 
-        self.factory = ControlFactory(FakeService(max_connections=10, max_per_peer=1))
+        # FakeService has only what the factory and its protocols read.
+        self.factory = ControlFactory(
+            cast(Any, FakeService(max_connections=10, max_per_peer=1)))
 
-    def connect(self) -> tuple[Protocol, StringTransport]:
+    def connect(self) -> tuple[Any, StringTransport]:
         addr = IPv4Address("TCP", "10.0.0.1", 1)
         proto = self.factory.buildProtocol(addr)
         assert proto is not None

@@ -155,7 +155,7 @@ class Descriptors(WalkerTestCase):
         opened again from the root, the walk goes on with its other names, and nothing of
         where the directory went is listed."""
         self.make("a/b/f", "a/c", "a/d", "elsewhere/secret")
-        moved = []
+        moved: list[bool] = []
 
         def each(entries) -> None:
             if names(entries)[-1:] == ["a/b/f"] and not moved:
@@ -218,7 +218,7 @@ class Failures(WalkerTestCase):
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
             return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
-        self.patch(listing.os, "stat", fake_stat)
+        self.patch(os, "stat", fake_stat)
         entries, _ = walk(self.root_fd)
         self.assertEqual([(e.name, e.is_error) for e in entries],
                          [(b"a", False), (b"b", True), (b"c", False)])

@@ -8,7 +8,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -51,7 +51,7 @@ class Observer:
 
 
 class JobTestCase(SynchronousTestCase):
-    settings = {"workers": 2, "queue_size": 2}
+    settings: dict[str, Any] = {"workers": 2, "queue_size": 2}
 
     def setUp(self) -> None:
         self.base = Path(os.path.abspath(self.mktemp()))
@@ -179,7 +179,7 @@ class PausedListing(JobTestCase):
     from its cursor once the queue is half empty (issue 7): the content server holds nothing
     for it meanwhile, and the mirror is complete, nothing listed twice."""
 
-    settings = {"workers": 1, "queue_size": 4, "list_hold": 0.5}
+    settings: dict[str, Any] = {"workers": 1, "queue_size": 4, "list_hold": 0.5}
 
     def test_closed_and_resumed_from_the_cursor(self) -> None:
         from mirror.content_server.listing import TreeWalker
@@ -330,7 +330,7 @@ class _Frames(frames.FrameReceiver):
 
     def __init__(self, handler) -> None:
         self.handler = handler
-        self.transport = object()  # parse without a transport of its own
+        self.transport = cast(Any, object())  # parse without a transport of its own
 
     def stringReceived(self, frame: bytes) -> None:
         self.handler(*frames.split_frame(frame))

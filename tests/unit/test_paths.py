@@ -8,8 +8,16 @@ import stat
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
-from mirror.paths import UnsafePath, open_dir, open_or_make_dir, open_parent_dir, \
-    open_regular_file, parse_request_path, parse_user_path, parse_wire_path
+from mirror.paths import (
+    UnsafePath,
+    open_dir,
+    open_or_make_dir,
+    open_parent_dir,
+    open_regular_file,
+    parse_request_path,
+    parse_user_path,
+    parse_wire_path,
+)
 from tests.unit.helpers import must_not_block
 
 CONTROL_CHARS = [chr(c) for c in range(0x20)] + [chr(c) for c in range(0x7F, 0xA0)]
@@ -288,14 +296,15 @@ class Confinement(SynchronousTestCase):
         try:
             os.mknod(where, stat.S_IFCHR | 0o666, os.makedev(1, 3))
         except (PermissionError, OSError) as e:
-            raise self.skipTest(f"cannot make a device node here: {e}")
+            raise self.skipTest(f"cannot make a device node here: {e}") from None
         with must_not_block():
             try:
                 fd, _ = open_regular_file(self.root_fd, ("a", "null"))
             except UnsafePath as e:
                 self.assertIn("not a regular file", str(e))
             except PermissionError:
-                raise self.skipTest("devices cannot be opened on this file system (nodev)")
+                raise self.skipTest(
+                    "devices cannot be opened on this file system (nodev)") from None
             else:
                 os.close(fd)
                 self.fail("a device was opened as a regular file")
@@ -343,7 +352,12 @@ class DirectoryDescriptors(SynchronousTestCase):
         self.addCleanup(os.close, root_fd)
         opened = []
         real_open = os.open
-        self.patch(os, "open", lambda name, *a, **k: opened.append(name) or real_open(name, *a, **k))
+
+        def recording_open(name, *a, **k):
+            opened.append(name)
+            return real_open(name, *a, **k)
+
+        self.patch(os, "open", recording_open)
         with self.assertRaises(UnsafePath):
             open_regular_file(root_fd, ("fifo",))
         self.assertNotIn("fifo", opened)
@@ -418,8 +432,12 @@ class RaceLayers(SynchronousTestCase):
         self.fds_before = len(os.listdir("/proc/self/fd"))
         self.opened: list[str] = []
         real_open = os.open
-        self.patch(os, "open", lambda name, *a, **k: self.opened.append(name)
-                   or real_open(name, *a, **k))
+
+        def recording_open(name, *a, **k):
+            self.opened.append(name)
+            return real_open(name, *a, **k)
+
+        self.patch(os, "open", recording_open)
 
     def swap_after_lstat(self, swap) -> None:
         """Run ``swap()`` right after open_regular_file's lstat of the victim."""
@@ -518,7 +536,7 @@ class ExactRefusals(SynchronousTestCase):
     """The full text of each refusal: it is what users read in an error report."""
 
     def test_messages(self) -> None:
-        cases = [
+        cases: list[tuple[str | bytes, str]] = [
             ("", "empty name"),
             ("/a", "absolute name"),
             ("a//b", "empty path component"),

@@ -5,8 +5,15 @@ from __future__ import annotations
 from hypothesis import example, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.paths import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, TEMP_PREFIX, UnsafePath, \
-    join_parts, parse_request_path, parse_wire_path
+from mirror.paths import (
+    MAX_COMPONENT_BYTES,
+    MAX_PATH_BYTES,
+    TEMP_PREFIX,
+    UnsafePath,
+    join_parts,
+    parse_request_path,
+    parse_wire_path,
+)
 
 FUZZ = settings(deadline=None, max_examples=300)
 
@@ -75,7 +82,7 @@ class ParseWirePathProperties(SynchronousTestCase):
     @FUZZ
     @given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FFF,
                                                     blacklist_characters="/\\",
-                                                    blacklist_categories=("Cs",)),
+                                                    blacklist_categories=["Cs"]),
                             min_size=1, max_size=20), min_size=1, max_size=8))
     def test_legal_names_accepted(self, names: list[str]) -> None:
         names = [n for n in names if n not in (".", "..") and not n.startswith(TEMP_PREFIX)

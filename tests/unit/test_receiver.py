@@ -11,8 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
-from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, \
-    TransferError
+from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, TransferError
 from mirror.mirror_server.receiver import SMALL_FILE, FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
 from mirror.testing import InlineThreads, StepThreads

@@ -503,7 +503,7 @@ class SweepStaysInside(SynchronousTestCase):
         stopped = self.sweep()
         for p in self.victims:
             self.assertTrue(os.path.exists(p), p)
-        self.assertIsInstance(stopped, store.SweepStopped)
+        assert isinstance(stopped, store.SweepStopped), stopped
         self.assertEqual(stopped.removed, 1)
         self.assertIn("moved", str(stopped))
         self.assertFalse(os.path.exists(os.path.join(self.outside, "a", "b",

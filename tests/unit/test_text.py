@@ -9,7 +9,8 @@ from mirror.text import DEFAULT_LIMIT, ELLIPSIS, printable
 
 class Printable(SynchronousTestCase):
     def test_plain_text_unchanged(self) -> None:
-        for text in ("", "docs/readme.txt", "name with spaces", "caf\u00e9 \u65e5\u672c \U0001f600"):
+        for text in ("", "docs/readme.txt", "name with spaces",
+                     "caf\u00e9 \u65e5\u672c \U0001f600"):
             self.assertEqual(printable(text), text)
             self.assertEqual(printable(text.encode("utf-8")), text)
 

@@ -7,7 +7,8 @@ runs them (as a worker thread would, later), and the reactor is a `MemoryReactor
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
@@ -84,7 +85,10 @@ class Run(ThreadsTestCase):
         self.assertEqual(str(self.failureResultOf(d, ValueError).value), "failed 1")
 
     def test_keyword_arguments(self) -> None:
-        d = self.threads.run(lambda a, b=0: a - b, 5, b=2)
+        def subtract(a: int, b: int = 0) -> int:
+            return a - b
+
+        d = self.threads.run(subtract, 5, b=2)
         self.pool.step()
         self.assertEqual(self.successResultOf(d), 3)
 
