@@ -349,7 +349,9 @@ class FakeServerTestCase(JobTestCase):
 class HostileListing(FakeServerTestCase):
     def test_bad_entries_refused_and_named(self) -> None:
         F, D = frames.KIND_FILE, frames.KIND_DIR
-        entries = [
+        entries = [  # the good ones in canonical order
+            (D, b"d", 0),
+            (F, b"d/inner", 3),
             (F, b"ok.txt", 2),
             (F, b"../escape", 4),
             (F, b"/etc/passwd", 4),
@@ -358,8 +360,6 @@ class HostileListing(FakeServerTestCase):
             (F, b".mirror-tmp-0001", 4),
             (F, b"back\\slash", 4),
             (F, b"bad\xffutf8", 4),
-            (D, b"d", 0),
-            (F, b"d/inner", 3),
         ]
         files = {b"ok.txt": b"ok", b"d/inner": b"abc", b"../escape": b"evil",
                  b"/etc/passwd": b"evil", b"a/../../up": b"evil"}
