@@ -136,8 +136,8 @@ class SourceRun:
         self._listing_done = False
         self._errors = 0
         self._taking: Deferred[None] | None = None
-        #: The last name received: a closed listing resumes after it.
-        self._cursor: str | None = None
+        #: The furthest name received (in canonical order): a closed listing resumes after it.
+        self._cursor: paths.Parts | None = None
         self._listing_conn: Any = None
         self._hold_call: Any = None
         #: The listing connection was not read from (a batch being taken) since the last
@@ -244,7 +244,8 @@ class SourceRun:
                 return False
             self._listing_conn = conn
             self._list_held = False
-            _count, skipped = await conn.list(self.request.path, self._take_batch, self._cursor)
+            cursor = None if self._cursor is None else paths.join_parts(self._cursor)
+            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
             self.not_exported += skipped
         except TransferError as e:
             # Lost while (or just after) we were not reading it: closed by us after
@@ -265,15 +266,20 @@ class SourceRun:
         return resume
 
     def _take_batch(self, entries: list[frames.Entry]) -> Deferred[None]:
-        # Every name received moves the cursor, refused ones too (if still a valid name):
-        # they were received, and are reported once.
+        # The last name received moves the cursor, if refused too (but still a valid name
+        # in the requested path): it was received, and is reported once. Only forwards: an
+        # error entry may name a directory again after its contents (the walker could not
+        # climb back into it), and resuming from there would list them again.
         for entry in reversed(entries):
+            if entry.is_error:
+                continue
             try:
                 parts = paths.parse_wire_path(entry.name)
             except paths.UnsafePath:
                 continue
             if parts[: len(self._request_parts)] == self._request_parts:
-                self._cursor = paths.join_parts(parts)
+                if self._cursor is None or parts > self._cursor:
+                    self._cursor = parts
                 break
         self._taking = taking = Deferred.fromCoroutine(self._take_safely(entries))
         self._list_held = not taking.called
