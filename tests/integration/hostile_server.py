@@ -60,6 +60,12 @@ def d(name: bytes | str, mode: int = 0o755, mtime_ns: int = MTIME_NS) -> ListEnt
     return ListEntry(frames.KIND_DIR, _raw(name), 0, mode, mtime_ns)
 
 
+def canonical(*entries: ListEntry) -> list[ListEntry]:
+    """``entries`` in the order an honest server lists them (doc/protocol.md): each directory
+    before its contents, names sorted within a directory by their UTF-8 bytes."""
+    return sorted(entries, key=lambda e: e.name.split(b"/"))
+
+
 def f(name: bytes | str, content: bytes = b"", mode: int = 0o644, mtime_ns: int = MTIME_NS,
       size: int | None = None) -> ListEntry:
     """A file entry; an honest FETCH of it sends ``content`` (``size`` may lie)."""
