@@ -16,7 +16,6 @@ outcome the issue asks for, always the same:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import stat
 import subprocess
@@ -30,6 +29,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from mirror import paths
+from mirror.hashing import digest_of
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
@@ -64,7 +64,7 @@ STALL = 0.3
 NO_STALL = 20.0
 
 SMALL = b"small new content\n"
-BIG = hashlib.sha256(b"seed").digest() * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
+BIG = digest_of(b"seed") * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
 OLD = b"the old content, which must survive\n"
 
 
@@ -447,7 +447,7 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
     ("short-by-half", lambda c: Fetch(c, body=c[: len(c) // 2]), "short transfer"),
     ("long", long, "more bytes than the announced"),
     ("long-by-a-frame", lambda c: long(c, b"y" * 70_000), "more bytes than the announced"),
-    ("wrong-digest", wrong_digest, "SHA-256 mismatch"),
+    ("wrong-digest", wrong_digest, "BLAKE3 mismatch"),
     ("bad-digest-length", lambda c: Fetch(c, digest=b"\x00" * 31),
      "protocol error: malformed digest"),
     ("long-digest", lambda c: Fetch(c, digest=b"\x00" * 33), "protocol error: malformed digest"),

@@ -4,7 +4,6 @@ inline disk work."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror.hashing import digest_of
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.testing import InlineThreads, MemoryNetwork
 from mirror.wire import frames
@@ -353,7 +353,7 @@ class FakeContentServer(Protocol):
             self.transport.write(frames.frame(frames.FILE, rid, frames.encode_file(header))
                                  + frames.data_header(rid, len(data)) + data
                                  + frames.frame(frames.FILE_END, rid,
-                                                hashlib.sha256(data).digest()))
+                                                digest_of(data)))
 
 
     def _spoiled(self, how: str, rid: int, name: bytes) -> None:
@@ -368,12 +368,12 @@ class FakeContentServer(Protocol):
             out += frames.frame(frames.FILE_END, rid, b"\x00" * 32)
         elif how == "short":
             out += frames.data_header(rid, len(data) - 1) + data[:-1]
-            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:-1]).digest())
+            out += frames.frame(frames.FILE_END, rid, digest_of(data[:-1]))
         elif how == "range":
             header = frames.FileHeader(1, len(data), 1_000_000_000, 0o644)
             out = frames.frame(frames.FILE, rid, frames.encode_file(header))
             out += frames.data_header(rid, 1) + data[:1]
-            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:1]).digest())
+            out += frames.frame(frames.FILE_END, rid, digest_of(data[:1]))
         self.transport.write(out)
 
 
@@ -503,7 +503,7 @@ class FailedTransfers(FakeServerTestCase):
 
     def test_digest_mismatch_twice(self) -> None:
         observer, top = self.run_spoiled(["digest", "digest"])
-        self.assert_failed(observer, top, "SHA-256")
+        self.assert_failed(observer, top, "BLAKE3 mismatch")
 
     def test_short_transfer_twice(self) -> None:
         observer, top = self.run_spoiled(["short", "short"])
