@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.initiator import cli
+from mirror.initiator import cli, client
 from mirror.initiator.client import (
     CONNECT_TIMEOUT,
     ConnectionLostBeforeDone,
@@ -235,6 +235,14 @@ class SessionTests(SynchronousTestCase):
         self.assertTrue(session.result.ok)
         self.assertEqual(len(bugs), 2)
         self.assertIn("display bug", bugs[0])
+
+    def test_errors_beyond_the_limit_are_counted_not_kept(self) -> None:
+        self.patch(client, "MAX_KEPT_ERRORS", 2)
+        session, seen = new_session()
+        session.feed(lines(*[SourceError(0, f"f{i}", "gone") for i in range(5)]))
+        self.assertEqual(len(seen), 5, "each is still shown")
+        self.assertEqual([e.path for e in session.result.errors], ["f0", "f1"])
+        self.assertEqual(session.result.errors_dropped, 3)
 
     def test_source_count_checked(self) -> None:
         self.assertRaises(ValueError, ControlSession, [], print)
