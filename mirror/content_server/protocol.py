@@ -22,7 +22,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror import paths
-from mirror.content_server.fetch import DigestCache, FileChanged, RangeReader, open_range
+from mirror.content_server.fetch import (
+    BIG_CHUNK_SIZE,
+    CHUNK_SIZE,
+    DigestCache,
+    FileChanged,
+    RangeReader,
+    open_range,
+)
 from mirror.content_server.listing import TreeWalker
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.threads import Threads
@@ -32,6 +39,9 @@ T = TypeVar("T")
 
 #: Bytes the transport may buffer before it pauses the streams (see connectionMade).
 WRITE_BUFFER = 1 << 20
+#: Streams of one connection that may read `BIG_CHUNK_SIZE` chunks; the rest read
+#: `CHUNK_SIZE` ones (see `ContentServerProtocol._chunk_size`).
+BIG_CHUNK_STREAMS = 4
 
 
 @dataclass
@@ -126,6 +136,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
         self._lost = False
+        #: Streams (`_stream`) running on this connection.
+        self._streams = 0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -376,26 +388,37 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             return
         await self._stream(request_id, path, opened)
 
+    def _chunk_size(self) -> int:
+        """Bytes per read of a stream: big chunks (fewer thread hops) while few streams
+        share the connection; the small size beyond, so that a client stalling all its
+        streams pins about ``max_requests`` small chunks, as before."""
+        return BIG_CHUNK_SIZE if self._streams <= BIG_CHUNK_STREAMS else CHUNK_SIZE
+
     async def _stream(self, request_id: int, path: str, reader: RangeReader) -> None:
         """Send a large range: the next chunk is read (and hashed) while this one is sent."""
         threads = self.factory.threads
         self._send(frames.frame(frames.FILE, request_id, frames.encode_file(reader.header)))
-        pending: Deferred[bytes] | None = threads.run(reader.read)
+        self._streams += 1
+        pending: Deferred[tuple[bytes, bytes | None]] | None = threads.run(
+            reader.read_next, self._chunk_size())
         try:
             while pending is not None:
                 # Awaited, a read has finished whether it failed or not: nothing reads in a
                 # thread any more, so ``finally`` may close the reader at once.
                 reading, pending = pending, None
-                data = await _disk(path, reading)
+                data, digest = await _disk(path, reading)
                 # Read (and hash) the next chunk while this one drains to the socket, but
                 # only once the socket takes more: a stream held up by a slow client holds
                 # one chunk, not two.
                 await self._writable()
-                pending = None if reader.done else threads.run(reader.read)
+                if digest is None:
+                    pending = threads.run(reader.read_next, self._chunk_size())
                 self._send(frames.data_header(request_id, len(data)), data)
-            digest = await _disk(path, threads.run(reader.finish))
-            self._send(frames.frame(frames.FILE_END, request_id, digest))
+                if digest is not None:
+                    # The last chunk came with the digest of the file, proven unchanged.
+                    self._send(frames.frame(frames.FILE_END, request_id, digest))
         finally:
+            self._streams -= 1
             if pending is None:
                 reader.close()
             else:
