@@ -417,6 +417,16 @@ class Fetching(ServerTestCase):
         for request_id in range(1, streams + 1):
             self.check_whole(fetch_result(got, request_id), "big.bin")
 
+    def test_a_big_chunk_goes_out_in_one_send(self) -> None:
+        # A TCP transport sends SEND_LIMIT (128 KiB) per send() call and reactor turn, and
+        # pauses its producer above bufferSize: both are raised to a big chunk or more.
+        transport = StringTransport()
+        transport.SEND_LIMIT = 128 * 1024  # type: ignore[attr-defined]
+        transport.bufferSize = 64 * 1024  # type: ignore[attr-defined]
+        self.fresh_connection(transport)
+        self.assertGreaterEqual(transport.SEND_LIMIT, BIG_CHUNK_SIZE)  # type: ignore[attr-defined]
+        self.assertGreaterEqual(transport.bufferSize, BIG_CHUNK_SIZE)  # type: ignore[attr-defined]
+
     def fresh_connection(self, transport: StringTransport) -> ServerRig:
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
         assert isinstance(proto, ContentServerProtocol)
