@@ -146,7 +146,7 @@ class BoundedQueue(Generic[T]):
         the others' backlog to drain.
         """
         d: Deferred[None] = Deferred()
-        if self._low(count, key):
+        if self._low(count, key, self._active()):
             d.callback(None)
         else:
             self._below.append((count, key, d))
@@ -154,14 +154,17 @@ class BoundedQueue(Generic[T]):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _low(self, count: int, key: Key | None) -> bool:
+    def _active(self) -> set[Hashable]:
+        """The groups holding items or waiting to put some."""
+        return self._held.keys() | self._producers.keys()
+
+    def _low(self, count: int, key: Key | None, active: set[Hashable]) -> bool:
         if self._len <= count:
             return True
         if key is None:
             return False
         group = key[0]
-        groups = len(self._held.keys() | self._producers.keys() | {group})
-        return self.held(group) <= count // groups
+        return self.held(group) <= count // (len(active) + (group not in active))
 
     def _add(self, item: T) -> None:
         group, flow = self._key(item)
@@ -188,8 +191,9 @@ class BoundedQueue(Generic[T]):
         if self._below:
             waiting, self._below = self._below, []
             ready: list[tuple[int, Key | None, Deferred[None]]] = []
+            active = self._active()
             for w in waiting:
-                (ready if self._low(w[0], w[1]) else self._below).append(w)
+                (ready if self._low(w[0], w[1], active) else self._below).append(w)
             for _, _, d in ready:
                 if not d.called:
                     d.callback(None)
