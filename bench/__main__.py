@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="timed runs per kind of run (default: %(default)s; some workloads run "
                         "fewer, see RESULTS.md)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny datasets: checks the harness in seconds; writes no RESULTS.md")
+                   help="tiny datasets, no warm-up runs: checks the harness in seconds; writes "
+                        "no RESULTS.md")
     p.add_argument("--keep", action="store_true",
                    help="keep datasets and logs for the next run (not the million-file ones)")
     p.add_argument("--seed", type=int, default=1, help="dataset seed (default: %(default)s)")
@@ -186,7 +187,8 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
                 runs = min(args.runs, workload.max_runs or args.runs)
                 timeout = max(args.timeout, workload.timeout or 0.0)
                 result = run_workload(workload, dataset, clients,
-                                      [daemons["content"], daemons["mirror"]], runs, timeout)
+                                      [daemons["content"], daemons["mirror"]], runs, timeout,
+                                      warmup=not args.quick)
         finally:
             if dataset.spec.scratch:
                 print(f"  {name}: deleting dataset {dataset.spec.name} and its copies", flush=True)
@@ -206,7 +208,6 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
         "data location": f"{base} ({where})",
         "seed": str(args.seed),
         "mirror-server --workers": str(args.workers),
-        "mode": "quick (tiny datasets, harness smoke test)" if args.quick else "full",
     }
     command = ("make bench-scale" if sys.argv[1:] == ["--scale"] else "make bench"
                if sys.argv[1:] == [] else f"python -m bench {' '.join(sys.argv[1:])}")

@@ -321,8 +321,9 @@ def _empty(dest: Path) -> None:
 
 
 def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], watched: list[Daemon],
-                 runs: int, timeout: float) -> Result:
-    """Warm up, then time `runs` verified runs of each client, alternating ABBA.
+                 runs: int, timeout: float, warmup: bool = True) -> Result:
+    """Warm up (if the workload and `warmup` say so), then time `runs` verified runs of each
+    client, alternating ABBA.
 
     Every run starts from an emptied destination, except no-op runs, which rerun into the copy
     filled by an untimed first run. After every run the destination must hold exactly the
@@ -373,7 +374,7 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
     if workload.noop:
         for client in clients:
             once(client, FILL)
-    if workload.warmup:
+    if workload.warmup and warmup:
         for client in clients:
             once(client, "warm-up")
     for i in range(runs):
