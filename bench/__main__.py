@@ -197,7 +197,7 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
                 for d in (mirror_dir, rsync_dest):
                     d.mkdir(parents=True, exist_ok=True)
                 del sets[workload.dataset]
-        result.run = {"date": report.now(), "commit": report.git_commit(),
+        result.run |= {"date": report.now(), "commit": report.git_commit(),
                       "mode": "quick" if args.quick else "full",
                       "dataset": describe(dataset.spec, dataset.tree.total_bytes),
                       "other load before": str(idle)}

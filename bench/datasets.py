@@ -18,8 +18,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = 4 * MiB
-#: Files smaller than this take a seeded slice of one shared random pool (fast for many files);
-#: larger ones get their own seeded stream.
+#: Files smaller than a quarter of this take a seeded slice of one shared random pool (fast for
+#: many files); larger ones get their own seeded stream; "repeated" files repeat the pool.
 POOL = MiB
 MARKER_FORMAT = 2
 
@@ -72,6 +72,8 @@ FULL = {
     "mixed": Spec("mixed", files=2_000, dirs=20, total=800_000_000, sizes="lognormal"),
     "tiny": _uniform("tiny", 100_000, 100, *TINY),
     "fair": _uniform("fair", 20, 1, *SMALL),
+    # The 19 big jobs the fair workload's small job is submitted behind: 100 files of 1 MiB each.
+    "fair-big": Spec("fair-big", files=1_900, dirs=19, total=1_900 * MiB, content="repeated"),
     "memory": Spec("memory", files=1, dirs=0, total=4 * GiB, content="repeated"),
     "tree-1m": _million("tree-1m", 1_000_000, 10_000, nested=True),
     "dir-1m": _million("dir-1m", 1_000_000, 1, nested=False),
@@ -82,6 +84,7 @@ QUICK = {
     "mixed": Spec("mixed", files=200, dirs=20, total=40_000_000, sizes="lognormal"),
     "tiny": _uniform("tiny", 1_000, 10, *TINY),
     "fair": _uniform("fair", 20, 1, *SMALL),
+    "fair-big": Spec("fair-big", files=190, dirs=19, total=190 * 64 * KiB, content="repeated"),
     "memory": Spec("memory", files=1, dirs=0, total=256 * MiB, content="repeated"),
     "tree-1m": _million("tree-1m", 2_000, 100, nested=True),
     "dir-1m": _million("dir-1m", 2_000, 1, nested=False),
@@ -168,7 +171,7 @@ def _write_file(path: Path, size: int, key: str, content: str, pool: bytes) -> N
         return
     with open(path, "wb") as f:
         if content == "repeated":
-            block = hashlib.shake_128(key.encode()).digest(MiB)
+            block = pool
             whole, rest = divmod(size, MiB)
             for _ in range(whole):
                 f.write(block)

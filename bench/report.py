@@ -24,6 +24,9 @@ from bench.runner import BIG_JOBS, CLIENTS, SOURCES, WORKLOADS, Result
 MB = 1e6
 DAEMONS = ("content-server", "mirror-server")
 STORE_FORMAT = 1
+#: Keys of `Result.run` every run has; any other is a note of its workload, shown as is.
+STANDARD = {"date", "commit", "mode", "dataset", "other load before", "command",
+            "data location", "seed", "mirror-server --workers"}
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,7 @@ def runs_detail(results: list[Result]) -> str:
             lines.append(f"  - meanwhile {r.other}")
         if r.run.get("other load before"):
             lines.append(f"  - before the start: {r.run['other load before']}")
+        lines += [f"  - {key}: {value}" for key, value in r.run.items() if key not in STANDARD]
     return "\n".join(lines)
 
 
@@ -337,10 +341,14 @@ jobs' work.
   server treats every SPEC as a source of its own (its own listing and connections); {SOURCES}
   content-server processes on 2 cores would measure their start-up and contention instead.
 - fair: "{fair[0]}": a fresh mirror server, then {BIG_JOBS} big jobs (one `mirror-init` each,
-  each a directory of the mixed dataset: about 100 files, 40 MB, log-normal sizes), started
+  each a directory of the fair-big dataset: 100 files of 1 MiB, 2 GB in all), started
   together; once each has printed its first progress line (the mirror server accepted it and is
   listing or fetching), the small job (the fair dataset: 20 files of 0.5-8 KiB) is submitted
-  and timed; then the big jobs are abandoned (the mirror server is stopped). "{fair[1]}": the
+  and timed; then the big jobs are abandoned (the mirror server is stopped). How many big jobs
+  were running when the small one was submitted, and when it ended, is noted under *All timed
+  runs*: fewer than {BIG_JOBS} at submission means some big job was over before the small one
+  came (the run was not behind all {BIG_JOBS}); fewer at the end, that big jobs ended before
+  the small one (as all do under a first-come first-served queue). "{fair[1]}": the
   same small job on a fresh mirror server with nothing else to do. Both timed by the job's own
   `elapsed` in mirror-init's report (from connecting to the end), so that mirror-init's
   start-up on a loaded machine does not count.

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ FILL = "filling run"
 NO_SHA_NI = (("OPENSSL_ia32cap", ":~0x20000000"),)
 #: The sources workload: this many SPECs, each naming one directory of the dataset.
 SOURCES = 50
-#: The fair workload: big jobs submitted before the small one, each one directory of `mixed`.
+#: The fair workload: big jobs submitted before the small one, each one directory of `fair-big`.
 BIG_JOBS = 19
 #: Seconds the big jobs of the fair workload may take to be accepted (print their progress).
 BIG_JOBS_START = 60.0
@@ -70,7 +71,7 @@ WORKLOADS = {w.name: w for w in (
     Workload("tiny", "tiny", max_runs=3),
     Workload("tiny-no-op", "tiny", noop=True, max_runs=3),
     Workload("sources", "small", kind="sources"),
-    Workload("fair", "fair", kind="fair", background="mixed"),
+    Workload("fair", "fair", kind="fair", background="fair-big"),
     Workload("memory", "memory", kind="ours", max_runs=1, warmup=False),
     Workload("big-no-sha-ni", "big", env=NO_SHA_NI, max_runs=3),
     Workload("mixed-no-sha-ni", "mixed", env=NO_SHA_NI, max_runs=3),
@@ -102,6 +103,8 @@ class Client:
     env: dict[str, str] | None = None
     before: Callable[[], None] | None = None
     after: Callable[[], None] | None = None
+    #: Facts about its runs for the report, asked for once all are done.
+    notes: Callable[[], dict[str, str]] | None = None
 
     def dest(self, path: str) -> Path:
         return self.dest_root / path
@@ -164,8 +167,18 @@ class BigJobs:
                  env: dict[str, str] | None) -> None:
         self.command, self.paths, self.logdir, self.env = command, paths, logdir, env
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        #: Per run, how many big jobs were running when `start` returned, and at `stop`.
+        self.running: list[tuple[int, int]] = []
+        self._at_start = 0
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         for n, path in enumerate(self.paths):
             err = self.logdir / f"big-job-{n:02d}.err"
             with open(err, "wb") as f:
@@ -188,8 +201,13 @@ class BigJobs:
                 raise BenchError(f"{len(waiting)} big job(s) printed no progress in "
                                  f"{BIG_JOBS_START:.0f} s")
             time.sleep(0.02)
+        self._at_start = self._alive()
+
+    def _alive(self) -> int:
+        return sum(proc.poll() is None for proc, _ in self.procs)
 
     def stop(self) -> None:
+        self.running.append((self._at_start, self._alive()))
         for proc, _ in self.procs:
             _killpg(proc)
         self.procs.clear()
@@ -223,6 +241,9 @@ def fair_clients(mirror_init: str, mirror: Daemon, content: Daemon, mirror_dir: 
         mirror.stop()
 
     behind.before, behind.after = before_behind, after_behind
+    behind.notes = lambda: {
+        f"big jobs (of {BIG_JOBS}) running when the small one was submitted / ended, per run "
+        "(warm-up included)": ", ".join(f"{a} / {b}" for a, b in big.running)}
     alone.before = lambda: fresh_mirror(mirror, alone.dest_root)
     for client in (behind, alone):
         client.measure = "elapsed"
@@ -336,10 +357,16 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
                     clients=[c.name for c in clients], times={c.name: [] for c in clients})
 
     def once(client: Client, label: str, timed: bool = False) -> float:
+        with ExitStack() as around:
+            if client.before:
+                client.before()
+            if client.after:
+                around.callback(client.after)
+            return measured(client, label, timed)
+
+    def measured(client: Client, label: str, timed: bool) -> float:
         dest = client.dest(path)
         fresh = not workload.noop or label == FILL
-        if client.before:
-            client.before()
         if fresh:
             _empty(dest)
         try:
@@ -362,8 +389,6 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
         for daemon in watched:
             daemon.check_alive()
             daemon.sample()
-        if client.after:
-            client.after()
         return seconds
 
     def pids() -> list[int]:
@@ -385,6 +410,8 @@ def run_workload(workload: Workload, dataset: Dataset, clients: list[Client], wa
             f"{c.name} {result.times[c.name][-1]:.3f} s" for c in clients), flush=True)
     for client in clients:
         _empty(client.dest(path))
+        if client.notes:
+            result.run.update(client.notes())
     result.peaks = {d.name: d.peak_rss for d in watched}
     result.other = meter.stop()
     return result
