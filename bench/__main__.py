@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
 
     sets: dict[str, Dataset] = {}
     results: list[Result] = []
-    for name in args.workloads:
+    for index, name in enumerate(args.workloads):
         workload = WORKLOADS[name]
         print(f"{name}:", flush=True)
         for needed in workload.datasets:
@@ -202,6 +202,12 @@ def run(args: argparse.Namespace, base: Path, where: str, stack: ExitStack) -> i
                       "dataset": describe(dataset.spec, dataset.tree.total_bytes),
                       "other load before": str(idle)}
         results.append(result)
+        if not args.keep:
+            # A dataset no later workload needs goes now: tmpfs is memory (the 4 GiB file and
+            # its copy come last).
+            later = {d for w in args.workloads[index + 1:] for d in WORKLOADS[w].datasets}
+            for done in [d for d in sets if d not in later]:
+                datasets.remove(sets.pop(done), markers)
 
     env_info = report.environment(rsync)
     settings = {

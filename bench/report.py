@@ -323,7 +323,8 @@ jobs' work.
 ## Method
 - Datasets are generated from a fixed seed under the data location (tmpfs `/dev/shm`); our
   content server and rsync's daemon export the same directory; the copies go to the same file
-  system. The million-file datasets (tree-1m, dir-1m: empty files) are generated for their
+  system. A dataset is deleted once no later workload needs it (tmpfs is memory). The
+  million-file datasets (tree-1m, dir-1m: empty files) are generated for their
   workload and deleted with their copy right after it, and the benchmark checks first that the
   file system has the inodes for both.
 - Per workload: a fresh content server and mirror server (`--workers 8`, other settings
