@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror.hashing import digest_of
 from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, TransferError
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader
@@ -28,7 +28,7 @@ def data_frame(rid: int, body: bytes) -> bytes:
 
 
 def end_frame(rid: int, body: bytes) -> bytes:
-    return frames.frame(frames.FILE_END, rid, hashlib.sha256(body).digest())
+    return frames.frame(frames.FILE_END, rid, digest_of(body))
 
 
 def entries_frame(rid: int, *names: bytes, kind: int = frames.KIND_FILE) -> bytes:
@@ -185,7 +185,7 @@ class Fetching(ClientTestCase):
                   data_frame(rid, body[5:]), end_frame(rid, body))
         header, digest = self.successResultOf(d)
         self.assertEqual(header, FileHeader(11, 11, -5, 0o4755))
-        self.assertEqual(digest, hashlib.sha256(body).digest())
+        self.assertEqual(digest, digest_of(body))
         self.assertEqual(sink.header, header)
         self.assertIs(sink.flow, self.client.flow)
         self.assertEqual(sink.received, body)
