@@ -45,7 +45,8 @@ class MirrorSettings:
 
 
 class MirrorService(MultiService):
-    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue.
+    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue,
+    which serves the jobs, and each job's sources, in turn.
 
     ``endpoints`` makes the endpoint to each content server (plain TCP by default).
     """
@@ -72,7 +73,9 @@ class MirrorService(MultiService):
         self.endpoints = endpoints or tcp_endpoints(cast(IReactorTCP, reactor))
         #: Directory descriptors the stores of all jobs may keep open between uses.
         self.dir_budget = DescriptorBudget()
-        self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
+        #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
+        self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
+                                                          key=WorkItem.share_key)
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
