@@ -10,16 +10,17 @@ runs for one file: FETCH into a `FileReceiver`, verify, rename; one retry, then 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
 from mirror.mirror_server.connections import SourceConnections
-from mirror.mirror_server.content_client import TransferError
+from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import MirrorStore, StoreError
 from mirror.stats import SizeStats
@@ -338,10 +339,11 @@ class SourceRun:
             idle, self._idle = self._idle, None
             idle.callback(None)
 
-    async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
+    async def transfer(self, parts: paths.Parts, entry: frames.Entry, attempts: int = 2
+                       ) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
-            header = await self._attempts(parts, entry.size)
+            header = await self._attempts(parts, entry.size, attempts)
             if header is not None:
                 self.stats.add(header.size)
                 self.job.files_done += 1
@@ -349,11 +351,56 @@ class SourceRun:
             # Whatever happened, the file is no longer pending: a job never waits forever.
             self._finished_one()
 
-    async def _attempts(self, parts: paths.Parts, size: int) -> frames.FileHeader | None:
+    async def transfer_bundle(self, items: Sequence[WorkItem]) -> None:
+        """Fetch small files (at most `frames.BUNDLE_FILE_MAX` bytes each) with FETCH_MANY
+        requests, as few as the request frame allows, and write, verify and rename them all
+        in one thread call. A file that fails is retried once on its own (`transfer`)."""
+        assert self.connections is not None  # made by run() before anything is queued
+        assert self.store is not None
+        retry: list[tuple[WorkItem, str]] = []
+        try:
+            wants = [(paths.join_parts(item.parts).encode("utf-8"), item.entry.size)
+                     for item in items]
+            requests: list[Deferred[list[BundleResult]] | list[BundleResult]] = []
+            for start, end in frames.split_fetch_many(wants):
+                try:
+                    conn = await self.connections.get()
+                except TransferError as e:
+                    requests.append([str(e)] * (end - start))
+                    continue
+                # All sent before any is awaited: they are answered meanwhile.
+                requests.append(conn.fetch_many(wants[start:end], self.request.delay))
+            outcomes: list[BundleResult] = []
+            for request in requests:
+                outcomes += request if isinstance(request, list) else await request
+            arrived = [(item.parts, r.header, r.data, r.digest)
+                       for item, r in zip(items, outcomes, strict=True)
+                       if not isinstance(r, str) and r.header is not None]
+            problems = iter(await self.job.service.threads.run_batched(
+                self.store.write_many, arrived) if arrived else [])
+            for item, outcome in zip(items, outcomes, strict=True):
+                problem = outcome if isinstance(outcome, str) else next(problems)
+                if problem is None:
+                    self.stats.add(item.entry.size)
+                    self.job.files_done += 1
+                    self.job.bytes_done += item.entry.size
+                else:
+                    retry.append((item, problem))
+        finally:
+            # Whatever happened, these files are no longer pending (retried ones are
+            # counted by `transfer`): a job never waits forever.
+            for _ in range(len(items) - len(retry)):
+                self._finished_one()
+        if retry:
+            await DeferredList([Deferred.fromCoroutine(self.transfer(item.parts, item.entry, 1))
+                                for item, _problem in retry], consumeErrors=True)
+
+    async def _attempts(self, parts: paths.Parts, size: int, attempts: int = 2
+                        ) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
         assert self.connections is not None  # made by run() before anything is queued
-        for _attempt in range(2):
+        for _attempt in range(attempts):
             receiver = self._receiver(parts)
             try:
                 conn = await self.connections.get()

@@ -14,11 +14,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
-from mirror.mirror_server.job import Job, JobObserver, WorkItem
+from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads, Threads
+from mirror.wire import frames
 from mirror.wire.control import SourceRequest
 
 
@@ -116,15 +117,32 @@ class MirrorService(MultiService):
                 if item.entry.size > SMALL_FILE:
                     await item.source.transfer(item.parts, item.entry)
                     continue
-                # Small files already waiting go together: their FETCHes leave in one write,
-                # their answers arrive together, and their commits share a thread call
-                # (DiskThreads.run_batched).
+                # Small files already waiting go together: in bundles (FETCH_MANY) per
+                # source, and their commits share a thread call (DiskThreads.run_batched).
                 batch = [item] + self.queue.take_ready(
                     self.settings.batch_files - 1, lambda i: i.entry.size <= SMALL_FILE)
-                await DeferredList([Deferred.fromCoroutine(i.source.transfer(i.parts, i.entry))
-                                    for i in batch], consumeErrors=True)
+                await DeferredList(self._transfers(batch), consumeErrors=True)
             except Exception:
                 self.log.failure("worker: unexpected error")
+
+    @staticmethod
+    def _transfers(batch: list[WorkItem]) -> list[Deferred[None]]:
+        """The transfers of a worker's batch of small files: the files of each source that
+        fit a FETCH_MANY go in bundles (one coroutine per source), the others one by one.
+
+        A SPEC with a delay is fetched file by file: a content server waits the delay before
+        each file of a bundle in turn, whereas separate FETCHes wait theirs all at once.
+        """
+        bundles: dict[SourceRun, list[WorkItem]] = {}
+        work = []
+        for item in batch:
+            if item.entry.size <= frames.BUNDLE_FILE_MAX and not item.source.request.delay:
+                bundles.setdefault(item.source, []).append(item)
+            else:
+                work.append(Deferred.fromCoroutine(item.source.transfer(item.parts, item.entry)))
+        for source, items in bundles.items():
+            work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
+        return work
 
     def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
         job_id = str(next(self._job_ids))

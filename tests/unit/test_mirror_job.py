@@ -283,6 +283,9 @@ class FakeContentServer(Protocol):
             if how:
                 self._spoiled(how, rid, name)
                 return
+        if opcode == frames.FETCH_MANY:
+            self._bundle(rid, payload)
+            return
         if opcode == frames.LIST:
             body = b"".join(frames.encode_entry(kind, 0o644 if kind == frames.KIND_FILE else 0o755,
                                                 size, 1_000_000_000, name)
@@ -303,6 +306,26 @@ class FakeContentServer(Protocol):
                                  + frames.frame(frames.FILE_END, rid,
                                                 hashlib.sha256(data).digest()))
 
+
+    def _bundle(self, rid: int, payload: bytes) -> None:
+        """A FETCH_MANY, answered in one BUNDLE frame; ``spoil`` applies per file."""
+        _delay, wants = frames.decode_fetch_many(payload)
+        items = []
+        for index, (_size, name) in enumerate(wants):
+            plan = self.spoil.get(name)
+            how = plan.pop(0) if plan else ""
+            data = self.files.get(name)
+            if data is None or how == "error":
+                items.append(frames.encode_bundle_error(index, frames.E_IO,
+                                                        f"{name.decode()}: I/O error"))
+                continue
+            digest = b"\x00" * 32 if how == "digest" else hashlib.sha256(data).digest()
+            if how in ("short", "range"):
+                data = data[:1]
+                digest = hashlib.sha256(data).digest()
+            header = frames.FileHeader(len(data), len(data), 1_000_000_000, 0o644)
+            items.append(frames.encode_bundle_file(index, header, digest, data))
+        self.transport.write(frames.frame(frames.BUNDLE, rid, b"".join(items)))
 
     def _spoiled(self, how: str, rid: int, name: bytes) -> None:
         data = self.files[name]
@@ -537,7 +560,7 @@ class TransferBookkeeping(SynchronousTestCase):
         run = SourceRun.__new__(SourceRun)
         run._finished_one = lambda: finished.append(True)
 
-        async def boom(parts, size):
+        async def boom(parts, size, attempts=2):
             raise RuntimeError("bug")
 
         run._attempts = boom
