@@ -264,10 +264,13 @@ class IncompleteSource(JobTestCase):
 class FakeContentServer(Protocol):
     """Answers LIST with crafted entries and FETCH with the given files' bytes."""
 
-    def __init__(self, entries: list[tuple[int, bytes, int]], files: dict[bytes, bytes]) -> None:
+    def __init__(self, entries: list[tuple[int, bytes, int]], files: dict[bytes, bytes],
+                 seen: list[tuple[int, list[bytes]]] | None = None) -> None:
         self.entries = entries
         self.files = files
         self.receiver = _Frames(self._request)
+        #: (opcode, names) of each FETCH or FETCH_MANY received, shared by its connections.
+        self.seen = [] if seen is None else seen
 
     def dataReceived(self, data: bytes) -> None:
         self.receiver.dataReceived(data)
@@ -276,6 +279,10 @@ class FakeContentServer(Protocol):
     spoil: dict[bytes, list[str]] = {}
 
     def _request(self, opcode: int, rid: int, payload: bytes) -> None:
+        if opcode == frames.FETCH:
+            self.seen.append((opcode, [frames.decode_fetch(payload)[3]]))
+        elif opcode == frames.FETCH_MANY:
+            self.seen.append((opcode, [n for _, n in frames.decode_fetch_many(payload)[1]]))
         if opcode == frames.FETCH:
             name = frames.decode_fetch(payload)[3]
             plan = self.spoil.get(name)
@@ -360,9 +367,9 @@ class _Frames(frames.FrameReceiver):
 
 
 class FakeServerTestCase(JobTestCase):
-    def serve_fake(self, entries, files, spoil=None) -> None:
+    def serve_fake(self, entries, files, spoil=None, seen=None) -> None:
         def make():
-            server = FakeContentServer(entries, files)
+            server = FakeContentServer(entries, files, seen)
             server.spoil = spoil if spoil is not None else {}
             return server
 
@@ -498,6 +505,103 @@ class FailedTransfers(FakeServerTestCase):
             observer.progress_events[-1]
         self.assertEqual((files_done, files_total), (1, 2))
         self.assertEqual(bytes_done, 4)  # only the good file's bytes
+
+
+class Bundles(FakeServerTestCase):
+    """Small files travel in FETCH_MANY bundles, one per source and worker batch; the others
+    (large ones, or any file of a SPEC with a delay) one FETCH each."""
+
+    settings = {"workers": 1, "queue_size": 100}
+    F = frames.KIND_FILE
+
+    def serve_files(self, sizes: dict[bytes, int], spoil=None) -> list[tuple[int, list[bytes]]]:
+        seen: list[tuple[int, list[bytes]]] = []
+        files = {name: bytes([i]) * size for i, (name, size) in enumerate(sizes.items())}
+        self.serve_fake([(self.F, name, len(data)) for name, data in files.items()], files,
+                        spoil=spoil, seen=seen)
+        self.files = files
+        return seen
+
+    def assert_mirrored(self, observer: Observer) -> None:
+        self.assertEqual(observer.errors, [])
+        top = self.mirror / "10.0.0.1_7000"
+        for name, data in self.files.items():
+            self.assertEqual((top / name.decode()).read_bytes(), data)
+        run = observer.done[0]
+        self.assertEqual((run.stats.count, run.stats.total),
+                         (len(self.files), sum(map(len, self.files.values()))))
+        files_done, bytes_done, files_total, bytes_total, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done), (files_total, bytes_total))
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
+
+    def test_small_files_in_bundles_large_ones_alone(self) -> None:
+        sizes = {f"s{i}".encode(): i * 100 for i in range(20)}
+        sizes[b"edge"] = frames.BUNDLE_FILE_MAX
+        sizes[b"large"] = frames.BUNDLE_FILE_MAX + 1
+        seen = self.serve_files(sizes)
+        self.assert_mirrored(self.run_job(source()))
+        bundled = [n for op, names in seen if op == frames.FETCH_MANY for n in names]
+        self.assertEqual(sorted(bundled), sorted(set(sizes) - {b"large"}))
+        self.assertEqual([names for op, names in seen if op == frames.FETCH], [[b"large"]])
+        self.assertLess(len(seen), 6)
+
+    def test_failed_file_retried_alone(self) -> None:
+        seen = self.serve_files({b"a": 3, b"b": 4, b"c": 5}, spoil={b"b": ["digest"]})
+        self.assert_mirrored(self.run_job(source()))
+        self.assertEqual(seen[-1], (frames.FETCH, [b"b"]))
+        self.assertEqual({op for op, _ in seen[:-1]}, {frames.FETCH_MANY})
+
+    def test_failed_twice_reported_once(self) -> None:
+        self.serve_files({b"a": 3, b"b": 4}, spoil={b"b": ["error", "digest"]})
+        observer = self.run_job(source())
+        [(_, path, message)] = observer.errors
+        self.assertEqual(path, "b")
+        self.assertIn("SHA-256 mismatch", message)
+        run = observer.done[0]
+        self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
+        files_done, bytes_done, files_total, _, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done, files_total), (1, 3, 2))
+
+    def test_a_spec_with_a_delay_fetches_file_by_file(self) -> None:
+        seen = self.serve_files({b"a": 3, b"b": 4})
+        self.assert_mirrored(self.run_job(SourceRequest("10.0.0.1", 7000, "", 0.5)))
+        self.assertEqual(sorted(seen), [(frames.FETCH, [b"a"]), (frames.FETCH, [b"b"])])
+
+    def test_unreachable_source(self) -> None:
+        """No connection: every file of the bundle fails (retried alone), none is lost."""
+        observer = self.run_job(source(port=7999))
+        self.assertEqual(observer.finished, [False])
+
+    def test_batch_split_per_source(self) -> None:
+        calls: list[tuple[str, Any]] = []
+
+        class Run:
+            def __init__(self, name: str, delay: float = 0.0) -> None:
+                self.name = name
+                self.request = SourceRequest("h", 1, "", delay)
+
+            async def transfer(self, parts, entry, attempts=2) -> None:
+                calls.append(("one", (self.name, parts)))
+
+            async def transfer_bundle(self, items) -> None:
+                calls.append(("bundle", (self.name, [i.parts for i in items])))
+
+        from mirror.mirror_server.job import WorkItem
+
+        a, b, slow = Run("a"), Run("b"), Run("slow", delay=1.0)
+
+        def item(run: Run, name: str, size: int = 10) -> WorkItem:
+            return WorkItem(cast(Any, run), (name,), frames.Entry(self.F, 0o644, size, 0,
+                                                                  name.encode()))
+
+        batch = [item(a, "1"), item(b, "2"), item(a, "3"), item(slow, "4"),
+                 item(a, "big", frames.BUNDLE_FILE_MAX + 1), item(b, "5")]
+        for d in MirrorService._transfers(batch):
+            self.successResultOf(d)
+        self.assertEqual(sorted(calls), sorted([
+            ("bundle", ("a", [("1",), ("3",)])), ("bundle", ("b", [("2",), ("5",)])),
+            ("one", ("slow", ("4",))), ("one", ("a", ("big",))),
+        ]))
 
 
 class ListedSizeHeld(FakeServerTestCase):

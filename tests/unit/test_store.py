@@ -229,6 +229,42 @@ class Verification(StoreTestCase):
         self.assertEqual(self.temporaries(), [])
 
 
+class WriteMany(StoreTestCase):
+    """A bundle of small files placed in one call: each verified and placed (or not) on its
+    own, with one result per file."""
+
+    def test_each_file_on_its_own(self) -> None:
+        self.put_old("d", "bad")
+        os.makedirs(self.path("dir"))
+        os.symlink(self.outside, self.path("link"))
+        good, other = b"good", b"other"
+        problems = self.store.write_many([
+            (("d", "good"), header_for(good), memoryview(b"xx" + good)[2:], sha(good)),
+            (("d", "bad"), header_for(b"evil"), b"evil", sha(b"evi1")),
+            (("d", "short"), FileHeader(5, 5, MTIME, 0o644), b"four", sha(b"four")),
+            (("dir",), header_for(b"x"), b"x", sha(b"x")),
+            (("link", "f"), header_for(b"x"), b"x", sha(b"x")),
+            (("e", "other"), header_for(other, mode=0o4755), other, sha(other)),
+        ])
+        self.assertIsNone(problems[0])
+        self.assertIn("SHA-256 mismatch", problems[1])
+        self.assertIn("size mismatch", problems[2])
+        self.assertIn("directory is in the way", problems[3])
+        self.assertIn("cannot create temporary file", problems[4])
+        self.assertIsNone(problems[5])
+        self.assertEqual(len(problems), 6)
+        self.assertEqual(self.read("d", "good"), good)
+        self.assertEqual(self.read("d", "bad"), b"old version")
+        self.assertFalse(os.path.exists(self.path("d", "short")))
+        self.assertEqual(os.listdir(self.outside), [])
+        st = os.stat(self.path("e", "other"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_mtime_ns), (0o755, MTIME))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_nothing(self) -> None:
+        self.assertEqual(self.store.write_many([]), [])
+
+
 class Links(StoreTestCase):
     """A symlink in the mirror (planted locally, or left by anything) is never followed."""
 
