@@ -492,6 +492,10 @@ class FetchMany(ServerTestCase):
         r = self.fetch_many([("a.txt", 2)])
         self.assert_item_error(r.items[0], frames.E_CHANGED, "listed with 2 bytes, now 6")
 
+    def test_shrunk_since_listed(self) -> None:
+        r = self.fetch_many([("a.txt", 10)])
+        self.assert_item_error(r.items[0], frames.E_CHANGED, "listed with 10 bytes, now 6")
+
     def test_grown_past_the_bundle_limit(self) -> None:
         with open(self.path_of("a.txt"), "wb") as f:
             f.write(b"x" * (frames.BUNDLE_FILE_MAX + 1))
