@@ -31,6 +31,8 @@ class MirrorSettings:
     queue_size: int = 1000
     #: Small files a worker fetches and commits together.
     batch_files: int = 32
+    #: Fetch small files in bundles (FETCH_MANY); False: one FETCH each.
+    bundles: bool = True
     connections_per_source: int = 2
     disk_threads: int = 4
     stall_timeout: float = 30.0
@@ -125,8 +127,7 @@ class MirrorService(MultiService):
             except Exception:
                 self.log.failure("worker: unexpected error")
 
-    @staticmethod
-    def _transfers(batch: list[WorkItem]) -> list[Deferred[None]]:
+    def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that
         fit a FETCH_MANY go in bundles (one coroutine per source), the others one by one.
 
@@ -136,7 +137,8 @@ class MirrorService(MultiService):
         bundles: dict[SourceRun, list[WorkItem]] = {}
         work = []
         for item in batch:
-            if item.entry.size <= frames.BUNDLE_FILE_MAX and not item.source.request.delay:
+            if (self.settings.bundles and item.entry.size <= frames.BUNDLE_FILE_MAX
+                    and not item.source.request.delay):
                 bundles.setdefault(item.source, []).append(item)
             else:
                 work.append(Deferred.fromCoroutine(item.source.transfer(item.parts, item.entry)))

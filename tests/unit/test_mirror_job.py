@@ -596,7 +596,7 @@ class Bundles(FakeServerTestCase):
 
         batch = [item(a, "1"), item(b, "2"), item(a, "3"), item(slow, "4"),
                  item(a, "big", frames.BUNDLE_FILE_MAX + 1), item(b, "5")]
-        for d in MirrorService._transfers(batch):
+        for d in self.service._transfers(batch):
             self.successResultOf(d)
         self.assertEqual(sorted(calls), sorted([
             ("bundle", ("a", [("1",), ("3",)])), ("bundle", ("b", [("2",), ("5",)])),
