@@ -355,45 +355,60 @@ class SourceRun:
         """Fetch small files (at most `frames.BUNDLE_FILE_MAX` bytes each) with FETCH_MANY
         requests, as few as the request frame allows, and write, verify and rename them all
         in one thread call. A file that fails is retried once on its own (`transfer`)."""
-        assert self.connections is not None  # made by run() before anything is queued
-        assert self.store is not None
-        retry: list[tuple[WorkItem, str]] = []
+        retry: list[WorkItem] = []
+        placed = 0
         try:
-            wants = [(paths.join_parts(item.parts).encode("utf-8"), item.entry.size)
-                     for item in items]
-            requests: list[Deferred[list[BundleResult]] | list[BundleResult]] = []
-            for start, end in frames.split_fetch_many(wants):
-                try:
-                    conn = await self.connections.get()
-                except TransferError as e:
-                    requests.append([str(e)] * (end - start))
-                    continue
-                # All sent before any is awaited: they are answered meanwhile.
-                requests.append(conn.fetch_many(wants[start:end], self.request.delay))
-            outcomes: list[BundleResult] = []
-            for request in requests:
-                outcomes += request if isinstance(request, list) else await request
-            arrived = [(item.parts, r.header, r.data, r.digest)
-                       for item, r in zip(items, outcomes, strict=True)
-                       if not isinstance(r, str) and r.header is not None]
-            problems = iter(await self.job.service.threads.run_batched(
-                self.store.write_many, arrived) if arrived else [])
-            for item, outcome in zip(items, outcomes, strict=True):
-                problem = outcome if isinstance(outcome, str) else next(problems)
+            problems = await self._bundle_attempt(items)
+            for item, problem in zip(items, problems, strict=True):
                 if problem is None:
                     self.stats.add(item.entry.size)
                     self.job.files_done += 1
                     self.job.bytes_done += item.entry.size
+                    placed += 1
                 else:
-                    retry.append((item, problem))
+                    retry.append(item)
+        except CancelledError:
+            raise  # the service is stopping
+        except Exception:
+            # A bug, not the peer's fault: logged, and the files go the single-file way,
+            # which reports them if they fail again (never silently lost).
+            self.log.failure("{source}: bundle of {n} files failed", source=self.label,
+                             n=len(items))
+            retry = list(items)
         finally:
-            # Whatever happened, these files are no longer pending (retried ones are
-            # counted by `transfer`): a job never waits forever.
+            # Whatever happened, the files placed (or, if cancelled, all) are no longer
+            # pending; retried ones are counted by `transfer`. A job never waits forever.
             for _ in range(len(items) - len(retry)):
                 self._finished_one()
         if retry:
             await DeferredList([Deferred.fromCoroutine(self.transfer(item.parts, item.entry, 1))
-                                for item, _problem in retry], consumeErrors=True)
+                                for item in retry], consumeErrors=True)
+
+    async def _bundle_attempt(self, items: Sequence[WorkItem]) -> list[str | None]:
+        """One try at a bundle: per file None once in place, or why not."""
+        assert self.connections is not None  # made by run() before anything is queued
+        assert self.store is not None
+        wants = [(paths.join_parts(item.parts).encode("utf-8"), item.entry.size)
+                 for item in items]
+        requests: list[Deferred[list[BundleResult]] | list[BundleResult]] = []
+        for start, end in frames.split_fetch_many(wants):
+            try:
+                conn = await self.connections.get()
+            except TransferError as e:
+                requests.append([str(e)] * (end - start))
+                continue
+            # All sent before any is awaited: they are answered meanwhile.
+            requests.append(conn.fetch_many(wants[start:end], self.request.delay))
+        outcomes: list[BundleResult] = []
+        for request in requests:
+            outcomes += request if isinstance(request, list) else await request
+        arrived = [(item.parts, r.header, r.data, r.digest)
+                   for item, r in zip(items, outcomes, strict=True)
+                   if not isinstance(r, str) and r.header is not None]
+        written = iter(await self.job.service.threads.run_batched(self.store.write_many, arrived)
+                       if arrived else [])
+        return [r if isinstance(r, str) else next(written) if r.header is not None
+                else "no file in the answer" for r in outcomes]
 
     async def _attempts(self, parts: paths.Parts, size: int, attempts: int = 2
                         ) -> frames.FileHeader | None:

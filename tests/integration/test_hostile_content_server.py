@@ -34,11 +34,11 @@ from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+    BUNDLE_LIES,
     MTIME_NS,
     Fetch,
     Gate,
     HostileServer,
-    BUNDLE_LIES,
     ListEntry,
     absurd_size,
     changed,

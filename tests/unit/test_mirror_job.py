@@ -672,3 +672,47 @@ class TransferBookkeeping(SynchronousTestCase):
         d = Deferred.fromCoroutine(run.transfer(("a",), entry))
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(finished, [True])
+
+    def bundle_run(self, attempt) -> tuple[Any, list, list]:
+        from mirror.mirror_server.job import SourceRun
+
+        finished: list[bool] = []
+        singles: list[tuple] = []
+        run = SourceRun.__new__(SourceRun)
+        run.label = "src"
+        run._finished_one = lambda: finished.append(True)
+        run._bundle_attempt = attempt
+
+        async def transfer(parts, entry, attempts=2) -> None:
+            singles.append((parts, attempts))
+
+        run.transfer = transfer
+        return run, finished, singles
+
+    def items(self, run) -> list:
+        from mirror.mirror_server.job import WorkItem
+
+        entry = frames.Entry(frames.KIND_FILE, 0o644, 1, 0, b"a")
+        return [WorkItem(run, ("a",), entry), WorkItem(run, ("b",), entry)]
+
+    def test_unexpected_exception_in_a_bundle_sends_its_files_one_by_one(self) -> None:
+        async def boom(items):
+            raise RuntimeError("bug")
+
+        run, finished, singles = self.bundle_run(boom)
+        self.successResultOf(Deferred.fromCoroutine(run.transfer_bundle(self.items(run))))
+        self.assertEqual(singles, [(("a",), 1), (("b",), 1)])  # each counted by `transfer`
+        self.assertEqual(finished, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_cancelled_bundle_still_finishes_its_files(self) -> None:
+        waiting: Deferred[None] = Deferred()
+
+        async def hang(items):
+            await waiting
+
+        run, finished, singles = self.bundle_run(hang)
+        d = Deferred.fromCoroutine(run.transfer_bundle(self.items(run)))
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual((finished, singles), ([True, True], []))
