@@ -216,11 +216,10 @@ class _BundleRequest(_Request):
         results = self.results
         for item in items:
             listed = self.sizes[item.index]
-            if item.header is None:
-                results.append(item.message or f"{self.what}: error from server")
-            elif item.header.file_size != listed:
-                results.append(f"file changed: listed with {listed} bytes, now "
-                               f"{item.header.file_size}")
+            if item.error is not None:
+                results.append(item.error or f"{self.what}: error from server")
+            elif item.size != listed:
+                results.append(f"file changed: listed with {listed} bytes, now {item.size}")
             else:
                 results.append(item)
         if len(results) == len(self.sizes):

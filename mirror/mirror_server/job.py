@@ -402,13 +402,11 @@ class SourceRun:
         outcomes: list[BundleResult] = []
         for request in requests:
             outcomes += request if isinstance(request, list) else await request
-        arrived = [(item.parts, r.header, r.data, r.digest)
-                   for item, r in zip(items, outcomes, strict=True)
-                   if not isinstance(r, str) and r.header is not None]
+        arrived = [(item.parts, r) for item, r in zip(items, outcomes, strict=True)
+                   if not isinstance(r, str)]
         written = iter(await self.job.service.threads.run_batched(self.store.write_many, arrived)
                        if arrived else [])
-        return [r if isinstance(r, str) else next(written) if r.header is not None
-                else "no file in the answer" for r in outcomes]
+        return [r if isinstance(r, str) else next(written) for r in outcomes]
 
     async def _attempts(self, parts: paths.Parts, size: int, attempts: int = 2
                         ) -> frames.FileHeader | None:

@@ -185,15 +185,17 @@ class MirrorStore:
             partial.discard()
             raise
 
-    def write_many(self, files: Sequence[tuple[paths.Parts, frames.FileHeader,
-                                               bytes | memoryview, bytes]]
+    def write_many(self, files: Sequence[tuple[paths.Parts, frames.BundleItem]]
                    ) -> list[str | None]:
-        """`write_whole` for each ``(parts, header, data, digest)``, in one call (one thread
-        hop for a bundle of small files): per file None once it is in place, or why not."""
+        """`write_whole` for each file of a bundle answer, in one call (one thread hop for
+        a bundle of small files): per file None once it is in place, or why not."""
         problems: list[str | None] = []
-        for parts, header, data, digest in files:
+        for parts, item in files:
+            header = item.header
             try:
-                self.write_whole(parts, data, header, digest)
+                if header is None:
+                    raise StoreError(item.error or "no file in the answer")
+                self.write_whole(parts, item.data, header, item.digest)
             except StoreError as e:
                 problems.append(str(e))
             except OSError as e:

@@ -229,17 +229,29 @@ def encode_bundle_error(index: int, code: int, message: str) -> bytes:
     return _ITEM.pack(index, ITEM_ERROR) + _ITEM_ERROR.pack(code, len(text)) + text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BundleItem:
-    """One answer of a BUNDLE frame: file ``index`` of the request, with its ``header``,
-    ``digest`` and ``data`` (a view of the frame), or an error ``code`` and ``message``."""
+    """One answer of a BUNDLE frame: file ``index`` of the request, whole (``size`` bytes,
+    ``data`` a view of the frame, ``digest``), or, if ``error`` is set, why it failed.
+
+    Made per file on the reactor thread: neither frozen nor holding a `FileHeader`
+    (`header` makes one when asked, in the thread that writes the file)."""
 
     index: int
-    header: FileHeader | None
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
     digest: bytes = b""
     data: memoryview | bytes = b""
+    #: The error item's message (printable); None for a file.
+    error: str | None = None
     code: int = 0
-    message: str = ""
+
+    @property
+    def header(self) -> FileHeader | None:
+        if self.error is not None:
+            return None
+        return FileHeader(self.size, self.size, self.mtime_ns, self.mode)
 
 
 def decode_bundle(payload: bytes) -> list[BundleItem]:
@@ -261,8 +273,8 @@ def decode_bundle(payload: bytes) -> list[BundleItem]:
             pos += DIGEST_SIZE
             if end - pos < size:
                 raise ProtocolError("truncated BUNDLE file")
-            header = FileHeader(size, size, mtime_ns, mode & 0o7777)
-            items.append(BundleItem(index, header, digest, view[pos : pos + size]))
+            items.append(BundleItem(index, size, mtime_ns, mode & 0o7777, digest,
+                                    view[pos : pos + size]))
             pos += size
         elif status == ITEM_ERROR:
             if end - pos < _ITEM_ERROR.size:
@@ -272,7 +284,7 @@ def decode_bundle(payload: bytes) -> list[BundleItem]:
             if end - pos < text_len:
                 raise ProtocolError("truncated BUNDLE error message")
             message = printable(payload[pos : pos + text_len], MAX_ERROR_MESSAGE)
-            items.append(BundleItem(index, None, code=code, message=message))
+            items.append(BundleItem(index, error=message, code=code))
             pos += text_len
         else:
             raise ProtocolError(f"unknown BUNDLE item status {status}")

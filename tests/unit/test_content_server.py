@@ -447,9 +447,9 @@ class FetchMany(ServerTestCase):
 
     def assert_item_error(self, item: frames.BundleItem, code: int, *words: str) -> None:
         self.assertIsNone(item.header)
-        self.assertEqual(item.code, code, item.message)
+        self.assertEqual(item.code, code, item.error)
         for word in words:
-            self.assertIn(word, item.message)
+            self.assertIn(word, item.error)
 
     def test_files_in_one_frame_and_one_thread_call(self) -> None:
         threads = StepThreads()

@@ -287,12 +287,12 @@ class BundleCodecs(SynchronousTestCase):
         self.assertEqual((a.index, a.header, a.digest, bytes(a.data)),
                          (0, self.HEADER, self.DIGEST, b"hello"))
         self.assertEqual((b.index, b.header, b.code), (1, None, frames.E_CHANGED))
-        self.assertEqual(b.message, "b: changed\\x1b[31m")
+        self.assertEqual(b.error, "b: changed\\x1b[31m")
         self.assertEqual((c.index, c.header, bytes(c.data)), (2, FileHeader(0, 0, 1, 0o7777), b""))
 
     def test_bundle_error_message_capped(self) -> None:
         [item] = frames.decode_bundle(frames.encode_bundle_error(0, 5, "\u00e9" * 2000))
-        self.assertLessEqual(len(item.message.encode("utf-8")), frames.MAX_ERROR_MESSAGE)
+        self.assertLessEqual(len(item.error.encode("utf-8")), frames.MAX_ERROR_MESSAGE)
 
     def test_bundle_malformed(self) -> None:
         file_item = frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello")

@@ -17,7 +17,7 @@ from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
 from mirror.testing import InlineThreads
-from mirror.wire.frames import FileHeader
+from mirror.wire.frames import BundleItem, FileHeader
 
 MTIME = 1_500_000_000_987_654_321
 
@@ -238,13 +238,19 @@ class WriteMany(StoreTestCase):
         os.makedirs(self.path("dir"))
         os.symlink(self.outside, self.path("link"))
         good, other = b"good", b"other"
+        def item(data: bytes, digest: bytes, mode: int = 0o640, size: int | None = None,
+                 view: bool = False) -> BundleItem:
+            body = memoryview(b"xx" + data)[2:] if view else data
+            return BundleItem(0, len(data) if size is None else size, MTIME, mode, digest, body)
+
         problems = self.store.write_many([
-            (("d", "good"), header_for(good), memoryview(b"xx" + good)[2:], sha(good)),
-            (("d", "bad"), header_for(b"evil"), b"evil", sha(b"evi1")),
-            (("d", "short"), FileHeader(5, 5, MTIME, 0o644), b"four", sha(b"four")),
-            (("dir",), header_for(b"x"), b"x", sha(b"x")),
-            (("link", "f"), header_for(b"x"), b"x", sha(b"x")),
-            (("e", "other"), header_for(other, mode=0o4755), other, sha(other)),
+            (("d", "good"), item(good, sha(good), view=True)),
+            (("d", "bad"), item(b"evil", sha(b"evi1"))),
+            (("d", "short"), item(b"four", sha(b"four"), size=5)),
+            (("dir",), item(b"x", sha(b"x"))),
+            (("link", "f"), item(b"x", sha(b"x"))),
+            (("e", "other"), item(other, sha(other), mode=0o4755)),
+            (("d", "error"), BundleItem(0, error="d/error: gone")),
         ])
         self.assertIsNone(problems[0])
         self.assertIn("SHA-256 mismatch", problems[1])
@@ -252,7 +258,8 @@ class WriteMany(StoreTestCase):
         self.assertIn("directory is in the way", problems[3])
         self.assertIn("cannot create temporary file", problems[4])
         self.assertIsNone(problems[5])
-        self.assertEqual(len(problems), 6)
+        self.assertEqual(problems[6], "d/error: gone")
+        self.assertEqual(len(problems), 7)
         self.assertEqual(self.read("d", "good"), good)
         self.assertEqual(self.read("d", "bad"), b"old version")
         self.assertFalse(os.path.exists(self.path("d", "short")))
