@@ -568,7 +568,7 @@ class Flow(ClientTestCase):
 
 from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
 
-_rids = st.sampled_from([1, 2, 3, 4, 999])
+_rids = st.sampled_from([1, 2, 3, 4, 5, 999])
 _payloads = st.one_of(
     st.binary(max_size=2),
     st.binary(max_size=40),
@@ -578,6 +578,16 @@ _payloads = st.one_of(
     st.builds(lambda n: frames.encode_list_end(n, 0), st.integers(0, 3)),
     st.builds(lambda name: frames.encode_entry(frames.KIND_FILE, 0o644, 1, 1, name),
               st.sampled_from([b"a", b"../x", b""])),
+    # BUNDLE items: right or wrong index, size, digest; error items; cut short.
+    st.builds(lambda items, cut: b"".join(items)[:cut],
+              st.lists(st.one_of(
+                  st.builds(lambda i, body: frames.encode_bundle_file(
+                      i, FileHeader(len(body), len(body), 0, 0o644),
+                      hashlib.sha256(body).digest(), body),
+                      st.integers(0, 3), st.sampled_from([b"", b"abc", b"x"])),
+                  st.builds(lambda i: frames.encode_bundle_error(i, 1, "gone"),
+                            st.integers(0, 3))), min_size=1, max_size=4),
+              st.one_of(st.just(10**6), st.integers(0, 200))),
 )
 
 
@@ -603,13 +613,18 @@ class ClientFuzz(ClientTestCase):
     def test_any_answer(self, wires: list[bytes], cut: int, garbage: bool) -> None:
         self.setUp()
         ds = [self.fetch("f1")[0], self.list("l2")[0], self.fetch("f3", delay=1)[0],
-              self.fetch("f4")[0]]
+              self.fetch("f4")[0], self.client.fetch_many([(b"m5", 3), (b"m6", 0)])]
         stream = b"".join(wires) + (b"\xff\x00\x13" if garbage else b"")
         for i in range(0, len(stream), cut):
             self.feed(stream[i : i + cut])  # never raises
         self.clock.advance(STALL + 10)
         for d in ds:  # every request ended, one way or the other
             self.assertTrue(d.called)
+            if isinstance(d.result, list):  # FETCH_MANY: one result per file, always
+                self.assertEqual(len(d.result), 2)
+                for r in d.result:
+                    self.assertIsInstance(r, (str, frames.BundleItem))
+                continue
             if isinstance(d.result, type(None)) or not hasattr(d.result, "check"):
                 continue
             self.assertTrue(d.result.check(TransferError), d.result)
