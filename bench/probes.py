@@ -1,7 +1,8 @@
 """`python -m bench.probes`: baseline costs of this machine, for `bench/NOTES.md`.
 
-Measures SHA-256 over 1 GiB, raw loopback TCP throughput (1 GiB, sender and receiver in two
-processes), writing 1 GiB to the data location, and the start-up time of a Python client.
+Measures SHA-256 and BLAKE3 (the daemons' digest, `mirror.hashing`) over 1 GiB, raw loopback
+TCP throughput (1 GiB, sender and receiver in two processes), writing 1 GiB to the data
+location, and the start-up time of a Python client.
 Prints one line per measurement, and the CPU other processes used meanwhile; run it on an
 idle machine.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from bench.cpu import Meter
 from bench.daemons import find_tool
 from bench.datasets import GiB, MiB, workspace
+from mirror.hashing import new_hasher
 
 REPEAT = 3
 
@@ -36,6 +38,12 @@ def best(fn: Callable[[], None], repeat: int = REPEAT) -> float:
 
 def sha256_gib() -> None:
     block, h = os.urandom(MiB), hashlib.sha256()
+    for _ in range(GiB // MiB):
+        h.update(block)
+
+
+def blake3_gib() -> None:
+    block, h = os.urandom(MiB), new_hasher()
     for _ in range(GiB // MiB):
         h.update(block)
 
@@ -90,6 +98,8 @@ def main() -> None:
     _, where = workspace(quick=True)
     meter = Meter([])
     print(f"- SHA-256 (hashlib, 1 MiB updates), one core: {GiB / best(sha256_gib) / 1e6:.0f} MB/s")
+    print(f"- BLAKE3 (mirror.hashing, 1 MiB updates), one core: "
+          f"{GiB / best(blake3_gib) / 1e6:.0f} MB/s")
     print(f"- raw loopback TCP, 1 GiB, sendall/recv_into 1 MiB, two processes: "
           f"{GiB / best(loopback_gib) / 1e6:.0f} MB/s")
     print(f"- writing 1 GiB in 1 MiB writes to {where}: "

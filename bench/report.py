@@ -162,7 +162,7 @@ Written by `{command}`; rerun it rather than editing this file.
 ## Machine, versions and settings
 {machine}
 
-## Targets (issue 3; medians of the same run, SHA-256 verification on, default settings)
+## Targets (issue 3; medians of the same run, digest verification on, default settings)
 {chr(10).join(summary(results))}
 
 ## Times: median of the timed runs (lower seconds is better)

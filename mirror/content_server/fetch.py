@@ -1,11 +1,11 @@
 """FETCH: reading a file range, hashing it while it is read, and noticing changes.
 
 `RangeReader` is blocking and runs in the disk thread pool: it reads with ``pread`` and hashes
-in the same thread call (hashlib releases the GIL on large buffers), so the reactor only moves
+in the same thread call (BLAKE3 releases the GIL on large buffers), so the reactor only moves
 finished chunks to the socket.
 
-SHA-256 is most of what serving a large file costs (no SHA instructions on the machines
-measured: bench/NOTES.md), so the digest of a whole file is remembered in a `DigestCache`,
+Hashing is a large part of what serving a large file costs (bench/NOTES.md), so the digest
+(`mirror.hashing`) of a whole file is remembered in a `DigestCache`,
 keyed on what any write to the file changes: device, inode, size, mtime and ctime (ctime
 cannot be set by users). A file served again unchanged is then read without hashing. The
 receiver verifies every byte against the digest either way; a file whose bytes changed
@@ -15,13 +15,12 @@ delivered with a digest computed from the corrupted bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from mirror import paths
+from mirror import hashing, paths
 from mirror.wire import frames
 
 CHUNK_SIZE = 256 * 1024
@@ -39,7 +38,7 @@ def _stat_key(st: os.stat_result) -> StatKey:
 
 
 class DigestCache:
-    """SHA-256 digests of whole files, by `_stat_key`; least recently used ones go first.
+    """Digests of whole files, by `_stat_key`; least recently used ones go first.
 
     Shared by the disk threads, hence the lock.
     """
@@ -80,7 +79,7 @@ class RangeReader:
         # Only whole files are cached: a range's digest is of that range.
         self._cache = cache if offset == 0 and self.size == st.st_size else None
         self._cached = self._cache.get(_stat_key(st)) if self._cache is not None else None
-        self._hash = hashlib.sha256() if self._cached is None else None
+        self._hash = hashing.new_hasher() if self._cached is None else None
 
     @property
     def header(self) -> frames.FileHeader:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
@@ -33,6 +33,8 @@ from mirror.content_server.listing import TreeWalker
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.threads import Threads
 from mirror.wire import frames
+
+T = TypeVar("T")
 
 #: Bytes the transport may buffer before it pauses the streams (see connectionMade).
 WRITE_BUFFER = 1 << 20
@@ -81,6 +83,15 @@ class ContentFactoryBase(LimitedFactory):
     def refusal(self, reason: str) -> bytes:
         """A connection-level ERROR (request id 0, busy): the client's requests fail with it."""
         return frames.frame(frames.ERROR, 0, frames.encode_error(frames.E_BUSY, reason))
+
+
+async def _disk(path: str, work: Deferred[T]) -> T:
+    """Await disk work running in a thread on behalf of a request for ``path``; what it
+    raises becomes the `RequestError` the client is told."""
+    try:
+        return await work
+    except Exception as e:
+        raise _request_error(e, path) from None
 
 
 def _request_error(exc: BaseException, path: str) -> RequestError:
@@ -334,16 +345,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
                     cursor: paths.Parts | None) -> None:
         threads = self.factory.threads
-        try:
-            walker = await threads.run(TreeWalker, self.factory.root_fd, parts, cursor)
-        except Exception as e:
-            raise _request_error(e, path) from None
+        walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor))
         try:
             while True:
-                try:
-                    batch = await threads.run(walker.next_batch)
-                except Exception as e:
-                    raise _request_error(e, path) from None
+                batch = await _disk(path, threads.run(walker.next_batch))
                 if batch is None:
                     break
                 await self._writable()
@@ -365,13 +370,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         if delay > 0:
             await self._wait(task.deferLater(self.clock, delay, lambda: None))
         threads = self.factory.threads
-        try:
-            # Batched: the FETCHes of one reactor turn open (and, if small, read and hash)
-            # their files in a single thread call.
-            opened = await threads.run_batched(open_range, self.factory.root_fd, parts, offset,
-                                               length, self.factory.digests)
-        except Exception as e:
-            raise _request_error(e, path) from None
+        # Batched: the FETCHes of one reactor turn open (and, if small, read and hash) their
+        # files in a single thread call.
+        opened = await _disk(path, threads.run_batched(open_range, self.factory.root_fd, parts,
+                                                       offset, length, self.factory.digests))
         if self._lost:
             if isinstance(opened, RangeReader):
                 opened.close()
@@ -418,21 +420,17 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         pending: Deferred[bytes] | None = threads.run(reader.read)
         try:
             while pending is not None:
-                try:
-                    data = await pending
-                except Exception as e:
-                    pending = None
-                    raise _request_error(e, path) from None
+                # Awaited, a read has finished whether it failed or not: nothing reads in a
+                # thread any more, so ``finally`` may close the reader at once.
+                reading, pending = pending, None
+                data = await _disk(path, reading)
                 # Read (and hash) the next chunk while this one drains to the socket, but
                 # only once the socket takes more: a stream held up by a slow client holds
                 # one chunk, not two.
                 await self._writable()
                 pending = None if reader.done else threads.run(reader.read)
                 self._send(frames.data_header(request_id, len(data)), data)
-            try:
-                digest = await threads.run(reader.finish)
-            except Exception as e:
-                raise _request_error(e, path) from None
+            digest = await _disk(path, threads.run(reader.finish))
             self._send(frames.frame(frames.FILE_END, request_id, digest))
         finally:
             if pending is None:

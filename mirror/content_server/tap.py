@@ -20,7 +20,7 @@ class Options(ListenOptions):
     synopsis = "[options]"
     longdesc = (
         "Export the directory tree under --root to mirror servers: LIST walks it, FETCH "
-        "streams a file (or a byte range) with its SHA-256. Nothing outside the root is ever "
+        "streams a file (or a byte range) with its BLAKE3 digest. Nothing outside the root is ever "
         "listed or served; symbolic links, FIFOs and devices are neither listed nor followed. "
         "All limits are local settings, never negotiated with clients."
     )

@@ -1,32 +1,30 @@
 """``mirror-init``: submit a mirroring job to a mirror server and report how it went.
 
-Arguments are parsed before the reactor starts, so a bad argument is one line on stderr and
-exit status 2. The job itself runs under `twisted.internet.task.react`.
+Standard library only (argparse, a blocking socket): Twisted's import alone cost more than a
+whole no-op job. Arguments are parsed first, so a bad argument is one line on stderr and
+exit status 2; then `run` follows the job on one connection (`mirror.initiator.client`).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import argparse
 import math
 import os
+import signal
+import socket
 import sys
-from collections.abc import Sequence
-from typing import IO, NoReturn, cast
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import IO, NoReturn
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorCore, IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import react
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
+from mirror.initiator.client import (
+    CONNECT_TIMEOUT,
+    ControlClientError,
+    JobResult,
+    connect,
+    submit_job,
 )
-from twisted.python import usage
-
-from mirror.initiator.client import ControlClientError, JobResult, submit_job
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
@@ -41,8 +39,6 @@ EXIT_USAGE = 2
 
 #: The mirror server's default control port (its --listen default, tcp:9001).
 DEFAULT_PORT = 9001
-#: Seconds allowed to establish the connection to the mirror server.
-CONNECT_TIMEOUT = 30.0
 
 HELP_EPILOG = f"""
 {SPEC_HELP}
@@ -66,7 +62,8 @@ Exit status:
   0  every SPEC was mirrored completely;
   1  the job ran but something failed (a content server unreachable, a missing path,
      files that could not be transferred), or the mirror server could not be
-     reached, refused the job, dropped the connection, or --timeout expired;
+     reached, refused the job, dropped the connection, or --timeout expired, or
+     mirror-init was interrupted (Ctrl-C or SIGTERM: "interrupted" on stderr);
   2  bad arguments.
 
 Example:
@@ -74,92 +71,119 @@ Example:
 """
 
 
-class Options(usage.Options):
-    """The command line of mirror-init."""
+class UsageError(Exception):
+    """A bad command line; the message is one line."""
 
-    synopsis = f"Usage: {PROG} [options] -s SPEC[,SPEC...] [-s SPEC ...]"
-    # Not None: usage.Options would fall back to __main__.__doc__ and rewrap it.
-    longdesc = ""
 
-    optFlags = [
-        ["json", None, "Print the final report as one JSON object on stdout; progress goes "
-         "to stderr."],
-    ]  # fmt: skip
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's own complaints (a missing value, say) go the same way as ours.
+        raise UsageError(message)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["host"] = "localhost"
-        self["port"] = DEFAULT_PORT
-        self["sources"] = []
-        self["timeout"] = None
-        self["specs"] = []
 
-    def getUsage(self, width: int | None = None) -> str:
-        return super().getUsage(width) + HELP_EPILOG
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Option lists as ``-n, --host HOST``, not ``-n HOST, --host HOST``."""
 
-    def opt_version(self) -> NoReturn:
-        """Display the version and exit."""
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(action.option_strings) + " " + metavar
+
+
+class _Version(argparse.Action):
+    """``--version``: importlib.metadata is only imported when asked (it is slow to load)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        import importlib.metadata
+
         try:
             version = importlib.metadata.version("mirror")
         except importlib.metadata.PackageNotFoundError:
             version = "(not installed)"
         print(f"{PROG} {version}")
-        sys.exit(0)
+        parser.exit(0)
 
-    def opt_host(self, value: str) -> None:
-        """The mirror server's host name or address (alias -m) [default: localhost]."""
-        host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of mirror-init (values are checked by `parse_arguments`)."""
+    parser = _Parser(
+        prog=PROG,
+        usage=f"{PROG} [options] -s SPEC[,SPEC...] [-s SPEC ...]",
+        epilog=HELP_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "-n", "--host", metavar="HOST", default="localhost",
+        help="The mirror server's host name or address (alias -m) [default: localhost].",
+    )
+    parser.add_argument("-m", dest="host", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "-p", "--port", metavar="PORT", default=str(DEFAULT_PORT),
+        help=f"The mirror server's control port [default: {DEFAULT_PORT}].",
+    )
+    parser.add_argument(
+        "-s", "--sources", metavar="SPECS", action="append", default=[],
+        help="Comma-separated SPECs to mirror (see below); may be given several times.",
+    )
+    parser.add_argument(
+        "--timeout", metavar="SECONDS",
+        help="Give up (exit status 1) if the job is not finished after this many seconds.",
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="Print the final report as one JSON object on stdout; progress goes to stderr.",
+    )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="Display the version and exit.")
+    return parser
+
+
+def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
+    """Check and convert the values argparse left as strings; raise `UsageError`."""
+    host = options.host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        options.host = check_host(host)
+    except ControlError as e:
+        raise UsageError(f"bad --host: {e}") from None
+    port = options.port
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"bad --port {port!r}: expected 1..65535")
+    options.port = int(port)
+    if options.timeout is not None:
         try:
-            self["host"] = check_host(host)
-        except ControlError as e:
-            raise usage.UsageError(f"bad --host: {e}") from None
-
-    opt_m = opt_host
-    opt_n = opt_host  # assigned last: the help shows -n
-
-    def opt_port(self, value: str) -> None:
-        """The mirror server's control port [default: 9001]."""
-        if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 65535:
-            raise usage.UsageError(f"bad --port {value!r}: expected 1..65535")
-        self["port"] = int(value)
-
-    opt_p = opt_port
-
-    def opt_sources(self, value: str) -> None:
-        """Comma-separated SPECs to mirror (see below); may be given several times."""
-        self["sources"].append(value)
-
-    opt_s = opt_sources
-
-    def opt_timeout(self, value: str) -> None:
-        """Give up (exit status 1) if the job is not finished after this many seconds."""
-        try:
-            seconds = float(value)
+            seconds = float(options.timeout)
         except ValueError:
             seconds = math.nan
         if not math.isfinite(seconds) or seconds <= 0:
-            raise usage.UsageError(f"bad --timeout {value!r}: expected positive seconds")
-        self["timeout"] = seconds
-
-    def parseArgs(self, *args: str) -> None:
-        if args:
-            raise usage.UsageError(f"unexpected argument {args[0]!r} (SPECs go after -s)")
-
-    def postOptions(self) -> None:
-        if not self["sources"]:
-            raise usage.UsageError("missing -s/--sources (what to mirror)")
-        try:
-            self["specs"] = parse_specs(self["sources"])
-        except SpecError as e:
-            raise usage.UsageError(str(e)) from None
-
-
-def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> Options:
-    """Parse ``argv`` (without the program name); on error write one line and exit 2."""
-    options = Options()
+            raise UsageError(f"bad --timeout {options.timeout!r}: expected positive seconds")
+        options.timeout = seconds
+    for arg in extra:
+        if arg.startswith("-") and arg != "-":
+            raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
+    if extra:
+        raise UsageError(f"unexpected argument {extra[0]!r} (SPECs go after -s)")
+    if not options.sources:
+        raise UsageError("missing -s/--sources (what to mirror)")
     try:
-        options.parseOptions(list(argv))
-    except usage.UsageError as e:
+        options.specs = parse_specs(options.sources)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (without the program name); on error write one line and exit 2.
+
+    The result has ``host``, ``port``, ``specs`` (`SourceRequest`s), ``timeout`` (seconds or
+    None) and ``json``.
+    """
+    try:
+        options, extra = build_parser().parse_known_args(list(argv))
+        _check_options(options, extra)
+    except UsageError as e:
         err = stderr if stderr is not None else sys.stderr
         message = " ".join(str(e).split())
         err.write(f"{PROG}: error: {message}\n")
@@ -168,61 +192,48 @@ def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> Optio
     return options
 
 
-async def run(
-    reactor: IReactorTime,
-    options: Options,
+Opener = Callable[[str, int, "float | None"], socket.socket]
+
+
+def run(
+    options: argparse.Namespace,
     stdout: IO[str],
     stderr: IO[str],
-    endpoint: IStreamClientEndpoint | None = None,
+    opener: Opener = connect,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Run the job described by ``options``; return the exit status.
 
-    ``reactor`` is the clock, and also where the shutdown trigger goes (an ``IReactorCore``:
-    its static type cannot say both).
+    ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end).
     """
-    sources = options["specs"]
-    if endpoint is None:
-        endpoint = HostnameEndpoint(
-            reactor, options["host"], options["port"], timeout=CONNECT_TIMEOUT
-        )
-    display = ProgressDisplay(stderr if options["json"] else stdout, sources, clock=reactor)
-    started = reactor.seconds()
-    job = submit_job(reactor, endpoint, sources, display, timeout=options["timeout"])
-    # Ctrl-C or SIGTERM stops the reactor: cancel the job first so the display is closed,
-    # the connection dropped and the exit status says the job did not finish.
-    core = cast(IReactorCore, reactor)
-    trigger = core.addSystemEventTrigger("before", "shutdown", job.cancel)
+    sources = options.specs
+    display = ProgressDisplay(stderr if options.json else stdout, sources, clock=clock)
+    started = clock()
     result: JobResult | None = None
     error: str | None = None
     try:
-        result = await job
+        result = submit_job(
+            options.host, options.port, sources, display, timeout=options.timeout,
+            connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
+            clock=clock, opener=opener,
+        )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
         result = e.result
-    except CancelledError:
-        error = "interrupted"
     finally:
-        core.removeSystemEventTrigger(trigger)
         display.finish()
-    elapsed = reactor.seconds() - started
+    elapsed = clock() - started
     if error is not None:
         # The reason may quote the server: never a raw ESC or CR on the terminal.
         stderr.write(f"{PROG}: {printable(error)}\n")
         stderr.flush()
     report = build_report(sources, result, elapsed, error)
-    if options["json"]:
+    if options.json:
         stdout.write(format_json(report))
     elif result is not None and (result.job_id is not None or any(result.source_done)):
         stdout.write(format_text(report))
     stdout.flush()
     return EXIT_OK if report["ok"] else EXIT_FAILED
-
-
-def _start_logging(stderr: IO[str]) -> None:
-    """Warnings and errors from Twisted (and our own bugs) to stderr; info is noise here."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(stderr), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def _robust_streams() -> None:
@@ -233,10 +244,9 @@ def _robust_streams() -> None:
             reconfigure(errors="backslashreplace")
 
 
-async def _react_main(reactor: IReactorTime, options: Options) -> None:
-    status = await run(reactor, options, sys.stdout, sys.stderr)
-    if status != EXIT_OK:
-        raise SystemExit(status)
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM ends the job as Ctrl-C does: the report says "interrupted", status 1.
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -249,8 +259,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # flush from raising again on the dead pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_OK)
-    _start_logging(sys.stderr)
-    react(_react_main, (options,))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        status = run(options, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        # Outside the job itself (while the report is written): no traceback either.
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        status = EXIT_FAILED
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,26 @@
 """The mirror-init side of the control protocol: submit one job and follow it to DONE.
 
+Standard library only, on a blocking socket: mirror-init is started once per job, and
+importing Twisted cost more than a whole no-op job (bench/NOTES.md, "mirror-init's start-up").
+
 `submit_job` connects to a mirror server, sends one SOURCE line per source and GO, hands
-every event to a callback (the progress display) and fires with a `JobResult` when DONE
-arrives. It fails with a `ControlClientError` subclass whose message is one readable line
-when the server cannot be reached, refuses the job, sends something malformed, drops the
-connection before DONE, or the optional timeout expires.
+every event to a callback (the progress display) and returns a `JobResult` when DONE
+arrives. It raises a `ControlClientError` subclass whose message is one readable line when
+the server cannot be reached, refuses the job, sends something malformed, drops the
+connection before DONE, the optional timeout expires, or the user interrupts (Ctrl-C).
+
+`ControlSession` is the protocol without I/O (bytes in, events and a result out), so that
+the tests can feed it any bytes; `follow` runs a session on a connected socket.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import connectProtocol
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
-
-from mirror.limits import abort_connection
 from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
@@ -43,6 +42,14 @@ from mirror.wire.control import (
 #: ERROR events kept for the final report; more are only counted (a server could send
 #: one per file of a huge tree).
 MAX_KEPT_ERRORS = 10_000
+#: Seconds allowed to establish the connection to the mirror server.
+CONNECT_TIMEOUT = 30.0
+#: Bytes asked of the socket per read.
+READ_SIZE = 65536
+#: Shortest wait on the socket, in seconds, when a redraw or the deadline is already due.
+MIN_WAIT = 0.001
+
+Clock = Callable[[], float]
 
 
 class ControlClientError(Exception):
@@ -76,6 +83,10 @@ class ConnectionLostBeforeDone(ControlClientError):
 
 class JobTimeout(ControlClientError):
     """The job did not finish within the time allowed."""
+
+
+class JobInterrupted(ControlClientError):
+    """The user interrupted mirror-init (Ctrl-C, or SIGTERM turned into one)."""
 
 
 @dataclass
@@ -112,54 +123,85 @@ def _one_line(text: str) -> str:
     return printable(str(text)).strip() or "no reason given"
 
 
-class ControlClientProtocol(LineReceiver):
-    """Sends a job on connection and collects the events up to DONE.
+def _report_bug(text: str) -> None:
+    sys.stderr.write(f"mirror-init: {text}\n")
+    sys.stderr.flush()
 
-    ``done`` fires with the `JobResult`, or fails with a `ControlClientError`. Every parsed
-    event, REFUSED included, is passed to ``on_event`` first.
+
+class ControlSession:
+    """One job's conversation, without I/O: `request` is what to send, `feed` takes what
+    arrives. Lines end with ``\\n`` (the codec drops a trailing ``\\r``) and are at most
+    `MAX_LINE` bytes.
+
+    Every parsed event, REFUSED included, is passed to ``on_event`` first. `feed` raises a
+    `ControlClientError` (its ``result`` set) on REFUSED or anything malformed; `finished`
+    is True once DONE arrived, and `result` holds everything so far in any case.
     """
 
-    log = Logger()
-    # Split on "\n" and let the codec drop a trailing "\r": both terminators are accepted.
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
-
     def __init__(
-        self, sources: Sequence[SourceRequest], on_event: Callable[[ServerEvent], None]
+        self,
+        sources: Sequence[SourceRequest],
+        on_event: Callable[[ServerEvent], None],
+        report_bug: Callable[[str], None] = _report_bug,
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
         # Encode before connecting so an invalid source is a ValueError for the caller, not a
-        # REFUSED from the server.
-        self._lines = [encode_source(s) for s in sources] + [encode_go()]
+        # REFUSED from the server. The protocol's canonical terminator is CRLF.
+        lines = [encode_source(s) for s in sources] + [encode_go()]
+        self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
+        self._report_bug = report_bug
         self.result = JobResult(sources=list(sources))
-        self.done: Deferred[JobResult] = Deferred(self._cancel)
-        self._finished = False
+        self.finished = False
+        self._buffer = b""
 
-    def sendLine(self, line: bytes) -> None:
-        # The protocol's canonical terminator is CRLF; `delimiter` is "\n" only for reading.
-        assert self.transport is not None
-        self.transport.write(line + b"\r\n")
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.writeSequence([line + b"\r\n" for line in self._lines])
-
-    def lineReceived(self, line: bytes) -> None:
-        if self._finished:
+    def feed(self, data: bytes) -> None:
+        """Take bytes from the server: handle every complete line in them."""
+        if self.finished:
             return  # the server closes after DONE; anything later is not our business
+        buffer = self._buffer + data
+        start = 0
+        while not self.finished:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if end - start > MAX_LINE:
+                break  # refused below, without parsing
+            line = buffer[start:end]
+            start = end + 1
+            self._line(line)
+        self._buffer = buffer[start:]
+        if not self.finished and len(self._buffer) > MAX_LINE:
+            raise self._error(
+                ProtocolViolation(f"the mirror server sent a line over {MAX_LINE} bytes")
+            )
+
+    def end_of_stream(self, why: str = "it closed the connection") -> None:
+        """The connection is gone: raise unless DONE arrived."""
+        if not self.finished:
+            raise self._error(
+                ConnectionLostBeforeDone(
+                    "lost the connection to the mirror server before the job finished: "
+                    + _one_line(why)
+                )
+            )
+
+    def _error(self, error: ControlClientError) -> ControlClientError:
+        error.result = self.result
+        return error
+
+    def _line(self, line: bytes) -> None:
         try:
             event = parse_server_line(line)
             self._check(event)
         except ControlError as e:
-            self._fail(ProtocolViolation(f"bad line from the mirror server: {e}"))
-            return
+            raise self._error(ProtocolViolation(f"bad line from the mirror server: {e}")) from None
         try:
             self._on_event(event)
-        except Exception:
+        except Exception as e:
             # A display bug must not lose the job's outcome.
-            self.log.failure("event handler failed on {event!r}", event=event)
+            self._report_bug(f"event handler failed on {event!r}: {e!r}")
         self._record(event)
 
     def _check(self, event: ServerEvent) -> None:
@@ -185,82 +227,122 @@ class ControlClientProtocol(LineReceiver):
             result.source_done[event.index] = event
         elif isinstance(event, Done):
             result.done_ok = event.ok
-            self._finished = True
-            assert self.transport is not None
-            self.transport.loseConnection()
-            self.done.callback(result)
+            self.finished = True
         elif isinstance(event, Refused):
-            self._fail(JobRefused(_one_line(event.message)))
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._fail(ProtocolViolation(f"the mirror server sent a line over {MAX_LINE} bytes"))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self._finished:
-            if reason.check(ConnectionDone):
-                why = "it closed the connection"
-            else:
-                why = _one_line(reason.getErrorMessage())
-            self._fail(
-                ConnectionLostBeforeDone(
-                    f"lost the connection to the mirror server before the job finished: {why}"
-                ),
-                abort=False,
-            )
-
-    def _fail(self, error: ControlClientError, abort: bool = True) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        error.result = self.result
-        if abort and self.transport is not None:
-            # abortConnection: a graceful close would wait on a peer that may not read.
-            abort_connection(self.transport)
-        self.done.errback(error)
-
-    def _cancel(self, d: Deferred[JobResult]) -> None:
-        # Deferred.cancel: stop following the job and drop the connection. The Deferred
-        # fails with CancelledError (it was not fired by us).
-        self._finished = True
-        if self.transport is not None:
-            abort_connection(self.transport)
+            raise self._error(JobRefused(_one_line(event.message)))
 
 
-async def _submit(endpoint: IStreamClientEndpoint, protocol: ControlClientProtocol) -> JobResult:
+def _timed_out(timeout: float, result: JobResult | None) -> JobTimeout:
+    error = JobTimeout(f"the job did not finish within {timeout:g} seconds")
+    error.result = result
+    return error
+
+
+def follow(
+    sock: socket.socket,
+    session: ControlSession,
+    deadline: float | None = None,
+    timeout: float | None = None,
+    wake: Callable[[], float | None] = lambda: None,
+    tick: Callable[[], None] = lambda: None,
+    clock: Clock = time.monotonic,
+) -> JobResult:
+    """Send the job on the connected ``sock`` and read events until DONE.
+
+    ``deadline`` (on ``clock``) ends the job with `JobTimeout` (naming ``timeout``); ``wake``
+    says when ``tick`` next wants to run (the progress display's held-back redraw), or None.
+    The socket is left open: the caller closes it.
+    """
+
+    def wait_limit() -> float | None:
+        """Seconds the next socket call may block, or raise when the deadline passed."""
+        limits = [t for t in (deadline, wake()) if t is not None]
+        if not limits:
+            return None
+        now = clock()
+        if deadline is not None and now >= deadline:
+            raise _timed_out(timeout or 0.0, session.result)
+        # Never 0: that would make the socket non-blocking (BlockingIOError, not a timeout).
+        return max(min(limits) - now, MIN_WAIT)
+
     try:
-        await connectProtocol(endpoint, protocol)
-    except CancelledError:
-        raise
-    except Exception as e:
+        sock.settimeout(wait_limit())
+        # The request is a few KiB at most: one blocking send within the deadline.
+        sock.sendall(session.request)
+        while not session.finished:
+            sock.settimeout(wait_limit())
+            try:
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                tick()
+                continue
+            if not data:
+                session.end_of_stream()
+            session.feed(data)
+            tick()
+    except TimeoutError:
+        # sendall timed out: the server does not read the job.
+        raise _timed_out(timeout or 0.0, session.result) from None
+    except OSError as e:
+        session.end_of_stream(e.strerror or str(e) or type(e).__name__)
+    return session.result
+
+
+def connect(host: str, port: int, timeout: float | None = CONNECT_TIMEOUT) -> socket.socket:
+    """A TCP connection to the mirror server; `MirrorServerUnreachable` if none can be made.
+
+    Every address ``host`` resolves to is tried in turn (`socket.create_connection`).
+    """
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except (OSError, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        if isinstance(e, TimeoutError):
+            reason = f"no answer within {timeout:g} seconds"
         raise MirrorServerUnreachable(
-            f"cannot reach the mirror server: {_one_line(str(e) or type(e).__name__)}"
+            f"cannot reach the mirror server: {_one_line(reason)}"
         ) from None
-    return await protocol.done
 
 
 def submit_job(
-    reactor: IReactorTime,
-    endpoint: IStreamClientEndpoint,
+    host: str,
+    port: int,
     sources: Sequence[SourceRequest],
     on_event: Callable[[ServerEvent], None],
     timeout: float | None = None,
-) -> Deferred[JobResult]:
-    """Run one job on the mirror server at ``endpoint``; fire with its `JobResult`.
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    wake: Callable[[], float | None] = lambda: None,
+    tick: Callable[[], None] = lambda: None,
+    clock: Clock = time.monotonic,
+    opener: Callable[[str, int, float | None], socket.socket] = connect,
+) -> JobResult:
+    """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
-    ``on_event`` sees every event as it arrives. Fails with `MirrorServerUnreachable`,
-    `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`, or `JobTimeout` after
-    ``timeout`` seconds (measured on ``reactor``); the error's ``result`` holds what arrived
-    before. Cancelling the Deferred drops the connection. A result whose ``ok`` is False is
-    still a result, not a failure.
+    ``on_event`` sees every event as it arrives; ``wake``/``tick`` as in `follow`. Raises
+    `MirrorServerUnreachable`, `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`,
+    `JobTimeout` after ``timeout`` seconds (connecting included), or `JobInterrupted` on
+    Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
+    not made). A result whose ``ok`` is False is still a result, not an error.
     """
-    protocol = ControlClientProtocol(sources, on_event)
-    d = Deferred.fromCoroutine(_submit(endpoint, protocol))
-    if timeout is not None:
-
-        def timed_out(value: object, seconds: float) -> JobResult:
-            error = JobTimeout(f"the job did not finish within {seconds:g} seconds")
-            error.result = protocol.result if protocol.transport is not None else None
-            raise error
-
-        d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
-    return d
+    session = ControlSession(sources, on_event)
+    deadline = None if timeout is None else clock() + timeout
+    sock: socket.socket | None = None
+    try:
+        limit = connect_timeout
+        if deadline is not None:
+            limit = min(limit, max(deadline - clock(), 0.0))
+        try:
+            sock = opener(host, port, limit)
+        except MirrorServerUnreachable:
+            if deadline is not None and clock() >= deadline:
+                raise _timed_out(timeout or 0.0, None) from None
+            raise
+        return follow(sock, session, deadline, timeout, wake, tick, clock)
+    except KeyboardInterrupt:
+        error = JobInterrupted("interrupted")
+        error.result = session.result if sock is not None else None
+        raise error from None
+    finally:
+        if sock is not None:
+            sock.close()

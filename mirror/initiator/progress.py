@@ -3,17 +3,18 @@
 On a terminal: one status line redrawn in place with ``\\r`` (percentage, bytes and files
 done of the totals, rate, ETA), at most every `TTY_INTERVAL` seconds. Elsewhere (a pipe, a
 log file): a plain line at most every `PLAIN_INTERVAL` seconds, plus the final one. An update
-held back by the throttle is drawn when its interval ends, so the display never stays stale.
-ERROR events are printed at once, on their own line, naming the source and the path.
+held back by the throttle is drawn when its interval ends, so the display never stays stale:
+the caller (`mirror.initiator.client.follow`) waits on the socket no longer than `wake_at`
+and then calls `poll`. ERROR events are printed at once, on their own line, naming the source
+and the path.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
-
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from mirror.initiator.report import format_bytes, format_clock, format_rate
 from mirror.initiator.spec import format_source
@@ -41,13 +42,9 @@ class ProgressDisplay:
         self,
         out: IO[str],
         sources: Sequence[SourceRequest],
-        clock: IReactorTime | None = None,
+        clock: Callable[[], float] = time.monotonic,
         tty: bool | None = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
         self._out = out
         self._sources = list(sources)
         self._clock = clock
@@ -59,7 +56,8 @@ class ProgressDisplay:
         self._progress: Progress | None = None
         self._samples: deque[tuple[float, int]] = deque()
         self._last_draw: float | None = None
-        self._pending: IDelayedCall | None = None
+        #: When the held-back update is due (on ``clock``), or None.
+        self._pending: float | None = None
         self._dirty = False
         self._shown = ""  # the status text now on the terminal line (tty only)
         self._finished = False
@@ -74,7 +72,7 @@ class ProgressDisplay:
         if self._finished:
             return
         if isinstance(event, Progress):
-            now = self._clock.seconds()
+            now = self._clock()
             self._progress = event
             self._samples.append((now, event.bytes_done))
             while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
@@ -87,6 +85,17 @@ class ProgressDisplay:
             self._print_line(f"failed: {self._source_name(event.index)}")
         elif isinstance(event, Done):
             self.finish()
+
+    def wake_at(self) -> float | None:
+        """When `poll` should be called next (on the display's clock), or None."""
+        return self._pending
+
+    def poll(self) -> None:
+        """Draw the held-back update if its time has come."""
+        if self._pending is not None and self._clock() >= self._pending:
+            self._pending = None
+            if self._dirty and not self._finished:
+                self._draw()
 
     def finish(self) -> None:
         """Draw the final state (if any progress was seen) and end the status line."""
@@ -161,27 +170,19 @@ class ProgressDisplay:
     # -- drawing -------------------------------------------------------------------------
 
     def _maybe_draw(self) -> None:
-        now = self._clock.seconds()
+        now = self._clock()
         if self._last_draw is None or now - self._last_draw >= self._interval:
             self._draw()
         elif self._pending is None:
-            delay = self._last_draw + self._interval - now
-            self._pending = self._clock.callLater(delay, self._deferred_draw)
-
-    def _deferred_draw(self) -> None:
-        self._pending = None
-        if self._dirty and not self._finished:
-            self._draw()
+            self._pending = self._last_draw + self._interval
 
     def _cancel_pending(self) -> None:
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
         self._pending = None
 
     def _draw(self) -> None:
         self._cancel_pending()
         self._dirty = False
-        self._last_draw = self._clock.seconds()
+        self._last_draw = self._clock()
         text = self.status_text()
         if self.tty:
             # Pad over the previous text: a shorter line would leave its tail behind.

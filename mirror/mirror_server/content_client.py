@@ -303,7 +303,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
               delay: float = 0.0, expect_size: int | None = None
               ) -> Deferred[tuple[frames.FileHeader, bytes]]:
-        """FETCH a range of ``path`` into ``sink``; fires with ``(header, sha256 digest)`` once
+        """FETCH a range of ``path`` into ``sink``; fires with ``(header, digest)`` once
         exactly ``header.size`` bytes have been handed to the sink. With ``expect_size`` (the
         size the listing announced) a FILE header with another ``file_size`` fails it."""
         request_id = self._allocate()

@@ -2,33 +2,35 @@
 workers' transfers report back here.
 
 `SourceRun` is the manager of one SPEC. It checks every LIST entry before anything touches the
-disk (a safe name, inside the requested path, listed once, its parent not listed as a file),
-creates directories, skips files already current (size and mtime, as rsync's quick check),
-and queues the rest, waiting while the queue is full. `SourceRun.transfer` is what a worker
-runs for one file: FETCH into a `FileReceiver`, verify, rename; one retry, then a report.
+disk (a safe name, inside the requested path, in the listing's canonical order: see
+`mirror.mirror_server.listed`), creates directories, skips files already current (size and
+mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
+`SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
+rename; one retry, then a report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
-from mirror.mirror_server.connections import SourceConnections
+from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
+from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
-from mirror.mirror_server.store import MirrorStore, StoreError
+from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
+from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.stats import SizeStats
+from mirror.threads import Threads
 from mirror.wire import frames
 from mirror.wire.control import SourceRequest
-
-if TYPE_CHECKING:
-    from mirror.mirror_server.service import MirrorService
 
 PROGRESS_INTERVAL = 0.2
 #: Errors of one source reported one by one; later ones are counted in a last message.
@@ -49,15 +51,60 @@ class JobObserver(Protocol):
     def job_done(self, job: Job) -> None: ...
 
 
-class EntryRefused(Exception):
-    """A LIST entry that will not be mirrored; the message says why."""
-
-
 @dataclass(frozen=True, slots=True)
 class WorkItem:
     source: SourceRun
     parts: paths.Parts
     entry: frames.Entry
+
+
+class JobSettings(Protocol):
+    """The settings a job reads (`MirrorSettings` has them)."""
+
+    @property
+    def connections_per_source(self) -> int: ...
+
+    @property
+    def stall_timeout(self) -> float: ...
+
+    @property
+    def max_file_size(self) -> int: ...
+
+    @property
+    def list_hold(self) -> float: ...
+
+
+class JobResources(Protocol):
+    """What a job uses of the service that runs it (`MirrorService` provides it): stated
+    here, so that this module needs nothing of the service's, and a test or another runner
+    can provide it."""
+
+    @property
+    def reactor(self) -> IReactorTime: ...
+
+    @property
+    def threads(self) -> Threads: ...
+
+    @property
+    def settings(self) -> JobSettings: ...
+
+    @property
+    def endpoints(self) -> EndpointFactory: ...
+
+    @property
+    def mirror_dir(self) -> str:
+        """Where each source's ``HOST_PORT`` directory is made."""
+        ...
+
+    @property
+    def dir_budget(self) -> DescriptorBudget:
+        """Directory descriptors the stores of all jobs share."""
+        ...
+
+    @property
+    def queue(self) -> BoundedQueue[WorkItem]:
+        """The work queue the service's workers take `WorkItem` from."""
+        ...
 
 
 def mirror_top(host: str, port: int) -> str:
@@ -84,14 +131,14 @@ class SourceRun:
         self.failed = 0
         self.ok = True
         self.elapsed = 0.0
-        self._listed = _Listed()
+        self._order = ListingOrder()
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
         self._pending = 0
         self._listing_done = False
         self._errors = 0
         self._taking: Deferred[None] | None = None
-        #: The last name received: a closed listing resumes after it.
-        self._cursor: str | None = None
+        #: The furthest name received (in canonical order): a closed listing resumes after it.
+        self._cursor: paths.Parts | None = None
         self._listing_conn: Any = None
         self._hold_call: Any = None
         #: The listing connection was not read from (a batch being taken) since the last
@@ -100,6 +147,11 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+
+    @property
+    def listing_done(self) -> bool:
+        """The source has been listed (completely or not): no more files will be queued."""
+        return self._listing_done
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -124,15 +176,15 @@ class SourceRun:
     # -- the manager -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        service = self.job.service
-        started = service.reactor.seconds()
+        res = self.job.resources
+        started = res.reactor.seconds()
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
             self.connections = SourceConnections(
-                service.reactor, self.request.host, self.request.port, service.endpoints,
-                size=service.settings.connections_per_source,
-                stall_timeout=service.settings.stall_timeout,
-                max_file_size=service.settings.max_file_size,
+                res.reactor, self.request.host, self.request.port, res.endpoints,
+                size=res.settings.connections_per_source,
+                stall_timeout=res.settings.stall_timeout,
+                max_file_size=res.settings.max_file_size,
             )
             await self._list()
             if self._pending:
@@ -146,17 +198,16 @@ class SourceRun:
             if self.connections is not None:
                 self.connections.close()
             if self.store is not None:
-                await service.threads.run(self.store.close)
-            self.elapsed = service.reactor.seconds() - started
+                await res.threads.run(self.store.close)
+            self.elapsed = res.reactor.seconds() - started
             self._report_unshown_errors()
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:
-        service = self.job.service
+        res = self.job.resources
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await service.threads.run(MirrorStore, service.mirror_dir, top,
-                                                  service.dir_budget)
+            self.store = await res.threads.run(MirrorStore, res.mirror_dir, top, res.dir_budget)
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")
@@ -169,7 +220,7 @@ class SourceRun:
             while await self._list_once():
                 # Closed while the queue was full: resume once it is half empty, not at the
                 # first free slot (each resumption costs a connection and a re-descent).
-                queue = self.job.service.queue
+                queue = self.job.resources.queue
                 await queue.wait_below(queue.size // 2)
         finally:
             self._listing_done = True
@@ -194,7 +245,8 @@ class SourceRun:
                 return False
             self._listing_conn = conn
             self._list_held = False
-            _count, skipped = await conn.list(self.request.path, self._take_batch, self._cursor)
+            cursor = None if self._cursor is None else paths.join_parts(self._cursor)
+            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
             self.not_exported += skipped
         except TransferError as e:
             # Lost while (or just after) we were not reading it: closed by us after
@@ -215,15 +267,20 @@ class SourceRun:
         return resume
 
     def _take_batch(self, entries: list[frames.Entry]) -> Deferred[None]:
-        # Every name received moves the cursor, refused ones too (if still a valid name):
-        # they were received, and are reported once.
+        # The last name received moves the cursor, if refused too (but still a valid name
+        # in the requested path): it was received, and is reported once. Only forwards: an
+        # error entry may name a directory again after its contents (the walker could not
+        # climb back into it), and resuming from there would list them again.
         for entry in reversed(entries):
+            if entry.is_error:
+                continue
             try:
                 parts = paths.parse_wire_path(entry.name)
             except paths.UnsafePath:
                 continue
             if parts[: len(self._request_parts)] == self._request_parts:
-                self._cursor = paths.join_parts(parts)
+                if self._cursor is None or parts > self._cursor:
+                    self._cursor = parts
                 break
         self._taking = taking = Deferred.fromCoroutine(self._take_safely(entries))
         self._list_held = not taking.called
@@ -235,9 +292,9 @@ class SourceRun:
         """The queue is full: a listing held longer than ``list_hold`` gets closed."""
         conn = self._listing_conn
         if self._hold_call is None and conn is not None:
-            service = self.job.service
-            self._hold_call = service.reactor.callLater(service.settings.list_hold,
-                                                        self._close_held, conn)
+            res = self.job.resources
+            self._hold_call = res.reactor.callLater(res.settings.list_hold, self._close_held,
+                                                    conn)
 
     def _close_held(self, conn: Any) -> None:
         self._hold_call = None
@@ -266,9 +323,10 @@ class SourceRun:
         want = self._request_parts
         if parts[: len(want)] != want:
             raise EntryRefused("entry outside the requested path refused")
-        if entry.size > self.job.service.settings.max_file_size:
+        # Before the size check: an entry refused for its size still says what is there.
+        self._order.add(parts, entry.is_dir)
+        if entry.size > self.job.resources.settings.max_file_size:
             raise EntryRefused(f"size {entry.size} exceeds the limit")
-        self._listed.add(parts, entry.is_dir)
         return parts
 
     async def _take(self, entries: list[frames.Entry]) -> None:
@@ -289,7 +347,7 @@ class SourceRun:
                 self.error(paths.display_name(entry.name), str(e))
                 continue
             (dirs if entry.is_dir else files).append((parts, entry))
-        threads = self.job.service.threads
+        threads = self.job.resources.threads
         assert self.store is not None  # opened before the listing starts
         if dirs:
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
@@ -303,7 +361,7 @@ class SourceRun:
         if not files:
             return
         current = await threads.run(_quick_check, self.store, files)
-        queue = self.job.service.queue
+        queue = self.job.resources.queue
         for (parts, entry), is_current in zip(files, current, strict=True):
             if is_current:
                 self.skipped += 1
@@ -320,7 +378,8 @@ class SourceRun:
         metas = sorted(self._dir_meta, key=lambda m: len(m[0]), reverse=True)
         if metas:
             assert self.store is not None  # directories were made in it
-            for parts, problem in await self.job.service.threads.run(_set_dirs, self.store, metas):
+            threads = self.job.resources.threads
+            for parts, problem in await threads.run(_set_dirs, self.store, metas):
                 self.error(paths.join_parts(parts), problem)
 
     # -- a worker's transfer ---------------------------------------------------------------
@@ -328,7 +387,7 @@ class SourceRun:
     def _receiver(self, parts: paths.Parts) -> FileReceiver:
         """A receiver for one attempt; its bytes count towards the job's progress."""
         assert self.store is not None  # files are queued only once it is open
-        return FileReceiver(self.store, parts, self.job.service.threads, self._count)
+        return FileReceiver(self.store, parts, self.job.resources.threads, self._count)
 
     def _count(self, n: int) -> None:
         self.job.bytes_done += n
@@ -404,7 +463,7 @@ class SourceRun:
             outcomes += request if isinstance(request, list) else await request
         arrived = [(item.parts, r) for item, r in zip(items, outcomes, strict=True)
                    if not isinstance(r, str)]
-        written = iter(await self.job.service.threads.run_batched(self.store.write_many, arrived)
+        written = iter(await self.job.resources.threads.run_batched(self.store.write_many, arrived)
                        if arrived else [])
         return [r if isinstance(r, str) else next(written) for r in outcomes]
 
@@ -447,52 +506,6 @@ class SourceRun:
         return None
 
 
-class _Dir:
-    __slots__ = ("children", "listed")
-
-    def __init__(self, listed: bool) -> None:
-        self.children: dict[str, _Dir | None] = {}
-        #: False for a directory only implied by the entries below it.
-        self.listed = listed
-
-
-class _Listed:
-    """The names a LIST has given so far, as a tree (``None`` marks a file).
-
-    `add` walks one component at a time, so checking an entry costs O(depth), not the
-    O(depth²) of looking up every prefix tuple (60 ms for a 4 KiB path). Directories implied by
-    an entry (``a`` for ``a/b``) are recorded, so that ``a`` can no longer be listed as a file
-    afterwards: which of the two would win on disk would depend on the workers' timing.
-    """
-
-    def __init__(self) -> None:
-        self._root = _Dir(False)
-
-    def add(self, parts: paths.Parts, is_dir: bool) -> None:
-        """Record an entry, or raise `EntryRefused` if it contradicts earlier ones."""
-        node = self._root
-        for name in parts[:-1]:
-            child = node.children.get(name, _MISSING)
-            if child is None:
-                raise EntryRefused("its parent was listed as a file; refused")
-            if child is _MISSING:
-                child = node.children[name] = _Dir(False)
-            node = child
-        name = parts[-1]
-        existing = node.children.get(name, _MISSING)
-        if existing is _MISSING:
-            node.children[name] = _Dir(True) if is_dir else None
-        elif existing is None or existing.listed:
-            raise EntryRefused("listed twice; refused")
-        elif is_dir:
-            existing.listed = True  # listed after entries inside it: odd, harmless
-        else:
-            raise EntryRefused("listed as a file after entries inside it; refused")
-
-
-_MISSING: Any = object()
-
-
 def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:
     problems = []
     for parts in dirs:
@@ -524,10 +537,10 @@ class Job:
 
     log = Logger()
 
-    def __init__(self, job_id: str, requests: list[SourceRequest], service: MirrorService,
+    def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
                  observer: JobObserver) -> None:
         self.id = job_id
-        self.service = service
+        self.resources = resources
         self.observer = observer
         self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
         self.files_total = 0
@@ -538,7 +551,7 @@ class Job:
         self.listing_done = False
         self.finished: Deferred[Job] = Deferred()
         self._ticker = LoopingCall(self._tick)
-        self._ticker.clock = service.reactor
+        self._ticker.clock = resources.reactor
         self._last: tuple[Any, ...] | None = None
 
     @property
@@ -567,7 +580,7 @@ class Job:
             self.finished.callback(self)
 
     def _tick(self, force: bool = False) -> None:
-        self.listing_done = self.listing_done or all(s._listing_done for s in self.sources)
+        self.listing_done = self.listing_done or all(s.listing_done for s in self.sources)
         state = (self.files_done, self.bytes_done, self.files_total, self.bytes_total,
                  self.listing_done)
         if force or state != self._last:

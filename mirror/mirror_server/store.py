@@ -1,7 +1,7 @@
 """The mirror store: where fetched files land, atomically and verified.
 
 Everything here is blocking and runs in the disk thread pool. A file is written to a
-temporary name (`paths.TEMP_PREFIX` + random) in its final directory, its size and SHA-256
+temporary name (`paths.TEMP_PREFIX` + random) in its final directory, its size and BLAKE3
 are checked, its mode and mtime are set, and only then is it renamed over the final name: a
 final name holds the complete old version or the complete new one, never a partial file. On
 any failure the temporary file is removed.
@@ -13,7 +13,6 @@ followed) under the store's root, ``MIRROR_DIR/HOST_PORT``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import secrets
@@ -22,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from mirror import paths
+from mirror import hashing, paths
 from mirror.wire import frames
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
@@ -225,7 +224,7 @@ class PartialFile:
         self.parts = parts
         self.name = parts[-1]
         self.temp_name = _temp_name()
-        self._hash = hashlib.sha256()
+        self._hash = hashing.new_hasher()
         self.size = 0
         try:
             self._fd = os.open(
@@ -250,11 +249,12 @@ class PartialFile:
             raise StoreError(f"write failed: {_describe(e)}") from None
 
     def commit(self, header: frames.FileHeader, digest: bytes) -> None:
-        """Verify size and SHA-256, set mode and mtime, rename over the final name."""
+        """Verify size and digest, set mode and mtime, rename over the final name."""
         if self.size != header.size:
             raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
         if self._hash.digest() != digest:
-            raise StoreError("SHA-256 mismatch: the data does not match the server's digest")
+            raise StoreError(f"{hashing.DIGEST_NAME} mismatch: the data does not match the "
+                             "server's digest")
         fd, self._fd = self._fd, -1
         try:
             os.fchmod(fd, header.mode & _FILE_MODE_BITS)

@@ -24,7 +24,7 @@ class Options(ListenOptions):
         "Accept jobs from mirror-init. For each SPEC of a job a manager LISTs the tree on its "
         "content server and feeds a shared bounded queue; --workers workers FETCH the files. "
         "Each file lands at MIRROR_DIR/HOST_PORT/PATH: written to a temporary name beside it, "
-        "verified (size and SHA-256), then renamed into place with its mode and mtime. Files "
+        "verified (size and BLAKE3 digest), then renamed into place with its mode and mtime. Files "
         "whose size and mtime already match are skipped. Nothing is ever written outside "
         "MIRROR_DIR/HOST_PORT, whatever a content server sends."
     )

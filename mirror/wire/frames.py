@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from twisted.protocols.basic import Int32StringReceiver
 
+from mirror import hashing
 from mirror.limits import abort_connection
 from mirror.text import printable
 
@@ -76,7 +77,8 @@ ITEM_FILE = 0
 ITEM_ERROR = 1
 #: Longest error message kept (ERROR frames and error entries), in bytes.
 MAX_MESSAGE = 1024
-DIGEST_SIZE = 32
+#: FILE_END's payload: a BLAKE3-256 digest of the bytes sent (`mirror.hashing`).
+DIGEST_SIZE = hashing.DIGEST_SIZE
 
 
 class ProtocolError(Exception):

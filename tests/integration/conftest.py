@@ -6,14 +6,15 @@ import os
 import random
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.threads import blockingCallFromThread
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
@@ -81,9 +82,28 @@ def start_mirror_server() -> Any:
 def run_job(mirror_port: int, sources: list[SourceRequest],
             on_event: Callable[[Any], None] = lambda e: None,
             timeout: float = 60.0) -> defer.Deferred[JobResult]:
-    """Submit a job as mirror-init does and fire with its result."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", mirror_port)
-    return submit_job(reactor, endpoint, sources, on_event, timeout=timeout)
+    """Submit a job as mirror-init does and fire with its result.
+
+    mirror-init's client blocks: it runs in a thread of its own (not the reactor's pool,
+    which several jobs at once could exhaust), and ``on_event`` runs in the reactor thread
+    before the client reads on, as the test's code expects.
+    """
+    d: defer.Deferred[JobResult] = defer.Deferred()
+    threads = IReactorFromThreads(reactor)
+
+    def deliver(event: Any) -> None:
+        blockingCallFromThread(threads, on_event, event)
+
+    def job() -> None:
+        try:
+            result = submit_job("127.0.0.1", mirror_port, sources, deliver, timeout=timeout)
+        except BaseException as e:  # noqa: BLE001  # every outcome goes to the Deferred
+            threads.callFromThread(d.errback, e)
+        else:
+            threads.callFromThread(d.callback, result)
+
+    threading.Thread(target=job, name=f"run_job:{mirror_port}", daemon=True).start()
+    return d
 
 
 def deep_scratch_dir(prefix: str) -> str:

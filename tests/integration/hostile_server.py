@@ -13,7 +13,6 @@ double is byte-compatible with the real content server. It listens on 127.0.0.1:
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from mirror.hashing import digest_of
 from mirror.limits import abort_connection
 from mirror.wire import frames
 
@@ -60,6 +60,12 @@ def d(name: bytes | str, mode: int = 0o755, mtime_ns: int = MTIME_NS) -> ListEnt
     return ListEntry(frames.KIND_DIR, _raw(name), 0, mode, mtime_ns)
 
 
+def canonical(*entries: ListEntry) -> list[ListEntry]:
+    """``entries`` in the order an honest server lists them (doc/protocol.md): each directory
+    before its contents, names sorted within a directory by their UTF-8 bytes."""
+    return sorted(entries, key=lambda e: e.name.split(b"/"))
+
+
 def f(name: bytes | str, content: bytes = b"", mode: int = 0o644, mtime_ns: int = MTIME_NS,
       size: int | None = None) -> ListEntry:
     """A file entry; an honest FETCH of it sends ``content`` (``size`` may lie)."""
@@ -76,7 +82,7 @@ class Fetch:
 
     A FILE frame announcing ``size`` (default ``len(content)``), then ``body`` (default
     ``content``) in DATA frames of ``chunk`` bytes, ``interval`` seconds apart, then the
-    ``ending``: ``"end"`` (FILE_END with ``digest``, default the SHA-256 of ``content``),
+    ``ending``: ``"end"`` (FILE_END with ``digest``, default the digest of ``content``),
     ``"silence"`` (nothing more, connection kept open), ``"drop"`` (connection closed),
     ``"abort"`` (connection reset), ``"error"`` (ERROR ``error_code``), ``"huge-frame"``
     (the prefix of a frame of ``huge_length`` bytes with opcode ``huge_opcode``, and nothing
@@ -147,7 +153,7 @@ def long(content: bytes, extra: bytes = b"EXTRA") -> Fetch:
 
 
 def wrong_digest(content: bytes) -> Fetch:
-    return Fetch(content, digest=hashlib.sha256(content + b"x").digest())
+    return Fetch(content, digest=digest_of(content + b"x"))
 
 
 def absurd_size(content: bytes, size: int = 2**62) -> Fetch:
@@ -321,7 +327,7 @@ class HostileProtocol(frames.FrameReceiver):
         mode, mtime_ns = (entry.mode, entry.mtime_ns) if entry else (0o644, MTIME_NS)
         header = frames.FileHeader(len(content), len(content), mtime_ns, mode)
         return frames.encode_bundle_file(
-            index, header, hashlib.sha256(content).digest() if digest is None else digest,
+            index, header, digest_of(content) if digest is None else digest,
             content)
 
     def answer_bundle(self, rid: int, paths: list[bytes]) -> None:
@@ -343,7 +349,7 @@ class HostileProtocol(frames.FrameReceiver):
                 items.append(honest)
             elif lie == "digest":
                 items.append(self.bundle_file(index, path, content,
-                                              hashlib.sha256(content + b"x").digest()))
+                                              digest_of(content + b"x")))
             elif lie == "size":
                 items.append(self.bundle_file(index, path, content + b"x"))
             elif lie == "twice":
@@ -418,7 +424,7 @@ class HostileProtocol(frames.FrameReceiver):
             self.send(frames.data_header(rid, len(piece)), piece)
             i = end
         if how.ending == "end":
-            digest = how.digest if how.digest is not None else hashlib.sha256(content).digest()
+            digest = how.digest if how.digest is not None else digest_of(content)
             self.send(frames.frame(frames.FILE_END, rid, digest))
         elif how.ending == "error":
             self.send(frames.frame(frames.ERROR, rid,
@@ -433,10 +439,10 @@ class HostileProtocol(frames.FrameReceiver):
             self.send(struct.pack(">IBI", how.huge_length, how.huge_opcode, rid), b"x" * 100)
         elif how.ending == "foreign-id":
             # FILE_END for a request that was never sent.
-            self.send(frames.frame(frames.FILE_END, rid + 1000, hashlib.sha256(content).digest()))
+            self.send(frames.frame(frames.FILE_END, rid + 1000, digest_of(content)))
         elif how.ending == "id-zero":
             # FILE_END for request id 0, which no client ever sends.
-            self.send(frames.frame(frames.FILE_END, 0, hashlib.sha256(content).digest()))
+            self.send(frames.frame(frames.FILE_END, 0, digest_of(content)))
         elif how.ending == "short-error":
             # An ERROR frame too short to hold its code.
             self.send(frames.frame(frames.ERROR, rid, b"\x00"))

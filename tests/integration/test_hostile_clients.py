@@ -8,7 +8,6 @@ listed or served: the files outside it hold a marker that must never appear on t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import resource
@@ -27,6 +26,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
 import mirror.limits
+from mirror.hashing import digest_of
 from mirror.wire import control, frames
 from tests.integration.conftest import run_job, source
 from tests.integration.waiting import wait_for
@@ -188,7 +188,7 @@ def file_of(answer: list[tuple[int, bytes]]) -> bytes:
     assert answer[0][0] == frames.FILE and answer[-1][0] == frames.FILE_END, answer[:1]
     body = b"".join(p for op, p in answer if op == frames.DATA)
     assert frames.decode_file(answer[0][1]).size == len(body)
-    assert hashlib.sha256(body).digest() == answer[-1][1]
+    assert digest_of(body) == answer[-1][1]
     return body
 
 

@@ -16,7 +16,6 @@ outcome the issue asks for, always the same:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import stat
 import subprocess
@@ -30,6 +29,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from mirror import paths
+from mirror.hashing import digest_of
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
@@ -41,6 +41,7 @@ from tests.integration.hostile_server import (  # noqa: F401  (fixture)
     HostileServer,
     ListEntry,
     absurd_size,
+    canonical,
     changed,
     d,
     drop,
@@ -64,7 +65,7 @@ STALL = 0.3
 NO_STALL = 20.0
 
 SMALL = b"small new content\n"
-BIG = hashlib.sha256(b"seed").digest() * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
+BIG = digest_of(b"seed") * ((SMALL_FILE * 3) // 32)  # streamed via a temp file
 OLD = b"the old content, which must survive\n"
 
 
@@ -336,7 +337,8 @@ async def test_entry_whose_parent_was_listed_as_a_file(harness):
 @pytest_twisted.ensureDeferred
 async def test_file_listed_after_its_own_children(harness):
     """``a/b`` first (``a`` implied), then ``a`` as a file: refused at once. (Before, both were
-    queued, and whichever worker finished first decided what ``a`` became.)"""
+    queued, and whichever worker finished first decided what ``a`` became.) A directory
+    listed after its contents is out of canonical order too: refused (issue 9)."""
     h = harness()
     result = await h.run(f("a/b", SMALL), f("a", b"file"), f("c/d/e", SMALL), f("c/d", b"f"),
                          d("c"))
@@ -344,12 +346,13 @@ async def test_file_listed_after_its_own_children(harness):
     for name in ("a", "c/d"):
         assert errors_for(result, name) == [
             "listed as a file after entries inside it; refused"]
-    assert len(result.errors) == 2
+    assert errors_for(result, "c") == ["listed as a directory after entries inside it; refused"]
+    assert len(result.errors) == 3
     assert sorted(h.script.fetched()) == ["a/b", "c/d/e"]
     assert (h.top / "a" / "b").read_bytes() == SMALL
     assert (h.top / "c" / "d" / "e").read_bytes() == SMALL
-    # "c", listed after its contents, still gets its mode and mtime.
-    assert (h.top / "c").stat().st_mtime_ns == MTIME_NS
+    # "c", refused, does not get the mode and mtime it announced.
+    assert (h.top / "c").stat().st_mtime_ns != MTIME_NS
     h.check_safe(result)
     await h.check_alive()
 
@@ -445,7 +448,7 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
     ("short-by-half", lambda c: Fetch(c, body=c[: len(c) // 2]), "short transfer"),
     ("long", long, "more bytes than the announced"),
     ("long-by-a-frame", lambda c: long(c, b"y" * 70_000), "more bytes than the announced"),
-    ("wrong-digest", wrong_digest, "SHA-256 mismatch"),
+    ("wrong-digest", wrong_digest, "BLAKE3 mismatch"),
     ("bad-digest-length", lambda c: Fetch(c, digest=b"\x00" * 31),
      "protocol error: malformed digest"),
     ("long-digest", lambda c: Fetch(c, digest=b"\x00" * 33), "protocol error: malformed digest"),
@@ -497,8 +500,8 @@ async def test_fetch_lie(harness, case, lie, why, size):
         how.hold = honest_received
     h.script.fetch.update(lies)
     job = defer.Deferred.fromCoroutine(h.run(
-        d("docs"), f("docs/fine", SMALL), f("docs/victim", content),
-        f("docs/brand-new", content)))
+        d("docs"), f("docs/brand-new", content), f("docs/fine", SMALL),
+        f("docs/victim", content)))
     try:
         await wait_for(lambda: any(j.bytes_done >= len(SMALL) for j in h.service.jobs.values()),
                        what="the honest file to be received")
@@ -562,7 +565,7 @@ async def test_bundle_lie_then_fetch_lie(harness, lie):
                          f("docs/z", b"zzz"), docs__victim=wrong_digest(SMALL))
     assert not result.ok
     [message] = errors_for(result, "docs/victim")
-    assert message.startswith("docs/victim:") and "SHA-256 mismatch" in message, message
+    assert message.startswith("docs/victim:") and "BLAKE3 mismatch" in message, message
     assert len(result.errors) == 1, result.errors
     assert old.read_bytes() == OLD
     assert (h.top / "docs" / "a").read_bytes() == b"aaa"
@@ -643,7 +646,7 @@ async def test_odd_but_legal_names_mirror(harness):
     for i, name in enumerate(legal):
         entries.append(f(f"odd/{name}", f"content {i}\n".encode(), mode=0o640))
     entries += [d("-rf"), d("-rf/..foo"), f("-rf/..foo/x y", b"deep")]
-    result = await h.run(*entries)
+    result = await h.run(*canonical(*entries))
     assert result.ok, result.errors
     for i, name in enumerate(legal):
         p = h.top / "odd" / name
@@ -691,12 +694,12 @@ async def test_extreme_metadata(harness):
     server we do not control must not plant setuid executables owned by the mirror's user
     (often root)."""
     h = harness()
-    result = await h.run(
+    result = await h.run(*canonical(
         d("dirs", mode=0o7777, mtime_ns=2**63 - 1), d("dirs/none", mode=0),
         f("setuid", b"#!/bin/sh\n", mode=0o4755), f("setgid", b"x", mode=0o2755),
         f("all-bits", b"x", mode=0o7777), f("no-bits", b"x", mode=0),
         f("old", b"x", mtime_ns=-2**63), f("future", b"x", mtime_ns=2**63 - 1),
-        f("dirs/none/inner", b"x"))
+        f("dirs/none/inner", b"x")))
     assert result.ok, result.errors
     modes = {name: stat.S_IMODE((h.top / name).stat().st_mode)
              for name in ("setuid", "setgid", "all-bits", "no-bits")}

@@ -1,12 +1,11 @@
 """Load: many clients on one content server, many jobs on one mirror server, at once.
 
-Every byte is checked (SHA-256 against the source files), and every job's figures (files,
+Every byte is checked (BLAKE3 against the source files), and every job's figures (files,
 bytes, sum of squares, hence mean and variance) against the sizes of the files it was given.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from mirror.hashing import digest_of, new_hasher
 from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl
 from mirror.stats import SizeStats
 from mirror.wire import frames
@@ -36,7 +36,7 @@ class HashSink:
     """A FETCH sink that hashes and counts what arrives, as a receiver would store it."""
 
     def __init__(self) -> None:
-        self.hash = hashlib.sha256()
+        self.hash = new_hasher()
         self.size = 0
 
     def head(self, header: frames.FileHeader, flow: FlowControl) -> None:
@@ -95,7 +95,7 @@ async def _one_client(port: int, files: dict[str, bytes], digests: dict[str, byt
         header, digest = results[-1]
         want = files[big][offset : offset + 300_000]
         assert header.size == range_sink.size == len(want)
-        assert range_sink.hash.digest() == digest == hashlib.sha256(want).digest()
+        assert range_sink.hash.digest() == digest == digest_of(want)
         return sum(s.size for s in sinks) + range_sink.size
     finally:
         client.close()
@@ -105,7 +105,7 @@ async def _one_client(port: int, files: dict[str, bytes], digests: dict[str, byt
 async def test_200_concurrent_clients_on_one_content_server(tmp_path: Path,
                                                             start_content_server):
     files = _content_tree(tmp_path / "root")
-    digests = {name: hashlib.sha256(data).digest() for name, data in files.items()}
+    digests = {name: digest_of(data) for name, data in files.items()}
     port, factory = start_content_server(str(tmp_path / "root"))
     start = reactor.seconds()
     received = await defer.gatherResults(

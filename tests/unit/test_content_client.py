@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror.hashing import digest_of
 from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, TransferError
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader
@@ -28,7 +28,7 @@ def data_frame(rid: int, body: bytes) -> bytes:
 
 
 def end_frame(rid: int, body: bytes) -> bytes:
-    return frames.frame(frames.FILE_END, rid, hashlib.sha256(body).digest())
+    return frames.frame(frames.FILE_END, rid, digest_of(body))
 
 
 def entries_frame(rid: int, *names: bytes, kind: int = frames.KIND_FILE) -> bytes:
@@ -185,7 +185,7 @@ class Fetching(ClientTestCase):
                   data_frame(rid, body[5:]), end_frame(rid, body))
         header, digest = self.successResultOf(d)
         self.assertEqual(header, FileHeader(11, 11, -5, 0o4755))
-        self.assertEqual(digest, hashlib.sha256(body).digest())
+        self.assertEqual(digest, digest_of(body))
         self.assertEqual(sink.header, header)
         self.assertIs(sink.flow, self.client.flow)
         self.assertEqual(sink.received, body)
@@ -583,7 +583,7 @@ _payloads = st.one_of(
               st.lists(st.one_of(
                   st.builds(lambda i, body: frames.encode_bundle_file(
                       i, FileHeader(len(body), len(body), 0, 0o644),
-                      hashlib.sha256(body).digest(), body),
+                      digest_of(body), body),
                       st.integers(0, 3), st.sampled_from([b"", b"abc", b"x"])),
                   st.builds(lambda i: frames.encode_bundle_error(i, 1, "gone"),
                             st.integers(0, 3))), min_size=1, max_size=4),
@@ -636,7 +636,7 @@ class ClientFuzz(ClientTestCase):
 def bundle_file(index: int, body: bytes, mtime: int = 123, mode: int = 0o644,
                 digest: bytes | None = None) -> bytes:
     header = FileHeader(len(body), len(body), mtime, mode)
-    return frames.encode_bundle_file(index, header, digest or hashlib.sha256(body).digest(),
+    return frames.encode_bundle_file(index, header, digest or digest_of(body),
                                      body)
 
 
@@ -661,7 +661,7 @@ class FetchMany(ClientTestCase):
     def assert_good(self, result, index: int, body: bytes) -> None:
         self.assertIsInstance(result, frames.BundleItem)
         self.assertEqual((result.index, bytes(result.data)), (index, body))
-        self.assertEqual(result.digest, hashlib.sha256(body).digest())
+        self.assertEqual(result.digest, digest_of(body))
 
     def test_request(self) -> None:
         self.client.fetch_many(self.WANTS, delay=1.5)

@@ -33,7 +33,7 @@ class MalformedFrames(ClientTestCase):
         self.assert_connection_failed([d1])
 
     def test_file_end_too_short(self) -> None:
-        # A FILE_END shorter than a SHA-256 digest is a frame too short for its opcode: the
+        # A FILE_END shorter than a digest is a frame too short for its opcode: the
         # framing is suspect, so every request fails and the connection is aborted (today
         # only that request fails with "malformed digest").
         d1, _, rid = self.fetch("a")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import struct
@@ -14,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.content_server.fetch import CHUNK_SIZE
 from mirror.content_server.protocol import ContentServerProtocol
+from mirror.hashing import digest_of
 from mirror.limits import CLOSE_GRACE
 from mirror.testing import BackPressureTransport, StepThreads
 from mirror.wire import frames
@@ -321,7 +321,7 @@ class Fetching(ServerTestCase):
         self.assertEqual(r.header, frames.FileHeader(len(data), len(data), st.st_mtime_ns,
                                                      st.st_mode & 0o7777))
         self.assertEqual(r.data, data)
-        self.assertEqual(r.digest, hashlib.sha256(data).digest())
+        self.assertEqual(r.digest, digest_of(data))
 
     def test_small(self) -> None:
         self.check_whole(self.fetch("a.txt"), "a.txt")
@@ -346,13 +346,13 @@ class Fetching(ServerTestCase):
         self.assertEqual(r.header.size, 5000)
         self.assertEqual(r.header.file_size, BIG_SIZE)
         self.assertEqual(r.data, data[1000:6000])
-        self.assertEqual(r.digest, hashlib.sha256(data[1000:6000]).digest())
+        self.assertEqual(r.digest, digest_of(data[1000:6000]))
 
     def test_large_range(self) -> None:
         data = self.files["big.bin"]
         r = self.fetch("big.bin", offset=7, length=2 * CHUNK_SIZE + 3)
         self.assertEqual(r.data, data[7 : 7 + 2 * CHUNK_SIZE + 3])
-        self.assertEqual(r.digest, hashlib.sha256(r.data).digest())
+        self.assertEqual(r.digest, digest_of(r.data))
 
     def test_range_to_the_end(self) -> None:
         data = self.files["big.bin"]
@@ -368,7 +368,7 @@ class Fetching(ServerTestCase):
     def test_range_at_the_end(self) -> None:
         r = self.fetch("a.txt", offset=6)
         self.assertEqual((r.header.size, r.data, r.digest),
-                         (0, b"", hashlib.sha256(b"").digest()))
+                         (0, b"", digest_of(b"")))
 
     def test_offset_beyond_the_end(self) -> None:
         self.assert_error(self.fetch("a.txt", offset=7), frames.E_BAD_REQUEST, "a.txt",
@@ -439,7 +439,7 @@ class FetchMany(ServerTestCase):
         self.assertEqual(item.header, frames.FileHeader(len(data), len(data), st.st_mtime_ns,
                                                         st.st_mode & 0o7777))
         self.assertEqual(bytes(item.data), data)
-        self.assertEqual(item.digest, hashlib.sha256(data).digest())
+        self.assertEqual(item.digest, digest_of(data))
 
     def fetch_many(self, wants, request_id: int = 1, **kw):
         self.rig.fetch_many(request_id, wants, **kw)

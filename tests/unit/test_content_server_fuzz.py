@@ -13,7 +13,6 @@ shared one directory offset, and a graceful close against a peer that never read
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import tempfile
@@ -30,6 +29,7 @@ from mirror import limits
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.listing import TreeWalker
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
+from mirror.hashing import digest_of
 from mirror.testing import BackPressureTransport, InlineThreads
 from mirror.wire import frames
 
@@ -265,7 +265,7 @@ class ContentServerFuzz(SynchronousTestCase):
             name = path.decode()
             self.assertIn(name, FILES)
             self.assertEqual((item.size, bytes(item.data)), (size, FILES[name]))
-            self.assertEqual(item.digest, hashlib.sha256(FILES[name]).digest())
+            self.assertEqual(item.digest, digest_of(FILES[name]))
 
     def _check_fetch(self, request: tuple[Any, ...], answer: list[tuple[int, bytes]]) -> None:
         _, path, offset, length, _ = request
@@ -274,7 +274,7 @@ class ContentServerFuzz(SynchronousTestCase):
         body = b"".join(p for op, p in answer[1:-1] if op == frames.DATA)
         self.assertEqual([op for op, _ in answer[1:-1]], [frames.DATA] * (len(answer) - 2))
         self.assertEqual(header.size, len(body))
-        self.assertEqual(hashlib.sha256(body).digest(), answer[-1][1])
+        self.assertEqual(digest_of(body), answer[-1][1])
         # The true bytes of a file inside the root.
         name = path.decode().lstrip("/")
         self.assertIn(name, FILES)

@@ -3,13 +3,14 @@ any change to it (even one that restores size and mtime) is noticed."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror import hashing
 from mirror.content_server import fetch
 from mirror.content_server.fetch import DigestCache, FileChanged, RangeReader, open_range
+from mirror.hashing import digest_of
 from mirror.wire.frames import TO_END
 
 BODY = os.urandom(3 * fetch.CHUNK_SIZE + 17)
@@ -26,13 +27,13 @@ class DigestCacheTests(SynchronousTestCase):
         self.addCleanup(os.close, self.root_fd)
         self.cache = DigestCache()
         self.hashers = 0
-        real = hashlib.sha256
+        real = hashing.new_hasher
 
-        def counting_sha256(*args):
+        def counting_hasher() -> hashing.Hasher:
             self.hashers += 1
-            return real(*args)
+            return real()
 
-        self.patch(hashlib, "sha256", counting_sha256)  # the module fetch uses
+        self.patch(hashing, "new_hasher", counting_hasher)  # the module fetch uses
 
     def serve(self, offset: int = 0, length: int = TO_END) -> tuple[bytes, bytes]:
         reader = RangeReader(self.root_fd, ("f",), offset, length, self.cache)
@@ -45,7 +46,7 @@ class DigestCacheTests(SynchronousTestCase):
     def test_second_send_is_not_hashed(self) -> None:
         first = self.serve()
         second = self.serve()
-        self.assertEqual(first, (BODY, hashlib.new("sha256", BODY).digest()))
+        self.assertEqual(first, (BODY, digest_of(BODY)))
         self.assertEqual(second, first)
         self.assertEqual(self.hashers, 1)
 
@@ -57,13 +58,13 @@ class DigestCacheTests(SynchronousTestCase):
             f.write(new)
         os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ctime still moves
         data, digest = self.serve()
-        self.assertEqual((data, digest), (new, hashlib.new("sha256", new).digest()))
+        self.assertEqual((data, digest), (new, digest_of(new)))
         self.assertEqual(self.hashers, 2)
 
     def test_ranges_are_not_cached(self) -> None:
         self.serve()
         data, digest = self.serve(offset=5, length=100)
-        self.assertEqual(digest, hashlib.new("sha256", BODY[5:105]).digest())
+        self.assertEqual(digest, digest_of(BODY[5:105]))
         self.assertEqual(self.hashers, 2)
 
     def test_change_while_sending_a_cached_file_is_reported(self) -> None:
@@ -82,7 +83,7 @@ class DigestCacheTests(SynchronousTestCase):
             small_file = open_range(self.root_fd, ("s",), 0, TO_END, self.cache)
             assert isinstance(small_file, tuple), "not read in one call"
             header, data, digest = small_file
-            self.assertEqual((data, digest), (b"small", hashlib.new("sha256", b"small").digest()))
+            self.assertEqual((data, digest), (b"small", digest_of(b"small")))
         self.assertEqual(self.hashers, 1)
 
     def test_least_recently_used_entries_go_first(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import tracemalloc
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror.hashing import DIGEST_SIZE, digest_of
 from mirror.wire import frames
 from mirror.wire.frames import FileHeader, ProtocolError
 
@@ -241,7 +241,7 @@ class BundleCodecs(SynchronousTestCase):
     """FETCH_MANY and BUNDLE (doc/protocol.md): round trips, and every malformation refused."""
 
     HEADER = FileHeader(5, 5, -7, 0o640)
-    DIGEST = hashlib.sha256(b"hello").digest()
+    DIGEST = digest_of(b"hello")
 
     def test_fetch_many_round_trip(self) -> None:
         wants = [(b"a", 5), ("d/\u00e9".encode(), 0), (b"x" * 4096, 65536)]
@@ -500,9 +500,11 @@ class HostileFraming(SynchronousTestCase):
                                     cls=FailOnData)
         self.assertEqual(proto.events, [("data", 1, b"abc")])
 
-    def test_digest_helper_sanity(self) -> None:
-        # The DIGEST_SIZE constant is SHA-256's.
-        self.assertEqual(frames.DIGEST_SIZE, hashlib.sha256().digest_size)
+    def test_digest_size_is_the_digests(self) -> None:
+        # FILE_END carries exactly one digest of mirror.hashing: BLAKE3-256, 32 bytes.
+        self.assertEqual(frames.DIGEST_SIZE, DIGEST_SIZE)
+        self.assertEqual(frames.DIGEST_SIZE, len(digest_of(b"")))
+        self.assertEqual(frames.DIGEST_SIZE, 32)
 
 
 class LinearWork(SynchronousTestCase):

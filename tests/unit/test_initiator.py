@@ -1,33 +1,34 @@
-"""mirror-init: the control client, the progress display, the report and the command line."""
+"""mirror-init: the control client, the progress display, the report and the command line.
+
+The client runs on a blocking socket: these tests drive it over a socket pair whose other end
+the test writes a server's script into (and reads the submission from), or feed its
+`ControlSession` bytes directly, with a fake clock for every deadline.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
 import sys
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
-from mirror.initiator import cli
+from mirror.initiator import cli, client
 from mirror.initiator.client import (
+    CONNECT_TIMEOUT,
     ConnectionLostBeforeDone,
-    ControlClientProtocol,
+    ControlSession,
+    JobInterrupted,
     JobRefused,
     JobResult,
     JobTimeout,
     MirrorServerUnreachable,
     ProtocolViolation,
+    connect,
     submit_job,
 )
 from mirror.initiator.progress import ProgressDisplay
@@ -39,6 +40,7 @@ from mirror.initiator.report import (
     format_text,
 )
 from mirror.wire.control import (
+    MAX_LINE,
     Done,
     JobAccepted,
     Progress,
@@ -54,6 +56,7 @@ SOURCES = [
     SourceRequest("::1", 8001, "", 0.5),
 ]
 MiB = 1024 * 1024
+SUBMISSION = b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nGO\r\n"
 
 
 #: Text a hostile server could send: clear screen, set title, carriage return, C1 CSI, bidi
@@ -77,59 +80,70 @@ def success_events() -> list[Any]:
     ]
 
 
-def connected(sources: list[SourceRequest] = SOURCES) -> tuple[
-    ControlClientProtocol, StringTransport, list[Any]
-]:
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def new_session(sources: list[SourceRequest] = SOURCES) -> tuple[ControlSession, list[Any]]:
     seen: list[Any] = []
-    proto = ControlClientProtocol(sources, seen.append)
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    return proto, transport, seen
+    return ControlSession(sources, seen.append), seen
 
 
-class ClientProtocolTests(SynchronousTestCase):
-    def test_sends_job_on_connect(self) -> None:
-        _, transport, _ = connected()
-        self.assertEqual(
-            transport.value(),
-            b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nGO\r\n",
-        )
+class SessionTests(SynchronousTestCase):
+    """The protocol itself: bytes in, events and a result (or one error) out."""
+
+    def test_submission(self) -> None:
+        session, _ = new_session()
+        self.assertEqual(session.request, SUBMISSION)
 
     def test_success(self) -> None:
-        proto, transport, seen = connected()
-        results: list[JobResult] = []
-        proto.done.addCallback(results.append)
+        session, seen = new_session()
         events = success_events()
-        proto.dataReceived(lines(*events))
+        session.feed(lines(*events))
         self.assertEqual(seen, events)
-        (result,) = results
+        self.assertTrue(session.finished)
+        result = session.result
         self.assertTrue(result.ok)
         self.assertEqual(result.job_id, "7")
         self.assertEqual(result.source_done, [events[3], events[4]])
         self.assertEqual(result.last_progress, events[2])
-        self.assertTrue(transport.disconnecting)
 
     def test_lines_split_anywhere_and_bare_lf(self) -> None:
-        proto, _, seen = connected()
+        session, seen = new_session()
         data = b"JOB 7\nPROGRESS 1 2 3 4 0\r\nDONE failed\n"
         for i in range(len(data)):
-            proto.dataReceived(data[i : i + 1])
+            session.feed(data[i : i + 1])
         self.assertEqual(seen, [JobAccepted("7"), Progress(1, 2, 3, 4, False), Done(False)])
-        self.assertFalse(self.successResultOf(proto.done).ok)
+        self.assertTrue(session.finished)
+        self.assertFalse(session.result.ok)
+
+    def test_nothing_after_done(self) -> None:
+        session, seen = new_session()
+        session.feed(lines(Done(True)) + b"garbage\r\n" + b"x" * (2 * MAX_LINE))
+        self.assertEqual(seen, [Done(True)])
+        session.end_of_stream()  # the close after DONE is normal
 
     def test_absurd_numbers_from_the_server_are_a_protocol_violation(self) -> None:
         """An elapsed time hundreds of digits long is refused, never printed (issue 7)."""
-        proto, transport, seen = connected()
-        proto.dataReceived(b"JOB 7\r\nSOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300 + b" 0\r\n")
-        error = self.failureResultOf(proto.done, ProtocolViolation).value
-        self.assertIn("elapsed", str(error))
-        self.assertLess(len(str(error)), 300)
+        session, seen = new_session()
+        with self.assertRaises(ProtocolViolation) as cm:
+            session.feed(b"JOB 7\r\nSOURCE-DONE 0 ok 0 0 0 0 0 0 " + b"9" * 300 + b" 0\r\n")
+        self.assertIn("elapsed", str(cm.exception))
+        self.assertLess(len(str(cm.exception)), 300)
         self.assertEqual(seen, [JobAccepted("7")])
-        self.assertTrue(transport.disconnected)
 
     def test_source_failure_makes_result_not_ok(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(
+        session, _ = new_session()
+        session.feed(
             lines(
                 SourceError(1, None, "connection refused"),
                 SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1),
@@ -137,215 +151,305 @@ class ClientProtocolTests(SynchronousTestCase):
                 Done(False),
             )
         )
-        result = self.successResultOf(proto.done)
+        result = session.result
         self.assertFalse(result.ok)
         self.assertEqual(result.errors, [SourceError(1, None, "connection refused")])
         self.assertTrue(result.source_ok(0))
         self.assertFalse(result.source_ok(1))
 
     def test_done_ok_without_every_source_done_is_not_ok(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(lines(SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1), Done(True)))
-        self.assertFalse(self.successResultOf(proto.done).ok)
+        session, _ = new_session()
+        session.feed(lines(SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1), Done(True)))
+        self.assertTrue(session.finished)
+        self.assertFalse(session.result.ok)
 
     def test_refused(self) -> None:
-        proto, transport, seen = connected()
-        proto.dataReceived(lines(Refused("too many\nsources\x1b[2J")))
+        session, seen = new_session()
+        with self.assertRaises(JobRefused) as cm:
+            session.feed(lines(Refused("too many\nsources\x1b[2J")))
         self.assertEqual(seen, [Refused("too many\nsources\x1b[2J")])
-        error = self.failureResultOf(proto.done, JobRefused).value
         self.assertEqual(
-            str(error), "the mirror server refused the job: too many\\nsources\\x1b[2J"
+            str(cm.exception), "the mirror server refused the job: too many\\nsources\\x1b[2J"
         )
-        self.assertTrue(transport.disconnecting)
 
     def test_malformed_line(self) -> None:
-        proto, transport, seen = connected()
-        proto.dataReceived(b"JOB 7\r\nPROGRESS 1 2 3\r\nDONE ok\r\n")
+        session, seen = new_session()
+        with self.assertRaises(ProtocolViolation) as cm:
+            session.feed(b"JOB 7\r\nPROGRESS 1 2 3\r\nDONE ok\r\n")
         self.assertEqual(seen, [JobAccepted("7")])
-        error = self.failureResultOf(proto.done, ProtocolViolation).value
-        self.assertIn("PROGRESS takes 5 fields", str(error))
-        self.assertEqual(error.result.job_id, "7")
-        self.assertTrue(transport.disconnecting)
+        self.assertIn("PROGRESS takes 5 fields", str(cm.exception))
+        assert cm.exception.result is not None
+        self.assertEqual(cm.exception.result.job_id, "7")
 
     def test_index_beyond_the_job(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(lines(SourceError(2, None, "m")))
-        self.failureResultOf(proto.done, ProtocolViolation)
+        session, _ = new_session()
+        self.assertRaises(ProtocolViolation, session.feed, lines(SourceError(2, None, "m")))
 
     def test_second_source_done(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(lines(*[SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1)] * 2))
-        self.failureResultOf(proto.done, ProtocolViolation)
+        session, _ = new_session()
+        self.assertRaises(ProtocolViolation, session.feed,
+                          lines(*[SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1)] * 2))
 
     def test_line_too_long(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(b"JOB " + b"x" * 20000)
-        self.assertIn("over 16384 bytes", str(self.failureResultOf(proto.done).value))
+        session, _ = new_session()
+        with self.assertRaises(ProtocolViolation) as cm:
+            session.feed(b"JOB " + b"x" * 20000)
+        self.assertIn("over 16384 bytes", str(cm.exception))
+
+    def test_line_too_long_with_its_end(self) -> None:
+        """A complete over-long line is refused too, not parsed."""
+        session, seen = new_session()
+        self.assertRaises(ProtocolViolation, session.feed,
+                          b"REFUSED " + b"x" * MAX_LINE + b"\r\nDONE ok\r\n")
+        self.assertEqual(seen, [])
+
+    def test_line_length_limit_is_exact(self) -> None:
+        """Up to MAX_LINE bytes before the "\\n" are a line, even arriving in pieces; one
+        more byte is refused, however it arrives."""
+        session, seen = new_session()
+        line = b"REFUSED " + b"x" * (MAX_LINE - len(b"REFUSED "))
+        session.feed(line[:100])
+        session.feed(line[100:])
+        self.assertRaises(JobRefused, session.feed, b"\n")
+        session, _ = new_session()
+        session.feed(line)
+        self.assertRaises(ProtocolViolation, session.feed, b"x")
 
     def test_connection_lost_before_done(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(lines(JobAccepted("7"), SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1)))
-        proto.connectionLost(Failure(ConnectionLost("reset by peer")))
-        error = self.failureResultOf(proto.done, ConnectionLostBeforeDone).value
-        self.assertIn("before the job finished", str(error))
-        self.assertIsNotNone(error.result.source_done[0])
-
-    def test_close_after_done_is_normal(self) -> None:
-        proto, _, _ = connected()
-        proto.dataReceived(lines(Done(True)))
-        proto.connectionLost(Failure(ConnectionLost()))
-        self.successResultOf(proto.done)
+        session, _ = new_session()
+        session.feed(lines(JobAccepted("7"), SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1)))
+        with self.assertRaises(ConnectionLostBeforeDone) as cm:
+            session.end_of_stream("reset by peer")
+        self.assertIn("before the job finished: reset by peer", str(cm.exception))
+        assert cm.exception.result is not None
+        self.assertIsNotNone(cm.exception.result.source_done[0])
 
     def test_broken_event_handler_does_not_lose_the_job(self) -> None:
         def broken(event: Any) -> None:
             raise RuntimeError("display bug")
 
-        proto = ControlClientProtocol(SOURCES[:1], broken)
-        proto.makeConnection(StringTransport())
-        proto.dataReceived(lines(SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1), Done(True)))
-        self.assertTrue(self.successResultOf(proto.done).ok)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        bugs: list[str] = []
+        session = ControlSession(SOURCES[:1], broken, report_bug=bugs.append)
+        session.feed(lines(SourceDone(0, True, 0, 0, 0, 0, 0, 0, 0.1), Done(True)))
+        self.assertTrue(session.finished)
+        self.assertTrue(session.result.ok)
+        self.assertEqual(len(bugs), 2)
+        self.assertIn("display bug", bugs[0])
+
+    def test_errors_beyond_the_limit_are_counted_not_kept(self) -> None:
+        self.patch(client, "MAX_KEPT_ERRORS", 2)
+        session, seen = new_session()
+        session.feed(lines(*[SourceError(0, f"f{i}", "gone") for i in range(5)]))
+        self.assertEqual(len(seen), 5, "each is still shown")
+        self.assertEqual([e.path for e in session.result.errors], ["f0", "f1"])
+        self.assertEqual(session.result.errors_dropped, 3)
 
     def test_source_count_checked(self) -> None:
-        self.assertRaises(ValueError, ControlClientProtocol, [], print)
-        self.assertRaises(ValueError, ControlClientProtocol, SOURCES[:1] * 65, print)
+        self.assertRaises(ValueError, ControlSession, [], print)
+        self.assertRaises(ValueError, ControlSession, SOURCES[:1] * 65, print)
 
 
-class TriggerReactor(MemoryReactorClock):
-    """A MemoryReactorClock whose system event triggers can be removed, like a real one's."""
+class ScriptedServer:
+    """The server end of a socket pair: its script is written before the client starts
+    (the socket buffers hold it), and what the client sent is read back afterwards."""
 
-    # Returns a trigger ID as a real reactor does (MemoryReactor's returns None).
-    def addSystemEventTrigger(  # type: ignore[override]
-        self, phase: str, eventType: str, f: Any, *args: Any, **kw: Any
-    ) -> Any:
-        super().addSystemEventTrigger(phase, eventType, f, *args, **kw)
-        return (phase, eventType, (f, args, kw))
+    def __init__(self, script: bytes, close: bool = True, sock: type[socket.socket] = socket.socket
+                 ) -> None:
+        a, b = socket.socketpair()
+        self.client = sock(fileno=a.detach())
+        self.server = b
+        self.server.settimeout(10)  # a bound: a test fails rather than hangs
+        self.server.sendall(script)
+        if close:
+            self.server.shutdown(socket.SHUT_WR)
+        self.opened: list[tuple[str, int, float | None]] = []
 
-    def removeSystemEventTrigger(self, triggerID: Any) -> None:
-        phase, eventType, entry = triggerID
-        self.triggers[phase][eventType].remove(entry)
+    def opener(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        self.opened.append((host, port, timeout))
+        return self.client
 
+    def received(self) -> list[bytes]:
+        """Every line the client sent, up to its close."""
+        data = b""
+        while chunk := self.server.recv(65536):
+            data += chunk
+        self.server.close()
+        return data.split(b"\r\n")[:-1]
 
-class ScriptedServer(LineReceiver):
-    """A fake mirror server: collects the submission, answers GO with ``script``."""
-
-    delimiter = b"\n"
-
-    def __init__(self, script: bytes, close: bool = True) -> None:
-        self.script = script
-        self.close = close
-        self.received: list[bytes] = []
-
-    def lineReceived(self, line: bytes) -> None:
-        self.received.append(line.rstrip(b"\r"))
-        if line.rstrip(b"\r") == b"GO":
-            self.transport.write(self.script)
-            if self.close:
-                self.transport.loseConnection()
+    def client_closed(self) -> bool:
+        return self.client.fileno() == -1
 
 
-@implementer(IStreamClientEndpoint)
-class LoopbackEndpoint:
-    """Connects a client to ``server`` through an in-memory iosim pump."""
+class InterruptedSocket(socket.socket):
+    """Ctrl-C while mirror-init waits for the second read."""
 
-    def __init__(self, server: Protocol) -> None:
-        self.server = server
-        self.pump: iosim.IOPump | None = None
+    reads = 0
 
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        client = factory.buildProtocol(iosim.FakeAddress())
-        self.pump = iosim.connect(
-            self.server, iosim.makeFakeServer(self.server),
-            client, iosim.makeFakeClient(client), greet=False,
-        )  # fmt: skip
-        return succeed(client)
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise KeyboardInterrupt
+        return super().recv(size, flags)
 
 
-@implementer(IStreamClientEndpoint)
-class StringEndpoint:
-    """Connects a client to a StringTransport the test drives by hand."""
-
-    def __init__(self) -> None:
-        self.transport = StringTransport()
-        self.protocol: IProtocol | None = None
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        self.protocol = factory.buildProtocol(iosim.FakeAddress())
-        self.protocol.makeConnection(self.transport)
-        return succeed(self.protocol)
-
-
-@implementer(IStreamClientEndpoint)
-class RefusingEndpoint:
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        return fail(ConnectionRefusedError("Connection refused"))
+def closed_port() -> int:
+    """A loopback port that refuses connections: bound, never listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class SubmitJobTests(SynchronousTestCase):
-    def test_whole_exchange_over_iosim(self) -> None:
+    def test_whole_exchange(self) -> None:
         server = ScriptedServer(lines(*success_events()))
-        endpoint = LoopbackEndpoint(server)
         seen: list[Any] = []
-        d = submit_job(Clock(), endpoint, SOURCES, seen.append)
-        endpoint.pump.flush()
-        self.assertEqual(
-            server.received,
-            [b"SOURCE files.example 8000 pub 0.0", b"SOURCE ::1 8001 . 0.5", b"GO"],
-        )
-        self.assertTrue(self.successResultOf(d).ok)
+        result = submit_job("mirror.example", 7000, SOURCES, seen.append, opener=server.opener)
+        self.assertTrue(result.ok)
         self.assertEqual(seen, success_events())
+        self.assertEqual(server.opened, [("mirror.example", 7000, CONNECT_TIMEOUT)])
+        self.assertEqual(server.received(), SUBMISSION.split(b"\r\n")[:-1])
+        self.assertTrue(server.client_closed())
 
     def test_server_drops_connection(self) -> None:
         server = ScriptedServer(lines(JobAccepted("1"), Progress(0, 0, 1, 1, False)))
-        endpoint = LoopbackEndpoint(server)
-        d = submit_job(Clock(), endpoint, SOURCES, lambda e: None)
-        endpoint.pump.flush()
-        self.failureResultOf(d, ConnectionLostBeforeDone)
+        with self.assertRaises(ConnectionLostBeforeDone) as cm:
+            submit_job("m", 1, SOURCES, lambda e: None, opener=server.opener)
+        self.assertIn("it closed the connection", str(cm.exception))
+        assert cm.exception.result is not None
+        self.assertEqual(cm.exception.result.job_id, "1")
+        self.assertTrue(server.client_closed())
+
+    def test_refused_closes(self) -> None:
+        server = ScriptedServer(lines(Refused("busy")), close=False)
+        self.assertRaises(JobRefused, submit_job, "m", 1, SOURCES, lambda e: None,
+                          opener=server.opener)
+        self.assertTrue(server.client_closed())
 
     def test_unreachable(self) -> None:
-        d = submit_job(Clock(), RefusingEndpoint(), SOURCES, lambda e: None)
-        error = self.failureResultOf(d, MirrorServerUnreachable).value
-        self.assertIn("cannot reach the mirror server", str(error))
-        self.assertIn("refused", str(error))
+        with self.assertRaises(MirrorServerUnreachable) as cm:
+            submit_job("127.0.0.1", closed_port(), SOURCES, lambda e: None)
+        self.assertIn("cannot reach the mirror server", str(cm.exception))
+        self.assertIn("refused", str(cm.exception))
+        self.assertIsNone(cm.exception.result)
 
     def test_timeout(self) -> None:
-        clock = Clock()
-        endpoint = StringEndpoint()
-        d = submit_job(clock, endpoint, SOURCES, lambda e: None, timeout=30)
-        endpoint.protocol.dataReceived(lines(JobAccepted("9")))
-        clock.advance(29)
-        self.assertNoResult(d)
-        clock.advance(1)
-        error = self.failureResultOf(d, JobTimeout).value
-        self.assertIn("within 30 seconds", str(error))
-        self.assertEqual(error.result.job_id, "9", "what arrived is kept")
-        self.assertTrue(endpoint.transport.disconnecting)
+        clock = FakeClock()
+
+        def on_event(event: Any) -> None:
+            clock.advance(30)
+
+        server = ScriptedServer(lines(JobAccepted("9")), close=False)
+        with self.assertRaises(JobTimeout) as cm:
+            submit_job("m", 1, SOURCES, on_event, timeout=30, clock=clock, opener=server.opener)
+        self.assertIn("within 30 seconds", str(cm.exception))
+        assert cm.exception.result is not None
+        self.assertEqual(cm.exception.result.job_id, "9", "what arrived is kept")
+        self.assertTrue(server.client_closed())
+
+    def test_no_timeout_before_the_deadline(self) -> None:
+        clock = FakeClock()
+        server = ScriptedServer(lines(JobAccepted("9")), close=False)
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, JobAccepted):
+                clock.advance(29.9)
+                server.server.sendall(lines(Done(True)))
+
+        result = submit_job("m", 1, SOURCES[:1], on_event, timeout=30, clock=clock,
+                            opener=server.opener)
+        self.assertTrue(result.done_ok)
+
+    def test_connect_within_the_timeout(self) -> None:
+        clock = FakeClock()
+        server = ScriptedServer(lines(Done(True)))
+        submit_job("m", 1, SOURCES, lambda e: None, timeout=5, clock=clock, opener=server.opener)
+        self.assertEqual(server.opened, [("m", 1, 5.0)])
 
     def test_timeout_while_connecting(self) -> None:
-        clock = Clock()
-        connecting: Deferred[IProtocol] = Deferred()
+        clock = FakeClock()
 
-        @implementer(IStreamClientEndpoint)
-        class Hanging:
-            def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-                return connecting
+        def hanging(host: str, port: int, timeout: float | None) -> socket.socket:
+            assert timeout is not None
+            clock.advance(timeout)
+            raise MirrorServerUnreachable("cannot reach the mirror server: timed out")
 
-        d = submit_job(clock, Hanging(), SOURCES, lambda e: None, timeout=5)
-        clock.advance(5)
-        self.assertIsNone(self.failureResultOf(d, JobTimeout).value.result)
+        with self.assertRaises(JobTimeout) as cm:
+            submit_job("m", 1, SOURCES, lambda e: None, timeout=5, clock=clock, opener=hanging)
+        self.assertIsNone(cm.exception.result)
 
-    def test_cancel_drops_connection(self) -> None:
-        endpoint = StringEndpoint()
-        d = submit_job(Clock(), endpoint, SOURCES, lambda e: None)
-        d.cancel()
-        self.failureResultOf(d, CancelledError)
-        self.assertTrue(endpoint.transport.disconnecting)
+    def test_interrupt_drops_connection(self) -> None:
+        server = ScriptedServer(lines(JobAccepted("4")), close=False, sock=InterruptedSocket)
+        with self.assertRaises(JobInterrupted) as cm:
+            submit_job("m", 1, SOURCES, lambda e: None, opener=server.opener)
+        self.assertEqual(str(cm.exception), "interrupted")
+        assert cm.exception.result is not None
+        self.assertEqual(cm.exception.result.job_id, "4")
+        self.assertTrue(server.client_closed())
+
+    def test_interrupt_while_connecting(self) -> None:
+        def interrupted(host: str, port: int, timeout: float | None) -> socket.socket:
+            raise KeyboardInterrupt
+
+        with self.assertRaises(JobInterrupted) as cm:
+            submit_job("m", 1, SOURCES, lambda e: None, opener=interrupted)
+        self.assertIsNone(cm.exception.result)
+
+    def test_held_back_redraw_happens_while_the_server_is_silent(self) -> None:
+        """`tick` runs once `wake` says so, though no byte arrives meanwhile."""
+        server = ScriptedServer(lines(JobAccepted("1")), close=False)
+        ticks: list[bool] = []
+        woken: list[bool] = []
+
+        def wake() -> float | None:
+            return 0.0 if not woken else None  # due at once (the clock is far past 0)
+
+        def tick() -> None:
+            ticks.append(True)
+            if not woken and len(ticks) > 1:  # the first tick follows the JOB line
+                woken.append(True)
+                server.server.sendall(lines(Done(True)))
+
+        result = submit_job("m", 1, SOURCES, lambda e: None, timeout=30, wake=wake, tick=tick,
+                            opener=server.opener)
+        self.assertTrue(result.done_ok)
+        self.assertTrue(woken)
+
+
+class StartupTests(SynchronousTestCase):
+    def test_mirror_init_imports_no_twisted(self) -> None:
+        """Importing Twisted cost more than a whole no-op job (bench/NOTES.md): nothing
+        mirror-init loads may import it, directly or through a shared module."""
+        code = (
+            "import sys, mirror.initiator.cli\n"
+            "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')"
+            " or m == 'importlib.metadata'))"
+        )
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60, env=env).stdout
+        self.assertEqual(out.strip(), "")
+
+
+class DisplayClock(FakeClock):
+    """Advancing it does what mirror-init's loop does when the display's wake-up time has
+    come: it polls the display."""
+
+    display: ProgressDisplay | None = None
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        if self.display is not None:
+            wake = self.display.wake_at()
+            if wake is not None and self.now >= wake:
+                self.display.poll()
 
 
 class ProgressTests(SynchronousTestCase):
-    def make(self, tty: bool) -> tuple[ProgressDisplay, io.StringIO, Clock]:
-        out, clock = io.StringIO(), Clock()
-        return ProgressDisplay(out, SOURCES, clock=clock, tty=tty), out, clock
+    def make(self, tty: bool) -> tuple[ProgressDisplay, io.StringIO, DisplayClock]:
+        out, clock = io.StringIO(), DisplayClock()
+        clock.display = ProgressDisplay(out, SOURCES, clock=clock, tty=tty)
+        return clock.display, out, clock
 
     def test_tty_bar(self) -> None:
         display, out, clock = self.make(tty=True)
@@ -448,8 +552,9 @@ class ProgressTests(SynchronousTestCase):
         display, _, clock = self.make(tty=True)
         display(Progress(0, 0, 2, 2, True))
         display(Progress(1, 1, 2, 2, True))
+        self.assertEqual(display.wake_at(), clock.now + 0.1)
         display.finish()
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIsNone(display.wake_at())
 
 
 class ReportTests(SynchronousTestCase):
@@ -593,13 +698,18 @@ class CommandLineTests(SynchronousTestCase):
             ["-m", "[::1]", "-p", "7000", "-s", "127.0.0.1:1:a,127.0.0.1:1:b:2", "-s",
              "[::1]:2:.", "--json", "--timeout", "60"]
         )  # fmt: skip
-        self.assertEqual((options["host"], options["port"]), ("::1", 7000))
-        self.assertEqual(len(options["specs"]), 3)
-        self.assertEqual(options["specs"][1], SourceRequest("127.0.0.1", 1, "b", 2.0))
-        self.assertTrue(options["json"])
-        self.assertEqual(options["timeout"], 60.0)
+        self.assertEqual((options.host, options.port), ("::1", 7000))
+        self.assertEqual(len(options.specs), 3)
+        self.assertEqual(options.specs[1], SourceRequest("127.0.0.1", 1, "b", 2.0))
+        self.assertTrue(options.json)
+        self.assertEqual(options.timeout, 60.0)
         defaults = cli.parse_arguments(["-s", "127.0.0.1:1:."])
-        self.assertEqual((defaults["host"], defaults["port"]), ("localhost", cli.DEFAULT_PORT))
+        self.assertEqual((defaults.host, defaults.port), ("localhost", cli.DEFAULT_PORT))
+        self.assertIsNone(defaults.timeout)
+        self.assertFalse(defaults.json)
+        for argv in (["--host=::1", "-p7000"], ["-n", "::1", "--port", "7000"]):
+            options = cli.parse_arguments([*argv, "-s", "127.0.0.1:1:."])
+            self.assertEqual((options.host, options.port), ("::1", 7000))
 
     def test_main_exits_2_without_traceback(self) -> None:
         err = io.StringIO()
@@ -611,29 +721,27 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(err.getvalue().count("\n"), 1)
 
     def test_help_explains(self) -> None:
-        text = str(cli.Options())
+        text = cli.build_parser().format_help()
         for needle in ("HOST:PORT:PATH[:DELAY]", "MIRROR_DIR/HOST_PORT/PATH", "Exit status",
-                       "needs an explicit delay", "--json", "--timeout", "-n, --host"):
+                       "needs an explicit delay", "--json", "--timeout", "-n, --host",
+                       "interrupted"):
             self.assertIn(needle, text)
 
     def run_cli(
-        self, argv: list[str], endpoint: IStreamClientEndpoint
-    ) -> tuple[Deferred[int], io.StringIO, io.StringIO, TriggerReactor]:
-        reactor = TriggerReactor()
+        self, argv: list[str], opener: cli.Opener
+    ) -> tuple[int, io.StringIO, io.StringIO]:
         out, err = io.StringIO(), io.StringIO()
         options = cli.parse_arguments(argv)
-        d = Deferred.fromCoroutine(cli.run(reactor, options, out, err, endpoint))
-        return d, out, err, reactor
+        status = cli.run(options, out, err, opener)
+        return status, out, err
 
     def test_success_exit_0(self) -> None:
-        endpoint = LoopbackEndpoint(ScriptedServer(lines(*success_events())))
-        d, out, err, reactor = self.run_cli(["-s", "127.0.0.1:1:a,[::1]:2:."], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 0)
+        server = ScriptedServer(lines(*success_events()))
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a,[::1]:2:."], server.opener)
+        self.assertEqual(status, 0)
         self.assertIn("every source mirrored", out.getvalue())
         self.assertIn("TOTAL", out.getvalue())
         self.assertEqual(err.getvalue(), "")
-        self.assertEqual(reactor.triggers, {"before": {"shutdown": []}})
 
     def test_failed_source_exit_1(self) -> None:
         script = lines(
@@ -642,50 +750,46 @@ class CommandLineTests(SynchronousTestCase):
             SourceDone(0, False, 0, 0, 0, 0, 0, 1, 0.1),
             Done(False),
         )
-        endpoint = LoopbackEndpoint(ScriptedServer(script))
-        d, out, _, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(script)
+        status, out, _ = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assertIn("error: 127.0.0.1:1:a: a/missing: not found", out.getvalue())
         self.assertIn("FAILED", out.getvalue())
 
     def test_json_mode(self) -> None:
-        endpoint = LoopbackEndpoint(ScriptedServer(lines(*success_events())))
-        d, out, err, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a,[::1]:2:."], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 0)
+        server = ScriptedServer(lines(*success_events()))
+        status, out, err = self.run_cli(["--json", "-s", "127.0.0.1:1:a,[::1]:2:."], server.opener)
+        self.assertEqual(status, 0)
         data = json.loads(out.getvalue())
         self.assertTrue(data["ok"])
         self.assertEqual(data["totals"]["files"], 3)
         self.assertIn("progress:", err.getvalue())
 
     def test_unreachable_mirror_server_exit_1(self) -> None:
-        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], RefusingEndpoint())
-        self.assertEqual(self.successResultOf(d), 1)
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], connect_refused)
+        self.assertEqual(status, 1)
         self.assertEqual(err.getvalue().count("\n"), 1)
         self.assertIn("mirror-init: cannot reach the mirror server", err.getvalue())
         self.assertEqual(out.getvalue(), "")
 
     def test_unreachable_json_still_one_object(self) -> None:
-        d, out, _, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], RefusingEndpoint())
-        self.assertEqual(self.successResultOf(d), 1)
+        status, out, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], connect_refused)
+        self.assertEqual(status, 1)
         data = json.loads(out.getvalue())
         self.assertFalse(data["ok"])
         self.assertIn("cannot reach", data["error"])
 
     def test_dropped_connection_exit_1(self) -> None:
-        endpoint = LoopbackEndpoint(ScriptedServer(lines(JobAccepted("3"))))
-        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(lines(JobAccepted("3")))
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assertIn("lost the connection to the mirror server", err.getvalue())
         self.assertIn("job 3", out.getvalue(), "what arrived is still reported")
 
     def test_refused_exit_1(self) -> None:
-        endpoint = LoopbackEndpoint(ScriptedServer(lines(Refused("busy"))))
-        d, _, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(lines(Refused("busy")))
+        status, _, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assertEqual(err.getvalue(), "mirror-init: the mirror server refused the job: busy\n")
 
     def assert_terminal_safe(self, *texts: str) -> None:
@@ -703,20 +807,18 @@ class CommandLineTests(SynchronousTestCase):
             SourceDone(0, False, 0, 0, 0, 0, 0, 1, 0.1),
             Done(False),
         )
-        endpoint = LoopbackEndpoint(ScriptedServer(script))
-        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(script)
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assert_terminal_safe(out.getvalue(), err.getvalue())
         # Shown, not hidden: the progress line, then the report's note on the whole source.
         self.assertIn(f"error: 127.0.0.1:1:a: a/{SHOWN}: cannot fetch {SHOWN}\n", out.getvalue())
         self.assertIn(f"  127.0.0.1:1:a: whole source: {SHOWN}\n", out.getvalue())
 
     def test_hostile_refusal_never_reaches_the_terminal_raw(self) -> None:
-        endpoint = LoopbackEndpoint(ScriptedServer(lines(Refused(HOSTILE))))
-        d, out, err, _ = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(lines(Refused(HOSTILE)))
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assert_terminal_safe(out.getvalue(), err.getvalue())
         self.assertEqual(err.getvalue(),
                          f"mirror-init: the mirror server refused the job: {SHOWN}\n")
@@ -726,20 +828,29 @@ class CommandLineTests(SynchronousTestCase):
         # characters: the output is ASCII, and the data is still exactly what was sent.
         script = lines(JobAccepted("1"), SourceError(0, HOSTILE, HOSTILE),
                        SourceDone(0, False, 0, 0, 0, 0, 0, 1, 0.1), Done(False))
-        endpoint = LoopbackEndpoint(ScriptedServer(script))
-        d, out, err, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], endpoint)
-        endpoint.pump.flush()
-        self.assertEqual(self.successResultOf(d), 1)
+        server = ScriptedServer(script)
+        status, out, err = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
         self.assertTrue(out.getvalue().isascii(), out.getvalue())
         self.assert_terminal_safe(out.getvalue(), err.getvalue())
         data = json.loads(out.getvalue())
         self.assertEqual(data["sources"][0]["errors"], [{"path": HOSTILE, "message": HOSTILE}])
 
-    def test_shutdown_interrupts(self) -> None:
-        endpoint = StringEndpoint()
-        d, _, err, reactor = self.run_cli(["-s", "127.0.0.1:1:a"], endpoint)
-        (trigger,) = reactor.triggers["before"]["shutdown"]
-        trigger[0](*trigger[1], **trigger[2])
-        self.assertEqual(self.successResultOf(d), 1)
-        self.assertIn("interrupted", err.getvalue())
-        self.assertTrue(endpoint.transport.disconnecting)
+    def test_interrupt_exit_1(self) -> None:
+        server = ScriptedServer(lines(JobAccepted("5")), close=False, sock=InterruptedSocket)
+        status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
+        self.assertEqual(err.getvalue(), "mirror-init: interrupted\n")
+        self.assertIn("job 5", out.getvalue(), "what arrived is still reported")
+        self.assertTrue(server.client_closed())
+
+    def test_interrupt_json(self) -> None:
+        server = ScriptedServer(lines(JobAccepted("5")), close=False, sock=InterruptedSocket)
+        status, out, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], server.opener)
+        self.assertEqual(status, 1)
+        self.assertEqual(json.loads(out.getvalue())["error"], "interrupted")
+
+
+def connect_refused(host: str, port: int, timeout: float | None) -> socket.socket:
+    """Connect as mirror-init does, to a port where nothing listens."""
+    return connect("127.0.0.1", closed_port(), timeout)

@@ -4,7 +4,6 @@ inline disk work."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror.hashing import digest_of
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.testing import InlineThreads, MemoryNetwork
 from mirror.wire import frames
@@ -212,6 +212,58 @@ class PausedListing(JobTestCase):
         self.assertEqual((run.stats.count, run.dirs, run.failed), (18, 4, 0))
 
 
+    def test_cursor_never_moves_back(self) -> None:
+        """An error entry may name a directory again after its contents (the walker could not
+        climb back into it): a listing closed right after one resumes after the furthest name
+        received, never from that directory (which would list its contents again)."""
+        from mirror.content_server.listing import TreeWalker
+        from mirror.content_server.protocol import ContentServerProtocol
+
+        src = self.base / "src"
+        for d in ("a", "b/c", "d"):
+            (src / d).mkdir(parents=True)
+            for i in range(6):
+                (src / d / f"f{i}").write_bytes(f"{d}{i}".encode())
+        small = TreeWalker.next_batch
+        failed: list[str] = []
+
+        def batch_ending_in_an_error(w, max_bytes=0):
+            batch = small(w, 120)
+            if batch is None:
+                return None
+            last = frames.decode_entries(batch)[-1].name.decode()
+            parent = last.rpartition("/")[0]
+            if not parent:
+                return batch
+            failed.append(parent)
+            return batch + frames.encode_error_entry(frames.E_IO, parent.encode(), "no climb")
+
+        self.patch(TreeWalker, "next_batch", batch_ending_in_an_error)
+        resumed = []
+        parse = ContentServerProtocol._parse_cursor
+
+        def record(proto, raw, parts):
+            resumed.append(raw.decode())
+            return parse(proto, raw, parts)
+
+        self.patch(ContentServerProtocol, "_parse_cursor", record)
+        self.serve(src)
+        observer = self.run_job(SourceRequest("10.0.0.1", 7000, "", 1.0))
+        self.assertGreaterEqual(len(resumed), 2)
+        self.assertNotIn("b/c", resumed)
+        self.assertNotIn("d", resumed)
+        # Only the injected errors (not every batch is sent: some are made, then dropped
+        # with the closed connection, and made again on resumption).
+        self.assertTrue(observer.errors)
+        for _, path, message in observer.errors:
+            self.assertEqual(message, "no climb")
+            self.assertIn(path, failed)
+        assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+        run = observer.done[0]
+        self.assertEqual((run.stats.count, run.dirs, run.failed),
+                         (18, 4, len(observer.errors)))
+
+
 class IncompleteSource(JobTestCase):
     """What the source did not export is reported as ``not_exported``; what it could not
     list fails the job with the path and the reason (issue 7)."""
@@ -311,7 +363,7 @@ class FakeContentServer(Protocol):
             self.transport.write(frames.frame(frames.FILE, rid, frames.encode_file(header))
                                  + frames.data_header(rid, len(data)) + data
                                  + frames.frame(frames.FILE_END, rid,
-                                                hashlib.sha256(data).digest()))
+                                                digest_of(data)))
 
 
     def _bundle(self, rid: int, payload: bytes) -> None:
@@ -326,10 +378,10 @@ class FakeContentServer(Protocol):
                 items.append(frames.encode_bundle_error(index, frames.E_IO,
                                                         f"{name.decode()}: I/O error"))
                 continue
-            digest = b"\x00" * 32 if how == "digest" else hashlib.sha256(data).digest()
+            digest = b"\x00" * 32 if how == "digest" else digest_of(data)
             if how in ("short", "range"):
                 data = data[:1]
-                digest = hashlib.sha256(data).digest()
+                digest = digest_of(data)
             header = frames.FileHeader(len(data), len(data), 1_000_000_000, 0o644)
             items.append(frames.encode_bundle_file(index, header, digest, data))
         self.transport.write(frames.frame(frames.BUNDLE, rid, b"".join(items)))
@@ -346,12 +398,12 @@ class FakeContentServer(Protocol):
             out += frames.frame(frames.FILE_END, rid, b"\x00" * 32)
         elif how == "short":
             out += frames.data_header(rid, len(data) - 1) + data[:-1]
-            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:-1]).digest())
+            out += frames.frame(frames.FILE_END, rid, digest_of(data[:-1]))
         elif how == "range":
             header = frames.FileHeader(1, len(data), 1_000_000_000, 0o644)
             out = frames.frame(frames.FILE, rid, frames.encode_file(header))
             out += frames.data_header(rid, 1) + data[:1]
-            out += frames.frame(frames.FILE_END, rid, hashlib.sha256(data[:1]).digest())
+            out += frames.frame(frames.FILE_END, rid, digest_of(data[:1]))
         self.transport.write(out)
 
 
@@ -379,7 +431,9 @@ class FakeServerTestCase(JobTestCase):
 class HostileListing(FakeServerTestCase):
     def test_bad_entries_refused_and_named(self) -> None:
         F, D = frames.KIND_FILE, frames.KIND_DIR
-        entries = [
+        entries = [  # the good ones in canonical order
+            (D, b"d", 0),
+            (F, b"d/inner", 3),
             (F, b"ok.txt", 2),
             (F, b"../escape", 4),
             (F, b"/etc/passwd", 4),
@@ -388,8 +442,6 @@ class HostileListing(FakeServerTestCase):
             (F, b".mirror-tmp-0001", 4),
             (F, b"back\\slash", 4),
             (F, b"bad\xffutf8", 4),
-            (D, b"d", 0),
-            (F, b"d/inner", 3),
         ]
         files = {b"ok.txt": b"ok", b"d/inner": b"abc", b"../escape": b"evil",
                  b"/etc/passwd": b"evil", b"a/../../up": b"evil"}
@@ -481,7 +533,7 @@ class FailedTransfers(FakeServerTestCase):
 
     def test_digest_mismatch_twice(self) -> None:
         observer, top = self.run_spoiled(["digest", "digest"])
-        self.assert_failed(observer, top, "SHA-256")
+        self.assert_failed(observer, top, "BLAKE3 mismatch")
 
     def test_short_transfer_twice(self) -> None:
         observer, top = self.run_spoiled(["short", "short"])
@@ -517,8 +569,9 @@ class Bundles(FakeServerTestCase):
     def serve_files(self, sizes: dict[bytes, int], spoil=None) -> list[tuple[int, list[bytes]]]:
         seen: list[tuple[int, list[bytes]]] = []
         files = {name: bytes([i]) * size for i, (name, size) in enumerate(sizes.items())}
-        self.serve_fake([(self.F, name, len(data)) for name, data in files.items()], files,
-                        spoil=spoil, seen=seen)
+        # Listed in canonical order (names sorted by their bytes).
+        self.serve_fake([(self.F, name, len(data)) for name, data in sorted(files.items())],
+                        files, spoil=spoil, seen=seen)
         self.files = files
         return seen
 
@@ -556,7 +609,7 @@ class Bundles(FakeServerTestCase):
         observer = self.run_job(source())
         [(_, path, message)] = observer.errors
         self.assertEqual(path, "b")
-        self.assertIn("SHA-256 mismatch", message)
+        self.assertIn("BLAKE3 mismatch", message)
         run = observer.done[0]
         self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
         files_done, bytes_done, files_total, _, _ = observer.progress_events[-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 
 from twisted.internet.defer import Deferred
@@ -11,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
+from mirror.hashing import digest_of
 from mirror.mirror_server.content_client import ContentClientProtocol, FlowControl, TransferError
 from mirror.mirror_server.receiver import SMALL_FILE, FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
@@ -59,7 +59,7 @@ class ReceiverTestCase(SynchronousTestCase):
         return header
 
     def commit(self, r: FileReceiver, header: FileHeader, data: bytes) -> Deferred:
-        return Deferred.fromCoroutine(r.commit(header, hashlib.sha256(data).digest()))
+        return Deferred.fromCoroutine(r.commit(header, digest_of(data)))
 
 
 class Receiving(ReceiverTestCase):
@@ -110,7 +110,7 @@ class Receiving(ReceiverTestCase):
         r = self.receiver("f")
         header = self.receive(r, data)
         d = Deferred.fromCoroutine(r.commit(header, b"\x00" * 32))
-        self.assertIn("SHA-256 mismatch", str(self.failureResultOf(d, StoreError).value))
+        self.assertIn("BLAKE3 mismatch", str(self.failureResultOf(d, StoreError).value))
         self.assertEqual(self.read("f"), old)
         self.assertEqual(self.temporaries(), [])
 
@@ -128,7 +128,7 @@ class Receiving(ReceiverTestCase):
         header = FileHeader(len(data) + 1, len(data) + 1, MTIME, 0o600)
         r.head(header, self.flow)
         r.data(memoryview(data))
-        d = Deferred.fromCoroutine(r.commit(header, hashlib.sha256(data).digest()))
+        d = Deferred.fromCoroutine(r.commit(header, digest_of(data)))
         self.assertIn("size mismatch", str(self.failureResultOf(d, StoreError).value))
         self.assertEqual(self.temporaries(), [])
 
@@ -297,7 +297,7 @@ class Failures(ReceiverTestCase):
         r.data(memoryview(data)[1000:2000])
         r.data(memoryview(data)[2000:])  # dropped: the attempt has failed
         self.assertEqual(self.flow.pending, 0)
-        d = Deferred.fromCoroutine(r.commit(header, hashlib.sha256(data).digest()))
+        d = Deferred.fromCoroutine(r.commit(header, digest_of(data)))
         self.assertIn("no space left on device", str(self.failureResultOf(d, StoreError).value))
         self.successResultOf(Deferred.fromCoroutine(r.discard()))
         self.assertEqual(self.temporaries(), [])
@@ -311,7 +311,7 @@ class Failures(ReceiverTestCase):
         r = self.receiver("d", "f")
         header = self.receive(r, data)
         self.assertEqual(self.flow.pending, 0)
-        d = Deferred.fromCoroutine(r.commit(header, hashlib.sha256(data).digest()))
+        d = Deferred.fromCoroutine(r.commit(header, digest_of(data)))
         self.failureResultOf(d, StoreError)
         self.successResultOf(Deferred.fromCoroutine(r.discard()))
         self.assertEqual(os.listdir(outside), [])
@@ -322,7 +322,7 @@ class Failures(ReceiverTestCase):
         os.symlink(outside, os.path.join(self.top, "d"))
         r = self.receiver("d", "f")
         header = self.receive(r, b"abc")
-        d = Deferred.fromCoroutine(r.commit(header, hashlib.sha256(b"abc").digest()))
+        d = Deferred.fromCoroutine(r.commit(header, digest_of(b"abc")))
         self.failureResultOf(d, StoreError)
         self.assertEqual(os.listdir(outside), [])
 

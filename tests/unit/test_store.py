@@ -13,6 +13,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
+from mirror.hashing import digest_of
 from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
@@ -24,10 +25,6 @@ MTIME = 1_500_000_000_987_654_321
 
 def header_for(data: bytes, mode: int = 0o640, mtime: int = MTIME) -> FileHeader:
     return FileHeader(len(data), len(data), mtime, mode)
-
-
-def sha(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
 
 
 class StoreTestCase(SynchronousTestCase):
@@ -67,7 +64,7 @@ class Placing(StoreTestCase):
 
     def test_write_whole(self) -> None:
         data = b"some content"
-        self.store.write_whole(("d", "e", "f.txt"), data, header_for(data), sha(data))
+        self.store.write_whole(("d", "e", "f.txt"), data, header_for(data), digest_of(data))
         self.assertEqual(self.read("d", "e", "f.txt"), data)
         st = os.stat(self.path("d", "e", "f.txt"))
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o640)
@@ -75,14 +72,14 @@ class Placing(StoreTestCase):
         self.assertEqual(self.temporaries(), [])
 
     def test_empty_file(self) -> None:
-        self.store.write_whole(("empty",), b"", header_for(b""), sha(b""))
+        self.store.write_whole(("empty",), b"", header_for(b""), digest_of(b""))
         self.assertEqual(self.read("empty"), b"")
 
     def test_mode_exactly_as_sent(self) -> None:
         old = os.umask(0o077)
         self.addCleanup(os.umask, old)
         for i, mode in enumerate((0o644, 0o755, 0o600, 0o444, 0o1777)):
-            self.store.write_whole((f"f{i}",), b"x", header_for(b"x", mode=mode), sha(b"x"))
+            self.store.write_whole((f"f{i}",), b"x", header_for(b"x", mode=mode), digest_of(b"x"))
             self.assertEqual(stat.S_IMODE(os.stat(self.path(f"f{i}")).st_mode), mode)
 
     def test_final_name_only_after_commit(self) -> None:
@@ -94,7 +91,7 @@ class Placing(StoreTestCase):
         partial.write([b"ghi"])
         self.assertFalse(os.path.exists(self.path("dir", "big.bin")))
         data = b"abcdefghi"
-        partial.commit(header_for(data), sha(data))
+        partial.commit(header_for(data), digest_of(data))
         self.assertEqual(self.read("dir", "big.bin"), data)
         self.assertEqual(os.listdir(self.path("dir")), ["big.bin"])
 
@@ -104,7 +101,7 @@ class Placing(StoreTestCase):
         partial.write([b"new version, longer"])
         self.assertEqual(self.read("f"), b"old version")
         data = b"new version, longer"
-        partial.commit(header_for(data), sha(data))
+        partial.commit(header_for(data), digest_of(data))
         self.assertEqual(self.read("f"), data)
         self.assertEqual(self.temporaries(), [])
 
@@ -114,7 +111,7 @@ class Placing(StoreTestCase):
         partial = self.store.create(("big",))
         for i in range(0, 300, 7):
             partial.write(pieces[i : i + 7])
-        partial.commit(header_for(data), sha(data))
+        partial.commit(header_for(data), digest_of(data))
         self.assertEqual(self.read("big"), data)
 
     def test_discard(self) -> None:
@@ -154,7 +151,7 @@ class Placing(StoreTestCase):
         top = os.path.join(self.mirror, "host_2")
         store.make_dir(("a", "b"))
         data = b"x"
-        store.write_whole(("c", "f"), data, header_for(data), sha(data))
+        store.write_whole(("c", "f"), data, header_for(data), digest_of(data))
         modes = {name: stat.S_IMODE(os.stat(os.path.join(top, *name.split("/"))).st_mode)
                  for name in (".", "a", "a/b", "c")}
         self.assertEqual(modes, {".": 0o755, "a": 0o700, "a/b": 0o700, "c": 0o700})
@@ -186,7 +183,7 @@ class Verification(StoreTestCase):
         data = b"twelve bytes"
         header = FileHeader(13, 13, MTIME, 0o644)
         with self.assertRaises(StoreError) as cm:
-            self.store.write_whole(("d", "f"), data, header, sha(data))
+            self.store.write_whole(("d", "f"), data, header, digest_of(data))
         self.assertIn("size mismatch: got 12 bytes, expected 13", str(cm.exception))
         self.assert_untouched()
 
@@ -195,7 +192,7 @@ class Verification(StoreTestCase):
         partial = self.store.create(("d", "f"))
         partial.write([b"abc"])
         with self.assertRaises(StoreError):
-            partial.commit(FileHeader(4, 4, 0, 0o644), sha(b"abc"))
+            partial.commit(FileHeader(4, 4, 0, 0o644), digest_of(b"abc"))
         partial.discard()
         self.assert_untouched()
 
@@ -203,8 +200,23 @@ class Verification(StoreTestCase):
         self.put_old("d", "f")
         data = b"content"
         with self.assertRaises(StoreError) as cm:
-            self.store.write_whole(("d", "f"), data, header_for(data), sha(b"contenT"))
-        self.assertIn("SHA-256 mismatch", str(cm.exception))
+            self.store.write_whole(("d", "f"), data, header_for(data), digest_of(b"contenT"))
+        self.assertIn("BLAKE3 mismatch", str(cm.exception))
+        self.assert_untouched()
+
+    def test_sha256_of_the_data_is_refused(self) -> None:
+        # The wire's digest is BLAKE3 only: a (correct) SHA-256 of the data is a mismatch,
+        # small file or streamed.
+        self.put_old("d", "f")
+        data = b"content"
+        with self.assertRaises(StoreError):
+            self.store.write_whole(("d", "f"), data, header_for(data),
+                                   hashlib.sha256(data).digest())
+        partial = self.store.create(("d", "f"))
+        partial.write((data[:3], memoryview(data)[3:]))
+        with self.assertRaises(StoreError):
+            partial.commit(header_for(data), hashlib.sha256(data).digest())
+        partial.discard()
         self.assert_untouched()
 
     def test_digest_of_wrong_length(self) -> None:
@@ -216,7 +228,7 @@ class Verification(StoreTestCase):
     def test_directory_in_the_way(self) -> None:
         os.makedirs(self.path("d", "f", "inner"))
         with self.assertRaises(StoreError) as cm:
-            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), sha(b"x"))
+            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), digest_of(b"x"))
         self.assertIn("directory is in the way", str(cm.exception))
         self.assertTrue(os.path.isdir(self.path("d", "f", "inner")))
         self.assertEqual(self.temporaries(), [])
@@ -224,7 +236,7 @@ class Verification(StoreTestCase):
     def test_empty_directory_in_the_way(self) -> None:
         os.makedirs(self.path("d", "f"))
         with self.assertRaises(StoreError):
-            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), sha(b"x"))
+            self.store.write_whole(("d", "f"), b"x", header_for(b"x"), digest_of(b"x"))
         self.assertTrue(os.path.isdir(self.path("d", "f")))
         self.assertEqual(self.temporaries(), [])
 
@@ -244,16 +256,16 @@ class WriteMany(StoreTestCase):
             return BundleItem(0, len(data) if size is None else size, MTIME, mode, digest, body)
 
         problems = self.store.write_many([
-            (("d", "good"), item(good, sha(good), view=True)),
-            (("d", "bad"), item(b"evil", sha(b"evi1"))),
-            (("d", "short"), item(b"four", sha(b"four"), size=5)),
-            (("dir",), item(b"x", sha(b"x"))),
-            (("link", "f"), item(b"x", sha(b"x"))),
-            (("e", "other"), item(other, sha(other), mode=0o4755)),
+            (("d", "good"), item(good, digest_of(good), view=True)),
+            (("d", "bad"), item(b"evil", digest_of(b"evi1"))),
+            (("d", "short"), item(b"four", digest_of(b"four"), size=5)),
+            (("dir",), item(b"x", digest_of(b"x"))),
+            (("link", "f"), item(b"x", digest_of(b"x"))),
+            (("e", "other"), item(other, digest_of(other), mode=0o4755)),
             (("d", "error"), BundleItem(0, error="d/error: gone")),
         ])
         self.assertIsNone(problems[0])
-        self.assertIn("SHA-256 mismatch", problems[1])
+        self.assertIn("BLAKE3 mismatch", problems[1])
         self.assertIn("size mismatch", problems[2])
         self.assertIn("directory is in the way", problems[3])
         self.assertIn("cannot create temporary file", problems[4])
@@ -288,7 +300,7 @@ class Links(StoreTestCase):
     def test_symlink_as_parent(self) -> None:
         os.symlink(self.outside, self.path("d"))
         with self.assertRaises((StoreError, paths.UnsafePath)):
-            self.store.write_whole(("d", "keep"), b"evil", header_for(b"evil"), sha(b"evil"))
+            self.store.write_whole(("d", "keep"), b"evil", header_for(b"evil"), digest_of(b"evil"))
         self.assert_outside_untouched()
         self.assertEqual(self.temporaries(), [])
 
@@ -304,14 +316,14 @@ class Links(StoreTestCase):
         os.symlink(self.outside, self.path("a", "b", "c"))
         with self.assertRaises((StoreError, paths.UnsafePath)):
             self.store.write_whole(("a", "b", "c", "d", "f"), b"evil", header_for(b"evil"),
-                                   sha(b"evil"))
+                                   digest_of(b"evil"))
         self.assert_outside_untouched()
         self.assertFalse(os.path.exists(os.path.join(self.outside, "d")))
 
     def test_relative_symlink_as_parent(self) -> None:
         os.symlink("../../outside", self.path("up"))
         with self.assertRaises((StoreError, paths.UnsafePath)):
-            self.store.write_whole(("up", "new"), b"evil", header_for(b"evil"), sha(b"evil"))
+            self.store.write_whole(("up", "new"), b"evil", header_for(b"evil"), digest_of(b"evil"))
         self.assert_outside_untouched()
 
     def test_make_dir_through_a_symlink(self) -> None:
@@ -322,7 +334,7 @@ class Links(StoreTestCase):
 
     def test_symlink_at_the_final_name_is_replaced_not_followed(self) -> None:
         os.symlink(os.path.join(self.outside, "keep"), self.path("f"))
-        self.store.write_whole(("f",), b"new", header_for(b"new"), sha(b"new"))
+        self.store.write_whole(("f",), b"new", header_for(b"new"), digest_of(b"new"))
         self.assertFalse(os.path.islink(self.path("f")))
         self.assertEqual(self.read("f"), b"new")
         self.assert_outside_untouched()
@@ -330,7 +342,7 @@ class Links(StoreTestCase):
     def test_file_as_parent(self) -> None:
         self.put_old("a")
         with self.assertRaises(StoreError):
-            self.store.write_whole(("a", "b"), b"x", header_for(b"x"), sha(b"x"))
+            self.store.write_whole(("a", "b"), b"x", header_for(b"x"), digest_of(b"x"))
         self.assertEqual(self.read("a"), b"old version")
 
     def test_set_dir_meta_through_a_symlink(self) -> None:
@@ -344,7 +356,7 @@ class Links(StoreTestCase):
 class QuickCheck(StoreTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.store.write_whole(("d", "f"), b"12345", header_for(b"12345"), sha(b"12345"))
+        self.store.write_whole(("d", "f"), b"12345", header_for(b"12345"), digest_of(b"12345"))
 
     def test_current(self) -> None:
         self.assertTrue(self.store.is_current(("d", "f"), 5, MTIME))
@@ -383,7 +395,7 @@ class DiskFull(StoreTestCase):
         self.put_old("d", "f")
         self.fail_writes(errno.ENOSPC)
         with self.assertRaises(StoreError) as cm:
-            self.store.write_whole(("d", "f"), b"new", header_for(b"new"), sha(b"new"))
+            self.store.write_whole(("d", "f"), b"new", header_for(b"new"), digest_of(b"new"))
         self.assertIn("no space left on device", str(cm.exception))
         self.assertEqual(self.read("d", "f"), b"old version")
         self.assertEqual(self.temporaries(), [])
@@ -403,7 +415,7 @@ class DiskFull(StoreTestCase):
     def test_quota(self) -> None:
         self.fail_writes(errno.EDQUOT)
         with self.assertRaises(StoreError) as cm:
-            self.store.write_whole(("f",), b"new", header_for(b"new"), sha(b"new"))
+            self.store.write_whole(("f",), b"new", header_for(b"new"), digest_of(b"new"))
         self.assertIn("disk quota exceeded", str(cm.exception))
         self.assertEqual(self.temporaries(), [])
 
@@ -415,7 +427,7 @@ class DiskFull(StoreTestCase):
 
         self.patch(os, "write", short_write)
         data = b"0123456789abcdef"
-        self.store.write_whole(("f",), data, header_for(data), sha(data))
+        self.store.write_whole(("f",), data, header_for(data), digest_of(data))
         self.assertEqual(self.read("f"), data)
 
     def test_enospc_on_close(self) -> None:
@@ -433,7 +445,7 @@ class DiskFull(StoreTestCase):
 
         self.patch(os, "close", close)
         with self.assertRaises(StoreError) as cm:
-            partial.commit(header_for(b"new"), sha(b"new"))
+            partial.commit(header_for(b"new"), digest_of(b"new"))
         self.assertIn("no space left on device", str(cm.exception))
         partial.discard()
         self.assertEqual(self.read("d", "f"), b"old version")

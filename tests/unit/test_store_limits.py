@@ -3,7 +3,6 @@ DescriptorBudget its service hands to all its stores."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 
@@ -11,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
+from mirror.hashing import digest_of
 from mirror.mirror_server.service import MirrorService
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
 from mirror.testing import InlineThreads
@@ -66,7 +66,7 @@ class DirectoryCacheAndFileLimit(SynchronousTestCase):
                 header = FileHeader(1, 1, 0, 0o644)
                 try:
                     store.write_whole(("d", "299", "f"), data, header,
-                                      hashlib.sha256(data).digest())
+                                      digest_of(data))
                 except StoreError as e:
                     self.fail(f"source {i}: {e}")
         finally:
@@ -101,7 +101,7 @@ class SharedBudget(SynchronousTestCase):
         # Directories past the budget still work, opened per use.
         data = b"x"
         two.write_whole(("d3", "f"), data, FileHeader(1, 1, 0, 0o644),
-                        hashlib.sha256(data).digest())
+                        digest_of(data))
         self.assertEqual(os.listdir(os.path.join(self.base, "two_1", "d3")), ["f"])
         self.assertEqual(open_fds(), baseline + 2 + 5)
         one.close()  # gives back its four

@@ -1,0 +1,102 @@
+"""mirror-init as a user runs it, against a fake mirror server that accepts the job and then
+says nothing: interrupts, --timeout and an unreachable server end it cleanly."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import IO
+
+import pytest
+
+from tests.integration.daemons import MIRROR_INIT, mirror_init
+
+SPEC = "127.0.0.1:1:."
+
+
+@pytest.fixture
+def silent_server() -> Iterator[socket.socket]:
+    """A listening socket on loopback; the test accepts and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)  # a bound: the test fails rather than hangs
+        yield listener
+
+
+def _accept_job(listener: socket.socket) -> socket.socket:
+    """Accept mirror-init's connection and read its submission up to GO."""
+    conn, _ = listener.accept()
+    conn.settimeout(30)
+    data = b""
+    while not data.endswith(b"GO\r\n"):
+        chunk = conn.recv(4096)
+        assert chunk, f"closed before GO: {data!r}"
+        data += chunk
+    return conn
+
+
+def _first_line(pipe: IO[str] | None) -> str:
+    assert pipe is not None
+    ready, _, _ = select.select([pipe], [], [], 30)  # a bound, as above
+    assert ready, "mirror-init printed nothing"
+    return pipe.readline()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_interrupt_ends_cleanly_with_status_1(silent_server: socket.socket, sig: int,
+                                              as_json: bool) -> None:
+    port = silent_server.getsockname()[1]
+    args = [MIRROR_INIT, "-n", "127.0.0.1", "-p", str(port), "-s", SPEC]
+    proc = subprocess.Popen([*args, "--json"] if as_json else args, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        conn = _accept_job(silent_server)
+        conn.sendall(b"JOB 12\r\nPROGRESS 0 0 1 1 0\r\n")
+        # The progress line shows the events were read (it goes to stderr with --json).
+        shown = _first_line(proc.stderr if as_json else proc.stdout)
+        assert shown.startswith("progress: listing"), shown
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    conn.close()
+    assert proc.returncode == 1, err
+    assert err == "mirror-init: interrupted\n"
+    if as_json:
+        report = json.loads(out)
+        assert (report["ok"], report["error"], report["job_id"]) == (False, "interrupted", "12")
+    else:
+        assert "job 12" in out and "job not completed: interrupted" in out
+
+
+def test_timeout_on_a_silent_server(silent_server: socket.socket) -> None:
+    port = silent_server.getsockname()[1]
+    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(port), "-s", SPEC,
+                             "--timeout", "0.5", "--json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        conn = _accept_job(silent_server)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    conn.close()
+    assert proc.returncode == 1, err
+    assert err == "mirror-init: the job did not finish within 0.5 seconds\n"
+    assert json.loads(out)["error"] == "the job did not finish within 0.5 seconds"
+
+
+def test_unreachable_mirror_server(unused_port: int) -> None:
+    run = mirror_init("-n", "127.0.0.1", "-p", str(unused_port), "-s", SPEC)
+    assert run.returncode == 1
+    assert run.stderr.startswith("mirror-init: cannot reach the mirror server: ")
+    assert run.stderr.count("\n") == 1 and "refused" in run.stderr
+    assert run.stdout == ""
