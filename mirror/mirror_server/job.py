@@ -6,7 +6,9 @@ disk (a safe name, inside the requested path, in the listing's canonical order: 
 `mirror.mirror_server.listed`), creates directories, skips files already current (size and
 mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
 `SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
-rename; one retry, then a report.
+rename; one retry, then a report. `SourceRun.transfer_bundle` is what it runs for the small
+files of one source in its batch: FETCH_MANY requests, every file written, verified and renamed
+in one thread call, each file that fails retried alone by `transfer`.
 """
 
 from __future__ import annotations
