@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,10 +30,13 @@ class MirrorSettings:
 
     workers: int = 8
     queue_size: int = 1000
-    #: Small files a worker fetches and commits together.
-    batch_files: int = 32
-    #: Fetch small files in bundles (FETCH_MANY); False: one FETCH each.
-    bundles: bool = True
+    #: Small files a worker takes from the queue at once, and the most bytes (listed sizes)
+    #: they may add up to (the first is always taken): its batch, fetched together.
+    batch_files: int = 256
+    batch_bytes: int = 2 << 20
+    #: Fetch small files in bundles (FETCH_MANY), at most this many files a bundle; 0: one
+    #: FETCH each.
+    bundle_files: int = 32
     connections_per_source: int = 2
     disk_threads: int = 4
     stall_timeout: float = 30.0
@@ -121,29 +125,54 @@ class MirrorService(MultiService):
                     continue
                 # Small files already waiting go together: in bundles (FETCH_MANY) per
                 # source, and their commits share a thread call (DiskThreads.run_batched).
-                batch = [item] + self.queue.take_ready(
-                    self.settings.batch_files - 1, lambda i: i.entry.size <= SMALL_FILE)
+                batch = [item] + self.queue.take_ready(self.settings.batch_files - 1,
+                                                       self._batching(item.entry.size))
                 await DeferredList(self._transfers(batch), consumeErrors=True)
             except Exception:
                 self.log.failure("worker: unexpected error")
 
+    def _batching(self, first: int) -> Callable[[WorkItem], bool]:
+        """Which queued items join a batch whose first file has ``first`` bytes: small
+        files, while their listed sizes stay within ``batch_bytes`` (a bound on what a
+        worker's bundles hold in memory)."""
+        room = self.settings.batch_bytes - first
+
+        def accept(item: WorkItem) -> bool:
+            nonlocal room
+            size = item.entry.size
+            if size > SMALL_FILE or size > room:
+                return False
+            room -= size
+            return True
+
+        return accept
+
     def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that
-        fit a FETCH_MANY go in bundles (one coroutine per source), the others one by one.
+        fit a FETCH_MANY go in bundles of up to ``bundle_files`` (one coroutine each), the
+        others one by one.
 
-        A SPEC with a delay is fetched file by file: a content server waits the delay before
-        each file of a bundle in turn, whereas separate FETCHes wait theirs all at once.
+        The batch is wide (``batch_files``) so that a queue interleaving many sources still
+        gives each bundle several files. A SPEC with a delay is fetched file by file: a
+        content server waits the delay before each file of a bundle in turn, whereas
+        separate FETCHes wait theirs all at once.
         """
+        per_bundle = self.settings.bundle_files
         bundles: dict[SourceRun, list[WorkItem]] = {}
         work = []
         for item in batch:
-            if (self.settings.bundles and item.entry.size <= frames.BUNDLE_FILE_MAX
+            if (per_bundle and item.entry.size <= frames.BUNDLE_FILE_MAX
                     and not item.source.request.delay):
-                bundles.setdefault(item.source, []).append(item)
+                items = bundles.setdefault(item.source, [])
+                items.append(item)
+                if len(items) == per_bundle:
+                    work.append(Deferred.fromCoroutine(item.source.transfer_bundle(items)))
+                    bundles[item.source] = []
             else:
                 work.append(Deferred.fromCoroutine(item.source.transfer(item.parts, item.entry)))
         for source, items in bundles.items():
-            work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
+            if items:
+                work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
     def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:

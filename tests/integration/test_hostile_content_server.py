@@ -489,7 +489,7 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
 async def test_fetch_lie(harness, case, lie, why, size):
     """The lying file fails with a clear error; its old version stays; its neighbours arrive;
     nothing is left behind. (FETCH only: lies in bundles are `test_bundle_lie`'s.)"""
-    h = harness(stall_timeout=STALL if why == "stalled" else NO_STALL, bundles=False)
+    h = harness(stall_timeout=STALL if why == "stalled" else NO_STALL, bundle_files=0)
     content = SMALL if size == "small" else BIG
     old = h.seed("docs/victim")
     lies = {"docs/victim": lie(content), "docs/brand-new": lie(content)}

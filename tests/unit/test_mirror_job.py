@@ -648,13 +648,35 @@ class Bundles(FakeServerTestCase):
                                                                   name.encode()))
 
         batch = [item(a, "1"), item(b, "2"), item(a, "3"), item(slow, "4"),
-                 item(a, "big", frames.BUNDLE_FILE_MAX + 1), item(b, "5")]
+                 item(a, "big", frames.BUNDLE_FILE_MAX + 1), item(b, "5"), item(a, "6"),
+                 item(a, "7")]
+        self.service.settings.bundle_files = 2
         for d in self.service._transfers(batch):
             self.successResultOf(d)
         self.assertEqual(sorted(calls), sorted([
-            ("bundle", ("a", [("1",), ("3",)])), ("bundle", ("b", [("2",), ("5",)])),
+            ("bundle", ("a", [("1",), ("3",)])), ("bundle", ("a", [("6",), ("7",)])),
+            ("bundle", ("b", [("2",), ("5",)])),
             ("one", ("slow", ("4",))), ("one", ("a", ("big",))),
         ]))
+        calls.clear()
+        self.service.settings.bundle_files = 0  # bundles off: every file alone
+        for d in self.service._transfers(batch[:2]):
+            self.successResultOf(d)
+        self.assertEqual(sorted(calls), [("one", ("a", ("1",))), ("one", ("b", ("2",)))])
+
+    def test_a_batch_is_bounded_in_bytes(self) -> None:
+        from mirror.mirror_server.job import WorkItem
+        from mirror.mirror_server.receiver import SMALL_FILE
+
+        self.service.settings.batch_bytes = 100
+
+        def item(size: int) -> WorkItem:
+            return WorkItem(cast(Any, None), ("x",), frames.Entry(self.F, 0o644, size, 0, b"x"))
+
+        accept = self.service._batching(30)
+        self.assertEqual([accept(item(n)) for n in (40, 20, 20, 10, 1)],
+                         [True, True, False, True, False])
+        self.assertFalse(self.service._batching(0)(item(SMALL_FILE + 1)))
 
 
 class ListedSizeHeld(FakeServerTestCase):
