@@ -239,7 +239,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     """One connection to a content server, carrying many requests at once."""
 
     log = Logger()
-    MAX_LENGTH = 256 * 1024
+    MAX_LENGTH = frames.MAX_BUNDLE_FRAME  # every frame but DATA (BUNDLE included)
     MAX_DATA_LENGTH = 4 * 1024 * 1024
     #: Each socket read is one Python call: 1 MiB reads instead of 64 KiB (twisted.md).
     RECV_SIZE = 1 << 20
