@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,17 @@ class Other:
 
 
 class Meter:
-    """Measures `Other` between `__init__` and `stop`, given the pids of the benchmark's servers."""
+    """Measures `Other` between `__init__` and `stop`, given the pids of the benchmark's servers
+    (or a function returning those running now: a server restarted meanwhile is counted in our
+    reaped children's time once stopped)."""
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: list[int] | Callable[[], list[int]]) -> None:
+        self.pids = pids if callable(pids) else (lambda: list(pids))
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, float, float, float]:
         busy, steal = machine_cpu()
-        ours = own_cpu() + sum(process_cpu(pid) for pid in self.pids)
+        ours = own_cpu() + sum(process_cpu(pid) for pid in self.pids())
         return time.monotonic(), busy, steal, ours
 
     def stop(self) -> Other:

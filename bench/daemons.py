@@ -41,7 +41,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def ensure_rsync() -> str | None:
@@ -151,8 +152,8 @@ class Daemon:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM the server's process group, SIGKILL whatever is left after `timeout`."""
-        if self.proc is None:
-            return
+        if self.proc is None or self.proc.poll() is not None:
+            return  # never started, or stopped and reaped (its pid may be another's now)
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -180,20 +181,24 @@ class Daemon:
         return "\n".join(parts)
 
 
-def twistd_daemon(twistd: str, plugin: str, args: list[str], logdir: Path) -> Daemon:
-    """`twistd -n --pidfile= -l LOG PLUGIN --listen tcp:PORT:interface=127.0.0.1 ARGS...`."""
+def twistd_daemon(twistd: str, plugin: str, args: list[str], logdir: Path,
+                  extra_env: dict[str, str] | None = None) -> Daemon:
+    """`twistd -n --pidfile= -l LOG PLUGIN --listen tcp:PORT:interface=127.0.0.1 ARGS...`,
+    with `extra_env` added to its environment."""
     port = free_port()
     log, out = logdir / f"{plugin}.log", logdir / f"{plugin}.out"
     argv = [twistd, "-n", "--pidfile=", "-l", str(log), plugin,
             "--listen", f"tcp:{port}:interface=127.0.0.1", *args]
     # The repo root on PYTHONPATH makes twistd find twisted/plugins whatever the install mode.
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return Daemon(plugin, argv, port, [out, log], cwd=logdir, env=env)
 
 
-def rsync_daemon(rsync: str, data_root: Path, logdir: Path) -> Daemon:
-    """rsync's daemon exporting `data_root` read-only as module RSYNC_MODULE."""
+def rsync_daemon(rsync: str, data_root: Path, logdir: Path,
+                 extra_env: dict[str, str] | None = None) -> Daemon:
+    """rsync's daemon exporting `data_root` read-only as module RSYNC_MODULE, with `extra_env`
+    added to its environment."""
     port = free_port()
     conf, log, out = logdir / "rsyncd.conf", logdir / "rsyncd.log", logdir / "rsyncd.out"
     conf.write_text(f"""use chroot = no
@@ -209,4 +214,5 @@ read only = yes
 """)
     argv = [rsync, "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
             "--address=127.0.0.1"]
-    return Daemon("rsyncd", argv, port, [out, log], cwd=logdir)
+    return Daemon("rsyncd", argv, port, [out, log], cwd=logdir,
+                  env=dict(os.environ, **extra_env) if extra_env else None)

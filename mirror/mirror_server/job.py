@@ -59,6 +59,10 @@ class WorkItem:
     parts: paths.Parts
     entry: frames.Entry
 
+    def share_key(self) -> tuple[Job, SourceRun]:
+        """Whose share of the workers this item uses: its job, then its source."""
+        return self.source.job, self.source
+
 
 class JobSettings(Protocol):
     """The settings a job reads (`MirrorSettings` has them)."""
@@ -221,9 +225,11 @@ class SourceRun:
         try:
             while await self._list_once():
                 # Closed while the queue was full: resume once it is half empty, not at the
-                # first free slot (each resumption costs a connection and a re-descent).
+                # first free slot (each resumption costs a connection and a re-descent), or
+                # once this job holds at most its share of that (the queue gives it slots
+                # first then: other jobs' backlog must not hold it up).
                 queue = self.job.resources.queue
-                await queue.wait_below(queue.size // 2)
+                await queue.wait_below(queue.size // 2, key=(self.job, self))
         finally:
             self._listing_done = True
 

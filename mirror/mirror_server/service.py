@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,10 +29,8 @@ class MirrorSettings:
 
     workers: int = 8
     queue_size: int = 1000
-    #: Small files a worker takes from the queue at once, and the most bytes (listed sizes)
-    #: they may add up to (the first is always taken): its batch, fetched together.
-    batch_files: int = 256
-    batch_bytes: int = 2 << 20
+    #: Small files a worker fetches and commits together.
+    batch_files: int = 32
     #: Fetch small files in bundles (FETCH_MANY), at most this many files a bundle; 0: one
     #: FETCH each.
     bundle_files: int = 32
@@ -52,7 +49,8 @@ class MirrorSettings:
 
 
 class MirrorService(MultiService):
-    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue.
+    """Takes jobs and runs them with ``settings.workers`` workers fed by one bounded queue,
+    which serves the jobs, and each job's sources, in turn.
 
     ``endpoints`` makes the endpoint to each content server (plain TCP by default).
     """
@@ -79,7 +77,9 @@ class MirrorService(MultiService):
         self.endpoints = endpoints or tcp_endpoints(cast(IReactorTCP, reactor))
         #: Directory descriptors the stores of all jobs may keep open between uses.
         self.dir_budget = DescriptorBudget()
-        self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size)
+        #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
+        self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
+                                                          key=WorkItem.share_key)
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
@@ -125,35 +125,19 @@ class MirrorService(MultiService):
                     continue
                 # Small files already waiting go together: in bundles (FETCH_MANY) per
                 # source, and their commits share a thread call (DiskThreads.run_batched).
-                batch = [item] + self.queue.take_ready(self.settings.batch_files - 1,
-                                                       self._batching(item.entry.size))
+                batch = [item] + self.queue.take_ready(
+                    self.settings.batch_files - 1, lambda i: i.entry.size <= SMALL_FILE)
                 await DeferredList(self._transfers(batch), consumeErrors=True)
             except Exception:
                 self.log.failure("worker: unexpected error")
-
-    def _batching(self, first: int) -> Callable[[WorkItem], bool]:
-        """Which queued items join a batch whose first file has ``first`` bytes: small
-        files, while their listed sizes stay within ``batch_bytes`` (a bound on what a
-        worker's bundles hold in memory)."""
-        room = self.settings.batch_bytes - first
-
-        def accept(item: WorkItem) -> bool:
-            nonlocal room
-            size = item.entry.size
-            if size > SMALL_FILE or size > room:
-                return False
-            room -= size
-            return True
-
-        return accept
 
     def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that
         fit a FETCH_MANY go in bundles of up to ``bundle_files`` (one coroutine each), the
         others one by one.
 
-        The batch is wide (``batch_files``) so that a queue interleaving many sources still
-        gives each bundle several files. A SPEC with a delay is fetched file by file: a
+        (The queue hands a worker the files of one source at a time; grouping here keeps
+        that true whatever the queue does.) A SPEC with a delay is fetched file by file: a
         content server waits the delay before each file of a bundle in turn, whereas
         separate FETCHes wait theirs all at once.
         """

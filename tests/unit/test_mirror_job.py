@@ -264,6 +264,62 @@ class PausedListing(JobTestCase):
                          (18, 4, len(observer.errors)))
 
 
+class FairSharing(JobTestCase):
+    """A small job submitted behind several big ones gets its share of the workers at once
+    (issue 9): it finishes after a bounded number of the others' transfers, not after their
+    backlog in the queue."""
+
+    # One file per worker turn (no bundles): the turns are what is shared.
+    settings: dict[str, Any] = {"workers": 2, "queue_size": 40, "batch_files": 1,
+                                "bundle_files": 0}
+    BIG_JOBS, BIG_FILES, SMALL_FILES = 4, 60, 3
+
+    def test_small_job_behind_big_ones(self) -> None:
+        from mirror.mirror_server.job import SourceRun
+
+        src = self.base / "src"
+        for name, files in [(f"big{j}", self.BIG_FILES) for j in range(self.BIG_JOBS)] + [
+                ("small", self.SMALL_FILES)]:
+            (src / name).mkdir(parents=True)
+            for i in range(files):
+                (src / name / f"f{i:03d}").write_bytes(f"{name} {i}".encode())
+        self.serve(src)
+        turns: list[str] = []  # the job of each transfer, in the order the workers start them
+        transfer = SourceRun.transfer
+
+        def recording(run: SourceRun, parts: Any, entry: Any) -> Any:
+            turns.append(run.job.id)
+            return transfer(run, parts, entry)
+
+        self.patch(SourceRun, "transfer", recording)
+        queue = self.service.queue
+        big = [self.service.submit([source(f"big{j}")], Observer())
+               for j in range(self.BIG_JOBS)]
+        # Until the big jobs fill the queue and each has a producer waiting for room.
+        for _ in range(20000):
+            if len(queue) == queue.size and all(j.files_total > queue.size // self.BIG_JOBS
+                                                for j in big):
+                break
+            if not self.network.pump():
+                self.clock.advance(0.1)
+        self.assertEqual(len(queue), queue.size)
+        before = len(turns)
+        small = self.service.submit([source("small")], Observer())
+        self.network.run_until(small.finished)
+        self.assertTrue(small.ok)
+        assert_same_tree(src / "small", self.mirror / "10.0.0.1_7000" / "small")
+        after = turns[before:]
+        big_turns = sum(1 for t in after if t != small.id)
+        # Its listing takes a few turns, then each of its files waits at most a round of the
+        # big jobs' turns; with one FIFO it waited behind the 40 items queued before it.
+        self.assertLessEqual(big_turns, (self.SMALL_FILES + 2) * self.BIG_JOBS)
+        self.assertFalse(any(j.finished.called for j in big))
+        for job in big:
+            self.network.run_until(job.finished)
+            self.assertTrue(job.ok)
+        self.assertEqual(len(turns), self.BIG_JOBS * self.BIG_FILES + self.SMALL_FILES)
+
+
 class IncompleteSource(JobTestCase):
     """What the source did not export is reported as ``not_exported``; what it could not
     list fails the job with the path and the reason (issue 7)."""
@@ -664,19 +720,6 @@ class Bundles(FakeServerTestCase):
             self.successResultOf(d)
         self.assertEqual(sorted(calls), [("one", ("a", ("1",))), ("one", ("b", ("2",)))])
 
-    def test_a_batch_is_bounded_in_bytes(self) -> None:
-        from mirror.mirror_server.job import WorkItem
-        from mirror.mirror_server.receiver import SMALL_FILE
-
-        self.service.settings.batch_bytes = 100
-
-        def item(size: int) -> WorkItem:
-            return WorkItem(cast(Any, None), ("x",), frames.Entry(self.F, 0o644, size, 0, b"x"))
-
-        accept = self.service._batching(30)
-        self.assertEqual([accept(item(n)) for n in (40, 20, 20, 10, 1)],
-                         [True, True, False, True, False])
-        self.assertFalse(self.service._batching(0)(item(SMALL_FILE + 1)))
 
 
 class ListedSizeHeld(FakeServerTestCase):

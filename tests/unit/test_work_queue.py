@@ -1,9 +1,13 @@
-"""BoundedQueue: producers wait while it is full; order is kept; it never overflows."""
+"""BoundedQueue: producers wait while it is full; order is kept; it never overflows; jobs
+(groups) and their sources (flows) are served in turn, and a new one gets in at once."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.mirror_server.work_queue import BoundedQueue
@@ -11,6 +15,19 @@ from mirror.mirror_server.work_queue import BoundedQueue
 
 def put(q: BoundedQueue, item) -> Deferred:
     return Deferred.fromCoroutine(q.put(item))
+
+
+def by_name(item: str) -> tuple[str, str]:
+    """Items named GROUP+FLOW+NUMBER, e.g. ``ax1``: group ``a``, flow ``x``."""
+    return item[0], item[1]
+
+
+def fair(size: int) -> BoundedQueue[str]:
+    return BoundedQueue(size, key=by_name)
+
+
+def gets(q: BoundedQueue, n: int) -> list:
+    return [q.get().result for _ in range(n)]
 
 
 class BoundedQueueTests(SynchronousTestCase):
@@ -134,3 +151,243 @@ class BoundedQueueTests(SynchronousTestCase):
             if not d.called:
                 d.addErrback(lambda f: f.trap(CancelledError))
                 d.cancel()
+
+
+class FairQueueTests(SynchronousTestCase):
+    """Round-robin over groups, then over a group's flows; slots to whoever holds least."""
+
+    def test_groups_served_in_turn(self) -> None:
+        q = fair(10)
+        for item in ("ax1", "ax2", "ax3", "bx1", "bx2", "cx1"):
+            self.successResultOf(put(q, item))
+        self.assertEqual(gets(q, 6), ["ax1", "bx1", "cx1", "ax2", "bx2", "ax3"])
+        self.assertEqual(len(q), 0)
+
+    def test_flows_served_in_turn_within_their_group(self) -> None:
+        # Group a has two flows, group b one: a's flows share a's turns.
+        q = fair(10)
+        for item in ("ax1", "ax2", "ay1", "ay2", "bz1", "bz2", "bz3"):
+            self.successResultOf(put(q, item))
+        self.assertEqual(gets(q, 7), ["ax1", "bz1", "ay1", "bz2", "ax2", "bz3", "ay2"])
+
+    def test_new_group_gets_the_next_slot_and_an_early_turn(self) -> None:
+        # Old FIFO: b's item would wait behind a's whole backlog and a's waiting producer.
+        q = fair(4)
+        for i in range(4):
+            self.successResultOf(put(q, f"ax{i}"))
+        a_more = put(q, "ax4")
+        b = put(q, "bx0")
+        self.assertNoResult(a_more)
+        self.assertNoResult(b)
+        self.assertEqual(q.get().result, "ax0")
+        self.successResultOf(b)  # the freed slot went to b, which held nothing
+        self.assertNoResult(a_more)
+        # b joins the round: its turn comes after a's current one, not after a's backlog.
+        self.assertEqual(gets(q, 2), ["ax1", "bx0"])
+        self.successResultOf(a_more)
+        self.assertEqual(gets(q, 3), ["ax2", "ax3", "ax4"])
+
+    def test_waiting_producers_share_the_slots(self) -> None:
+        # a fills the queue; a, b and c keep a producer waiting each: freed slots go to the
+        # group holding least, so b and c get them all while a holds more than they do.
+        q = fair(6)
+        for i in range(6):
+            self.successResultOf(put(q, f"ax{i}"))
+        admitted: list[str] = []
+
+        def producer(group: str) -> None:
+            n = 100 if group == "a" else 0
+
+            def more(_: object = None) -> None:
+                nonlocal n
+                name = f"{group}x{n}"
+                n += 1
+                d = put(q, name)
+                d.addCallback(lambda _: admitted.append(name[0]))
+                d.addCallback(more)
+            more()
+
+        for g in "abc":
+            producer(g)
+        self.assertEqual(len(q), 6)
+        for _ in range(6):
+            q.get()
+            self.assertEqual(len(q), 6)  # the bound holds; each slot is taken at once
+        self.assertEqual(len(admitted), 6)
+        self.assertNotIn("a", admitted)
+        self.assertEqual(q.held("a"), 3)  # served every other turn, refilled never
+        q.get()
+        self.assertEqual(admitted[-1], "b")  # held 1 (c 2): a's turn comes when it holds least
+
+    def test_resumed_producer_does_not_overtake(self) -> None:
+        # take_ready frees several slots at once; the producer given the first one puts again
+        # at once, yet the next slot still goes to the other group, which holds less.
+        q = fair(4)
+        for i in range(4):
+            self.successResultOf(put(q, f"ax{i}"))
+        order: list[str] = []
+
+        def again(_: object) -> None:
+            order.append("a")
+            put(q, "ax9").addCallback(lambda _: order.append("a again"))
+
+        put(q, "ax5").addCallback(again)
+        put(q, "bx0").addCallback(lambda _: order.append("b"))
+        self.assertEqual(q.get().result, "ax0")
+        self.assertEqual(order, ["b"])
+        q.take_ready(2, lambda item: True)
+        self.assertEqual(order, ["b", "a", "a again"])
+        self.assertEqual(len(q), 4)
+
+    def test_take_ready_stays_with_the_flow_just_served(self) -> None:
+        q = fair(10)
+        for item in ("ax1", "ax2", "ay1", "bx1", "ax3", "ax4"):
+            self.successResultOf(put(q, item))
+        self.assertEqual(q.get().result, "ax1")
+        # A bundle goes to one source: only ax's items, in order, while accepted.
+        self.assertEqual(q.take_ready(10, lambda i: i != "ax4"), ["ax2", "ax3"])
+        self.assertEqual(q.held("a"), 2)
+        # Same turn: b is next, then a's other flow.
+        self.assertEqual(gets(q, 3), ["bx1", "ay1", "ax4"])
+        self.assertEqual(q.take_ready(10, lambda i: True), [])
+
+    def test_take_ready_like(self) -> None:
+        q = fair(10)
+        for item in ("ax1", "bx1", "bx2"):
+            self.successResultOf(put(q, item))
+        first = q.get().result
+        self.assertEqual(q.take_ready(5, lambda i: True, like="bx0"), ["bx1", "bx2"])
+        self.assertEqual((first, len(q), q.held("b")), ("ax1", 0, 0))
+        self.assertEqual(q.take_ready(5, lambda i: True, like="cx0"), [])
+
+    def test_take_ready_before_any_get_takes_the_next_flow(self) -> None:
+        q = fair(10)
+        for item in ("ax1", "ax2", "bx1"):
+            self.successResultOf(put(q, item))
+        self.assertEqual(q.take_ready(5, lambda i: True), ["ax1", "ax2"])
+        self.assertEqual(gets(q, 1), ["bx1"])
+
+    def test_wait_below_with_a_key_fires_at_the_groups_share(self) -> None:
+        # A listing closed while a's backlog fills the queue resumes at once for a group that
+        # holds at most its share of the watermark (4 over 2 groups), not after a's drained.
+        q = fair(8)
+        for i in range(8):
+            self.successResultOf(put(q, f"ax{i}"))
+        plain = q.wait_below(4)
+        self.successResultOf(q.wait_below(4, key=("b", "x")))  # b holds nothing
+        waiting_b = put(q, "bx0")
+        a_more = put(q, "ax8")
+        q.get()  # the slot goes to b (holds 0)
+        self.successResultOf(waiting_b)
+        q.get()  # then to a
+        self.successResultOf(a_more)
+        self.assertEqual((q.held("a"), q.held("b")), (7, 1))
+        self.successResultOf(q.wait_below(4, key=("b", "y")))
+        a_wait = q.wait_below(4, key=("a", "x"))
+        self.assertNoResult(a_wait)
+        self.assertNoResult(plain)
+        self.assertEqual(gets(q, 3), ["bx0", "ax2", "ax3"])
+        self.assertNoResult(plain)
+        self.assertNoResult(a_wait)
+        gets(q, 1)  # 4 left, all a's
+        self.successResultOf(plain)
+        self.successResultOf(a_wait)
+
+    def test_cancelled_producer_of_one_group_leaves_the_others(self) -> None:
+        q = fair(2)
+        self.successResultOf(put(q, "ax0"))
+        self.successResultOf(put(q, "ax1"))
+        b = put(q, "bx0")
+        c = put(q, "cx0")
+        b.cancel()
+        self.failureResultOf(b, CancelledError)
+        self.assertEqual(q.get().result, "ax0")
+        self.successResultOf(c)
+        self.assertEqual(gets(q, 2), ["ax1", "cx0"])
+        self.assertEqual(len(q), 0)
+        self.assertNoResult(q.get().addErrback(lambda f: f.trap(CancelledError)))
+
+    @settings(deadline=None, max_examples=300)
+    @given(st.integers(1, 4),
+           st.lists(st.one_of(st.tuples(st.just("put"), st.sampled_from("abc"),
+                                        st.sampled_from("xy")),
+                              st.tuples(st.just("get")),
+                              st.tuples(st.just("take"), st.integers(1, 3)),
+                              st.tuples(st.just("cancel"), st.integers(0, 50))),
+                    min_size=4, max_size=80))
+    def test_fair_model(self, size: int, ops: list[tuple]) -> None:
+        """Random puts (several groups and flows), gets, bundles and cancelled puts: the bound
+        holds, a put waits only while the queue is full, each flow keeps its order, nothing is
+        lost or duplicated, and no group is served twice while another held items throughout.
+        """
+        q = fair(size)
+        counters: dict[str, int] = defaultdict(int)
+        puts: list[tuple[str, Deferred]] = []
+        getters: list[Deferred] = []
+        delivered: list[str] = []
+        last_served: dict[str, int] = {}  # group -> index of its last get
+        held_since: dict[str, int] = {}  # group -> first get index it has held items since
+        serves = 0
+
+        def record(item: str) -> str:
+            delivered.append(item)
+            return item
+
+        for op in ops:
+            if op[0] == "put":
+                flow = op[1] + op[2]
+                name = f"{flow}{counters[flow]}"
+                counters[flow] += 1
+                puts.append((name, put(q, name)))
+            elif op[0] == "get":
+                held = {g for g in "abc" if q.held(g)}
+                d = q.get()
+                d.addCallback(record)
+                getters.append(d)
+                if d.called:
+                    group = self.successResultOf(d)[0]
+                    # Round-robin: every group holding items since before this group's
+                    # previous turn has been served since then.
+                    for other in held - {group}:
+                        if other in held_since and group in last_served:
+                            self.assertFalse(
+                                held_since[other] <= last_served[group]
+                                and last_served.get(other, -1) < last_served[group],
+                                f"{group} served twice while {other} waited")
+                    last_served[group] = serves
+                    serves += 1
+            elif op[0] == "take":
+                for item in q.take_ready(op[1], lambda i: True):
+                    record(item)
+            else:
+                waiting = [d for _, d in puts if not d.called]
+                if waiting:
+                    waiting[op[1] % len(waiting)].cancel()
+            for g in "abc":
+                if q.held(g):
+                    held_since.setdefault(g, serves)
+                else:
+                    held_since.pop(g, None)
+            self.assertLessEqual(len(q), size)
+            if any(not d.called for _, d in puts):
+                self.assertEqual(len(q), size)  # a put waits only on a full queue
+            if any(not d.called for d in getters):
+                self.assertEqual(len(q), 0)
+        # Give up the waiting puts, then drain: exactly the added items come out, once each.
+        for _, d in puts:
+            if not d.called:
+                d.cancel()
+        for d in getters:
+            if not d.called:
+                d.cancel()
+        while len(q):
+            delivered.append(self.successResultOf(q.get()))
+        added = [name for name, d in puts if not isinstance(d.result, Failure)]
+        for d in [d for _, d in puts] + getters:
+            if isinstance(d.result, Failure):
+                d.result.trap(CancelledError)
+                d.addErrback(lambda f: None)
+        self.assertEqual(sorted(delivered), sorted(added))
+        for flow in {name[:2] for name in added}:
+            mine = [i for i in delivered if i[:2] == flow]
+            self.assertEqual(mine, sorted(mine, key=lambda i: int(i[2:])))
