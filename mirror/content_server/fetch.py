@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 from mirror import hashing, paths
 from mirror.wire import frames
@@ -154,3 +155,59 @@ def open_range(
         return reader.header, data, reader.finish()
     finally:
         reader.close()
+
+
+#: Maps what serving a file raised to the (error code, message) its client is told.
+Describe = Callable[[BaseException, str], tuple[int, str]]
+
+
+def read_bundle(
+    root_fd: int, request_id: int, wants: Sequence[tuple[int, bytes]], start: int,
+    cache: DigestCache | None, describe: Describe, max_items: int,
+) -> tuple[bytes, int]:
+    """Answer files ``start``... of a FETCH_MANY (blocking): one complete BUNDLE frame and
+    the index of the first file it leaves for the next one.
+
+    Each file is opened, read, hashed and checked as a small FETCH is (`open_range`); one
+    that is not a valid path, is larger than `frames.BUNDLE_FILE_MAX`, or whose size is not
+    the listed one, gets an error item instead. The frame stays within
+    `frames.MAX_BUNDLE_FRAME` (judged on the listed sizes, which the files must match) and
+    holds at most ``max_items`` files; it always holds at least one.
+    """
+    items: list[bytes] = []
+    room = frames.MAX_BUNDLE_FRAME - 5
+    index = start
+    end = min(len(wants), start + max_items)
+    while index < end:
+        size, raw = wants[index]
+        # An error item is at most ~1 KiB: reserve as much for a file that turns out bad.
+        need = frames.BUNDLE_ITEM_OVERHEAD + max(min(size, frames.BUNDLE_FILE_MAX), 1100)
+        if items and need > room:
+            break
+        items.append(_bundle_item(root_fd, index, size, raw, cache, describe))
+        room -= len(items[-1])
+        index += 1
+    body = b"".join(items)
+    return frames.frame_head(frames.BUNDLE, request_id, len(body)) + body, index
+
+
+def _bundle_item(root_fd: int, index: int, size: int, raw: bytes, cache: DigestCache | None,
+                 describe: Describe) -> bytes:
+    where = paths.display_name(raw)
+    try:
+        parts = paths.parse_wire_path(raw)
+        if size > frames.BUNDLE_FILE_MAX:
+            raise ValueError(f"listed size {size} too large for FETCH_MANY (at most "
+                             f"{frames.BUNDLE_FILE_MAX} bytes)")
+        opened = open_range(root_fd, parts, 0, frames.TO_END, cache, small=size)
+        if isinstance(opened, RangeReader):
+            opened.close()
+            raise FileChanged(f"file changed: listed with {size} bytes, now "
+                              f"{opened.header.file_size}")
+        header, data, digest = opened
+        if header.file_size != size:
+            raise FileChanged(f"file changed: listed with {size} bytes, now {header.file_size}")
+    except Exception as e:
+        code, message = describe(e, where)
+        return frames.encode_bundle_error(index, code, message)
+    return frames.encode_bundle_file(index, header, digest, data)

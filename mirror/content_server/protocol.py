@@ -29,6 +29,7 @@ from mirror.content_server.fetch import (
     FileChanged,
     RangeReader,
     open_range,
+    read_bundle,
 )
 from mirror.content_server.listing import TreeWalker
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
@@ -122,12 +123,18 @@ def _request_error(exc: BaseException, path: str) -> RequestError:
     return RequestError(frames.E_IO, f"{where}: internal error")
 
 
+def _item_error(exc: BaseException, path: str) -> tuple[int, str]:
+    """`_request_error` as a FETCH_MANY's error item says it: (code, message)."""
+    error = _request_error(exc, path)
+    return error.code, str(error)
+
+
 @implementer(IPushProducer)
 class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixin):
     """One client connection of the content server (built by its factory's ``protocol``)."""
 
     log = Logger()
-    MAX_LENGTH = 8192  # requests only: a path is at most 4 KiB
+    MAX_LENGTH = frames.MAX_REQUEST  # requests only: a path is at most 4 KiB
     factory: ContentFactoryBase
 
     def __init__(self) -> None:
@@ -284,6 +291,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             return
         if opcode == frames.LIST:
             work: Awaitable[None] = self._serve_list(request_id, payload)
+        elif opcode == frames.FETCH_MANY:
+            work = self._serve_fetch_many(request_id, payload)
         else:
             work = self._serve_fetch(request_id, payload)
         self._idle_deadline.stop()
@@ -392,6 +401,29 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             )
             return
         await self._stream(request_id, path, opened)
+
+    async def _serve_fetch_many(self, request_id: int, payload: bytes) -> None:
+        """Answer a FETCH_MANY: each thread call reads (and hashes) as many of its files as
+        one BUNDLE frame holds, and builds that frame; each frame waits for the client to
+        read the one before (`_writable`). With a delay, the server waits it before each
+        file, and sends each file in a frame of its own as soon as it is read."""
+        try:
+            delay_ms, wants = frames.decode_fetch_many(payload)
+        except frames.ProtocolError as e:
+            raise RequestError(frames.E_BAD_REQUEST, str(e)) from None
+        delay = min(delay_ms / 1000.0, self.settings.max_delay)
+        per_frame = 1 if delay > 0 else len(wants)
+        threads = self.factory.threads
+        index = 0
+        while index < len(wants):
+            if delay > 0:
+                await self._wait(task.deferLater(self.clock, delay, lambda: None))
+            # Per-file failures are items of the frame; this raises only on a bug.
+            answer, index = await self._wait(threads.run(
+                read_bundle, self.factory.root_fd, request_id, wants, index,
+                self.factory.digests, _item_error, per_frame))
+            await self._writable()
+            self._send(answer)
 
     def _chunk_size(self) -> int:
         """Bytes per read of a stream: big chunks (fewer thread hops) while few streams

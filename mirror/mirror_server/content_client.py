@@ -9,7 +9,8 @@ FETCH bodies go to a `FetchSink`, LIST entries to a callback.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import builtins
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -175,11 +176,70 @@ class _FetchRequest(_Request):
         self.sink.data(piece)
 
 
+#: What a FETCH_MANY gives for each file, in request order: the file (a `frames.BundleItem`
+#: with its header, digest and bytes, not verified yet), or why it failed (a message).
+BundleResult = frames.BundleItem | str
+
+
+class _BundleRequest(_Request):
+    """A FETCH_MANY: its BUNDLE frames must answer the files in order, each exactly once.
+
+    Never errbacks for the peer's doing (only when cancelled): when the request fails (a bad
+    answer, ERROR, stall, lost connection) the files not answered yet fail with the reason
+    and those answered stand, so ``done`` always fires with one result per file.
+    """
+
+    def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
+                 timeout: float, sizes: list[int]) -> None:
+        super().__init__(client, request_id, what, timeout)
+        self.sizes = sizes
+        self.results: list[BundleResult] = []
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        if opcode != frames.BUNDLE:
+            self.fail(f"{self.what}: unexpected response {opcode:#x}")
+            return
+        items = frames.decode_bundle(payload)  # ProtocolError: framing is suspect
+        # A frame is taken whole or not at all: checked before any of it is.
+        expect = len(self.results)
+        for item in items:
+            if item.index != expect or expect >= len(self.sizes):
+                if item.index < expect:
+                    why = "answered twice"
+                elif item.index >= len(self.sizes):
+                    why = "not asked for"
+                else:
+                    why = f"before #{expect}"
+                self.fail(f"{self.what}: bad answer: file #{item.index} {why}")
+                return
+            expect += 1
+        results = self.results
+        for item in items:
+            listed = self.sizes[item.index]
+            if item.error is not None:
+                results.append(item.error or f"{self.what}: error from server")
+            elif item.size != listed:
+                results.append(f"file changed: listed with {listed} bytes, now {item.size}")
+            else:
+                results.append(item)
+        if len(results) == len(self.sizes):
+            self.finish(results)
+        else:
+            self.deadline.restart()
+
+    def fail(self, message: str) -> None:
+        if self.client.requests.pop(self.id, None) is self:
+            self.deadline.stop()
+            self.results.extend([message] * (len(self.sizes) - len(self.results)))
+            self.done.callback(self.results)
+            self.client.on_request_done()
+
+
 class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     """One connection to a content server, carrying many requests at once."""
 
     log = Logger()
-    MAX_LENGTH = 256 * 1024
+    MAX_LENGTH = frames.MAX_BUNDLE_FRAME  # every frame but DATA (BUNDLE included)
     MAX_DATA_LENGTH = 4 * 1024 * 1024
     #: Each socket read is one Python call: 1 MiB reads instead of 64 KiB (twisted.md).
     RECV_SIZE = 1 << 20
@@ -252,11 +312,28 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
         return self._send(req, frames.FETCH, frames.encode_fetch(path, offset, length, delay_ms))
 
+    def fetch_many(self, wants: Sequence[tuple[bytes, int]], delay: float = 0.0
+                   ) -> Deferred[builtins.list[BundleResult]]:
+        """FETCH_MANY the small files ``wants`` (encoded wire path, listed size), in one
+        request; the caller keeps it within `frames.fetch_many_room` and each size within
+        `frames.BUNDLE_FILE_MAX`. Fires with one `BundleResult` per file, in order; a file
+        whose size is not the listed one is a failure. Nothing is verified here: the digest
+        is checked where the bytes are written."""
+        request_id = self._allocate()
+        # The server waits the delay before each file: every frame may take that long.
+        req = _BundleRequest(self, request_id, f"FETCH_MANY of {len(wants)} files",
+                             self.stall_timeout + delay, [size for _, size in wants])
+        delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
+        return self._send(req, frames.FETCH_MANY, frames.encode_fetch_many(delay_ms, wants))
+
     def _send(self, req: _Request, opcode: int, payload: bytes) -> Deferred[Any]:
         if self.lost_reason is not None or self.transport is None:
             req.deadline.stop()
-            req.done.errback(TransferError(
-                f"{req.what}: connection to {self.name} lost ({self.lost_reason})"))
+            message = f"{req.what}: connection to {self.name} lost ({self.lost_reason})"
+            if isinstance(req, _BundleRequest):
+                req.done.callback([message] * len(req.sizes))
+            else:
+                req.done.errback(TransferError(message))
             return req.done
         self.requests[req.id] = req
         self.transport.write(frames.frame(opcode, req.id, payload))

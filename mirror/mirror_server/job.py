@@ -6,22 +6,25 @@ disk (a safe name, inside the requested path, in the listing's canonical order: 
 `mirror.mirror_server.listed`), creates directories, skips files already current (size and
 mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
 `SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
-rename; one retry, then a report.
+rename; one retry, then a report. `SourceRun.transfer_bundle` is what it runs for the small
+files of one source in its batch: FETCH_MANY requests, every file written, verified and renamed
+in one thread call, each file that fails retried alone by `transfer`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
-from mirror.mirror_server.content_client import TransferError
+from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
@@ -403,10 +406,11 @@ class SourceRun:
             idle, self._idle = self._idle, None
             idle.callback(None)
 
-    async def transfer(self, parts: paths.Parts, entry: frames.Entry) -> None:
+    async def transfer(self, parts: paths.Parts, entry: frames.Entry, attempts: int = 2
+                       ) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
-            header = await self._attempts(parts, entry.size)
+            header = await self._attempts(parts, entry.size, attempts)
             if header is not None:
                 self.stats.add(header.size)
                 self.job.files_done += 1
@@ -414,11 +418,69 @@ class SourceRun:
             # Whatever happened, the file is no longer pending: a job never waits forever.
             self._finished_one()
 
-    async def _attempts(self, parts: paths.Parts, size: int) -> frames.FileHeader | None:
+    async def transfer_bundle(self, items: Sequence[WorkItem]) -> None:
+        """Fetch small files (at most `frames.BUNDLE_FILE_MAX` bytes each) with FETCH_MANY
+        requests, as few as the request frame allows, and write, verify and rename them all
+        in one thread call. A file that fails is retried once on its own (`transfer`)."""
+        retry: list[WorkItem] = []
+        placed = 0
+        try:
+            problems = await self._bundle_attempt(items)
+            for item, problem in zip(items, problems, strict=True):
+                if problem is None:
+                    self.stats.add(item.entry.size)
+                    self.job.files_done += 1
+                    self.job.bytes_done += item.entry.size
+                    placed += 1
+                else:
+                    retry.append(item)
+        except CancelledError:
+            raise  # the service is stopping
+        except Exception:
+            # A bug, not the peer's fault: logged, and the files go the single-file way,
+            # which reports them if they fail again (never silently lost).
+            self.log.failure("{source}: bundle of {n} files failed", source=self.label,
+                             n=len(items))
+            retry = list(items)
+        finally:
+            # Whatever happened, the files placed (or, if cancelled, all) are no longer
+            # pending; retried ones are counted by `transfer`. A job never waits forever.
+            for _ in range(len(items) - len(retry)):
+                self._finished_one()
+        if retry:
+            await DeferredList([Deferred.fromCoroutine(self.transfer(item.parts, item.entry, 1))
+                                for item in retry], consumeErrors=True)
+
+    async def _bundle_attempt(self, items: Sequence[WorkItem]) -> list[str | None]:
+        """One try at a bundle: per file None once in place, or why not."""
+        assert self.connections is not None  # made by run() before anything is queued
+        assert self.store is not None
+        wants = [(paths.join_parts(item.parts).encode("utf-8"), item.entry.size)
+                 for item in items]
+        requests: list[Deferred[list[BundleResult]] | list[BundleResult]] = []
+        for start, end in frames.split_fetch_many(wants):
+            try:
+                conn = await self.connections.get()
+            except TransferError as e:
+                requests.append([str(e)] * (end - start))
+                continue
+            # All sent before any is awaited: they are answered meanwhile.
+            requests.append(conn.fetch_many(wants[start:end], self.request.delay))
+        outcomes: list[BundleResult] = []
+        for request in requests:
+            outcomes += request if isinstance(request, list) else await request
+        arrived = [(item.parts, r) for item, r in zip(items, outcomes, strict=True)
+                   if not isinstance(r, str)]
+        written = iter(await self.job.resources.threads.run_batched(self.store.write_many, arrived)
+                       if arrived else [])
+        return [r if isinstance(r, str) else next(written) for r in outcomes]
+
+    async def _attempts(self, parts: paths.Parts, size: int, attempts: int = 2
+                        ) -> frames.FileHeader | None:
         path = paths.join_parts(parts)
         problem = ""
         assert self.connections is not None  # made by run() before anything is queued
-        for _attempt in range(2):
+        for _attempt in range(attempts):
             receiver = self._receiver(parts)
             try:
                 conn = await self.connections.get()

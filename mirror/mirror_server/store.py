@@ -173,8 +173,8 @@ class MirrorStore:
             # job): refused, never followed, and reported like any other store failure.
             raise StoreError(f"cannot create temporary file: {e}") from None
 
-    def write_whole(self, parts: paths.Parts, data: bytes, header: frames.FileHeader,
-                    digest: bytes) -> None:
+    def write_whole(self, parts: paths.Parts, data: bytes | memoryview,
+                    header: frames.FileHeader, digest: bytes) -> None:
         """Write, verify and place a small file in one call (one thread hop)."""
         partial = self.create(parts)
         try:
@@ -183,6 +183,25 @@ class MirrorStore:
         except BaseException:
             partial.discard()
             raise
+
+    def write_many(self, files: Sequence[tuple[paths.Parts, frames.BundleItem]]
+                   ) -> list[str | None]:
+        """`write_whole` for each file of a bundle answer, in one call (one thread hop for
+        a bundle of small files): per file None once it is in place, or why not."""
+        problems: list[str | None] = []
+        for parts, item in files:
+            header = item.header
+            try:
+                if header is None:
+                    raise StoreError(item.error or "no file in the answer")
+                self.write_whole(parts, item.data, header, item.digest)
+            except StoreError as e:
+                problems.append(str(e))
+            except OSError as e:
+                problems.append(_describe(e))
+            else:
+                problems.append(None)
+        return problems
 
 
 _temp_names = itertools.count()

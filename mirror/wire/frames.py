@@ -11,6 +11,7 @@ to ``stringReceived`` as usual.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.protocols.basic import Int32StringReceiver
@@ -22,16 +23,26 @@ from mirror.text import printable
 # requests
 LIST = 0x01
 FETCH = 0x02
+FETCH_MANY = 0x03
 # responses
 ENTRIES = 0x81
 LIST_END = 0x82
 FILE = 0x83
 DATA = 0x84
 FILE_END = 0x85
+BUNDLE = 0x86
 ERROR = 0x8F
 
-REQUEST_OPCODES = frozenset({LIST, FETCH})
-RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, ERROR})
+REQUEST_OPCODES = frozenset({LIST, FETCH, FETCH_MANY})
+RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, BUNDLE, ERROR})
+
+#: Largest request frame (its ``length`` field) a content server reads: a path is at most
+#: 4 KiB. Fixed by the protocol, so that a client can fill a FETCH_MANY up to it.
+MAX_REQUEST = 8192
+#: Largest file a FETCH_MANY may ask for (its listed size), and largest BUNDLE frame (its
+#: ``length`` field): a bundle answer is gathered whole, never streamed.
+BUNDLE_FILE_MAX = 64 * 1024
+MAX_BUNDLE_FRAME = 256 * 1024
 
 #: FETCH length meaning "to the end of the file".
 TO_END = 2**64 - 1
@@ -57,6 +68,13 @@ _FILE = struct.Struct(">QQqH")
 _ERROR = struct.Struct(">H")
 _ENTRY = struct.Struct(">BHQqH")
 _MESSAGE_LEN = struct.Struct(">H")
+_FETCH_MANY = struct.Struct(">IH")  # delay_ms, count
+_WANT = struct.Struct(">QH")  # listed size, path length
+_ITEM = struct.Struct(">HB")  # index, status
+_ITEM_FILE = struct.Struct(">QqH")  # file_size, mtime_ns, mode; then digest and bytes
+_ITEM_ERROR = struct.Struct(">HH")  # code, message length; then the message
+ITEM_FILE = 0
+ITEM_ERROR = 1
 #: Longest error message kept (ERROR frames and error entries), in bytes.
 MAX_MESSAGE = 1024
 #: FILE_END's payload: a BLAKE3-256 digest of the bytes sent (`mirror.hashing`).
@@ -105,6 +123,11 @@ def frame(opcode: int, request_id: int, payload: bytes = b"") -> bytes:
     return _LEN.pack(5 + len(payload)) + _HEAD.pack(opcode, request_id) + payload
 
 
+def frame_head(opcode: int, request_id: int, payload_len: int) -> bytes:
+    """The prefix of a frame whose payload (``payload_len`` bytes) is written separately."""
+    return _LEN.pack(5 + payload_len) + _HEAD.pack(opcode, request_id)
+
+
 def data_header(request_id: int, body_len: int) -> bytes:
     """The prefix of a DATA frame whose body (``body_len`` bytes) is written separately."""
     return _LEN.pack(5 + body_len) + _HEAD.pack(DATA, request_id)
@@ -133,6 +156,143 @@ def decode_fetch(payload: bytes) -> tuple[int, int, int, bytes]:
         raise ProtocolError("FETCH frame too short")
     offset, length, delay_ms = _FETCH.unpack_from(payload)
     return offset, length, delay_ms, payload[_FETCH.size :]
+
+
+def fetch_many_room() -> int:
+    """Bytes a FETCH_MANY's files may take (see `want_size`) within `MAX_REQUEST`."""
+    return MAX_REQUEST - _HEAD.size - _FETCH_MANY.size
+
+
+def want_size(path: bytes) -> int:
+    """Bytes one file (its encoded wire path) takes in a FETCH_MANY."""
+    return _WANT.size + len(path)
+
+
+def encode_fetch_many(delay_ms: int, wants: Sequence[tuple[bytes, int]]) -> bytes:
+    """A FETCH_MANY payload: the files ``(encoded wire path, listed size)``, in order."""
+    return _FETCH_MANY.pack(delay_ms, len(wants)) + b"".join(
+        _WANT.pack(size, len(path)) + path for path, size in wants)
+
+
+def split_fetch_many(wants: Sequence[tuple[bytes, int]]) -> list[tuple[int, int]]:
+    """The ranges ``[start, end)`` of ``wants`` (encoded path, listed size) that each fill
+    one FETCH_MANY within `MAX_REQUEST`, in order."""
+    ranges = []
+    room = fetch_many_room()
+    start, used = 0, 0
+    for i, (path, _size) in enumerate(wants):
+        need = want_size(path)
+        if i > start and used + need > room:
+            ranges.append((start, i))
+            start, used = i, 0
+        used += need
+    if start < len(wants):
+        ranges.append((start, len(wants)))
+    return ranges
+
+
+def decode_fetch_many(payload: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """(delay_ms, [(listed size, raw path)]); raises `ProtocolError` if malformed."""
+    if len(payload) < _FETCH_MANY.size:
+        raise ProtocolError("FETCH_MANY frame too short")
+    delay_ms, count = _FETCH_MANY.unpack_from(payload)
+    if not count:
+        raise ProtocolError("FETCH_MANY of no file")
+    wants = []
+    pos, end = _FETCH_MANY.size, len(payload)
+    for _ in range(count):
+        if end - pos < _WANT.size:
+            raise ProtocolError("truncated FETCH_MANY")
+        size, path_len = _WANT.unpack_from(payload, pos)
+        pos += _WANT.size
+        if end - pos < path_len:
+            raise ProtocolError("truncated FETCH_MANY path")
+        wants.append((size, payload[pos : pos + path_len]))
+        pos += path_len
+    if pos != end:
+        raise ProtocolError("FETCH_MANY longer than its files")
+    return delay_ms, wants
+
+
+#: Bytes a BUNDLE file item takes besides the file's bytes.
+BUNDLE_ITEM_OVERHEAD = _ITEM.size + _ITEM_FILE.size + DIGEST_SIZE
+
+
+def encode_bundle_file(index: int, header: FileHeader, digest: bytes, data: bytes) -> bytes:
+    """A BUNDLE item: file ``index`` of the request, whole (``header.size`` bytes)."""
+    return (_ITEM.pack(index, ITEM_FILE)
+            + _ITEM_FILE.pack(header.file_size, header.mtime_ns, header.mode & 0o7777)
+            + digest + data)
+
+
+def encode_bundle_error(index: int, code: int, message: str) -> bytes:
+    """A BUNDLE item: file ``index`` of the request failed (as an ERROR frame says)."""
+    text = encode_error(code, message)[_ERROR.size :]
+    return _ITEM.pack(index, ITEM_ERROR) + _ITEM_ERROR.pack(code, len(text)) + text
+
+
+@dataclass(slots=True)
+class BundleItem:
+    """One answer of a BUNDLE frame: file ``index`` of the request, whole (``size`` bytes,
+    ``data`` a view of the frame, ``digest``), or, if ``error`` is set, why it failed.
+
+    Made per file on the reactor thread: neither frozen nor holding a `FileHeader`
+    (`header` makes one when asked, in the thread that writes the file)."""
+
+    index: int
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    digest: bytes = b""
+    data: memoryview | bytes = b""
+    #: The error item's message (printable); None for a file.
+    error: str | None = None
+    code: int = 0
+
+    @property
+    def header(self) -> FileHeader | None:
+        if self.error is not None:
+            return None
+        return FileHeader(self.size, self.size, self.mtime_ns, self.mode)
+
+
+def decode_bundle(payload: bytes) -> list[BundleItem]:
+    """Split a BUNDLE payload; raises `ProtocolError` on truncation or an unknown status."""
+    items = []
+    view = memoryview(payload)
+    pos, end = 0, len(payload)
+    while pos < end:
+        if end - pos < _ITEM.size:
+            raise ProtocolError("truncated BUNDLE item")
+        index, status = _ITEM.unpack_from(payload, pos)
+        pos += _ITEM.size
+        if status == ITEM_FILE:
+            if end - pos < _ITEM_FILE.size + DIGEST_SIZE:
+                raise ProtocolError("truncated BUNDLE file header")
+            size, mtime_ns, mode = _ITEM_FILE.unpack_from(payload, pos)
+            pos += _ITEM_FILE.size
+            digest = payload[pos : pos + DIGEST_SIZE]
+            pos += DIGEST_SIZE
+            if end - pos < size:
+                raise ProtocolError("truncated BUNDLE file")
+            items.append(BundleItem(index, size, mtime_ns, mode & 0o7777, digest,
+                                    view[pos : pos + size]))
+            pos += size
+        elif status == ITEM_ERROR:
+            if end - pos < _ITEM_ERROR.size:
+                raise ProtocolError("truncated BUNDLE error")
+            code, text_len = _ITEM_ERROR.unpack_from(payload, pos)
+            pos += _ITEM_ERROR.size
+            if end - pos < text_len:
+                raise ProtocolError("truncated BUNDLE error message")
+            message = printable(payload[pos : pos + text_len], MAX_ERROR_MESSAGE)
+            items.append(BundleItem(index, error=message, code=code))
+            pos += text_len
+        else:
+            raise ProtocolError(f"unknown BUNDLE item status {status}")
+    if not items:
+        raise ProtocolError("empty BUNDLE frame")
+    return items
 
 
 def encode_entry(kind: int, mode: int, size: int, mtime_ns: int, name: bytes) -> bytes:

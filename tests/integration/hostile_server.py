@@ -202,9 +202,14 @@ class HostileServer:
     list_mode: str = "entries"
     #: Entries per ENTRIES frame.
     batch: int = 50
-    #: (opcode, raw path) of every request received, in order.
+    #: (opcode, raw path) of every request received, in order (one per file of a
+    #: FETCH_MANY).
     requests: list[tuple[int, bytes]] = field(default_factory=list)
     connections: int = 0
+    #: How the answer to a FETCH_MANY lies about a file (`BUNDLE_LIES`), by wire path. A
+    #: file with no lie is answered honestly, unless it has a `Fetch` in ``fetch``: that
+    #: one gets an error item, so that its script plays on the FETCH that retries it.
+    bundle_lies: dict[str, str] = field(default_factory=dict)
 
     def fetch_for(self, path: bytes) -> tuple[Fetch | None, ListEntry | None]:
         """How to answer a FETCH of ``path``, and its (first) LIST entry if any."""
@@ -218,7 +223,29 @@ class HostileServer:
         return None, None
 
     def fetched(self) -> list[str]:
-        return [p.decode("utf-8", "replace") for op, p in self.requests if op == frames.FETCH]
+        """Every file asked for, by FETCH or in a FETCH_MANY, in order."""
+        return [p.decode("utf-8", "replace") for op, p in self.requests
+                if op in (frames.FETCH, frames.FETCH_MANY)]
+
+    def bundled(self) -> list[str]:
+        """Every file asked for in a FETCH_MANY, in order."""
+        return [p.decode("utf-8", "replace") for op, p in self.requests
+                if op == frames.FETCH_MANY]
+
+
+#: What `HostileServer.bundle_lies` may say of a file in a FETCH_MANY's answer. Told in
+#: the BUNDLE frame of the honest answers: ``digest`` (a wrong digest), ``size`` (one byte
+#: more than listed), ``twice`` (its item sent twice), ``missing`` (its item left out),
+#: ``error`` (an error item), ``foreign`` (honest, and an item for a file not asked for
+#: after the last). Told once the files before it are sent, ending the answer:
+#: ``truncated`` (an item announcing more bytes than its frame holds), ``unknown-status``,
+#: ``huge`` (the head of a frame of 4 GiB), ``oversized`` (a BUNDLE frame one byte over
+#: the mirror server's limit), ``request-error`` (ERROR for the whole request),
+#: ``file-frame`` (a FETCH's FILE frame), ``stall`` (nothing more), ``drop``
+#: (connection closed).
+BUNDLE_LIES = ("digest", "size", "twice", "missing", "error", "foreign", "truncated",
+               "unknown-status", "huge", "oversized", "request-error", "file-frame", "stall",
+               "drop")
 
 
 class HostileProtocol(frames.FrameReceiver):
@@ -267,6 +294,10 @@ class HostileProtocol(frames.FrameReceiver):
             _offset, _length, _delay, path = frames.decode_fetch(payload)
             self.script.requests.append((opcode, path))
             self.go(self.answer_fetch(request_id, path))
+        elif opcode == frames.FETCH_MANY:
+            _delay, wants = frames.decode_fetch_many(payload)
+            self.script.requests += [(opcode, path) for _size, path in wants]
+            self.answer_bundle(request_id, [path for _size, path in wants])
         else:
             abort_connection(self.transport)
 
@@ -289,6 +320,77 @@ class HostileProtocol(frames.FrameReceiver):
         if mode == "entries":
             self.send(frames.frame(frames.LIST_END, rid,
                                    frames.encode_list_end(len(entries), 0)))
+
+    def bundle_file(self, index: int, path: bytes, content: bytes,
+                    digest: bytes | None = None) -> bytes:
+        _how, entry = self.script.fetch_for(path)
+        mode, mtime_ns = (entry.mode, entry.mtime_ns) if entry else (0o644, MTIME_NS)
+        header = frames.FileHeader(len(content), len(content), mtime_ns, mode)
+        return frames.encode_bundle_file(
+            index, header, digest_of(content) if digest is None else digest,
+            content)
+
+    def answer_bundle(self, rid: int, paths: list[bytes]) -> None:
+        """Answer a FETCH_MANY in one BUNDLE frame, with the `BUNDLE_LIES` scripted."""
+        items: list[bytes] = []
+        foreign = False
+        for index, path in enumerate(paths):
+            name = path.decode("utf-8", "surrogateescape")
+            how, _entry = self.script.fetch_for(path)
+            lie = self.script.bundle_lies.get(name)
+            if how is None or (lie is None and name in self.script.fetch):
+                items.append(frames.encode_bundle_error(
+                    index, frames.E_NOT_FOUND if how is None else frames.E_IO,
+                    f"{name}: " + ("no such file" if how is None else "scripted for FETCH")))
+                continue
+            content = how.content
+            honest = self.bundle_file(index, path, content)
+            if lie is None:
+                items.append(honest)
+            elif lie == "digest":
+                items.append(self.bundle_file(index, path, content,
+                                              digest_of(content + b"x")))
+            elif lie == "size":
+                items.append(self.bundle_file(index, path, content + b"x"))
+            elif lie == "twice":
+                items += [honest, honest]
+            elif lie == "missing":
+                pass
+            elif lie == "error":
+                items.append(frames.encode_bundle_error(index, frames.E_IO, f"{name}: I/O"))
+            elif lie == "foreign":
+                items.append(honest)
+                foreign = True
+            else:
+                if items:
+                    self.send(frames.frame(frames.BUNDLE, rid, b"".join(items)))
+                self.bundle_ending(rid, index, lie, honest)
+                return
+        if foreign:
+            items.append(self.bundle_file(len(paths), b"foreign", b"not asked for"))
+        if items:
+            self.send(frames.frame(frames.BUNDLE, rid, b"".join(items)))
+
+    def bundle_ending(self, rid: int, index: int, lie: str, honest: bytes) -> None:
+        if lie == "truncated":
+            self.send(frames.frame(frames.BUNDLE, rid, honest[:-1]))
+        elif lie == "unknown-status":
+            self.send(frames.frame(frames.BUNDLE, rid, struct.pack(">HB", index, 9) + honest))
+        elif lie == "huge":
+            self.send(struct.pack(">IBI", 0xFFFFFFFF, frames.BUNDLE, rid), b"x" * 100)
+        elif lie == "oversized":
+            body = honest + b"\0" * (frames.MAX_BUNDLE_FRAME - 5 + 1 - len(honest))
+            self.send(frames.frame(frames.BUNDLE, rid, body))
+        elif lie == "request-error":
+            self.send(frames.frame(frames.ERROR, rid,
+                                   frames.encode_error(frames.E_IO, "bundle failed")))
+        elif lie == "file-frame":
+            header = frames.FileHeader(1, 1, MTIME_NS, 0o644)
+            self.send(frames.frame(frames.FILE, rid, frames.encode_file(header)))
+        elif lie == "drop":
+            self.transport.loseConnection()
+        elif lie != "stall":
+            raise ValueError(lie)
 
     async def answer_fetch(self, rid: int, path: bytes) -> None:
         how, entry = self.script.fetch_for(path)

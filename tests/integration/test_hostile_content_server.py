@@ -34,6 +34,7 @@ from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.wire import frames
 from tests.integration.conftest import deep_scratch_dir, run_job, source
 from tests.integration.hostile_server import (  # noqa: F401  (fixture)
+    BUNDLE_LIES,
     MTIME_NS,
     Fetch,
     Gate,
@@ -487,8 +488,8 @@ LIES: list[tuple[str, Callable[[bytes], Fetch], str]] = [
 @pytest_twisted.ensureDeferred
 async def test_fetch_lie(harness, case, lie, why, size):
     """The lying file fails with a clear error; its old version stays; its neighbours arrive;
-    nothing is left behind."""
-    h = harness(stall_timeout=STALL if why == "stalled" else NO_STALL)
+    nothing is left behind. (FETCH only: lies in bundles are `test_bundle_lie`'s.)"""
+    h = harness(stall_timeout=STALL if why == "stalled" else NO_STALL, bundle_files=0)
     content = SMALL if size == "small" else BIG
     old = h.seed("docs/victim")
     lies = {"docs/victim": lie(content), "docs/brand-new": lie(content)}
@@ -520,6 +521,55 @@ async def test_fetch_lie(harness, case, lie, why, size):
     assert not (h.top / "docs" / "brand-new").exists()
     assert (h.top / "docs" / "fine").read_bytes() == SMALL
     assert sorted(os.listdir(h.top / "docs")) == ["fine", "victim"]
+    h.check_safe(result)
+    await h.check_alive()
+
+
+BUNDLE_NEIGHBOURS = ["docs/a", "docs/b", "docs/y", "docs/z"]
+
+
+@pytest.mark.parametrize("lie", BUNDLE_LIES)
+@pytest_twisted.ensureDeferred
+async def test_bundle_lie(harness, lie):
+    """A FETCH_MANY answer that lies about one file (or breaks the connection there): the
+    lie is caught, nothing unverified lands, and every file it cost is fetched again on its
+    own (from an honest FETCH here): the job completes, the daemon lives."""
+    # A file left out at the end of a bundle is noticed as silence. Long enough that the
+    # honest FETCHes that follow do not look stalled on a loaded machine.
+    h = harness(stall_timeout=2.0 if lie in ("stall", "missing") else NO_STALL)
+    h.seed("docs/victim")
+    h.script.bundle_lies["docs/victim"] = lie
+    entries = [f(name, name.encode() * 3) for name in BUNDLE_NEIGHBOURS]
+    entries.insert(2, f("docs/victim", SMALL))
+    result = await h.run(d("docs"), *entries)
+    assert result.ok, result.errors
+    assert "docs/victim" in h.script.bundled()
+    # The victim went twice: in a bundle, then alone.
+    assert h.script.fetched().count("docs/victim") == 2
+    assert (h.top / "docs" / "victim").read_bytes() == SMALL
+    for name in BUNDLE_NEIGHBOURS:
+        assert (h.top / name).read_bytes() == name.encode() * 3
+    h.check_safe(result)
+    await h.check_alive()
+
+
+@pytest.mark.parametrize("lie", ["digest", "size", "twice", "truncated"])
+@pytest_twisted.ensureDeferred
+async def test_bundle_lie_then_fetch_lie(harness, lie):
+    """Lied about in the bundle and again when fetched alone: reported once, with the
+    second reason; the old version stays; the others arrive."""
+    h = harness()
+    old = h.seed("docs/victim")
+    h.script.bundle_lies["docs/victim"] = lie
+    result = await h.run(d("docs"), f("docs/a", b"aaa"), f("docs/victim", SMALL),
+                         f("docs/z", b"zzz"), docs__victim=wrong_digest(SMALL))
+    assert not result.ok
+    [message] = errors_for(result, "docs/victim")
+    assert message.startswith("docs/victim:") and "BLAKE3 mismatch" in message, message
+    assert len(result.errors) == 1, result.errors
+    assert old.read_bytes() == OLD
+    assert (h.top / "docs" / "a").read_bytes() == b"aaa"
+    assert (h.top / "docs" / "z").read_bytes() == b"zzz"
     h.check_safe(result)
     await h.check_alive()
 

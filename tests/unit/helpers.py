@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -115,6 +115,34 @@ def fetch_result(got: list[tuple[int, int, bytes]], request_id: int) -> FetchRes
     return r
 
 
+@dataclass
+class BundleAnswer:
+    """A FETCH_MANY answer: its items in the order sent, its BUNDLE frames, or its ERROR."""
+
+    items: list[frames.BundleItem] = field(default_factory=list)
+    frames: int = 0
+    error: tuple[int, str] | None = None
+
+
+def bundle_result(got: list[tuple[int, int, bytes]], request_id: int) -> BundleAnswer:
+    """Assemble the FETCH_MANY answer for ``request_id``; asserts the response grammar."""
+    r = BundleAnswer()
+    for opcode, rid, payload in got:
+        if rid != request_id:
+            continue
+        assert r.error is None, "frame after an ERROR"
+        if opcode == frames.BUNDLE:
+            assert len(payload) + 5 <= frames.MAX_BUNDLE_FRAME, "BUNDLE frame over the limit"
+            r.items.extend(frames.decode_bundle(payload))
+            r.frames += 1
+        elif opcode == frames.ERROR:
+            r.error = frames.decode_error(payload)
+        else:
+            raise AssertionError(f"unexpected opcode {opcode:#x} in a FETCH_MANY answer")
+    assert [i.index for i in r.items] == list(range(len(r.items))), "items out of order"
+    return r
+
+
 PEER = IPv4Address("TCP", "127.0.0.1", 1234)
 
 
@@ -139,6 +167,12 @@ class ServerRig:
               length: int = frames.TO_END, delay_ms: int = 0) -> None:
         raw = path if isinstance(path, bytes) else path.encode("utf-8")
         self.send(frames.FETCH, request_id, struct.pack(">QQI", offset, length, delay_ms) + raw)
+
+    def fetch_many(self, request_id: int, wants: Sequence[tuple[str | bytes, int]],
+                   delay_ms: int = 0) -> None:
+        """A FETCH_MANY of ``(path, listed size)`` pairs."""
+        raw = [(p if isinstance(p, bytes) else p.encode("utf-8"), size) for p, size in wants]
+        self.send(frames.FETCH_MANY, request_id, frames.encode_fetch_many(delay_ms, raw))
 
     @property
     def aborted(self) -> bool:

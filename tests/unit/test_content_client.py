@@ -352,7 +352,7 @@ class BrokenConnection(ClientTestCase):
         self.assert_all_failed(ds, "protocol error", "unknown request 999")
 
     def test_unknown_opcodes(self) -> None:
-        for opcode in (0x00, frames.LIST, frames.FETCH, 0x80, 0x86, 0xFF):
+        for opcode in (0x00, frames.LIST, frames.FETCH, 0x80, 0x87, 0xFF):
             self.setUp()
             ds = self.pending()
             self.feed(frames.frame(opcode, 1, b""))
@@ -568,7 +568,7 @@ class Flow(ClientTestCase):
 
 from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
 
-_rids = st.sampled_from([1, 2, 3, 4, 999])
+_rids = st.sampled_from([1, 2, 3, 4, 5, 999])
 _payloads = st.one_of(
     st.binary(max_size=2),
     st.binary(max_size=40),
@@ -578,6 +578,16 @@ _payloads = st.one_of(
     st.builds(lambda n: frames.encode_list_end(n, 0), st.integers(0, 3)),
     st.builds(lambda name: frames.encode_entry(frames.KIND_FILE, 0o644, 1, 1, name),
               st.sampled_from([b"a", b"../x", b""])),
+    # BUNDLE items: right or wrong index, size, digest; error items; cut short.
+    st.builds(lambda items, cut: b"".join(items)[:cut],
+              st.lists(st.one_of(
+                  st.builds(lambda i, body: frames.encode_bundle_file(
+                      i, FileHeader(len(body), len(body), 0, 0o644),
+                      digest_of(body), body),
+                      st.integers(0, 3), st.sampled_from([b"", b"abc", b"x"])),
+                  st.builds(lambda i: frames.encode_bundle_error(i, 1, "gone"),
+                            st.integers(0, 3))), min_size=1, max_size=4),
+              st.one_of(st.just(10**6), st.integers(0, 200))),
 )
 
 
@@ -603,16 +613,227 @@ class ClientFuzz(ClientTestCase):
     def test_any_answer(self, wires: list[bytes], cut: int, garbage: bool) -> None:
         self.setUp()
         ds = [self.fetch("f1")[0], self.list("l2")[0], self.fetch("f3", delay=1)[0],
-              self.fetch("f4")[0]]
+              self.fetch("f4")[0], self.client.fetch_many([(b"m5", 3), (b"m6", 0)])]
         stream = b"".join(wires) + (b"\xff\x00\x13" if garbage else b"")
         for i in range(0, len(stream), cut):
             self.feed(stream[i : i + cut])  # never raises
         self.clock.advance(STALL + 10)
         for d in ds:  # every request ended, one way or the other
             self.assertTrue(d.called)
+            if isinstance(d.result, list):  # FETCH_MANY: one result per file, always
+                self.assertEqual(len(d.result), 2)
+                for r in d.result:
+                    self.assertIsInstance(r, (str, frames.BundleItem))
+                continue
             if isinstance(d.result, type(None)) or not hasattr(d.result, "check"):
                 continue
             self.assertTrue(d.result.check(TransferError), d.result)
             d.addErrback(lambda f: None)
         self.assertEqual(self.client.load, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def bundle_file(index: int, body: bytes, mtime: int = 123, mode: int = 0o644,
+                digest: bytes | None = None) -> bytes:
+    header = FileHeader(len(body), len(body), mtime, mode)
+    return frames.encode_bundle_file(index, header, digest or digest_of(body),
+                                     body)
+
+
+def bundle_frame(rid: int, *items: bytes) -> bytes:
+    return frames.frame(frames.BUNDLE, rid, b"".join(items))
+
+
+class FetchMany(ClientTestCase):
+    """FETCH_MANY: one request, one result per file; a bad answer fails the files it
+    concerns (or, if it breaks the framing, the connection), never the files already
+    answered well."""
+
+    WANTS = [(b"a", 3), (b"d/b", 5), (b"c", 0)]
+
+    def fetch_many(self, wants=None, **kw) -> tuple[Deferred, int]:
+        d = self.client.fetch_many(self.WANTS if wants is None else wants, **kw)
+        return d, self.requests()[-1][1]
+
+    def results(self, d: Deferred) -> list:
+        return self.successResultOf(d)
+
+    def assert_good(self, result, index: int, body: bytes) -> None:
+        self.assertIsInstance(result, frames.BundleItem)
+        self.assertEqual((result.index, bytes(result.data)), (index, body))
+        self.assertEqual(result.digest, digest_of(body))
+
+    def test_request(self) -> None:
+        self.client.fetch_many(self.WANTS, delay=1.5)
+        [(opcode, rid, payload)] = self.requests()
+        self.assertEqual(opcode, frames.FETCH_MANY)
+        self.assertEqual(frames.decode_fetch_many(payload),
+                         (1500, [(size, path) for path, size in self.WANTS]))
+
+    def test_answer_in_one_frame(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa"), bundle_file(1, b"bbbbb"),
+                               bundle_file(2, b"")))
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")
+        self.assert_good(b, 1, b"bbbbb")
+        self.assert_good(c, 2, b"")
+        self.assertEqual(self.client.load, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answer_over_several_frames_and_reads(self) -> None:
+        d, rid = self.fetch_many()
+        wire = (bundle_frame(rid, bundle_file(0, b"aaa"))
+                + bundle_frame(rid, bundle_file(1, b"bbbbb"), bundle_file(2, b"")))
+        for i in range(len(wire)):
+            self.feed(wire[i:i + 1])
+        self.assertEqual([bytes(r.data) for r in self.results(d)], [b"aaa", b"bbbbb", b""])
+
+    def test_error_item_fails_that_file_only(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa"),
+                               frames.encode_bundle_error(1, frames.E_NOT_FOUND,
+                                                          "d/b: gone\x1b[2J"),
+                               bundle_file(2, b"")))
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")
+        self.assertEqual(b, "d/b: gone\\x1b[2J")
+        self.assert_good(c, 2, b"")
+
+    def test_size_other_than_listed_fails_that_file(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaaa"), bundle_file(1, b"bbbbb"),
+                               bundle_file(2, b"")))
+        a, b, c = self.results(d)
+        self.assertEqual(a, "file changed: listed with 3 bytes, now 4")
+        self.assert_good(b, 1, b"bbbbb")
+
+    def test_digest_is_passed_on_unverified(self) -> None:
+        """The bytes are hashed where they are written (in a thread), not here."""
+        d, rid = self.fetch_many([(b"a", 3)])
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa", digest=b"\0" * 32)))
+        [a] = self.results(d)
+        self.assertEqual(a.digest, b"\0" * 32)
+
+    def check_bad_answer(self, items: list[bytes], why: str) -> list:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.feed(bundle_frame(rid, *items))
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")  # answered well before: it stands
+        for message in (b, c):
+            self.assertIn("bad answer", message)
+            self.assertIn(why, message)
+        self.assertEqual(self.client.load, 0)
+        self.assertFalse(self.aborted)
+        return [a, b, c]
+
+    def test_duplicated_file(self) -> None:
+        self.check_bad_answer([bundle_file(0, b"aaa")], "#0 answered twice")
+
+    def test_missing_file(self) -> None:
+        self.check_bad_answer([bundle_file(2, b"")], "#2 before #1")
+
+    def test_file_not_asked_for(self) -> None:
+        self.check_bad_answer([bundle_file(7, b"x")], "#7 not asked for")
+
+    def test_a_bad_frame_is_taken_whole_or_not_at_all(self) -> None:
+        """Items before the bad one in the same frame are not taken either."""
+        self.check_bad_answer([bundle_file(1, b"bbbbb"), bundle_file(1, b"bbbbb")],
+                              "#1 answered twice")
+
+    def test_more_files_than_asked_in_the_last_frame(self) -> None:
+        d, rid = self.fetch_many([(b"a", 3)])
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa"), bundle_file(1, b"x")))
+        [a] = self.results(d)
+        self.assertIn("#1 not asked for", a)
+
+    def test_late_frames_after_the_answer_are_ignored(self) -> None:
+        d, rid = self.fetch_many([(b"a", 3)])
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.assert_good(self.results(d)[0], 0, b"aaa")
+        self.assertFalse(self.aborted)
+
+    def test_error_frame_fails_the_files_not_answered(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")),
+                  error_frame(rid, frames.E_BUSY, "busy"))
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")
+        self.assertEqual((b, c), ("busy", "busy"))
+
+    def test_fetch_answer_to_a_fetch_many(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(file_frame(rid, 3))
+        self.assertEqual(self.results(d), ["FETCH_MANY of 3 files: unexpected response 0x83"] * 3)
+
+    def test_bundle_answer_to_a_fetch(self) -> None:
+        d, _, rid = self.fetch("f")
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.assertIn("unexpected response 0x86", self.failure_message(d))
+
+    def test_bundle_answer_to_a_list(self) -> None:
+        d, _, rid = self.list("x")
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.assertIn("unexpected response 0x86", self.failure_message(d))
+
+    def test_truncated_bundle_breaks_the_connection(self) -> None:
+        d, rid = self.fetch_many()
+        other, _, _ = self.fetch("f")
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")[:-1]))
+        self.assertTrue(self.aborted)
+        for message in self.results(d):
+            self.assertIn("protocol error: truncated BUNDLE file", message)
+        self.assertIn("protocol error", self.failure_message(other))
+
+    def test_oversized_bundle_frame_breaks_the_connection(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(struct.pack(">IBI", frames.MAX_BUNDLE_FRAME + 1, frames.BUNDLE, rid))
+        self.assertTrue(self.aborted)
+        for message in self.results(d):
+            self.assertIn("exceeds the limit", message)
+
+    def test_stall_fails_the_files_not_answered(self) -> None:
+        d, rid = self.fetch_many()
+        self.clock.advance(STALL - 1)
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.clock.advance(STALL - 1)  # restarted by the frame
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")
+        self.assertIn("stalled", b)
+        self.assertFalse(self.aborted)
+
+    def test_delay_extends_every_wait(self) -> None:
+        """The server waits the delay before each file: each frame may take that long."""
+        d, rid = self.fetch_many(delay=100)
+        self.clock.advance(STALL + 99)
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.clock.advance(STALL + 99)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assertIn("stalled", self.results(d)[1])
+
+    def test_connection_lost(self) -> None:
+        d, rid = self.fetch_many()
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))
+        self.client.connectionLost()
+        a, b, c = self.results(d)
+        self.assert_good(a, 0, b"aaa")
+        self.assertIn("lost", b)
+
+    def test_after_the_connection_is_lost(self) -> None:
+        self.client.connectionLost()
+        results = self.results(self.client.fetch_many(self.WANTS))
+        self.assertEqual(len(results), 3)
+        self.assertIn("lost", results[0])
+
+    def test_cancelled(self) -> None:
+        d, rid = self.fetch_many()
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(self.client.load, 0)
+        self.feed(bundle_frame(rid, bundle_file(0, b"aaa")))  # late: ignored
+        self.assertFalse(self.aborted)

@@ -20,6 +20,7 @@ from mirror.wire import frames
 from tests.unit.helpers import (
     FrameLog,
     ServerRig,
+    bundle_result,
     connect_server,
     fetch_result,
     list_result,
@@ -454,6 +455,189 @@ class Fetching(ServerTestCase):
         self.assertNotEqual(ids, sorted(ids), "responses did not interleave")
 
 
+class FetchMany(ServerTestCase):
+    """FETCH_MANY: many small files in one request, answered in BUNDLE frames built in one
+    thread call each; each file checked as a FETCH is, and failing alone."""
+
+    settings = {"max_delay": 10.0}
+
+    def listed(self, name: str) -> tuple[str, int]:
+        return name, len(self.files[name])
+
+    def check_item(self, item: frames.BundleItem, name: str) -> None:
+        data = self.files[name]
+        st = os.stat(self.path_of(name))
+        self.assertEqual(item.header, frames.FileHeader(len(data), len(data), st.st_mtime_ns,
+                                                        st.st_mode & 0o7777))
+        self.assertEqual(bytes(item.data), data)
+        self.assertEqual(item.digest, digest_of(data))
+
+    def fetch_many(self, wants, request_id: int = 1, **kw):
+        self.rig.fetch_many(request_id, wants, **kw)
+        return bundle_result(self.answer(), request_id)
+
+    def assert_item_error(self, item: frames.BundleItem, code: int, *words: str) -> None:
+        self.assertIsNone(item.header)
+        self.assertEqual(item.code, code, item.error)
+        for word in words:
+            self.assertIn(word, item.error)
+
+    def test_files_in_one_frame_and_one_thread_call(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.fetch_many(1, [self.listed("a.txt"), self.listed("docs/b.txt"),
+                                self.listed("docs/sub/c.txt"), self.listed("a.txt")])
+        self.assertEqual(threads.run_all(), 1)
+        r = bundle_result(self.answer(), 1)
+        self.assertEqual(r.frames, 1)
+        for item, name in zip(r.items, ["a.txt", "docs/b.txt", "docs/sub/c.txt", "a.txt"],
+                              strict=True):
+            self.check_item(item, name)
+        self.assertFalse(self.rig.aborted)
+        self.assertTrue(self.rig.proto.is_idle())
+
+    def test_each_file_fails_alone(self) -> None:
+        r = self.fetch_many([
+            ("missing", 1), ("link", 6), ("fifo", 0), ("docs", 0), ("../x", 1),
+            ("a.txt", 6), ("bad\x01name", 1), ("docs/b.txt", 999), ("big.bin", BIG_SIZE),
+            ("docs/up/secret", 6), (".", 0),
+        ])
+        e = frames
+        self.assert_item_error(r.items[0], e.E_NOT_FOUND, "missing", "no such file")
+        self.assert_item_error(r.items[1], e.E_NOT_ALLOWED, "link")
+        self.assert_item_error(r.items[2], e.E_NOT_ALLOWED, "fifo")
+        self.assertIsNone(r.items[3].header)  # a directory
+        self.assert_item_error(r.items[4], e.E_NOT_ALLOWED, "../x")
+        self.check_item(r.items[5], "a.txt")
+        self.assert_item_error(r.items[6], e.E_NOT_ALLOWED, "bad\\x01name")
+        self.assert_item_error(r.items[7], e.E_CHANGED, "docs/b.txt",
+                               "listed with 999 bytes, now 4")
+        self.assert_item_error(r.items[8], e.E_BAD_REQUEST, "too large for FETCH_MANY")
+        self.assert_item_error(r.items[9], e.E_NOT_ALLOWED, "docs/up")
+        self.assert_item_error(r.items[10], e.E_NOT_ALLOWED)
+        self.assertEqual(len(r.items), 11)
+        self.assertFalse(self.rig.aborted)
+
+    def test_grown_since_listed(self) -> None:
+        """More bytes than listed are never sent, even within the bundle limit."""
+        r = self.fetch_many([("a.txt", 2)])
+        self.assert_item_error(r.items[0], frames.E_CHANGED, "listed with 2 bytes, now 6")
+
+    def test_shrunk_since_listed(self) -> None:
+        r = self.fetch_many([("a.txt", 10)])
+        self.assert_item_error(r.items[0], frames.E_CHANGED, "listed with 10 bytes, now 6")
+
+    def test_grown_past_the_bundle_limit(self) -> None:
+        with open(self.path_of("a.txt"), "wb") as f:
+            f.write(b"x" * (frames.BUNDLE_FILE_MAX + 1))
+        r = self.fetch_many([("a.txt", 6)])
+        self.assert_item_error(r.items[0], frames.E_CHANGED,
+                               f"now {frames.BUNDLE_FILE_MAX + 1}")
+
+    def test_frames_stay_within_the_limit(self) -> None:
+        os.makedirs(self.path_of("many"))
+        wants = []
+        for i in range(12):
+            name = f"many/f{i}"
+            self.files[name] = bytes([i]) * frames.BUNDLE_FILE_MAX
+            with open(self.path_of(name), "wb") as f:
+                f.write(self.files[name])
+            wants.append(self.listed(name))
+        r = self.fetch_many(wants)  # bundle_result checks each frame's size
+        self.assertGreaterEqual(r.frames, 3)
+        for item, (name, _) in zip(r.items, wants, strict=True):
+            self.check_item(item, name)
+
+    def test_malformed_request(self) -> None:
+        self.rig.send(frames.FETCH_MANY, 1, struct.pack(">IH", 0, 2) + b"\x00" * 3)
+        r = bundle_result(self.answer(), 1)
+        self.assertEqual(r.error[0], frames.E_BAD_REQUEST)
+        self.assertIn("truncated", r.error[1])
+        self.assertFalse(self.rig.aborted)
+        self.assertEqual(self.fetch_many([self.listed("a.txt")], request_id=2).items[0].code, 0)
+
+    def test_empty_request(self) -> None:
+        self.rig.send(frames.FETCH_MANY, 1, struct.pack(">IH", 0, 0))
+        self.assertEqual(bundle_result(self.answer(), 1).error[0], frames.E_BAD_REQUEST)
+
+    def test_request_over_the_frame_limit(self) -> None:
+        wants = [("a" * 4000, 1), ("b" * 4000, 1), ("c" * 200, 1)]
+        self.rig.fetch_many(1, wants)
+        self.assertTrue(self.rig.aborted)
+        self.assertEqual(self.answer(), [])
+
+    def test_delay_before_each_file(self) -> None:
+        self.rig.fetch_many(1, [self.listed("a.txt"), self.listed("docs/b.txt")],
+                            delay_ms=2000)
+        self.clock.advance(1.999)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(0.001)
+        first = bundle_result(self.answer(), 1)
+        self.assertEqual((first.frames, len(first.items)), (1, 1))
+        self.check_item(first.items[0], "a.txt")
+        self.clock.advance(1.999)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(0.001)
+        second = self.answer()
+        [item] = frames.decode_bundle(second[0][2])
+        self.assertEqual(item.index, 1)
+        self.assertTrue(self.rig.proto.is_idle())
+
+    def test_delay_capped_by_max_delay(self) -> None:
+        self.rig.fetch_many(1, [self.listed("a.txt")], delay_ms=2**32 - 1)
+        self.clock.advance(9.9)
+        self.assertEqual(self.answer(), [])
+        self.clock.advance(0.1)
+        self.check_item(bundle_result(self.answer(), 1).items[0], "a.txt")
+
+    def test_delayed_bundle_dropped_with_the_connection(self) -> None:
+        self.rig.fetch_many(1, [self.listed("a.txt")] * 3, delay_ms=1000)
+        self.clock.advance(1)
+        self.answer()
+        self.rig.proto.connectionLost()
+        self.clock.advance(5)
+        self.assertEqual(self.answer(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connection_lost_during_the_thread_call(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.fetch_many(1, [self.listed("a.txt")])
+        self.rig.proto.connectionLost()
+        threads.run_all()
+        self.assertEqual(self.answer(), [])
+
+    def test_next_frame_waits_for_the_client_to_read(self) -> None:
+        os.makedirs(self.path_of("many"))
+        wants = []
+        for i in range(8):
+            name = f"many/f{i}"
+            self.files[name] = bytes([i]) * frames.BUNDLE_FILE_MAX
+            with open(self.path_of(name), "wb") as f:
+                f.write(self.files[name])
+            wants.append(self.listed(name))
+        transport = BackPressureTransport(limit=1024)
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
+        assert isinstance(proto, ContentServerProtocol)
+        proto.makeConnection(transport)
+        proto.dataReceived(frames.frame(frames.FETCH_MANY, 1, frames.encode_fetch_many(
+            0, [(n.encode(), size) for n, size in wants])))
+        first = transport.value()
+        self.assertTrue(transport.producer_paused)
+        self.assertLessEqual(len(first), frames.MAX_BUNDLE_FRAME + 4)  # one frame at most
+        # The client that reads nothing is dropped after --write-timeout, bundle or not.
+        self.clock.advance(proto.settings.write_timeout)
+        self.assertTrue(transport.disconnected)
+
+    def test_counts_as_one_request(self) -> None:
+        threads = StepThreads()
+        self.factory.threads = threads
+        self.rig.fetch_many(1, [self.listed("a.txt")] * 70)  # more files than --max-requests
+        self.assertEqual(len(self.rig.proto._requests), 1)
+        threads.run_all()
+        self.assertEqual(len(bundle_result(self.answer(), 1).items), 70)
+
+
 class FetchRefusals(ServerTestCase):
     def test_dot_dot(self) -> None:
         self.assert_error(self.fetch("../outside/secret"), frames.E_NOT_ALLOWED,
@@ -626,14 +810,14 @@ class RequestLimits(ServerTestCase):
         self.assertFalse(self.rig.aborted)
 
     def test_unknown_opcodes(self) -> None:
-        for opcode in (0x00, 0x03, frames.ENTRIES, frames.DATA, frames.ERROR, 0xFF):
+        for opcode in (0x00, 0x04, frames.ENTRIES, frames.DATA, frames.ERROR, 0xFF):
             rig = connect_server(self.factory, IPv4Address("TCP", "10.0.0.9", opcode))
             rig.send(opcode, 1, b"a.txt")
             self.assertTrue(rig.aborted, hex(opcode))
             self.assertEqual(rig.transport.value(), b"")
 
     def test_nothing_served_after_a_bad_frame(self) -> None:
-        self.rig.proto.dataReceived(frames.frame(0x03, 1) + frames.frame(
+        self.rig.proto.dataReceived(frames.frame(0x04, 1) + frames.frame(
             frames.FETCH, 2, frames.encode_fetch("a.txt")))
         self.assertTrue(self.rig.aborted)
         self.assertEqual(self.answer(), [])

@@ -91,9 +91,14 @@ _length = st.one_of(st.just(frames.TO_END), st.integers(0, 1_600_000),
                     st.integers(0, 2**64 - 1))
 _fetch = st.tuples(st.just(frames.FETCH), st.one_of(_file.map(str.encode), _path),
                    _offset, _length, st.sampled_from([0, 0, 0, 300, 2**32 - 1]))
+_fetch_many = st.tuples(
+    st.just(frames.FETCH_MANY),
+    st.lists(st.tuples(st.one_of(_file.map(str.encode), _path),
+                       st.sampled_from([0, 1, 6, 60, 665_600, 2**64 - 1])), min_size=1, max_size=6),
+    st.sampled_from([0, 0, 0, 300]))
 #: One step: a request, a clock advance or a drain of the transport (the client reads).
 _step = st.one_of(
-    _list, _fetch, _fetch, _fetch,
+    _list, _fetch, _fetch, _fetch, _fetch_many, _fetch_many,
     st.tuples(st.just("advance"), st.sampled_from([0.1, 0.5, 2.0])),
     st.tuples(st.just("drain")),
 )
@@ -173,6 +178,10 @@ class ContentServerFuzz(SynchronousTestCase):
                     rid += 1
                     if kind == frames.LIST:
                         wire += frames.frame(frames.LIST, rid, step[1])
+                    elif kind == frames.FETCH_MANY:
+                        _, wants, delay = step
+                        wire += frames.frame(frames.FETCH_MANY, rid,
+                                             frames.encode_fetch_many(delay, wants))
                     else:
                         _, path, offset, length, delay = step
                         wire += frames.frame(frames.FETCH, rid,
@@ -224,6 +233,9 @@ class ContentServerFuzz(SynchronousTestCase):
             if request[0] == frames.FETCH and last == frames.FILE_END:
                 self._check_fetch(request, answer)
                 event("a FETCH answer checked byte for byte")
+            if request[0] == frames.FETCH_MANY and last == frames.BUNDLE:
+                self._check_bundle(request, answer)
+                event("a FETCH_MANY answer checked byte for byte")
             if request[0] == frames.LIST and last == frames.LIST_END:
                 for op, p in answer[:-1]:
                     self.assertEqual(op, frames.ENTRIES)
@@ -233,8 +245,32 @@ class ContentServerFuzz(SynchronousTestCase):
             # Every request of a connection that was never dropped got its whole answer.
             for rid in sent:
                 self.assertIn(rid, answers)
+                if sent[rid][0] == frames.FETCH_MANY and answers[rid][-1][0] == frames.BUNDLE:
+                    items = [i for _, p in answers[rid] for i in frames.decode_bundle(p)]
+                    self.assertEqual(len(items), len(sent[rid][1]))
+                    continue
                 self.assertIn(answers[rid][-1][0],
                               (frames.ERROR, frames.LIST_END, frames.FILE_END))
+
+    def _check_bundle(self, request: tuple[Any, ...], answer: list[tuple[int, bytes]]) -> None:
+        """Items in order, each file whole, true, its listed size; never outside the root."""
+        _, wants, _ = request
+        self.assertEqual({op for op, _ in answer}, {frames.BUNDLE})
+        items = []
+        for _, payload in answer:
+            self.assertLessEqual(len(payload) + 5, frames.MAX_BUNDLE_FRAME)
+            items += frames.decode_bundle(payload)
+        self.assertEqual([i.index for i in items], list(range(len(items))))
+        self.assertLessEqual(len(items), len(wants))
+        for item in items:
+            path, size = wants[item.index]
+            if item.error is not None:
+                self.assertIn(item.code, range(1, 7))
+                continue
+            name = path.decode()
+            self.assertIn(name, FILES)
+            self.assertEqual((item.size, bytes(item.data)), (size, FILES[name]))
+            self.assertEqual(item.digest, digest_of(FILES[name]))
 
     def _check_fetch(self, request: tuple[Any, ...], answer: list[tuple[int, bytes]]) -> None:
         _, path, offset, length, _ = request

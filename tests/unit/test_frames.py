@@ -237,6 +237,92 @@ class Codecs(SynchronousTestCase):
 # -- the receiver --------------------------------------------------------------------------
 
 
+class BundleCodecs(SynchronousTestCase):
+    """FETCH_MANY and BUNDLE (doc/protocol.md): round trips, and every malformation refused."""
+
+    HEADER = FileHeader(5, 5, -7, 0o640)
+    DIGEST = digest_of(b"hello")
+
+    def test_fetch_many_round_trip(self) -> None:
+        wants = [(b"a", 5), ("d/\u00e9".encode(), 0), (b"x" * 4096, 65536)]
+        payload = frames.encode_fetch_many(1500, wants)
+        self.assertEqual(frames.decode_fetch_many(payload),
+                         (1500, [(size, path) for path, size in wants]))
+
+    def test_fetch_many_malformed(self) -> None:
+        good = frames.encode_fetch_many(0, [(b"ab", 1), (b"c", 2)])
+        for bad, why in [
+            (good[:5], "too short"),
+            (frames.encode_fetch_many(0, []), "no file"),
+            (good[:-1], "truncated FETCH_MANY path"),
+            (good[:6 + 9], "truncated FETCH_MANY"),
+            (good + b"z", "longer than its files"),
+            (struct.pack(">IH", 0, 3) + good[6:], "truncated"),
+        ]:
+            with self.assertRaises(ProtocolError) as e:
+                frames.decode_fetch_many(bad)
+            self.assertIn(why, str(e.exception))
+
+    def test_split_fetch_many_fills_the_request_frame(self) -> None:
+        wants = [(b"p" * 1000, 1)] * 20 + [(b"q" * 4096, 2)] * 3
+        ranges = frames.split_fetch_many(wants)
+        self.assertEqual(ranges[0][0], 0)
+        self.assertEqual(ranges[-1][1], len(wants))
+        for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+            self.assertEqual(end, start)
+        for start, end in ranges:
+            request = frames.frame(frames.FETCH_MANY, 1,
+                                   frames.encode_fetch_many(0, wants[start:end]))
+            self.assertLessEqual(len(request) - 4, frames.MAX_REQUEST)
+            if end < len(wants):  # full: the next file would not have fitted
+                more = frames.encode_fetch_many(0, wants[start:end + 1])
+                self.assertGreater(len(more) + 5, frames.MAX_REQUEST)
+        self.assertEqual(frames.split_fetch_many([]), [])
+
+    def test_bundle_round_trip(self) -> None:
+        payload = (frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello")
+                   + frames.encode_bundle_error(1, frames.E_CHANGED, "b: changed\x1b[31m")
+                   + frames.encode_bundle_file(2, FileHeader(0, 0, 1, 0o7777), self.DIGEST, b""))
+        a, b, c = frames.decode_bundle(payload)
+        self.assertEqual((a.index, a.header, a.digest, bytes(a.data)),
+                         (0, self.HEADER, self.DIGEST, b"hello"))
+        self.assertEqual((b.index, b.header, b.code), (1, None, frames.E_CHANGED))
+        self.assertEqual(b.error, "b: changed\\x1b[31m")
+        self.assertEqual((c.index, c.header, bytes(c.data)), (2, FileHeader(0, 0, 1, 0o7777), b""))
+
+    def test_bundle_error_message_capped(self) -> None:
+        [item] = frames.decode_bundle(frames.encode_bundle_error(0, 5, "\u00e9" * 2000))
+        self.assertLessEqual(len(item.error.encode("utf-8")), frames.MAX_ERROR_MESSAGE)
+
+    def test_bundle_malformed(self) -> None:
+        file_item = frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello")
+        error_item = frames.encode_bundle_error(0, 1, "gone")
+        for bad, why in [
+            (b"", "empty"),
+            (file_item[:2], "truncated BUNDLE item"),
+            (file_item[:3 + 18 + 31], "truncated BUNDLE file header"),
+            (file_item[:-1], "truncated BUNDLE file"),
+            (error_item[:5], "truncated BUNDLE error"),
+            (error_item[:-1], "truncated BUNDLE error message"),
+            (struct.pack(">HB", 0, 7), "unknown BUNDLE item status 7"),
+        ]:
+            with self.assertRaises(ProtocolError) as e:
+                frames.decode_bundle(bad)
+            self.assertIn(why, str(e.exception))
+
+    def test_bundle_size_field_cannot_overread(self) -> None:
+        """A file item announcing more bytes than the frame holds is a truncation, never a
+        read past the frame."""
+        lying = bytearray(frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello"))
+        struct.pack_into(">Q", lying, 3, 2**63)
+        with self.assertRaises(ProtocolError):
+            frames.decode_bundle(bytes(lying))
+
+    def test_frame_head(self) -> None:
+        self.assertEqual(frames.frame_head(frames.BUNDLE, 7, 3) + b"abc",
+                         frames.frame(frames.BUNDLE, 7, b"abc"))
+
+
 class Receiving(SynchronousTestCase):
     def feed(self, chunks: list[bytes]) -> Recorder:
         proto, transport = connected()

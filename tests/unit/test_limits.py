@@ -216,7 +216,7 @@ class FakeJob:
 class FakeService:
     """What ControlFactory uses of a MirrorService: settings, reactor, submit."""
 
-    def __init__(self, **settings: int) -> None:
+    def __init__(self, **settings: Any) -> None:
         from mirror.mirror_server.service import MirrorSettings
 
         self.settings = MirrorSettings(**settings)

@@ -270,7 +270,8 @@ class FairSharing(JobTestCase):
     backlog in the queue."""
 
     # One file per worker turn (no bundles): the turns are what is shared.
-    settings: dict[str, Any] = {"workers": 2, "queue_size": 40, "batch_files": 1}
+    settings: dict[str, Any] = {"workers": 2, "queue_size": 40, "batch_files": 1,
+                                "bundle_files": 0}
     BIG_JOBS, BIG_FILES, SMALL_FILES = 4, 60, 3
 
     def test_small_job_behind_big_ones(self) -> None:
@@ -371,10 +372,13 @@ class IncompleteSource(JobTestCase):
 class FakeContentServer(Protocol):
     """Answers LIST with crafted entries and FETCH with the given files' bytes."""
 
-    def __init__(self, entries: list[tuple[int, bytes, int]], files: dict[bytes, bytes]) -> None:
+    def __init__(self, entries: list[tuple[int, bytes, int]], files: dict[bytes, bytes],
+                 seen: list[tuple[int, list[bytes]]] | None = None) -> None:
         self.entries = entries
         self.files = files
         self.receiver = _Frames(self._request)
+        #: (opcode, names) of each FETCH or FETCH_MANY received, shared by its connections.
+        self.seen = [] if seen is None else seen
 
     def dataReceived(self, data: bytes) -> None:
         self.receiver.dataReceived(data)
@@ -384,12 +388,19 @@ class FakeContentServer(Protocol):
 
     def _request(self, opcode: int, rid: int, payload: bytes) -> None:
         if opcode == frames.FETCH:
+            self.seen.append((opcode, [frames.decode_fetch(payload)[3]]))
+        elif opcode == frames.FETCH_MANY:
+            self.seen.append((opcode, [n for _, n in frames.decode_fetch_many(payload)[1]]))
+        if opcode == frames.FETCH:
             name = frames.decode_fetch(payload)[3]
             plan = self.spoil.get(name)
             how = plan.pop(0) if plan else ""
             if how:
                 self._spoiled(how, rid, name)
                 return
+        if opcode == frames.FETCH_MANY:
+            self._bundle(rid, payload)
+            return
         if opcode == frames.LIST:
             body = b"".join(frames.encode_entry(kind, 0o644 if kind == frames.KIND_FILE else 0o755,
                                                 size, 1_000_000_000, name)
@@ -410,6 +421,26 @@ class FakeContentServer(Protocol):
                                  + frames.frame(frames.FILE_END, rid,
                                                 digest_of(data)))
 
+
+    def _bundle(self, rid: int, payload: bytes) -> None:
+        """A FETCH_MANY, answered in one BUNDLE frame; ``spoil`` applies per file."""
+        _delay, wants = frames.decode_fetch_many(payload)
+        items = []
+        for index, (_size, name) in enumerate(wants):
+            plan = self.spoil.get(name)
+            how = plan.pop(0) if plan else ""
+            data = self.files.get(name)
+            if data is None or how == "error":
+                items.append(frames.encode_bundle_error(index, frames.E_IO,
+                                                        f"{name.decode()}: I/O error"))
+                continue
+            digest = b"\x00" * 32 if how == "digest" else digest_of(data)
+            if how in ("short", "range"):
+                data = data[:1]
+                digest = digest_of(data)
+            header = frames.FileHeader(len(data), len(data), 1_000_000_000, 0o644)
+            items.append(frames.encode_bundle_file(index, header, digest, data))
+        self.transport.write(frames.frame(frames.BUNDLE, rid, b"".join(items)))
 
     def _spoiled(self, how: str, rid: int, name: bytes) -> None:
         data = self.files[name]
@@ -444,9 +475,9 @@ class _Frames(frames.FrameReceiver):
 
 
 class FakeServerTestCase(JobTestCase):
-    def serve_fake(self, entries, files, spoil=None) -> None:
+    def serve_fake(self, entries, files, spoil=None, seen=None) -> None:
         def make():
-            server = FakeContentServer(entries, files)
+            server = FakeContentServer(entries, files, seen)
             server.spoil = spoil if spoil is not None else {}
             return server
 
@@ -584,6 +615,113 @@ class FailedTransfers(FakeServerTestCase):
         self.assertEqual(bytes_done, 4)  # only the good file's bytes
 
 
+class Bundles(FakeServerTestCase):
+    """Small files travel in FETCH_MANY bundles, one per source and worker batch; the others
+    (large ones, or any file of a SPEC with a delay) one FETCH each."""
+
+    settings = {"workers": 1, "queue_size": 100}
+    F = frames.KIND_FILE
+
+    def serve_files(self, sizes: dict[bytes, int], spoil=None) -> list[tuple[int, list[bytes]]]:
+        seen: list[tuple[int, list[bytes]]] = []
+        files = {name: bytes([i]) * size for i, (name, size) in enumerate(sizes.items())}
+        # Listed in canonical order (names sorted by their bytes).
+        self.serve_fake([(self.F, name, len(data)) for name, data in sorted(files.items())],
+                        files, spoil=spoil, seen=seen)
+        self.files = files
+        return seen
+
+    def assert_mirrored(self, observer: Observer) -> None:
+        self.assertEqual(observer.errors, [])
+        top = self.mirror / "10.0.0.1_7000"
+        for name, data in self.files.items():
+            self.assertEqual((top / name.decode()).read_bytes(), data)
+        run = observer.done[0]
+        self.assertEqual((run.stats.count, run.stats.total),
+                         (len(self.files), sum(map(len, self.files.values()))))
+        files_done, bytes_done, files_total, bytes_total, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done), (files_total, bytes_total))
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
+
+    def test_small_files_in_bundles_large_ones_alone(self) -> None:
+        sizes = {f"s{i}".encode(): i * 100 for i in range(20)}
+        sizes[b"edge"] = frames.BUNDLE_FILE_MAX
+        sizes[b"large"] = frames.BUNDLE_FILE_MAX + 1
+        seen = self.serve_files(sizes)
+        self.assert_mirrored(self.run_job(source()))
+        bundled = [n for op, names in seen if op == frames.FETCH_MANY for n in names]
+        self.assertEqual(sorted(bundled), sorted(set(sizes) - {b"large"}))
+        self.assertEqual([names for op, names in seen if op == frames.FETCH], [[b"large"]])
+        self.assertLess(len(seen), 6)
+
+    def test_failed_file_retried_alone(self) -> None:
+        seen = self.serve_files({b"a": 3, b"b": 4, b"c": 5}, spoil={b"b": ["digest"]})
+        self.assert_mirrored(self.run_job(source()))
+        self.assertEqual(seen[-1], (frames.FETCH, [b"b"]))
+        self.assertEqual({op for op, _ in seen[:-1]}, {frames.FETCH_MANY})
+
+    def test_failed_twice_reported_once(self) -> None:
+        self.serve_files({b"a": 3, b"b": 4}, spoil={b"b": ["error", "digest"]})
+        observer = self.run_job(source())
+        [(_, path, message)] = observer.errors
+        self.assertEqual(path, "b")
+        self.assertIn("BLAKE3 mismatch", message)
+        run = observer.done[0]
+        self.assertEqual((run.failed, run.stats.count, run.ok), (1, 1, False))
+        files_done, bytes_done, files_total, _, _ = observer.progress_events[-1]
+        self.assertEqual((files_done, bytes_done, files_total), (1, 3, 2))
+
+    def test_a_spec_with_a_delay_fetches_file_by_file(self) -> None:
+        seen = self.serve_files({b"a": 3, b"b": 4})
+        self.assert_mirrored(self.run_job(SourceRequest("10.0.0.1", 7000, "", 0.5)))
+        self.assertEqual(sorted(seen), [(frames.FETCH, [b"a"]), (frames.FETCH, [b"b"])])
+
+    def test_unreachable_source(self) -> None:
+        """No connection: every file of the bundle fails (retried alone), none is lost."""
+        observer = self.run_job(source(port=7999))
+        self.assertEqual(observer.finished, [False])
+
+    def test_batch_split_per_source(self) -> None:
+        calls: list[tuple[str, Any]] = []
+
+        class Run:
+            def __init__(self, name: str, delay: float = 0.0) -> None:
+                self.name = name
+                self.request = SourceRequest("h", 1, "", delay)
+
+            async def transfer(self, parts, entry, attempts=2) -> None:
+                calls.append(("one", (self.name, parts)))
+
+            async def transfer_bundle(self, items) -> None:
+                calls.append(("bundle", (self.name, [i.parts for i in items])))
+
+        from mirror.mirror_server.job import WorkItem
+
+        a, b, slow = Run("a"), Run("b"), Run("slow", delay=1.0)
+
+        def item(run: Run, name: str, size: int = 10) -> WorkItem:
+            return WorkItem(cast(Any, run), (name,), frames.Entry(self.F, 0o644, size, 0,
+                                                                  name.encode()))
+
+        batch = [item(a, "1"), item(b, "2"), item(a, "3"), item(slow, "4"),
+                 item(a, "big", frames.BUNDLE_FILE_MAX + 1), item(b, "5"), item(a, "6"),
+                 item(a, "7")]
+        self.service.settings.bundle_files = 2
+        for d in self.service._transfers(batch):
+            self.successResultOf(d)
+        self.assertEqual(sorted(calls), sorted([
+            ("bundle", ("a", [("1",), ("3",)])), ("bundle", ("a", [("6",), ("7",)])),
+            ("bundle", ("b", [("2",), ("5",)])),
+            ("one", ("slow", ("4",))), ("one", ("a", ("big",))),
+        ]))
+        calls.clear()
+        self.service.settings.bundle_files = 0  # bundles off: every file alone
+        for d in self.service._transfers(batch[:2]):
+            self.successResultOf(d)
+        self.assertEqual(sorted(calls), [("one", ("a", ("1",))), ("one", ("b", ("2",)))])
+
+
+
 class ListedSizeHeld(FakeServerTestCase):
     """FETCH is held to the size the listing announced (issue 7): a server that listed
     3 bytes cannot send 8, and the progress totals stay those of the listing."""
@@ -644,7 +782,7 @@ class TransferBookkeeping(SynchronousTestCase):
         run = SourceRun.__new__(SourceRun)
         run._finished_one = lambda: finished.append(True)
 
-        async def boom(parts, size):
+        async def boom(parts, size, attempts=2):
             raise RuntimeError("bug")
 
         run._attempts = boom
@@ -652,3 +790,47 @@ class TransferBookkeeping(SynchronousTestCase):
         d = Deferred.fromCoroutine(run.transfer(("a",), entry))
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(finished, [True])
+
+    def bundle_run(self, attempt) -> tuple[Any, list, list]:
+        from mirror.mirror_server.job import SourceRun
+
+        finished: list[bool] = []
+        singles: list[tuple] = []
+        run = SourceRun.__new__(SourceRun)
+        run.label = "src"
+        run._finished_one = lambda: finished.append(True)
+        run._bundle_attempt = attempt
+
+        async def transfer(parts, entry, attempts=2) -> None:
+            singles.append((parts, attempts))
+
+        run.transfer = transfer
+        return run, finished, singles
+
+    def items(self, run) -> list:
+        from mirror.mirror_server.job import WorkItem
+
+        entry = frames.Entry(frames.KIND_FILE, 0o644, 1, 0, b"a")
+        return [WorkItem(run, ("a",), entry), WorkItem(run, ("b",), entry)]
+
+    def test_unexpected_exception_in_a_bundle_sends_its_files_one_by_one(self) -> None:
+        async def boom(items):
+            raise RuntimeError("bug")
+
+        run, finished, singles = self.bundle_run(boom)
+        self.successResultOf(Deferred.fromCoroutine(run.transfer_bundle(self.items(run))))
+        self.assertEqual(singles, [(("a",), 1), (("b",), 1)])  # each counted by `transfer`
+        self.assertEqual(finished, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_cancelled_bundle_still_finishes_its_files(self) -> None:
+        waiting: Deferred[None] = Deferred()
+
+        async def hang(items):
+            await waiting
+
+        run, finished, singles = self.bundle_run(hang)
+        d = Deferred.fromCoroutine(run.transfer_bundle(self.items(run)))
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual((finished, singles), ([True, True], []))

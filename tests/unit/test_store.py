@@ -18,7 +18,7 @@ from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
 from mirror.testing import InlineThreads
-from mirror.wire.frames import FileHeader
+from mirror.wire.frames import BundleItem, FileHeader
 
 MTIME = 1_500_000_000_987_654_321
 
@@ -239,6 +239,49 @@ class Verification(StoreTestCase):
             self.store.write_whole(("d", "f"), b"x", header_for(b"x"), digest_of(b"x"))
         self.assertTrue(os.path.isdir(self.path("d", "f")))
         self.assertEqual(self.temporaries(), [])
+
+
+class WriteMany(StoreTestCase):
+    """A bundle of small files placed in one call: each verified and placed (or not) on its
+    own, with one result per file."""
+
+    def test_each_file_on_its_own(self) -> None:
+        self.put_old("d", "bad")
+        os.makedirs(self.path("dir"))
+        os.symlink(self.outside, self.path("link"))
+        good, other = b"good", b"other"
+        def item(data: bytes, digest: bytes, mode: int = 0o640, size: int | None = None,
+                 view: bool = False) -> BundleItem:
+            body = memoryview(b"xx" + data)[2:] if view else data
+            return BundleItem(0, len(data) if size is None else size, MTIME, mode, digest, body)
+
+        problems = self.store.write_many([
+            (("d", "good"), item(good, digest_of(good), view=True)),
+            (("d", "bad"), item(b"evil", digest_of(b"evi1"))),
+            (("d", "short"), item(b"four", digest_of(b"four"), size=5)),
+            (("dir",), item(b"x", digest_of(b"x"))),
+            (("link", "f"), item(b"x", digest_of(b"x"))),
+            (("e", "other"), item(other, digest_of(other), mode=0o4755)),
+            (("d", "error"), BundleItem(0, error="d/error: gone")),
+        ])
+        self.assertIsNone(problems[0])
+        self.assertIn("BLAKE3 mismatch", problems[1])
+        self.assertIn("size mismatch", problems[2])
+        self.assertIn("directory is in the way", problems[3])
+        self.assertIn("cannot create temporary file", problems[4])
+        self.assertIsNone(problems[5])
+        self.assertEqual(problems[6], "d/error: gone")
+        self.assertEqual(len(problems), 7)
+        self.assertEqual(self.read("d", "good"), good)
+        self.assertEqual(self.read("d", "bad"), b"old version")
+        self.assertFalse(os.path.exists(self.path("d", "short")))
+        self.assertEqual(os.listdir(self.outside), [])
+        st = os.stat(self.path("e", "other"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_mtime_ns), (0o755, MTIME))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_nothing(self) -> None:
+        self.assertEqual(self.store.write_many([]), [])
 
 
 class Links(StoreTestCase):
