@@ -24,6 +24,11 @@ from mirror import hashing, paths
 from mirror.wire import frames
 
 CHUNK_SIZE = 256 * 1024
+#: Chunk of a streamed range while few streams share the connection: each chunk costs a
+#: thread hop and a Deferred, and a big file then needs a quarter as many (bench/NOTES.md,
+#: "Big files"). The content server falls back to `CHUNK_SIZE` when many streams share one
+#: connection, so that a client holding them all pins at most about one chunk each.
+BIG_CHUNK_SIZE = 1 << 20
 
 
 class FileChanged(Exception):
@@ -101,6 +106,12 @@ class RangeReader:
         self._pos += want
         self._left -= want
         return data
+
+    def read_next(self, max_bytes: int = CHUNK_SIZE) -> tuple[bytes, bytes | None]:
+        """The next chunk, and with the last one the digest (`finish`): a stream's last
+        chunk and its check share one thread call."""
+        data = self.read(max_bytes)
+        return data, (self.finish() if self.done else None)
 
     def read_all_small(self) -> bytes:
         """The whole (small) range in one call: one thread hop for a small file."""

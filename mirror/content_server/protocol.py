@@ -23,6 +23,8 @@ from zope.interface import implementer
 
 from mirror import paths
 from mirror.content_server.fetch import (
+    BIG_CHUNK_SIZE,
+    CHUNK_SIZE,
     DigestCache,
     FileChanged,
     RangeReader,
@@ -38,6 +40,9 @@ T = TypeVar("T")
 
 #: Bytes the transport may buffer before it pauses the streams (see connectionMade).
 WRITE_BUFFER = 1 << 20
+#: Streams of one connection that may read `BIG_CHUNK_SIZE` chunks; the rest read
+#: `CHUNK_SIZE` ones (see `ContentServerProtocol._chunk_size`).
+BIG_CHUNK_STREAMS = 4
 
 
 @dataclass
@@ -138,6 +143,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self._paused = False
         self._resume_waiters: list[Deferred[None]] = []
         self._lost = False
+        #: Streams (`_stream`) running on this connection.
+        self._streams = 0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -174,6 +181,11 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             # The transport pauses its producer above this many buffered bytes; the default
             # (64 KiB) is less than one chunk, which would stop read-ahead after every chunk.
             self.transport.bufferSize = WRITE_BUFFER
+        if hasattr(self.transport, "SEND_LIMIT"):
+            # A TCP transport sends at most SEND_LIMIT (128 KiB) per send() and reactor turn:
+            # eight of each per big chunk. One per chunk cost a fifth less CPU per GiB
+            # (bench/NOTES.md, "Big files").
+            self.transport.SEND_LIMIT = WRITE_BUFFER
         # ITransport omits IConsumer's and IPushProducer's methods (registerProducer,
         # pauseProducing, resumeProducing), which TCP, TLS and test transports all have.
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
@@ -413,26 +425,37 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             await self._writable()
             self._send(answer)
 
+    def _chunk_size(self) -> int:
+        """Bytes per read of a stream: big chunks (fewer thread hops) while few streams
+        share the connection; the small size beyond, so that a client stalling all its
+        streams pins about ``max_requests`` small chunks, as before."""
+        return BIG_CHUNK_SIZE if self._streams <= BIG_CHUNK_STREAMS else CHUNK_SIZE
+
     async def _stream(self, request_id: int, path: str, reader: RangeReader) -> None:
         """Send a large range: the next chunk is read (and hashed) while this one is sent."""
         threads = self.factory.threads
         self._send(frames.frame(frames.FILE, request_id, frames.encode_file(reader.header)))
-        pending: Deferred[bytes] | None = threads.run(reader.read)
+        self._streams += 1
+        pending: Deferred[tuple[bytes, bytes | None]] | None = threads.run(
+            reader.read_next, self._chunk_size())
         try:
             while pending is not None:
                 # Awaited, a read has finished whether it failed or not: nothing reads in a
                 # thread any more, so ``finally`` may close the reader at once.
                 reading, pending = pending, None
-                data = await _disk(path, reading)
+                data, digest = await _disk(path, reading)
                 # Read (and hash) the next chunk while this one drains to the socket, but
                 # only once the socket takes more: a stream held up by a slow client holds
                 # one chunk, not two.
                 await self._writable()
-                pending = None if reader.done else threads.run(reader.read)
+                if digest is None:
+                    pending = threads.run(reader.read_next, self._chunk_size())
                 self._send(frames.data_header(request_id, len(data)), data)
-            digest = await _disk(path, threads.run(reader.finish))
-            self._send(frames.frame(frames.FILE_END, request_id, digest))
+                if digest is not None:
+                    # The last chunk came with the digest of the file, proven unchanged.
+                    self._send(frames.frame(frames.FILE_END, request_id, digest))
         finally:
+            self._streams -= 1
             if pending is None:
                 reader.close()
             else:

@@ -238,15 +238,19 @@ class PartialFile:
             raise
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Append ``pieces``; a big batch is hashed in another thread during the write."""
+        hashed = hashing.update_beside(self._hash, pieces)
         try:
             for piece in pieces:
-                self._hash.update(piece)
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(self._fd, view):]
                 self.size += len(piece)
         except OSError as e:
             raise StoreError(f"write failed: {_describe(e)}") from None
+        finally:
+            # Waited for whatever happened: the next write (or a commit) uses the hasher.
+            hashed()
 
     def commit(self, header: frames.FileHeader, digest: bytes) -> None:
         """Verify size and digest, set mode and mtime, rename over the final name."""

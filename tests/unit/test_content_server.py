@@ -11,8 +11,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.content_server.fetch import CHUNK_SIZE
-from mirror.content_server.protocol import ContentServerProtocol
+from mirror.content_server.fetch import BIG_CHUNK_SIZE, CHUNK_SIZE
+from mirror.content_server.protocol import BIG_CHUNK_STREAMS, ContentServerProtocol
 from mirror.hashing import digest_of
 from mirror.limits import CLOSE_GRACE
 from mirror.testing import BackPressureTransport, StepThreads
@@ -29,7 +29,7 @@ from tests.unit.helpers import (
     parse_frames,
 )
 
-BIG_SIZE = 3 * CHUNK_SIZE + 12345  # > 256 KiB: streamed in several chunks
+BIG_SIZE = 3 * BIG_CHUNK_SIZE + 12345  # streamed in several chunks
 
 
 def make_tree(base: str) -> tuple[str, str, dict[str, bytes]]:
@@ -378,24 +378,55 @@ class Fetching(ServerTestCase):
         self.assert_error(self.fetch("a.txt", offset=2**64 - 1), frames.E_BAD_REQUEST, "a.txt")
 
     def test_stream_waits_while_the_client_is_not_reading(self) -> None:
-        transport = BackPressureTransport(limit=CHUNK_SIZE)
+        transport = BackPressureTransport(limit=BIG_CHUNK_SIZE)
         rig = self.fresh_connection(transport)
         rig.fetch(1, "big.bin")
         first = transport.value()
         self.assertTrue(transport.producer_paused)
-        self.assertLessEqual(len(first), CHUNK_SIZE + 1024)  # FILE and one chunk at most
+        self.assertLessEqual(len(first), BIG_CHUNK_SIZE + 1024)  # FILE and one chunk at most
         # Time passing and more requests arriving do not make it write past the pause.
         self.clock.advance(1)
         rig.list(2, "a.txt")
         self.assertEqual(transport.value(), first)
         received = b""
         for more in transport.rounds():
-            self.assertLessEqual(len(more), CHUNK_SIZE + 1024)  # one chunk per resume
+            self.assertLessEqual(len(more), BIG_CHUNK_SIZE + 1024)  # one chunk per resume
             received += more
         self.assertGreaterEqual(transport.pauses, 3)
         got = parse_frames(received)
         self.check_whole(fetch_result(got, 1), "big.bin")
         self.assertEqual(list_result(got, 2).names, ["a.txt"])
+
+    def test_big_chunks_only_while_few_streams_share_the_connection(self) -> None:
+        # A client stalling many streams pins about one chunk per stream: the big chunk
+        # (fewer thread hops per byte) only for the first few streams of a connection.
+        threads = StepThreads()
+        self.factory.threads = threads
+        rig = self.fresh_connection(StringTransport())
+        streams = BIG_CHUNK_STREAMS + 2
+        for request_id in range(1, streams + 1):
+            rig.fetch(request_id, "big.bin")
+        threads.run_all()
+        got = rig.log.take()
+        first_data: dict[int, int] = {}
+        for opcode, request_id, payload in got:
+            if opcode == frames.DATA:
+                first_data.setdefault(request_id, len(payload))
+        self.assertEqual(first_data, {
+            i: BIG_CHUNK_SIZE if i <= BIG_CHUNK_STREAMS else CHUNK_SIZE
+            for i in range(1, streams + 1)})
+        for request_id in range(1, streams + 1):
+            self.check_whole(fetch_result(got, request_id), "big.bin")
+
+    def test_a_big_chunk_goes_out_in_one_send(self) -> None:
+        # A TCP transport sends SEND_LIMIT (128 KiB) per send() call and reactor turn, and
+        # pauses its producer above bufferSize: both are raised to a big chunk or more.
+        transport = StringTransport()
+        transport.SEND_LIMIT = 128 * 1024  # type: ignore[attr-defined]
+        transport.bufferSize = 64 * 1024  # type: ignore[attr-defined]
+        self.fresh_connection(transport)
+        self.assertGreaterEqual(transport.SEND_LIMIT, BIG_CHUNK_SIZE)  # type: ignore[attr-defined]
+        self.assertGreaterEqual(transport.bufferSize, BIG_CHUNK_SIZE)  # type: ignore[attr-defined]
 
     def fresh_connection(self, transport: StringTransport) -> ServerRig:
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 99))
@@ -664,7 +695,7 @@ class ChangedWhileSent(ServerTestCase):
     """The file changes after the first chunk went out (the client is slow to read)."""
 
     def start_paused_fetch(self) -> None:
-        self.transport = BackPressureTransport(limit=CHUNK_SIZE)
+        self.transport = BackPressureTransport(limit=BIG_CHUNK_SIZE)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
         assert isinstance(proto, ContentServerProtocol)
         proto.makeConnection(self.transport)
@@ -681,7 +712,7 @@ class ChangedWhileSent(ServerTestCase):
 
     def test_truncated(self) -> None:
         self.start_paused_fetch()
-        os.truncate(self.path_of("big.bin"), CHUNK_SIZE + 100)
+        os.truncate(self.path_of("big.bin"), BIG_CHUNK_SIZE + 100)
         r = self.finish()
         self.assert_error(r, frames.E_CHANGED, "big.bin", "truncated")
         self.assertIsNone(r.digest)

@@ -27,6 +27,7 @@ from zope.interface import provider
 
 from mirror import limits
 from mirror.content_server.factory import ContentServerFactory, open_root
+from mirror.content_server.fetch import BIG_CHUNK_SIZE
 from mirror.content_server.listing import TreeWalker
 from mirror.content_server.protocol import ContentServerProtocol, ContentSettings
 from mirror.hashing import digest_of
@@ -38,7 +39,9 @@ FILES = {
     "a.txt": b"hello\n",
     "empty": b"",
     "sub/inner.txt": b"inner\n" * 10,
-    "big.bin": bytes(range(256)) * 2600,  # 665,600 bytes: streamed in several chunks
+    # 1,536,000 bytes: streamed in several chunks (two of 1 MiB, or six of 256 KiB once more
+    # than BIG_CHUNK_STREAMS streams share the connection).
+    "big.bin": bytes(range(256)) * 6000,
 }
 PATHS = ["", ".", "/", "a.txt", "empty", "sub", "sub/inner.txt", "big.bin", "..", "../outside",
          "sub/../../outside/secret", "/etc/passwd", "link", "linkdir/secret", "fifo",
@@ -79,11 +82,13 @@ _file = st.sampled_from(["a.txt", "empty", "sub/inner.txt", "big.bin"])
 _path = st.one_of(_file.map(str.encode), st.sampled_from(PATHS).map(str.encode),
                   st.binary(max_size=40))
 _list = st.tuples(st.just(frames.LIST), _path)
-_offset = st.one_of(st.integers(0, 8), st.integers(0, 700_000),
-                    st.sampled_from([0, 1, 262_143, 262_144, 665_599, 665_600, 665_601]),
+_offset = st.one_of(st.integers(0, 8), st.integers(0, 1_600_000),
+                    st.sampled_from([0, 1, 262_143, 262_144, 1_048_576, 1_535_999, 1_536_000,
+                                     1_536_001]),
                     st.sampled_from([2**63, 2**64 - 1]), st.integers(0, 2**64 - 1))
-_length = st.one_of(st.just(frames.TO_END), st.integers(0, 700_000),
-                    st.sampled_from([0, 1, 262_144, 2**63]), st.integers(0, 2**64 - 1))
+_length = st.one_of(st.just(frames.TO_END), st.integers(0, 1_600_000),
+                    st.sampled_from([0, 1, 262_144, 1_048_577, 2**63]),
+                    st.integers(0, 2**64 - 1))
 _fetch = st.tuples(st.just(frames.FETCH), st.one_of(_file.map(str.encode), _path),
                    _offset, _length, st.sampled_from([0, 0, 0, 300, 2**32 - 1]))
 _fetch_many = st.tuples(
@@ -380,7 +385,7 @@ class PauseTests(SynchronousTestCase):
                                     for i in range(1, 11)))
         self.assertTrue(transport.producer_paused and transport.reading_paused)
         before = len(transport.value())
-        self.assertLess(before, 300_000)  # about one chunk, not ten files
+        self.assertLess(before, BIG_CHUNK_SIZE + 64 * 1024)  # about one chunk, not ten files
         # Nothing more while the client does not read, however long (until write-timeout).
         clock.advance(1)
         self.assertEqual(len(transport.value()), before)

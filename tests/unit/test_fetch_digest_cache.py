@@ -67,6 +67,20 @@ class DigestCacheTests(SynchronousTestCase):
         self.assertEqual(digest, digest_of(BODY[5:105]))
         self.assertEqual(self.hashers, 2)
 
+    def test_read_next_gives_the_digest_with_the_last_chunk(self) -> None:
+        reader = RangeReader(self.root_fd, ("f",), 0, TO_END, self.cache)
+        self.addCleanup(reader.close)
+        got = [reader.read_next(fetch.CHUNK_SIZE) for _ in range(4)]
+        self.assertEqual([digest for _, digest in got], [None, None, None, digest_of(BODY)])
+        self.assertEqual(b"".join(data for data, _ in got), BODY)
+
+    def test_read_next_checks_the_file_with_the_last_chunk(self) -> None:
+        reader = RangeReader(self.root_fd, ("f",), 0, TO_END, self.cache)
+        self.addCleanup(reader.close)
+        reader.read_next(len(BODY) - 1)
+        os.chmod(self.path, 0o600)  # changes only the ctime
+        self.assertRaises(FileChanged, reader.read_next, 1)
+
     def test_change_while_sending_a_cached_file_is_reported(self) -> None:
         self.serve()
         reader = RangeReader(self.root_fd, ("f",), 0, TO_END, self.cache)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.hashing import DIGEST_NAME, DIGEST_SIZE, digest_of, new_hasher
+from mirror.hashing import (
+    BESIDE_MIN,
+    DIGEST_NAME,
+    DIGEST_SIZE,
+    digest_of,
+    new_hasher,
+    update_beside,
+)
 
 # From BLAKE3's official test vectors (test_vectors.json: input byte i is i % 251); the
 # 102,400-byte one spans many 1 KiB chunks, hence the tree part of the algorithm.
@@ -47,3 +55,46 @@ class DigestTests(SynchronousTestCase):
         a, b = new_hasher(), new_hasher()
         a.update(b"x")
         self.assertEqual(b.digest(), digest_of(b""))
+
+
+class _Recorder:
+    """A hasher double: records what it was fed and from which thread."""
+
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+        self.threads: set[int] = set()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.threads.add(threading.get_ident())
+        self.fed.append(bytes(data))
+
+
+class UpdateBesideTests(SynchronousTestCase):
+    def test_big_input_is_hashed_in_another_thread_in_order(self) -> None:
+        pieces = [bytes([i]) * (BESIDE_MIN // 2) for i in range(3)]
+        recorder = _Recorder()
+        update_beside(recorder, pieces)()  # type: ignore[arg-type]
+        self.assertEqual(recorder.fed, pieces)
+        self.assertNotIn(threading.get_ident(), recorder.threads)
+
+    def test_small_input_is_hashed_at_once(self) -> None:
+        recorder = _Recorder()
+        wait = update_beside(recorder, [b"ab", b"c"])  # type: ignore[arg-type]
+        self.assertEqual((recorder.fed, recorder.threads), ([b"ab", b"c"], {threading.get_ident()}))
+        wait()
+
+    def test_same_digest_as_in_one_call(self) -> None:
+        data = vector_input(3 * BESIDE_MIN + 5)
+        hasher = new_hasher()
+        view = memoryview(data)
+        update_beside(hasher, [view[:7], view[7 : 2 * BESIDE_MIN], view[2 * BESIDE_MIN :]])()
+        update_beside(hasher, [b"tail"])()
+        self.assertEqual(hasher.digest(), digest_of(data + b"tail"))
+
+    def test_a_failure_is_raised_by_the_wait(self) -> None:
+        class Broken:
+            def update(self, data: bytes) -> None:
+                raise ValueError("broken hasher")
+
+        wait = update_beside(Broken(), [bytes(BESIDE_MIN)])  # type: ignore[arg-type]
+        self.assertRaises(ValueError, wait)

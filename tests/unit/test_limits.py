@@ -9,7 +9,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.limits import CapReached, ConnectionLimiter, LimitedConnection, LimitedFactory
+from mirror.limits import (
+    CapReached,
+    ConnectionLimiter,
+    Deadline,
+    LimitedConnection,
+    LimitedFactory,
+)
 
 
 class Conn(LimitedConnection):
@@ -268,3 +274,42 @@ class ControlPortCaps(SynchronousTestCase):
         running.job_done(running.job)
         self.connect()
         self.assertEqual(self.factory.limiter.count("10.0.0.1"), 1)
+
+
+class DeadlineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.expired: list[float] = []
+        self.deadline = Deadline(self.clock, 10, lambda: self.expired.append(self.clock.seconds()))
+
+    def test_restart_moves_the_deadline(self) -> None:
+        self.deadline.start()
+        for _ in range(5):
+            self.clock.advance(9)
+            self.deadline.restart()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(9.9)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, [55.0])
+        self.assertFalse(self.deadline.running)
+
+    def test_restart_takes_new_seconds(self) -> None:
+        self.deadline.start()
+        self.deadline.seconds = 3
+        self.deadline.restart()
+        self.clock.advance(3)
+        self.assertEqual(self.expired, [3.0])
+
+    def test_restart_with_zero_seconds_stops(self) -> None:
+        self.deadline.start()
+        self.deadline.seconds = 0
+        self.deadline.restart()
+        self.assertFalse(self.deadline.running)
+        self.clock.advance(100)
+        self.assertEqual(self.expired, [])
+
+    def test_restart_when_stopped_starts(self) -> None:
+        self.deadline.restart()
+        self.clock.advance(10)
+        self.assertEqual(self.expired, [10.0])

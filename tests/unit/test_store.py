@@ -13,7 +13,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror import paths
-from mirror.hashing import digest_of
+from mirror.hashing import BESIDE_MIN, digest_of
 from mirror.mirror_server import service as mirror_service, store
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError, sweep_temporaries
@@ -411,6 +411,31 @@ class DiskFull(StoreTestCase):
         partial.discard()
         self.assertEqual(self.read("d", "f"), b"old version")
         self.assertEqual(self.temporaries(), [])
+
+    def test_enospc_during_a_big_write_hashed_beside_it(self) -> None:
+        # A batch big enough to be hashed in a helper thread: the failure is reported once
+        # that hash has ended, and the file can still be discarded.
+        self.put_old("d", "f")
+        partial = self.store.create(("d", "f"))
+        big = [os.urandom(BESIDE_MIN), os.urandom(BESIDE_MIN)]
+        partial.write(big)
+        self.fail_writes(errno.ENOSPC)
+        with self.assertRaises(StoreError) as cm:
+            partial.write(big)
+        self.assertIn("no space left on device", str(cm.exception))
+        partial.discard()
+        self.assertEqual(self.read("d", "f"), b"old version")
+        self.assertEqual(self.temporaries(), [])
+
+    def test_big_streamed_file_hashed_beside_its_writes(self) -> None:
+        data = os.urandom(5 * BESIDE_MIN + 3)
+        view = memoryview(data)
+        partial = self.store.create(("big",))
+        partial.write([view[:5], view[5 : 2 * BESIDE_MIN]])
+        partial.write([view[2 * BESIDE_MIN : 2 * BESIDE_MIN + 1]])
+        partial.write([view[2 * BESIDE_MIN + 1 :]])
+        partial.commit(header_for(data), digest_of(data))
+        self.assertEqual(self.read("big"), data)
 
     def test_quota(self) -> None:
         self.fail_writes(errno.EDQUOT)
