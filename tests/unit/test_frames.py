@@ -766,3 +766,127 @@ class Buffering(SynchronousTestCase):
         proto.dataReceived(read)  # the second frame breaks the connection
         self.assertEqual(proto.errors, ["bad opcode"])
         read.clear()
+
+
+class ListAndBundleEdges(SynchronousTestCase):
+    """The LIST error entry, FETCH_MANY and BUNDLE codecs: exact messages, exact layouts, and
+    sizes exactly on a boundary (each found by a mutant that the round trips let live)."""
+
+    HEADER = FileHeader(5, 5, -7, 0o640)
+    DIGEST = digest_of(b"hello")
+
+    def assert_refused(self, decode: Any, cases: list[tuple[bytes, str]]) -> None:
+        for payload, why in cases:
+            with self.assertRaises(ProtocolError, msg=why) as cm:
+                decode(payload)
+            self.assertEqual(str(cm.exception), why)
+
+    # -- LIST error entries ---------------------------------------------------------------
+
+    def test_error_entry_layout(self) -> None:
+        # doc/protocol.md: `3 code 0:uint64 0:int64 name_len name msg_len msg`.
+        self.assertEqual(frames.encode_error_entry(frames.E_IO, b"d/e", "no é"),
+                         struct.pack(">BHQqH", frames.KIND_ERROR, frames.E_IO, 0, 0, 3)
+                         + b"d/e" + struct.pack(">H", 5) + "no é".encode())
+
+    def test_error_entry_last_in_the_frame(self) -> None:
+        """An error entry ending exactly at the frame's end, with or without a message, is
+        whole; decoded, its size and mtime are 0 as for any error entry."""
+        for message in ("", "gone"):
+            raw = (frames.encode_entry(frames.KIND_FILE, 0o644, 3, 5, b"a")
+                   + frames.encode_error_entry(frames.E_NOT_FOUND, b"d", message))
+            self.assertEqual(frames.decode_entries(raw), [
+                frames.Entry(frames.KIND_FILE, 0o644, 3, 5, b"a"),
+                frames.Entry(frames.KIND_ERROR, frames.E_NOT_FOUND, 0, 0, b"d", message),
+            ])
+
+    def test_error_entry_fields_ignored_on_decoding(self) -> None:
+        # A peer's size and mtime in an error entry mean nothing: read as 0.
+        raw = (struct.pack(">BHQqH", frames.KIND_ERROR, frames.E_IO, 7, -9, 1) + b"d"
+               + struct.pack(">H", 2) + b"io")
+        self.assertEqual(frames.decode_entries(raw),
+                         [frames.Entry(frames.KIND_ERROR, frames.E_IO, 0, 0, b"d", "io")])
+
+    def test_error_entry_message_not_utf8(self) -> None:
+        """A message that is not UTF-8 is shown, made printable, never refused."""
+        raw = (struct.pack(">BHQqH", frames.KIND_ERROR, frames.E_IO, 0, 0, 1) + b"d"
+               + struct.pack(">H", 6) + b"bad\xff\xfe\x1b")
+        [entry] = frames.decode_entries(raw)
+        self.assertTrue(entry.message.startswith("bad"), entry.message)
+        self.assertTrue(entry.message.isprintable(), entry.message)
+
+    def test_error_entry_messages(self) -> None:
+        raw = frames.encode_error_entry(frames.E_IO, b"d", "reason")
+        head = struct.calcsize(">BHQqH") + 1
+        self.assert_refused(frames.decode_entries, [
+            (raw[:head], "truncated LIST error entry"),
+            (raw[:head + 1], "truncated LIST error entry"),
+            (raw[:head + 2], "truncated LIST error entry message"),
+            (raw[:-1], "truncated LIST error entry message"),
+        ])
+
+    # -- FETCH_MANY -----------------------------------------------------------------------
+
+    def wants_of(self, *needs: int) -> list[tuple[bytes, int]]:
+        """Wants taking exactly ``needs`` bytes each in a FETCH_MANY."""
+        overhead = frames.want_size(b"")
+        return [(b"p" * (need - overhead), 1) for need in needs]
+
+    def test_request_filled_exactly(self) -> None:
+        """Files that take exactly the room go in one FETCH_MANY, which is then exactly
+        `MAX_REQUEST` long; one byte more and the last file goes in a second one."""
+        room = frames.fetch_many_room()
+        wants = self.wants_of(4000, room - 4000)
+        self.assertEqual(frames.split_fetch_many(wants), [(0, 2)])
+        request = frames.frame(frames.FETCH_MANY, 1, frames.encode_fetch_many(0, wants))
+        self.assertEqual(len(request) - 4, frames.MAX_REQUEST)
+        self.assertEqual(frames.split_fetch_many(self.wants_of(4000, room - 3999)),
+                         [(0, 1), (1, 2)])
+
+    def test_second_request_filled_exactly(self) -> None:
+        # The count of bytes used starts again from nothing in each request.
+        room = frames.fetch_many_room()
+        wants = self.wants_of(5000, 4000, room - 4000, 10)
+        self.assertEqual(frames.split_fetch_many(wants), [(0, 1), (1, 3), (3, 4)])
+
+    def test_oversized_file_gets_a_request_of_its_own(self) -> None:
+        """A file larger than the room (none is: paths are at most 4 KiB) still gets a
+        range of its own, never an empty one (a FETCH_MANY of no file is refused)."""
+        room = frames.fetch_many_room()
+        self.assertEqual(frames.split_fetch_many(self.wants_of(room + 1)), [(0, 1)])
+        self.assertEqual(frames.split_fetch_many(self.wants_of(20, room + 1, 20)),
+                         [(0, 1), (1, 2), (2, 3)])
+
+    def test_fetch_many_messages(self) -> None:
+        good = frames.encode_fetch_many(0, [(b"ab", 1), (b"c", 2)])
+        self.assert_refused(frames.decode_fetch_many, [
+            (good[:5], "FETCH_MANY frame too short"),
+            (frames.encode_fetch_many(0, []), "FETCH_MANY of no file"),
+            (good[:6 + 9], "truncated FETCH_MANY"),
+            (good[:-1], "truncated FETCH_MANY path"),
+            (good + b"z", "FETCH_MANY longer than its files"),
+        ])
+
+    # -- BUNDLE ---------------------------------------------------------------------------
+
+    def test_bundle_messages(self) -> None:
+        file_item = frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello")
+        error_item = frames.encode_bundle_error(0, 1, "gone")
+        self.assert_refused(frames.decode_bundle, [
+            (b"", "empty BUNDLE frame"),
+            (file_item[:2], "truncated BUNDLE item"),
+            # A few bytes after a whole item: too few for the next item's head.
+            (file_item + file_item[:2], "truncated BUNDLE item"),
+            (file_item[:3 + 18 + 31], "truncated BUNDLE file header"),
+            (file_item[:-1], "truncated BUNDLE file"),
+            (error_item[:5], "truncated BUNDLE error"),
+            (error_item[:-1], "truncated BUNDLE error message"),
+        ])
+
+    def test_bundle_error_without_message_last(self) -> None:
+        """An error item with an empty message ending exactly at the frame's end is whole."""
+        payload = (frames.encode_bundle_file(0, self.HEADER, self.DIGEST, b"hello")
+                   + frames.encode_bundle_error(1, frames.E_IO, ""))
+        a, b = frames.decode_bundle(payload)
+        self.assertEqual((b.index, b.code, b.error), (1, frames.E_IO, ""))
+        self.assertEqual(bytes(a.data), b"hello")

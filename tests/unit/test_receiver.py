@@ -157,6 +157,17 @@ class Discarding(ReceiverTestCase):
         self.successResultOf(Deferred.fromCoroutine(r.discard()))
         self.assertEqual(os.listdir(self.top), [])
 
+    def test_data_before_head_is_a_callers_bug(self) -> None:
+        """`FetchSink` says head comes first (content_client fails a DATA before FILE
+        itself): a caller that breaks this is stopped at once, with a message naming the
+        mistake, and nothing reaches the disk."""
+        r = self.receiver("f")
+        with self.assertRaises(AssertionError) as cm:
+            r.data(memoryview(b"x"))
+        self.assertEqual(str(cm.exception), "data before head")
+        self.successResultOf(Deferred.fromCoroutine(r.discard()))
+        self.assertEqual(os.listdir(self.top), [])
+
     def test_late_piece_after_discard(self) -> None:
         # Nothing more is queued or written once discarded (a connection resumed by the
         # credit coming back may still deliver a piece): it holds no credit.
