@@ -306,12 +306,6 @@ def encode_error_entry(code: int, name: bytes, message: str) -> bytes:
             + _MESSAGE_LEN.pack(len(text)) + text)
 
 
-def _printable(raw: bytes) -> str:
-    """A message from the peer, shown to users: printable, short."""
-    text = raw[:MAX_MESSAGE].decode("utf-8", "replace")
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def decode_entries(payload: bytes) -> list[Entry]:
     """Split an ENTRIES payload; raises `ProtocolError` on truncation or an unknown kind."""
     entries = []
@@ -334,7 +328,8 @@ def decode_entries(payload: bytes) -> list[Entry]:
             pos += _MESSAGE_LEN.size
             if end - pos < text_len:
                 raise ProtocolError("truncated LIST error entry message")
-            entries.append(Entry(kind, mode, 0, 0, name, _printable(payload[pos : pos + text_len])))
+            message = printable(payload[pos : pos + text_len], MAX_MESSAGE)
+            entries.append(Entry(kind, mode, 0, 0, name, message))
             pos += text_len
             continue
         if kind not in (KIND_DIR, KIND_FILE):

@@ -158,7 +158,7 @@ class Codecs(SynchronousTestCase):
         d, err, e = frames.decode_entries(raw)
         self.assertTrue(err.is_error)
         self.assertEqual((err.mode, err.name, err.message),
-                         (frames.E_NOT_ALLOWED, b"d", "cannot list d: no?"))
+                         (frames.E_NOT_ALLOWED, b"d", "cannot list d: no\\n"))
         self.assertEqual((d.name, e.name, e.size), (b"d", b"e", 3))
 
     def test_error_entry_truncated(self) -> None:
