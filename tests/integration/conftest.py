@@ -150,3 +150,18 @@ def free_port() -> int:
 def unused_port() -> int:
     """A loopback port with nothing listening on it (see `free_port`)."""
     return free_port()
+
+
+@pytest.fixture
+def daemons():
+    """Start daemons (tests.integration.daemons) for one test; all are stopped after it."""
+    started = []
+
+    def start(factory, *args, **kwargs):
+        d = factory(*args, **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

@@ -34,18 +34,6 @@ BUSY_1 = "busy: too many connections from 127.0.0.1"
 # -- control port: mirror-init and the mirror-server daemon ---------------------------------
 
 
-@pytest.fixture
-def daemons(tmp_path: Path):
-    started = []
-
-    def start(factory, *args, **kwargs):
-        d = factory(*args, **kwargs)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 class LineSocket:

@@ -13,18 +13,6 @@ from tests.trees import assert_same_tree, make_sample_tree
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def daemons(tmp_path: Path):
-    started = []
-
-    def start(factory, *args, **kwargs):
-        d = factory(*args, **kwargs)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 def test_two_content_servers_and_a_dead_port(tmp_path: Path, daemons, unused_port: int):

@@ -28,18 +28,6 @@ from tests.trees import assert_same_tree
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def daemons():
-    started = []
-
-    def start(factory, *args, **kwargs):
-        d = factory(*args, **kwargs)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 def _rss(pid: int) -> int:
