@@ -23,6 +23,10 @@ MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 #: Prefix of the mirror server's own temporary files; never accepted from the network.
 TEMP_PREFIX = ".mirror-tmp-"
+#: Name of the mirror server's state directory (its job journal, partial files) in its
+#: mirror directory; never accepted from the network, so never listed, served, deleted or
+#: mirrored into.
+STATE_DIR_NAME = ".mirror-state"
 
 Parts = tuple[str, ...]
 
@@ -76,6 +80,8 @@ def parse_wire_path(raw: bytes | str) -> Parts:
             raise UnsafePath(f"path component longer than {MAX_COMPONENT_BYTES} bytes")
         if part.startswith(TEMP_PREFIX):
             raise UnsafePath(f"name uses the reserved prefix {TEMP_PREFIX!r}")
+        if part == STATE_DIR_NAME:
+            raise UnsafePath(f"{STATE_DIR_NAME!r} is a reserved name")
     return parts
 
 

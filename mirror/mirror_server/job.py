@@ -153,6 +153,12 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+        #: Restored from the journal after a restart: files counted as transferred before
+        #: it, which the new listing finds current (they are not counted again as skipped).
+        self._skip_credit = 0
+        #: Its SOURCE-DONE was recorded before a restart: nothing left to run.
+        self.restored_done = False
+        self.reported = False
 
     @property
     def listing_done(self) -> bool:
@@ -181,7 +187,40 @@ class SourceRun:
 
     # -- the manager -----------------------------------------------------------------------
 
+    # -- cancel and restore (mirror_server/registry.py) ----------------------------------
+
+    def restore(self, files: int, total: int, sum_sq: int, elapsed: float) -> None:
+        """Continue the figures recorded before a restart: transfers counted then stay
+        counted; the files they placed are current now and are not counted as skipped."""
+        self.stats = SizeStats.from_sums(files, total, sum_sq)
+        self.elapsed_before = elapsed
+        self._skip_credit = files
+        self.job.files_done += files
+        self.job.files_total += files
+        self.job.bytes_done += total
+        self.job.bytes_total += total
+
+    elapsed_before = 0.0
+
+    def cancel(self) -> None:
+        """Stop: no more listing, transfers in flight fail (their temporary files are
+        removed), queued files are passed over. Reported once as an error of the source."""
+        if self.reported:
+            return
+        self.error(None, "job cancelled")
+        conn = self._listing_conn
+        if conn is not None:
+            conn.abort("job cancelled")
+        if self.connections is not None:
+            for c in self.connections.live_connections():
+                c.abort("job cancelled")
+            self.connections.close()
+
     async def run(self) -> None:
+        if self.restored_done:
+            self.reported = True
+            self.job.observer.source_done(self)
+            return
         res = self.job.resources
         started = res.reactor.seconds()
         try:
@@ -205,8 +244,9 @@ class SourceRun:
                 self.connections.close()
             if self.store is not None:
                 await res.threads.run(self.store.close)
-            self.elapsed = res.reactor.seconds() - started
+            self.elapsed = self.elapsed_before + res.reactor.seconds() - started
             self._report_unshown_errors()
+            self.reported = True
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:
@@ -223,7 +263,7 @@ class SourceRun:
     async def _list(self) -> None:
         """List the source, resuming from the cursor after each pause that closed it."""
         try:
-            while await self._list_once():
+            while await self._list_once() and not self.job.cancelled:
                 # Closed while the queue was full: resume once it is half empty, not at the
                 # first free slot (each resumption costs a connection and a re-descent), or
                 # once this job holds at most its share of that (the queue gives it slots
@@ -262,7 +302,7 @@ class SourceRun:
             # transport notices only once it reads again). Not the source's fault: resume.
             # Only if the cursor moved on this connection: never an endless loop.
             resume = self._list_held and self._cursor != start
-            if not resume:
+            if not resume and not self.job.cancelled:
                 self.error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
             self._listing_conn = None
@@ -372,7 +412,12 @@ class SourceRun:
         queue = self.job.resources.queue
         for (parts, entry), is_current in zip(files, current, strict=True):
             if is_current:
-                self.skipped += 1
+                if self._skip_credit:
+                    self._skip_credit -= 1
+                else:
+                    self.skipped += 1
+                continue
+            if self.job.cancelled:
                 continue
             self._pending += 1
             self.job.files_total += 1
@@ -410,6 +455,8 @@ class SourceRun:
                        ) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
+            if self.job.cancelled:
+                return
             header = await self._attempts(parts, entry.size, attempts)
             if header is not None:
                 self.stats.add(header.size)
@@ -425,6 +472,8 @@ class SourceRun:
         retry: list[WorkItem] = []
         placed = 0
         try:
+            if self.job.cancelled:
+                return
             problems = await self._bundle_attempt(items)
             for item, problem in zip(items, problems, strict=True):
                 if problem is None:
@@ -494,6 +543,8 @@ class SourceRun:
                 self.job.bytes_done -= receiver.received
                 await receiver.discard()
                 problem = str(e)
+                if self.job.cancelled:
+                    return None  # not a failure of the file: the job was cancelled
                 continue
             except CancelledError:
                 raise  # the service is stopping
@@ -558,6 +609,7 @@ class Job:
         self.bytes_done = 0
         self.listing_done = False
         self.finished: Deferred[Job] = Deferred()
+        self.cancelled = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = resources.reactor
         self._last: tuple[Any, ...] | None = None
@@ -565,6 +617,14 @@ class Job:
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.sources)
+
+    def cancel(self) -> None:
+        """Cancel the job: each source stops (`SourceRun.cancel`); it ends, failed, once the
+        transfers in flight have stopped."""
+        if not self.cancelled:
+            self.cancelled = True
+            for source in self.sources:
+                source.cancel()
 
     def start(self) -> Deferred[Job]:
         self._ticker.start(PROGRESS_INTERVAL, now=False)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
+from mirror.mirror_server.journal import Journal
 from mirror.mirror_server.receiver import SMALL_FILE
+from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads, Threads
@@ -46,6 +49,8 @@ class MirrorSettings:
     #: and resumed from its cursor once the queue has room (below half full). Well under a
     #: content server's default --write-timeout (60 s), after which it would drop us anyway.
     list_hold: float = 5.0
+    #: Seconds a finished job is kept in the journal (for --attach and --jobs).
+    keep_jobs: float = DEFAULT_KEEP
 
 
 class MirrorService(MultiService):
@@ -59,7 +64,8 @@ class MirrorService(MultiService):
 
     def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
                  reactor: IReactorTime | None = None, threads: Threads | None = None,
-                 endpoints: EndpointFactory | None = None) -> None:
+                 endpoints: EndpointFactory | None = None,
+                 journal: Journal | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -80,8 +86,11 @@ class MirrorService(MultiService):
         #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
                                                           key=WorkItem.share_key)
-        self.jobs: dict[str, Job] = {}
-        self._job_ids = itertools.count(1)
+        #: The job journal (None: jobs live in memory only, ids restart from 1).
+        self.journal = journal
+        job_ids = itertools.count(1)
+        new_id: Callable[[], str] = lambda: str(next(job_ids))  # noqa: E731
+        self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id)
         self._workers: list[Deferred[None]] = []
 
     def startService(self) -> None:
@@ -93,6 +102,11 @@ class MirrorService(MultiService):
         sweep = self.threads.run(sweep_temporaries, self.mirror_dir)
         sweep.addCallbacks(self._swept, self._sweep_failed)
         sweep.addCallback(lambda _: self._start_workers())
+        if self.journal is not None:
+            # Unfinished jobs start again (their listings now; transfers once the workers do).
+            self.journal.load().addCallbacks(
+                self.registry.resume,
+                lambda f: self.log.failure("cannot load the job journal", f))
 
     def _swept(self, n: int) -> None:
         if n:
@@ -114,7 +128,19 @@ class MirrorService(MultiService):
             w.addErrback(lambda f: f.trap(CancelledError))
             w.cancel()
         self._workers = []
-        return super().stopService()
+        if self.journal is None:
+            return super().stopService()
+        return Deferred.fromCoroutine(self._stop_with_journal(self.journal))
+
+    async def _stop_with_journal(self, journal: Journal) -> None:
+        # What the jobs did up to now is committed, and the journal closed, before the
+        # thread pools stop (the journal's is a child service); unfinished jobs stay
+        # "running" in it and resume at the next start.
+        try:
+            await journal.close()
+        except Exception:
+            self.log.failure("closing the job journal")
+        await maybeDeferred(MultiService.stopService, self)
 
     async def _work(self) -> None:
         while True:
@@ -159,15 +185,10 @@ class MirrorService(MultiService):
                 work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
-    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
-        job_id = str(next(self._job_ids))
-        job = Job(job_id, sources, self, observer)
-        self.jobs[job_id] = job
-        self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
-        observer.job_started(job)
-        job.start().addBoth(self._ended, job_id)
-        return job
+    @property
+    def jobs(self) -> dict[str, Job]:
+        """The running jobs by id."""
+        return self.registry.running()
 
-    def _ended(self, result: Any, job_id: str) -> None:
-        job = self.jobs.pop(job_id)
-        self.log.info("job {id} done: {status}", id=job_id, status="ok" if job.ok else "failed")
+    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
+        return self.registry.submit(sources, observer)

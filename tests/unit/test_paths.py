@@ -168,6 +168,14 @@ class RefusedNames(SynchronousTestCase):
         self.refused("a/.mirror-tmp-x/b", "reserved prefix")
         self.refused(b".mirror-tmp-", "reserved prefix")
 
+    def test_reserved_state_dir_name(self) -> None:
+        # The state directory (job journal, partial files) is never listed, served or
+        # mirrored into: no network name may be it, at any depth.
+        self.refused(".mirror-state", "'.mirror-state' is a reserved name")
+        self.refused("a/.mirror-state/journal.sqlite", "reserved name")
+        self.assertEqual(parse_wire_path(".mirror-state2"), (".mirror-state2",))
+        self.assertEqual(parse_wire_path("x.mirror-state"), ("x.mirror-state",))
+
 
 class Confinement(SynchronousTestCase):
     """open_dir / open_regular_file under a root fd: no link, no special file, no escape."""
