@@ -21,10 +21,14 @@ from typing import IO, NoReturn
 from mirror.initiator.client import (
     CONNECT_TIMEOUT,
     ControlClientError,
+    JobDetached,
+    JobInterrupted,
     JobResult,
+    attach_job,
     connect,
     submit_job,
 )
+from mirror.initiator.jobs_cli import JOBS_HELP, add_job_options, check_job_options, run_request
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
@@ -36,6 +40,8 @@ PROG = "mirror-init"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Interrupted (Ctrl-C, SIGTERM): the job followed was cancelled, or --attach detached.
+EXIT_INTERRUPTED = 130
 
 #: The mirror server's default control port (its --listen default, tcp:9001).
 DEFAULT_PORT = 9001
@@ -62,10 +68,12 @@ Exit status:
   0  every SPEC was mirrored completely;
   1  the job ran but something failed (a content server unreachable, a missing path,
      files that could not be transferred), or the mirror server could not be
-     reached, refused the job, dropped the connection, or --timeout expired, or
-     mirror-init was interrupted (Ctrl-C or SIGTERM: "interrupted" on stderr);
-  2  bad arguments.
-
+     reached, refused the job, dropped the connection, or --timeout expired (the job
+     is then cancelled);
+  2  bad arguments;
+  130  interrupted (Ctrl-C or SIGTERM): the job was cancelled (what was done is
+     reported), or, with --attach, mirror-init detached and the job goes on.
+{JOBS_HELP}
 Example:
   {PROG} -n mirror.example -p 7000 -s files.example:8000:pub/docs,[::1]:8000:.:0.5
 """
@@ -135,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="Print the final report as one JSON object on stdout; progress goes to stderr.",
     )
+    add_job_options(parser)
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="Display the version and exit.")
     return parser
@@ -166,6 +175,8 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
     if extra:
         raise UsageError(f"unexpected argument {extra[0]!r} (SPECs go after -s)")
+    if check_job_options(options, UsageError):
+        return  # --attach, --jobs, --cancel: no SPEC
     if not options.sources:
         raise UsageError("missing -s/--sources (what to mirror)")
     try:
@@ -206,22 +217,48 @@ def run(
 
     ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end).
     """
-    sources = options.specs
+    if options.jobs or options.cancel is not None:
+        return run_request(options, stdout, stderr, opener)
+    attach = options.attach
+    sources = [] if attach is not None else options.specs
     display = ProgressDisplay(stderr if options.json else stdout, sources, clock=clock)
     started = clock()
     result: JobResult | None = None
     error: str | None = None
+    interrupted = detached = False
     try:
-        result = submit_job(
-            options.host, options.port, sources, display, timeout=options.timeout,
-            connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
-            clock=clock, opener=opener,
-        )  # fmt: skip
+        if attach is not None:
+            result = attach_job(
+                options.host, options.port, attach, display, timeout=options.timeout,
+                connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
+                clock=clock, opener=opener,
+            )  # fmt: skip
+            sources = result.sources
+        else:
+            result = submit_job(
+                options.host, options.port, sources, display, timeout=options.timeout,
+                connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
+                clock=clock, opener=opener, detach=options.detach,
+            )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
         result = e.result
+        interrupted = isinstance(e, JobInterrupted)
+        detached = isinstance(e, JobDetached)
+        if result is not None and attach is not None:
+            sources = result.sources
     finally:
         display.finish()
+    if options.detach and error is None and result is not None:
+        stdout.write(f"{result.job_id}\n")  # the id alone, for scripts
+        stdout.flush()
+        return EXIT_OK
+    if detached:
+        stderr.write(f"{PROG}: {printable(error or 'detached')}; the job goes on. "
+                     "Re-attach with: "
+                     f"{PROG} -n {options.host} -p {options.port} --attach {attach}\n")
+        stderr.flush()
+        return EXIT_INTERRUPTED
     elapsed = clock() - started
     if error is not None:
         # The reason may quote the server: never a raw ESC or CR on the terminal.
@@ -232,7 +269,13 @@ def run(
         stdout.write(format_json(report))
     elif result is not None and (result.job_id is not None or any(result.source_done)):
         stdout.write(format_text(report))
+    if result is not None and result.resumed and not options.json:
+        stdout.write(f"the job was resumed after {result.resumed} restart(s) of the mirror "
+                     "server: files placed after its last journal commit before a restart "
+                     "are counted as skipped\n")
     stdout.flush()
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
@@ -265,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         # Outside the job itself (while the report is written): no traceback either.
         sys.stderr.write(f"{PROG}: interrupted\n")
-        status = EXIT_FAILED
+        status = EXIT_INTERRUPTED
     sys.exit(status)
 
 

@@ -509,6 +509,11 @@ def _check_job_id(job_id: str) -> str:
     return job_id
 
 
+def check_job_id(job_id: str) -> str:
+    """Validate a job id (1 to `MAX_JOB_ID` visible ASCII characters); return it."""
+    return _check_job_id(job_id)
+
+
 def check_size_sums(files: int, total: int, sum_sq: int) -> None:
     """Refuse ``(files, total, sum_sq)`` that no list of ``files`` non-negative integer sizes has.
 
@@ -700,6 +705,7 @@ __all__ = [
     "Spec",
     "check_delay",
     "check_host",
+    "check_job_id",
     "check_port",
     "check_request_path",
     "check_size_sums",

@@ -781,7 +781,7 @@ class TransferBookkeeping(SynchronousTestCase):
 
         finished = []
         run = SourceRun.__new__(SourceRun)
-        run.job = SimpleNamespace(cancelled=False)
+        run.job = SimpleNamespace(cancelled=False)  # type: ignore[assignment]
         run._finished_one = lambda: finished.append(True)
 
         async def boom(parts, size, attempts=2):
@@ -799,7 +799,7 @@ class TransferBookkeeping(SynchronousTestCase):
         finished: list[bool] = []
         singles: list[tuple] = []
         run = SourceRun.__new__(SourceRun)
-        run.job = SimpleNamespace(cancelled=False)
+        run.job = SimpleNamespace(cancelled=False)  # type: ignore[assignment]
         run.label = "src"
         run._finished_one = lambda: finished.append(True)
         run._bundle_attempt = attempt
