@@ -59,6 +59,9 @@ MIN_WAIT = 0.001
 #: Seconds mirror-init waits, after cancelling its job (Ctrl-C, SIGTERM, --timeout), for the
 #: mirror server to report what was done.
 CANCEL_WAIT = 30.0
+#: Seconds mirror-init waits, when interrupted before the mirror server named the job it
+#: sent, for that name (needed to cancel it).
+JOB_ID_WAIT = 5.0
 
 Clock = Callable[[], float]
 
@@ -441,7 +444,8 @@ def _run_session(host: str, port: int, session: ControlSession, timeout: float |
         except JobTimeout as e:
             if not cancel:
                 raise
-            _cancel_and_wait(host, port, sock, session, opener, clock)
+            if session.result.job_id is not None:
+                _cancel_and_wait(host, port, sock, session, opener, clock)
             expired = JobTimeout(f"{e}{_cancelled(session)}")
             expired.result = session.result
             raise expired from None
@@ -477,7 +481,7 @@ def _cancel_and_wait(host: str, port: int, sock: socket.socket, session: Control
         if session.result.job_id is None:
             # Interrupted before JOB arrived: it is on its way (the job was sent).
             session.detach = True
-            follow(sock, session, deadline, CANCEL_WAIT, clock=clock, send=False)
+            follow(sock, session, clock() + JOB_ID_WAIT, JOB_ID_WAIT, clock=clock, send=False)
             session.detach = False
             session.finished = False
         job_id = session.result.job_id
@@ -492,10 +496,10 @@ def _cancel_and_wait(host: str, port: int, sock: socket.socket, session: Control
 
 def _request(host: str, port: int, line: bytes,
              opener: Callable[[str, int, float | None], socket.socket],
-             timeout: float = CONNECT_TIMEOUT) -> list[ServerEvent]:
+             timeout: float = 10.0) -> list[ServerEvent]:
     """Send one request line (JOBS, CANCEL) and read the answer to its last line: DONE,
     CANCELLED or REFUSED (raised as `JobRefused`)."""
-    sock = opener(host, port, timeout)
+    sock = opener(host, port, min(timeout, CONNECT_TIMEOUT))
     try:
         sock.settimeout(timeout)
         sock.sendall(line + b"\r\n")

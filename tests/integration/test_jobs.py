@@ -1,0 +1,169 @@
+"""Jobs that survive a restart, and that mirror-init can leave, find, follow and cancel
+(issue 12), from the installed programs: ``twistd mirror-server`` killed with SIGKILL and
+started again, ``mirror-init --detach/--attach/--jobs/--cancel``, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.integration.daemons import (
+    MIRROR_INIT,
+    Daemon,
+    content_server,
+    mirror_init,
+    mirror_server,
+)
+from tests.integration.waiting import poll
+
+#: Big files (above the 256 KiB of a small file): one FETCH each, one at a time with one
+#: worker, each after the SPEC's delay, so that a job is mid-way for a while.
+SIZE = 300 * 1024
+COUNT = 16
+DELAY = 0.15
+
+
+def make_tree(root: Path) -> None:
+    tree = root / "tree"
+    tree.mkdir(parents=True)
+    for i in range(COUNT):
+        (tree / f"f{i:02d}.bin").write_bytes(bytes([i]) * SIZE)
+
+
+def placed(mirror: Path, port: int) -> list[Path]:
+    d = mirror / f"127.0.0.1_{port}" / "tree"
+    return sorted(p for p in d.iterdir() if p.name.startswith("f")) if d.is_dir() else []
+
+
+def temporaries(mirror: Path) -> list[Path]:
+    return [p for p in mirror.rglob("*") if p.name.startswith(".mirror-tmp-")]
+
+
+def init(mirror: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return mirror_init("-n", "127.0.0.1", "-p", str(mirror.port), *args, timeout=60)
+
+
+def check_complete(mirror: Path, port: int) -> None:
+    for p in placed(mirror, port):
+        i = int(p.name[1:3])
+        assert p.read_bytes() == bytes([i]) * SIZE, f"{p} is not the complete file"
+
+
+def test_sigkill_restart_resumes_and_attach_reports(tmp_path: Path, daemons) -> None:
+    make_tree(tmp_path / "src")
+    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
+    mirror_dir = tmp_path / "mirror"
+    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
+    spec = f"127.0.0.1:{content.port}:tree:{DELAY}"
+    submitted = init(server, "--detach", "-s", spec)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.isdigit(), submitted.stdout
+    # Mid-way, and a journal commit (every 0.5 s at most) after some files were placed.
+    poll(lambda: len(placed(mirror_dir, content.port)) >= 4, 30, "files to arrive")
+    before = len(placed(mirror_dir, content.port))
+    poll(lambda: len(placed(mirror_dir, content.port)) >= before + 4, 30, "a commit")
+    server.kill(signal.SIGKILL)
+    assert len(placed(mirror_dir, content.port)) < COUNT, "the job was not mid-way"
+
+    restarted = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
+    followed = init(restarted, "--attach", job_id, "--json")
+    assert followed.returncode == 0, followed.stderr
+    report = json.loads(followed.stdout)
+    assert report["job_id"] == job_id and report["ok"] and report["resumed"] == 1
+    totals = report["totals"]
+    # Every file counted once: transferred before the kill (committed) or after the
+    # restart, or skipped (placed after the last commit before the kill).
+    assert totals["files"] + totals["skipped"] == COUNT, totals
+    assert totals["files"] >= 4, "transfers committed before the kill stay counted"
+    assert totals["bytes"] == totals["files"] * SIZE
+    assert totals["failed"] == 0
+    check_complete(mirror_dir, content.port)
+    assert len(placed(mirror_dir, content.port)) == COUNT
+    assert temporaries(mirror_dir) == []
+    # Once more, as text: the report says why some files count as skipped.
+    again = init(restarted, "--attach", job_id)
+    assert again.returncode == 0 and "resumed after 1 restart(s)" in again.stdout
+    # A restart never reuses an id.
+    second = init(restarted, "--detach", "-s", spec)
+    assert int(second.stdout) > int(job_id)
+    # The state directory is private and never mirrored into.
+    state = mirror_dir / ".mirror-state"
+    assert (state.stat().st_mode & 0o777) == 0o700
+    assert (state / "journal.sqlite").is_file()
+
+
+def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
+    make_tree(tmp_path / "src")
+    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
+    mirror_dir = tmp_path / "mirror"
+    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
+    spec = f"127.0.0.1:{content.port}:tree:{DELAY}"
+    job_id = init(server, "--detach", "-s", spec).stdout.strip()
+
+    listed = init(server, "--jobs")
+    assert listed.returncode == 0
+    row = [line.split() for line in listed.stdout.splitlines() if line.startswith(job_id)]
+    assert row and row[0][1] == "running", listed.stdout
+
+    # Ctrl-C while attached only detaches: the job goes on.
+    attached = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(server.port),
+                                 "--attach", job_id], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: len(placed(mirror_dir, content.port)) >= 2, 30, "progress")
+        attached.send_signal(signal.SIGINT)
+        _, err = attached.communicate(timeout=30)
+    finally:
+        if attached.poll() is None:
+            attached.kill()
+    assert attached.returncode == 130
+    assert f"--attach {job_id}" in err, err
+    assert "running" in init(server, "--jobs").stdout
+
+    cancelled = init(server, "--cancel", job_id)
+    assert cancelled.returncode == 0 and cancelled.stdout == f"job {job_id} cancelled\n"
+    followed = init(server, "--attach", job_id, "--json")
+    assert followed.returncode == 1
+    report = json.loads(followed.stdout)
+    assert report["sources"][0]["errors"] == [{"path": None, "message": "job cancelled"}]
+    assert report["totals"]["files"] < COUNT
+    assert f"{job_id}  cancelled" in init(server, "--jobs").stdout.replace("   ", "  ")
+    again = init(server, "--cancel", job_id)
+    assert again.returncode == 1 and "already finished (cancelled)" in again.stderr
+    assert init(server, "--attach", "999999").returncode == 1
+    assert temporaries(mirror_dir) == []
+    check_complete(mirror_dir, content.port)
+
+
+def test_ctrl_c_cancels_the_job_followed(tmp_path: Path, daemons) -> None:
+    make_tree(tmp_path / "src")
+    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
+    mirror_dir = tmp_path / "mirror"
+    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "2")
+    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(server.port), "-s",
+                             f"127.0.0.1:{content.port}:tree:{DELAY}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: len(placed(mirror_dir, content.port)) >= 2, 30, "progress")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted; job 1 cancelled" in err
+    assert "job not completed: interrupted; job 1 cancelled" in out
+    assert "job cancelled" in out  # the source's error, in the report
+    # Nothing partial anywhere: no temporary file left, every placed file complete; and
+    # the job stopped (it would otherwise place them all).
+    assert temporaries(mirror_dir) == []
+    check_complete(mirror_dir, content.port)
+    listed = init(server, "--jobs").stdout
+    assert "cancelled" in listed, listed
+    assert len(placed(mirror_dir, content.port)) < COUNT
+    assert os.listdir(mirror_dir / ".mirror-state") != []
