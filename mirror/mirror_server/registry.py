@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror.mirror_server import journal as jr
@@ -188,6 +189,16 @@ class JobRegistry:
             new_id = journal.new_job_id
         assert new_id is not None, "job ids come from the journal or from new_id"
         self._new_id = new_id
+        self._pruning = LoopingCall(self.prune)
+        self._pruning.clock = clock
+
+    def start_pruning(self, interval: float = PRUNE_INTERVAL) -> None:
+        """Prune now and then, also while no job ends (and at once)."""
+        self._pruning.start(interval, now=True)
+
+    def stop_pruning(self) -> None:
+        if self._pruning.running:
+            self._pruning.stop()
 
     def running(self) -> dict[str, Job]:
         return {i: f.job for i, f in self.feeds.items() if f.job is not None and not f.done}

@@ -104,9 +104,14 @@ class MirrorService(MultiService):
         sweep.addCallback(lambda _: self._start_workers())
         if self.journal is not None:
             # Unfinished jobs start again (their listings now; transfers once the workers do).
-            self.journal.load().addCallbacks(
+            loading = self.journal.load().addCallbacks(
                 self.registry.resume,
                 lambda f: self.log.failure("cannot load the job journal", f))
+            loading.addCallback(self._loaded)
+
+    def _loaded(self, _: None) -> None:
+        if self.running:
+            self.registry.start_pruning()
 
     def _swept(self, n: int) -> None:
         if n:
@@ -128,6 +133,7 @@ class MirrorService(MultiService):
             w.addErrback(lambda f: f.trap(CancelledError))
             w.cancel()
         self._workers = []
+        self.registry.stop_pruning()
         if self.journal is None:
             return super().stopService()
         return Deferred.fromCoroutine(self._stop_with_journal(self.journal))
