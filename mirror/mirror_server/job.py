@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -33,6 +33,9 @@ from mirror.stats import SizeStats
 from mirror.threads import Threads
 from mirror.wire import frames
 from mirror.wire.control import SourceRequest
+
+if TYPE_CHECKING:
+    from mirror.mirror_server.partials import JobPartials
 
 PROGRESS_INTERVAL = 0.2
 #: Errors of one source reported one by one; later ones are counted in a last message.
@@ -442,6 +445,20 @@ class SourceRun:
         assert self.store is not None  # files are queued only once it is open
         return FileReceiver(self.store, parts, self.job.resources.threads, self._count)
 
+    async def _open_receiver(self, parts: paths.Parts, size: int) -> tuple[FileReceiver, int]:
+        """A receiver for one attempt, and the offset to fetch from: a big file is received
+        resumably when the job has partials (`mirror.mirror_server.partials`)."""
+        partials = self.job.partials
+        if partials is None or size < partials.min_size:
+            return self._receiver(parts), 0
+        assert self.store is not None  # files are queued only once it is open
+        try:
+            return await partials.open(self.index, parts, size, self.store, self._count)
+        except StoreError as e:
+            self.log.warn("{source}: {path}: not resumable: {e}", source=self.label,
+                          path=paths.join_parts(parts), e=str(e))
+            return self._receiver(parts), 0
+
     def _count(self, n: int) -> None:
         self.job.bytes_done += n
 
@@ -459,7 +476,7 @@ class SourceRun:
                 return
             header = await self._attempts(parts, entry.size, attempts)
             if header is not None:
-                self.stats.add(header.size)
+                self.stats.add(header.file_size)  # the whole file, if resumed too
                 self.job.files_done += 1
         finally:
             # Whatever happened, the file is no longer pending: a job never waits forever.
@@ -530,12 +547,12 @@ class SourceRun:
         problem = ""
         assert self.connections is not None  # made by run() before anything is queued
         for _attempt in range(attempts):
-            receiver = self._receiver(parts)
+            receiver, offset = await self._open_receiver(parts, size)
             try:
                 conn = await self.connections.get()
-                header, digest = await conn.fetch(path, receiver, delay=self.request.delay,
-                                                  expect_size=size)
-                if header.size != header.file_size:
+                header, digest = await conn.fetch(path, receiver, offset=offset,
+                                                  delay=self.request.delay, expect_size=size)
+                if header.size != header.file_size - offset:
                     raise TransferError(f"{path}: server sent {header.size} of "
                                         f"{header.file_size} bytes")
                 await receiver.commit(header, digest)
@@ -610,6 +627,8 @@ class Job:
         self.listing_done = False
         self.finished: Deferred[Job] = Deferred()
         self.cancelled = False
+        #: Resumable big files (set by the job registry when there is a state directory).
+        self.partials: JobPartials | None = None
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = resources.reactor
         self._last: tuple[Any, ...] | None = None

@@ -86,9 +86,10 @@ CREATE TABLE IF NOT EXISTS partials (
     idx INTEGER NOT NULL,
     path TEXT NOT NULL,
     name TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
+    size TEXT NOT NULL,
+    mtime_ns TEXT NOT NULL,
     verified INTEGER NOT NULL,
+    digest TEXT NOT NULL,
     PRIMARY KEY (job, idx, path)
 );
 """
@@ -128,9 +129,9 @@ class JobError:
 
 @dataclass
 class PartialRecord:
-    """A partial file of a big transfer kept in the state directory (``name``), of which
-    the first ``verified`` bytes are known good, for the file of ``size`` and ``mtime_ns``
-    at ``path`` of SPEC ``index``."""
+    """A partial file of a big transfer kept in the state directory (``name``), whose
+    first ``verified`` bytes have the BLAKE3 ``digest`` (hex), for the file of ``size`` and
+    ``mtime_ns`` at ``path`` of SPEC ``index``."""
 
     index: int
     path: str
@@ -138,6 +139,7 @@ class PartialRecord:
     size: int
     mtime_ns: int
     verified: int
+    digest: str
 
 
 @dataclass
@@ -237,9 +239,9 @@ class JournalDB:
             for job_id, part in batch.partials:
                 db.execute(
                     "INSERT OR REPLACE INTO partials (job, idx, path, name, size, mtime_ns, "
-                    "verified) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (int(job_id), part.index, part.path, part.name, part.size, part.mtime_ns,
-                     part.verified))
+                    "verified, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (int(job_id), part.index, part.path, part.name, str(part.size),
+                     str(part.mtime_ns), part.verified, part.digest))
             for job_id, index, path in batch.partials_gone:
                 db.execute("DELETE FROM partials WHERE job = ? AND idx = ? AND path = ?",
                            (int(job_id), index, path))
@@ -275,10 +277,10 @@ class JournalDB:
                 "SELECT job, seq, idx, path, message FROM errors ORDER BY job, seq"):
             records[job_id].errors.append(JobError(idx, path, message))
             records[job_id].next_error_seq = _seq + 1
-        for job_id, idx, path, name, size, mtime_ns, verified in db.execute(
-                "SELECT job, idx, path, name, size, mtime_ns, verified FROM partials"):
+        for job_id, idx, path, name, size, mtime_ns, verified, digest in db.execute(
+                "SELECT job, idx, path, name, size, mtime_ns, verified, digest FROM partials"):
             records[job_id].partials.append(
-                PartialRecord(idx, path, name, size, mtime_ns, verified))
+                PartialRecord(idx, path, name, int(size), int(mtime_ns), verified, digest))
         return [r for r in records.values() if r.sources]
 
 
@@ -334,6 +336,7 @@ class Journal:
         self._last_commit = -interval
         self._flush_waiters: list[Deferred[None]] = []
         self._closed = False
+        self._retrying = False
 
     # -- ids --------------------------------------------------------------------------------
 
@@ -421,6 +424,7 @@ class Journal:
 
     def _written(self, _: None, batch: Batch) -> None:
         self._writing = None
+        self._retrying = False
         if batch.next_id is not None:
             self._end = batch.next_id
             self._reserving = False
@@ -428,9 +432,18 @@ class Journal:
 
     def _failed(self, failure: Any, batch: Batch) -> None:
         self._writing = None
-        self.log.failure("job journal: commit failed (retried with the next one)", failure)
-        # Nothing is lost: the batch goes back in front of what came meanwhile.
-        self._batch = _merge(batch, self._batch)
+        if self._retrying:
+            # Failed twice (the disk is full, or a bug): dropped, so that the journal does
+            # not stay stuck on it; later changes are committed as usual.
+            self._retrying = False
+            self.log.failure("job journal: commit failed again; its changes are lost",
+                             failure)
+        else:
+            self._retrying = True
+            self.log.failure("job journal: commit failed (retried with the next one)",
+                             failure)
+            # The batch goes back in front of what came meanwhile.
+            self._batch = _merge(batch, self._batch)
         self._after_write()
 
     def _after_write(self) -> None:

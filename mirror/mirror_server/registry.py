@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror.mirror_server import journal as jr
 from mirror.mirror_server.job import Job, JobObserver, JobResources, SourceRun
+from mirror.mirror_server.partials import JobPartials, PartialDir
 from mirror.wire import control
 
 #: Errors an attacher can catch up on (more were shown to whoever followed the job live).
@@ -127,6 +129,8 @@ class JobFeed:
                                               job.bytes_total, job.listing_done)
         self._broadcast(self.last_progress)
         journal = self.registry.journal
+        if job.partials is not None:
+            job.partials.save_checkpoints()
         for run in job.sources:
             if not run.reported:
                 figures = figures_of(run, False)
@@ -179,12 +183,15 @@ class JobRegistry:
 
     def __init__(self, resources: JobResources, clock: IReactorTime,
                  journal: jr.Journal | None = None, keep: float = DEFAULT_KEEP,
-                 new_id: Callable[[], str] | None = None) -> None:
+                 new_id: Callable[[], str] | None = None,
+                 partial_dir: PartialDir | None = None) -> None:
         self.resources = resources
         self.clock = clock
         self.journal = journal
         self.keep = keep
         self.feeds: dict[str, JobFeed] = {}
+        #: Where big files are received resumably (None: no resumption).
+        self.partial_dir = partial_dir
         if journal is not None:
             new_id = journal.new_job_id
         assert new_id is not None, "job ids come from the journal or from new_id"
@@ -217,6 +224,9 @@ class JobRegistry:
         rec = feed.record
         job = Job(rec.id, rec.sources, self.resources, feed)
         feed.job = job
+        if self.partial_dir is not None:
+            job.partials = JobPartials(rec.id, self.partial_dir, self.resources.threads,
+                                       self.journal, rec.partials if restore else ())
         self.feeds[rec.id] = feed
         if restore:
             for run, figures in zip(job.sources, rec.figures, strict=True):
@@ -241,12 +251,32 @@ class JobRegistry:
 
     def _ended(self, result: Any, feed: JobFeed) -> None:
         self.log.info("job {id} done: {state}", id=feed.id, state=feed.record.state)
+        partials = feed.job.partials if feed.job is not None else None
+        if partials is not None:
+            if partials.reused:
+                self.log.info("job {id}: {n} bytes of partial transfers reused", id=feed.id,
+                              n=partials.reused)
+            closing = Deferred.fromCoroutine(partials.close())
+            closing.addErrback(lambda f: self.log.failure("removing partial files", f))
         feed.job = None  # the finished job's objects (stores, listings) can go
         self.prune()
 
     def resume(self, records: list[jr.JobRecord]) -> None:
         """Take the jobs loaded from the journal: finished ones are kept (for --attach and
         --jobs) until they are older than ``keep``; unfinished ones start again."""
+        if self.partial_dir is not None:
+            # Before any job runs again: files no record names go, and those of finished
+            # jobs (their end was not committed) too.
+            keep = {p.name for r in records if r.state == jr.RUNNING for p in r.partials}
+            for rec in records:
+                if rec.state != jr.RUNNING:
+                    for part in rec.partials:
+                        if self.journal is not None:
+                            self.journal.partial_gone(rec.id, part.index, part.path)
+                    rec.partials = []
+            sweeping = self.resources.threads.run(self.partial_dir.sweep, keep)
+            sweeping.addCallbacks(self._swept,
+                                  lambda f: self.log.failure("sweeping partial files", f))
         for rec in records:
             if rec.state == jr.RUNNING:
                 rec.resumed += 1
@@ -262,6 +292,10 @@ class JobRegistry:
                 feed.done = True
                 self.feeds[rec.id] = feed
         self.prune()
+
+    def _swept(self, removed: int) -> None:
+        if removed:
+            self.log.info("removed {n} partial files no journal record names", n=removed)
 
     def prune(self) -> None:
         """Forget the jobs finished more than ``keep`` seconds ago."""

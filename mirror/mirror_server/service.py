@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
 from mirror.mirror_server.journal import Journal
+from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
@@ -65,7 +66,8 @@ class MirrorService(MultiService):
     def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
                  reactor: IReactorTime | None = None, threads: Threads | None = None,
                  endpoints: EndpointFactory | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None,
+                 partials: PartialDir | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -90,7 +92,8 @@ class MirrorService(MultiService):
         self.journal = journal
         job_ids = itertools.count(1)
         new_id: Callable[[], str] = lambda: str(next(job_ids))  # noqa: E731
-        self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id)
+        self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id,
+                                    partials)
         self._workers: list[Deferred[None]] = []
 
     def startService(self) -> None:

@@ -12,6 +12,7 @@ from twisted.python import usage
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.journal import open_journal
+from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
 from mirror.threads import DiskThreads
@@ -114,11 +115,12 @@ def makeService(options: Options) -> IService:
     journal_threads = DiskThreads(reactor, 1, name="mirror-journal")
     try:
         journal = open_journal(options["state-dir"], reactor, journal_threads)
+        partials = PartialDir(options["state-dir"])
     except Exception as e:  # sqlite3.Error, OSError: a one-line start-up error
         raise SystemExit(f"{options.command}: error: --state-dir {options['state-dir']}: "
                          f"cannot open the job journal ({e})") from None
     service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings),
-                            journal=journal)
+                            journal=journal, partials=partials)
     journal_threads.setServiceParent(service)
     add_listeners(service, options["listen"], ControlFactory(service), options.command)
     return service

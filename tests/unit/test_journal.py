@@ -173,10 +173,25 @@ class JournalTests(SynchronousTestCase):
     def test_partials_recorded_and_forgotten(self) -> None:
         journal = self.open()
         record = self.submit(journal)
-        part = jr.PartialRecord(0, "big.iso", "partial-1", 10**10, 123, 4 << 20)
+        part = jr.PartialRecord(0, "big.iso", "partial-1", 2**64 - 1, -123, 4 << 20, "ab" * 32)
         journal.partial_saved(record.id, part)
         self.clock.advance(0)
         self.assertEqual(self.reopen()[0].partials, [part])
         journal.partial_gone(record.id, 0, "big.iso")
         self.clock.advance(1)
         self.assertEqual(self.reopen()[0].partials, [])
+
+    def test_a_failing_batch_is_retried_once_then_dropped(self) -> None:
+        journal = self.open()
+        # Errors of a job the journal never heard of: the commit fails (foreign key).
+        journal.job_error("999", jr.JobError(0, None, "orphan"))
+        self.clock.advance(0)
+        record = self.submit(journal)
+        self.clock.advance(0.5)  # the retry, with the job: fails again, dropped
+        self.assertEqual(len(self.flushLoggedErrors()), 2)
+        journal.source_figures(record.id, 0, jr.SourceFigures(files=3))
+        journal.job_submitted(record)
+        self.clock.advance(0.5)  # later changes are committed
+        figures = self.reopen()[0].figures[0]
+        assert figures is not None
+        self.assertEqual(figures.files, 3)
