@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
 from tests.integration.daemons import (
@@ -167,3 +170,114 @@ def test_ctrl_c_cancels_the_job_followed(tmp_path: Path, daemons) -> None:
     assert "cancelled" in listed, listed
     assert len(placed(mirror_dir, content.port)) < COUNT
     assert os.listdir(mirror_dir / ".mirror-state") != []
+
+
+class GatedProxy:
+    """A TCP proxy to a content server that forwards its answers up to ``limit`` bytes in
+    all, then holds them until `release`; it counts the bytes forwarded. (A gate, not a
+    rate: the test decides when a transfer is mid-way, whatever the machine's speed.)"""
+
+    def __init__(self, target_port: int, limit: int) -> None:
+        self.target_port = target_port
+        self.limit = limit
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._open.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if answers:
+                    with self._lock:
+                        room = self.limit - self.forwarded
+                    if room < len(data) and not self._open.is_set():
+                        if room > 0:
+                            dst.sendall(data[:room])
+                            self._count(room)
+                            data = data[room:]
+                        self._open.wait()
+                    self._count(len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.forwarded += n
+
+
+def recorded_prefix(mirror_dir: Path) -> int:
+    """The longest verified prefix the journal records (read as another process would)."""
+    db = sqlite3.connect(f"file:{mirror_dir / '.mirror-state' / 'journal.sqlite'}?mode=ro",
+                         uri=True)
+    try:
+        row = db.execute("SELECT max(verified) FROM partials").fetchone()
+    finally:
+        db.close()
+    return int(row[0] or 0)
+
+
+def test_half_fetched_big_file_resumes_from_its_prefix(tmp_path: Path, daemons) -> None:
+    size = 12 << 20
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(size)
+    (src / "big.iso").write_bytes(data)
+    content = daemons(content_server, src, tmp_path / "logs")
+    proxy = GatedProxy(content.port, limit=7 << 20)
+    try:
+        mirror_dir = tmp_path / "mirror"
+        server = daemons(mirror_server, mirror_dir, tmp_path / "logs")
+        job_id = init(server, "--detach", "-s", f"127.0.0.1:{proxy.port}:.").stdout.strip()
+        # Held mid-way; the journal has recorded a good part of what arrived.
+        poll(lambda: recorded_prefix(mirror_dir) >= 4 << 20, 30, "a recorded prefix")
+        server.kill(signal.SIGKILL)
+        verified = recorded_prefix(mirror_dir)
+        before = proxy.forwarded
+        partials = list((mirror_dir / ".mirror-state" / "partials").iterdir())
+        assert len(partials) == 1 and partials[0].stat().st_size >= verified
+        proxy.release()
+
+        restarted = daemons(mirror_server, mirror_dir, tmp_path / "logs")
+        followed = init(restarted, "--attach", job_id, "--json")
+        assert followed.returncode == 0, followed.stderr
+        totals = json.loads(followed.stdout)["totals"]
+        assert (totals["files"], totals["bytes"]) == (1, size)
+    finally:
+        proxy.stop()
+    assert (mirror_dir / f"127.0.0.1_{proxy.port}" / "big.iso").read_bytes() == data
+    # Only what arrived after the last checkpoint was fetched twice (plus the listings).
+    fetched_twice = proxy.forwarded - size
+    assert fetched_twice <= before - verified + (64 << 10), (fetched_twice, before, verified)
+    assert list((mirror_dir / ".mirror-state" / "partials").iterdir()) == []
+    assert temporaries(mirror_dir) == []
