@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mirror.text import printable
 from mirror.wire.control import (
@@ -396,35 +397,26 @@ def submit_job(
     not made). A result whose ``ok`` is False is still a result, not an error.
     """
     session = ControlSession(sources, on_event, detach=detach)
-    return _run_session(host, port, session, timeout, connect_timeout, wake, tick, clock,
-                        opener, cancel=not detach)
+    return _run_session(host, port, session, timeout, cancel=not detach,
+                        connect_timeout=connect_timeout, wake=wake, tick=tick, clock=clock,
+                        opener=opener)
 
 
-def attach_job(
-    host: str,
-    port: int,
-    job_id: str,
-    on_event: Callable[[ServerEvent], None],
-    timeout: float | None = None,
-    *,
-    connect_timeout: float = CONNECT_TIMEOUT,
-    wake: Callable[[], float | None] = lambda: None,
-    tick: Callable[[], None] = lambda: None,
-    clock: Clock = time.monotonic,
-    opener: Callable[[str, int, float | None], socket.socket] = connect,
-) -> JobResult:
+def attach_job(host: str, port: int, job_id: str, on_event: Callable[[ServerEvent], None],
+               timeout: float | None = None, **options: Any) -> JobResult:
     """Follow the job ``job_id`` (running or finished) to its end, as `submit_job` follows a
-    new one. Ctrl-C raises `JobDetached` and `timeout` `JobTimeout`: neither cancels it."""
-    session = AttachSession(job_id, on_event)
-    return _run_session(host, port, session, timeout, connect_timeout, wake, tick, clock,
-                        opener, cancel=False)
+    new one (``options``: its keyword options but ``detach``). Ctrl-C raises `JobDetached`
+    and ``timeout`` `JobTimeout`: neither cancels the job."""
+    return _run_session(host, port, AttachSession(job_id, on_event), timeout, cancel=False,
+                        **options)
 
 
 def _run_session(host: str, port: int, session: ControlSession, timeout: float | None,
-                 connect_timeout: float, wake: Callable[[], float | None],
-                 tick: Callable[[], None], clock: Clock,
-                 opener: Callable[[str, int, float | None], socket.socket],
-                 cancel: bool) -> JobResult:
+                 cancel: bool, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 wake: Callable[[], float | None] = lambda: None,
+                 tick: Callable[[], None] = lambda: None, clock: Clock = time.monotonic,
+                 opener: Callable[[str, int, float | None], socket.socket] = connect
+                 ) -> JobResult:
     """Connect, run ``session`` to its end; with ``cancel``, an interruption or the timeout
     cancels the job (then waits up to `CANCEL_WAIT` for the report of what was done)."""
     deadline = None if timeout is None else clock() + timeout

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.integration.daemons import (
@@ -49,6 +50,35 @@ def init(mirror: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return mirror_init("-n", "127.0.0.1", "-p", str(mirror.port), *args, timeout=60)
 
 
+def start_slow_job_setup(tmp_path: Path, daemons: Callable[..., Daemon], workers: int
+                         ) -> tuple[Daemon, Path, Daemon, str]:
+    """A content server of `make_tree`, a mirror server with ``workers`` workers, and the
+    SPEC of the tree with the `DELAY` that keeps a job mid-way for a while."""
+    make_tree(tmp_path / "src")
+    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
+    mirror_dir = tmp_path / "mirror"
+    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", str(workers))
+    return content, mirror_dir, server, f"127.0.0.1:{content.port}:tree:{DELAY}"
+
+
+def interrupt_when(condition: Callable[[], object], mirror: Daemon, *args: str
+                   ) -> tuple[int, str, str]:
+    """Run mirror-init with ``args``, Ctrl-C it once ``condition`` holds; its status and
+    output."""
+    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(mirror.port), *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        poll(condition, 30, "progress")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
 def check_complete(mirror: Path, port: int) -> None:
     for p in placed(mirror, port):
         i = int(p.name[1:3])
@@ -56,11 +86,7 @@ def check_complete(mirror: Path, port: int) -> None:
 
 
 def test_sigkill_restart_resumes_and_attach_reports(tmp_path: Path, daemons) -> None:
-    make_tree(tmp_path / "src")
-    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
-    mirror_dir = tmp_path / "mirror"
-    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
-    spec = f"127.0.0.1:{content.port}:tree:{DELAY}"
+    content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
     submitted = init(server, "--detach", "-s", spec)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
@@ -100,11 +126,7 @@ def test_sigkill_restart_resumes_and_attach_reports(tmp_path: Path, daemons) -> 
 
 
 def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
-    make_tree(tmp_path / "src")
-    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
-    mirror_dir = tmp_path / "mirror"
-    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
-    spec = f"127.0.0.1:{content.port}:tree:{DELAY}"
+    content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
     job_id = init(server, "--detach", "-s", spec).stdout.strip()
 
     listed = init(server, "--jobs")
@@ -113,17 +135,9 @@ def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
     assert row and row[0][1] == "running", listed.stdout
 
     # Ctrl-C while attached only detaches: the job goes on.
-    attached = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(server.port),
-                                 "--attach", job_id], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        poll(lambda: len(placed(mirror_dir, content.port)) >= 2, 30, "progress")
-        attached.send_signal(signal.SIGINT)
-        _, err = attached.communicate(timeout=30)
-    finally:
-        if attached.poll() is None:
-            attached.kill()
-    assert attached.returncode == 130
+    status, _, err = interrupt_when(lambda: len(placed(mirror_dir, content.port)) >= 2,
+                                    server, "--attach", job_id)
+    assert status == 130
     assert f"--attach {job_id}" in err, err
     assert "running" in init(server, "--jobs").stdout
 
@@ -143,22 +157,10 @@ def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
 
 
 def test_ctrl_c_cancels_the_job_followed(tmp_path: Path, daemons) -> None:
-    make_tree(tmp_path / "src")
-    content = daemons(content_server, tmp_path / "src", tmp_path / "logs")
-    mirror_dir = tmp_path / "mirror"
-    server = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "2")
-    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(server.port), "-s",
-                             f"127.0.0.1:{content.port}:tree:{DELAY}"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        poll(lambda: len(placed(mirror_dir, content.port)) >= 2, 30, "progress")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=2)
+    status, out, err = interrupt_when(lambda: len(placed(mirror_dir, content.port)) >= 2,
+                                      server, "-s", spec)
+    assert status == 130, err
     assert "interrupted; job 1 cancelled" in err
     assert "job not completed: interrupted; job 1 cancelled" in out
     assert "job cancelled" in out  # the source's error, in the report
