@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of mirror-init (values are checked by `parse_arguments`)."""
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [options] -s SPEC[,SPEC...] [-s SPEC ...]",
+        usage=(f"{PROG} [options] [--detach] -s SPEC[,SPEC...] [-s SPEC ...]\n"
+               f"       {PROG} [options] --attach ID | --jobs | --cancel ID"),
         epilog=HELP_EPILOG,
         formatter_class=_Formatter,
     )
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", metavar="SECONDS",
-        help="Give up (exit status 1) if the job is not finished after this many seconds.",
+        help="Give up (exit status 1) if the job is not finished after this many seconds; "
+             "a job this mirror-init submitted is then cancelled.",
     )
     parser.add_argument(
         "--json", action="store_true",
@@ -260,6 +262,10 @@ def run(
         stderr.flush()
         return EXIT_INTERRUPTED
     elapsed = clock() - started
+    if attach is not None and result is not None:
+        # Attached late: the job's own time (its longest source), as if followed from its
+        # start, not just the time spent attached.
+        elapsed = max([elapsed] + [d.elapsed for d in result.source_done if d is not None])
     if error is not None:
         # The reason may quote the server: never a raw ESC or CR on the terminal.
         stderr.write(f"{PROG}: {printable(error)}\n")

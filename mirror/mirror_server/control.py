@@ -23,6 +23,7 @@ from mirror.limits import (
     LimitedConnection,
     LimitedFactory,
 )
+from mirror.mirror_server.journal import JournalFull
 from mirror.wire import control
 
 if TYPE_CHECKING:
@@ -119,7 +120,10 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
-            self.job = self.factory.service.submit(self.sources, self)
+            try:
+                self.job = self.factory.service.submit(self.sources, self)
+            except JournalFull as e:
+                self.refuse(f"mirror server busy: {e}")
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")

@@ -158,7 +158,8 @@ class JobFeed:
         figures = figures_of(run, True)
         self.record.figures[run.index] = figures
         self._broadcast(done_event(run.index, figures))
-        if self.registry.journal is not None:
+        if self.registry.journal is not None and not self.registry.stopping:
+            # (A source cut short by the server stopping is not done: it resumes.)
             self.registry.journal.source_figures(self.id, run.index, figures)
 
     def job_done(self, job: Job) -> None:
@@ -166,7 +167,7 @@ class JobFeed:
         rec.state = jr.CANCELLED if job.cancelled else jr.OK if job.ok else jr.FAILED
         rec.finished = self.registry.clock.seconds()
         self.done = True
-        if self.registry.journal is not None:
+        if self.registry.journal is not None and not self.registry.stopping:
             self.registry.journal.job_state(rec)
         if self.submitter is not None:
             self.submitter.job_done(job)
@@ -192,6 +193,9 @@ class JobRegistry:
         self.feeds: dict[str, JobFeed] = {}
         #: Where big files are received resumably (None: no resumption).
         self.partial_dir = partial_dir
+        #: The server is stopping: jobs that end now were cut short, not finished; they
+        #: stay "running" in the journal, with their partials, to resume at the next start.
+        self.stopping = False
         if journal is not None:
             new_id = journal.new_job_id
         assert new_id is not None, "job ids come from the journal or from new_id"
@@ -252,7 +256,7 @@ class JobRegistry:
     def _ended(self, result: Any, feed: JobFeed) -> None:
         self.log.info("job {id} done: {state}", id=feed.id, state=feed.record.state)
         partials = feed.job.partials if feed.job is not None else None
-        if partials is not None:
+        if partials is not None and not self.stopping:
             if partials.reused:
                 self.log.info("job {id}: {n} bytes of partial transfers reused", id=feed.id,
                               n=partials.reused)
@@ -292,6 +296,15 @@ class JobRegistry:
                 feed.done = True
                 self.feeds[rec.id] = feed
         self.prune()
+
+    def stop(self) -> None:
+        """The server is stopping: the last checkpoints of the partials go to the journal,
+        and the jobs cut short from now on stay unfinished there (see ``stopping``)."""
+        self.stopping = True
+        self.stop_pruning()
+        for feed in self.feeds.values():
+            if feed.job is not None and feed.job.partials is not None:
+                feed.job.partials.save_checkpoints()
 
     def _swept(self, removed: int) -> None:
         if removed:

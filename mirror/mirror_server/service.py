@@ -132,11 +132,11 @@ class MirrorService(MultiService):
                              for _ in range(self.settings.workers)]
 
     def stopService(self) -> Any:
+        self.registry.stop()
         for w in self._workers:
             w.addErrback(lambda f: f.trap(CancelledError))
             w.cancel()
         self._workers = []
-        self.registry.stop_pruning()
         if self.journal is None:
             return super().stopService()
         return Deferred.fromCoroutine(self._stop_with_journal(self.journal))
@@ -163,6 +163,8 @@ class MirrorService(MultiService):
                 batch = [item] + self.queue.take_ready(
                     self.settings.batch_files - 1, lambda i: i.entry.size <= SMALL_FILE)
                 await DeferredList(self._transfers(batch), consumeErrors=True)
+            except CancelledError:
+                raise  # the service is stopping (its transfers stay for the next start)
             except Exception:
                 self.log.failure("worker: unexpected error")
 
