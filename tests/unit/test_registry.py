@@ -141,3 +141,19 @@ class RegistryTests(JobTestCase):
         self.assertEqual(sink.events[-1], control.Done(True))
 
 
+
+    def test_a_stopping_server_leaves_its_jobs_to_resume(self) -> None:
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        job = self.service.submit([source()], Observer())
+        self.network.pump()  # under way
+        # The server stops: what ends its jobs now (here a cancel, in a daemon its transfers
+        # cut) does not finish them in the journal.
+        self.registry.stop()
+        job.cancel()
+        self.network.run_until(job.finished)
+        self.successResultOf(self.journal.flush())
+        records = self.journal.db.load()
+        self.assertEqual([r.state for r in records], [jr.RUNNING])
+        figures = records[0].figures[0]
+        self.assertTrue(figures is None or not figures.done, "a source cut short is not done")
