@@ -4,6 +4,7 @@ again, nothing left behind."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from mirror.mirror_server import journal as jr
 from mirror.mirror_server.content_client import ContentClientProtocol
 from mirror.mirror_server.partials import RESUME_MIN, PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.mirror_server.store import MirrorStore
 from mirror.testing import InlineThreads
 from tests.unit.test_mirror_job import JobTestCase, source
 
@@ -141,3 +143,18 @@ class PartialTests(JobTestCase):
         self.assertEqual(os.listdir(self.partial_dir.path), [])
         self.assertFalse((self.mirror / "10.0.0.1_7000" / "big.bin").exists())
         self.assertEqual([r.partials for r in self.journal.db.load()], [[]])
+
+    def test_state_directory_on_another_file_system(self) -> None:
+        """No rename across file systems: the file is copied beside its target through a
+        temporary file, verified again, and the partial removed."""
+
+        def cross_device(store: Any, src_dir_fd: int, src_name: str, parts: Any) -> None:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        self.patch(MirrorStore, "adopt", cross_device)
+        record = self.resume(self.leftover(content()[:PREFIX]))
+        self.assertEqual(record.state, jr.OK, record.errors)
+        self.assertEqual(self.offsets, [PREFIX])
+        self.assertEqual(self.placed(), content())
+        self.assertEqual(os.listdir(self.partial_dir.path), [])
+        self.assertEqual(list(self.mirror.rglob(".mirror-tmp-*")), [])
