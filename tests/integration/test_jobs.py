@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -69,9 +70,16 @@ def interrupt_when(condition: Callable[[], object], mirror: Daemon, *args: str
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
+        # Its first line (progress) says it follows the job: a signal before that could
+        # come before Python even handles SIGINT.
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "mirror-init printed nothing"
+        first = proc.stdout.readline()
         poll(condition, 30, "progress")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
+        out = first + out
     finally:
         if proc.poll() is None:
             proc.kill()
