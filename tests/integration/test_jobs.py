@@ -179,7 +179,12 @@ def test_ctrl_c_cancels_the_job_followed(tmp_path: Path, daemons) -> None:
     listed = init(server, "--jobs").stdout
     assert "cancelled" in listed, listed
     assert len(placed(mirror_dir, content.port)) < COUNT
-    assert os.listdir(mirror_dir / ".mirror-state") != []
+    # --timeout cancels too (exit 1): the rest needs more than a second at this delay.
+    timed = init(server, "-s", spec, "--timeout", "0.3")
+    assert timed.returncode == 1, timed.stderr
+    assert "within 0.3 seconds; job 2 cancelled" in timed.stderr
+    assert "2   cancelled" in init(server, "--jobs").stdout
+    assert temporaries(mirror_dir) == []
 
 
 class GatedProxy:
