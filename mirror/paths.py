@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 from mirror.text import printable
@@ -31,13 +32,19 @@ class UnsafePath(ValueError):
     """A name from the network that must not be used as a path."""
 
 
+#: What a name must not contain: C0 and C1 control characters, DEL, backslash.
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
 def _check_text(text: str) -> None:
-    for ch in text:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code <= 0x9F:
-            raise UnsafePath(f"control character U+{code:04X} in name")
-        if ch == "\\":
-            raise UnsafePath("backslash in name")
+    # One regular-expression scan (C speed): every listed name of a tree passes here.
+    bad = _FORBIDDEN.search(text)
+    if bad is None:
+        return
+    ch = bad.group()
+    if ch == "\\":
+        raise UnsafePath("backslash in name")
+    raise UnsafePath(f"control character U+{ord(ch):04X} in name")
 
 
 def _decode(raw: bytes | str) -> str:
@@ -166,32 +173,37 @@ def open_parent_dir(root_fd: int, parts: Parts) -> int:
 
 
 def open_regular_file(root_fd: int, parts: Parts) -> tuple[int, os.stat_result]:
-    """Open a regular file under ``root_fd`` for reading, refusing links and special files.
+    """Open a regular file under ``root_fd`` for reading, refusing links and special files
+    (see `open_regular_file_at`)."""
+    parent = open_parent_dir(root_fd, parts)
+    try:
+        return open_regular_file_at(parent, parts[-1])
+    finally:
+        os.close(parent)
+
+
+def open_regular_file_at(parent_fd: int, name: str) -> tuple[int, os.stat_result]:
+    """Open the regular file ``name`` in the directory ``parent_fd`` (from `open_parent_dir`
+    or `open_dir`; ``name`` one validated component) for reading: the form for many files
+    of one directory, which opens the directory once.
 
     ``O_NONBLOCK`` keeps a FIFO from blocking the open; anything not a regular file is closed
     again and refused with `UnsafePath`.
     """
-    parent = open_parent_dir(root_fd, parts)
+    # Refuse what is visibly not a regular file before opening it: opening some devices
+    # has side effects. The fstat below still decides (the name may be swapped between).
+    mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+    if stat.S_ISLNK(mode):
+        raise UnsafePath("is a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise UnsafePath("not a regular file")
     try:
-        # Refuse what is visibly not a regular file before opening it: opening some devices
-        # has side effects. The fstat below still decides (the name may be swapped between).
-        mode = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode
-        if stat.S_ISLNK(mode):
-            raise UnsafePath("is a symbolic link")
-        if not stat.S_ISREG(mode):
-            raise UnsafePath("not a regular file")
-        try:
-            fd = os.open(
-                parts[-1],
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=parent,
-            )
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise UnsafePath("is a symbolic link") from None
-            raise
-    finally:
-        os.close(parent)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=parent_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath("is a symbolic link") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

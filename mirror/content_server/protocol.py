@@ -420,8 +420,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                 await self._wait(task.deferLater(self.clock, delay, lambda: None))
             # Per-file failures are items of the frame; this raises only on a bug.
             answer, index = await self._wait(threads.run(
-                read_bundle, self.factory.root_fd, request_id, wants, index,
-                self.factory.digests, _item_error, per_frame))
+                read_bundle, self.factory.root_fd, request_id, wants, index, _item_error,
+                per_frame))
             await self._writable()
             self._send(answer)
 

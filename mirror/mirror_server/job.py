@@ -139,6 +139,8 @@ class SourceRun:
         self.elapsed = 0.0
         self._order = ListingOrder()
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
+        #: Directories this job made, along the listing's current path (see `_files`).
+        self._fresh_dirs: list[paths.Parts] = []
         self._pending = 0
         self._listing_done = False
         self._errors = 0
@@ -339,8 +341,7 @@ class SourceRun:
 
     async def _take(self, entries: list[frames.Entry]) -> None:
         """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
-        dirs: list[tuple[paths.Parts, frames.Entry]] = []
-        files: list[tuple[paths.Parts, frames.Entry]] = []
+        accepted: list[tuple[paths.Parts, frames.Entry]] = []
         for entry in entries:
             if entry.is_error:
                 # The source could not list this path (not "gone" or "a link": those it
@@ -349,37 +350,66 @@ class SourceRun:
                 self.error(paths.display_name(entry.name), entry.message)
                 continue
             try:
-                parts = self._check(entry)
+                accepted.append((self._check(entry), entry))
             except EntryRefused as e:
                 self.failed += 1
                 self.error(paths.display_name(entry.name), str(e))
-                continue
-            (dirs if entry.is_dir else files).append((parts, entry))
         threads = self.job.resources.threads
         assert self.store is not None  # opened before the listing starts
+        dirs = [(parts, entry) for parts, entry in accepted if entry.is_dir]
+        made: set[paths.Parts] = set()
         if dirs:
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
-            for (parts, entry), problem in zip(dirs, results, strict=True):
+            for (parts, entry), (problem, new) in zip(dirs, results, strict=True):
                 if problem:
                     self.failed += 1
                     self.error(paths.join_parts(parts), problem)
-                else:
-                    self.dirs += 1
-                    self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+                    continue
+                self.dirs += 1
+                self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+                if new:
+                    made.add(parts)
+        files, to_check = self._files(accepted, made)
         if not files:
             return
-        current = await threads.run(_quick_check, self.store, files)
-        queue = self.job.resources.queue
-        for (parts, entry), is_current in zip(files, current, strict=True):
-            if is_current:
-                self.skipped += 1
+        if to_check:
+            current = iter(await threads.run(_quick_check, self.store,
+                                             [files[i] for i in to_check]))
+            skip = {i for i in to_check if next(current)}
+        else:
+            skip = set()
+        work = [WorkItem(self, parts, entry)
+                for i, (parts, entry) in enumerate(files) if i not in skip]
+        self.skipped += len(skip)
+        self._pending += len(work)
+        self.job.files_total += len(work)
+        self.job.bytes_total += sum(item.entry.size for item in work)
+        # One wait for the whole batch; a full queue starts the listing's hold clock.
+        await self.job.resources.queue.put_many(work, on_wait=self._hold_started)
+
+    def _files(self, accepted: list[tuple[paths.Parts, frames.Entry]], made: set[paths.Parts]
+               ) -> tuple[list[tuple[paths.Parts, frames.Entry]], list[int]]:
+        """The files of a batch, in order, and the indexes of those to quick-check: not the
+        files of a directory this job made (it was empty), a stat each saved on a first run.
+
+        Canonical order lists a directory's contents right after it, so the directories
+        made whose files may still come form a stack along the current path (memory
+        proportional to depth), kept across batches.
+        """
+        fresh = self._fresh_dirs
+        files: list[tuple[paths.Parts, frames.Entry]] = []
+        to_check: list[int] = []
+        for parts, entry in accepted:
+            while fresh and parts[: len(fresh[-1])] != fresh[-1]:
+                fresh.pop()
+            if entry.is_dir:
+                if parts in made:
+                    fresh.append(parts)
                 continue
-            self._pending += 1
-            self.job.files_total += 1
-            self.job.bytes_total += entry.size
-            if len(queue) >= queue.size:
-                self._hold_started()
-            await queue.put(WorkItem(self, parts, entry))
+            if not (fresh and len(parts) == len(fresh[-1]) + 1):
+                to_check.append(len(files))
+            files.append((parts, entry))
+        return files, to_check
 
     async def _finish_dirs(self) -> None:
         # Deepest first: setting a parent's mtime before its children would be undone.
@@ -514,15 +544,15 @@ class SourceRun:
         return None
 
 
-def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:
-    problems = []
+def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[tuple[str, bool]]:
+    """Per directory: the problem ("" if none), and whether it was made now."""
+    results = []
     for parts in dirs:
         try:
-            store.make_dir(parts)
-            problems.append("")
+            results.append(("", store.make_dir(parts)))
         except (StoreError, paths.UnsafePath) as e:
-            problems.append(str(e))
-    return problems
+            results.append((str(e), False))
+    return results
 
 
 def _quick_check(store: MirrorStore, files: list[tuple[paths.Parts, frames.Entry]]) -> list[bool]:

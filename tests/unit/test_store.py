@@ -283,6 +283,41 @@ class WriteMany(StoreTestCase):
     def test_nothing(self) -> None:
         self.assertEqual(self.store.write_many([]), [])
 
+    def test_modes_exact_whatever_the_umask(self) -> None:
+        # write_many creates a file with its final mode when the umask leaves it intact
+        # (no fchmod), and sets it otherwise (the umask as the store was made: a job's).
+        modes = (0o644, 0o755, 0o600, 0o444, 0o640, 0o1777, 0o4755)
+        fchmods: list[int] = []
+        real_fchmod = os.fchmod
+
+        def recording_fchmod(fd: int, mode: int) -> None:
+            fchmods.append(mode)
+            real_fchmod(fd, mode)
+
+        self.patch(os, "fchmod", recording_fchmod)
+        for umask in (0o022, 0o077, 0o000):
+            old = os.umask(umask)
+            try:
+                fchmods.clear()
+                job_store = MirrorStore(self.mirror, f"top{umask:o}", DescriptorBudget())
+                self.addCleanup(job_store.close)
+                problems = job_store.write_many([
+                    ((f"u{umask:o}", f"f{mode:o}"),
+                     BundleItem(0, 1, MTIME, mode, digest_of(b"x"), b"x"))
+                    for mode in modes])
+            finally:
+                os.umask(old)
+            self.assertEqual(problems, [None] * len(modes))
+            for mode in modes:
+                st = os.stat(os.path.join(self.mirror, f"top{umask:o}", f"u{umask:o}",
+                                          f"f{mode:o}"))
+                self.assertEqual(stat.S_IMODE(st.st_mode), mode & 0o1777)
+            # Only the modes the umask or the special bits would spoil, and read-only ones
+            # (created 0o600, then set), needed an fchmod.
+            spoiled = [m & 0o1777 for m in modes
+                       if m & 0o1777 & (umask | 0o7000) or not m & 0o200]
+            self.assertEqual(fchmods, spoiled)
+
 
 class Links(StoreTestCase):
     """A symlink in the mirror (planted locally, or left by anything) is never followed."""
