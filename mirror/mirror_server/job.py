@@ -14,8 +14,7 @@ in one thread call, each file that fails retried alone by `transfer`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -53,8 +52,10 @@ class JobObserver(Protocol):
     def job_done(self, job: Job) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class WorkItem:
+class WorkItem(NamedTuple):
+    """One file for a worker. (A named tuple: made per listed file; a frozen dataclass
+    costs several times as much to make.)"""
+
     source: SourceRun
     parts: paths.Parts
     entry: frames.Entry

@@ -234,8 +234,17 @@ class BoundedQueue(Generic[T]):
             return False
         group, entries = next(iter(self._producers.items()))[0], next(iter(flows.values()))
         entry = entries[0]
-        for _ in range(min(self.size - self._len, len(entry.items))):
+        while self._getters and entry.items:  # the queue is empty: straight to workers
             self._add(entry.items.popleft())
+        n = min(self.size - self._len, len(entry.items))
+        if n:
+            # All of one key: moved in one go, not item by item through `_add`.
+            flow = next(iter(flows))
+            queued = self._groups.setdefault(group, {}).setdefault(flow, deque())
+            pop = entry.items.popleft
+            queued.extend(pop() for _ in range(n))
+            self._held[group] = self._held.get(group, 0) + n
+            self._len += n
         if not entry.items:
             entries.popleft()
             if not entries:
