@@ -88,12 +88,15 @@ class MirrorStore:
     other stores of the same service.
     """
 
-    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget) -> None:
+    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
+                 create: bool = True) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
+            # create=False (a dry run): FileNotFoundError if ``top`` is missing.
+            self.root_fd = (paths.open_or_make_dir(base, (top,), mode=0o755) if create
+                            else paths.open_dir(base, (top,)))
         finally:
             os.close(base)
         self.budget = budget
@@ -146,6 +149,17 @@ class MirrorStore:
         except (OSError, paths.UnsafePath):
             return False
         return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+    def lstat(self, parts: paths.Parts) -> os.stat_result | None:
+        """What is at ``parts`` now, a link not followed; None if nothing is there (or a
+        parent is not a directory)."""
+        if not parts:
+            return os.fstat(self.root_fd)
+        try:
+            with self._dir(parts[:-1], create=False) as fd:
+                return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except (OSError, paths.UnsafePath):
+            return None
 
     def set_dir_meta(self, parts: paths.Parts, mode: int, mtime_ns: int) -> None:
         """Give a directory the source's mode and mtime (after its contents are written).
