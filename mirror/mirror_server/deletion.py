@@ -117,6 +117,7 @@ class TreeMerge:
         self._kind_of = kind_of
         self._protected = protected
         self._levels: list[_Level] = []
+        self._started = False
         #: Local paths the listing did not have, and whether each is a directory.
         self.candidates: list[tuple[paths.Parts, bool]] = []
 
@@ -129,6 +130,7 @@ class TreeMerge:
         """Take the next listed entry (in canonical order); return what is at the same
         path locally: `DIR`, `FILE` (anything else but, for the root, ``link``/``other``)
         or None."""
+        self._start(parts)
         if parts == self.root:
             local = self._kind_of(parts)
         else:
@@ -143,8 +145,20 @@ class TreeMerge:
             self._levels.append(_Level(parts, self._read_dir(parts) if local == DIR else []))
         return local
 
+    def _start(self, first: paths.Parts | None) -> None:
+        # A listing of the whole export has no entry for its root (the empty path): the
+        # root's level is opened before its first entry, or at the end of an empty one.
+        if self._started:
+            return
+        self._started = True
+        if first != self.root and not self.root:
+            local = self._kind_of(self.root)
+            self._levels.append(_Level(self.root,
+                                       self._read_dir(self.root) if local == DIR else []))
+
     def finish(self) -> None:
         """The listing is complete: whatever was not met is a candidate."""
+        self._start(None)
         while self._levels:
             self._close(self._levels.pop())
 
