@@ -30,6 +30,11 @@ from mirror.wire import frames
 _FILE_MODE_BITS = 0o1777
 
 
+def quick_check(st: os.stat_result, size: int, mtime_ns: int) -> bool:
+    """rsync's quick check: ``st`` is a regular file of this size and mtime."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
 class StoreError(Exception):
     """Writing a file failed; the message is for users (no traceback)."""
 
@@ -143,12 +148,8 @@ class MirrorStore:
 
     def is_current(self, parts: paths.Parts, size: int, mtime_ns: int) -> bool:
         """The quick check: a regular file with this size and mtime is already in place."""
-        try:
-            with self._dir(parts[:-1], create=False) as fd:
-                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        except (OSError, paths.UnsafePath):
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+        st = self.lstat(parts) if parts else None
+        return st is not None and quick_check(st, size, mtime_ns)
 
     def lstat(self, parts: paths.Parts) -> os.stat_result | None:
         """What is at ``parts`` now, a link not followed; None if nothing is there (or a

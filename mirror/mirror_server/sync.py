@@ -23,7 +23,7 @@ from mirror.mirror_server.deletion import (
     read_local_dir,
     remove_tree,
 )
-from mirror.mirror_server.store import DescriptorBudget, MirrorStore
+from mirror.mirror_server.store import DescriptorBudget, MirrorStore, quick_check
 
 #: `classify` verdicts for a listed file.
 CURRENT = "current"
@@ -41,7 +41,7 @@ def classify(store: MirrorStore | None, parts: paths.Parts, size: int, mtime_ns:
         return NEW
     if stat.S_ISDIR(st.st_mode):
         return DIR_IN_THE_WAY
-    if stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns:
+    if quick_check(st, size, mtime_ns):
         return CURRENT
     return REPLACES
 
