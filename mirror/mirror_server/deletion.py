@@ -105,13 +105,15 @@ class TreeMerge:
 
     ``read_dir(parts)`` gives a local directory's entries as `read_local_dir` does,
     ``kind_of(parts)`` the kind of what is at ``parts`` (None if nothing), ``protected``
-    which local paths are never candidates (excluded by the filters).
+    which local paths are never candidates (excluded by the filters). Candidates go to
+    ``sink`` if given, else to `candidates`.
     """
 
     def __init__(self, root: paths.Parts,
                  read_dir: Callable[[paths.Parts], list[tuple[str, bool]]],
                  kind_of: Callable[[paths.Parts], str | None],
-                 protected: Protected) -> None:
+                 protected: Protected,
+                 sink: Callable[[paths.Parts, bool], None] | None = None) -> None:
         self.root = root
         self._read_dir = read_dir
         self._kind_of = kind_of
@@ -120,6 +122,7 @@ class TreeMerge:
         self._started = False
         #: Local paths the listing did not have, and whether each is a directory.
         self.candidates: list[tuple[paths.Parts, bool]] = []
+        self._sink = sink or (lambda parts, is_dir: self.candidates.append((parts, is_dir)))
 
     @property
     def depth(self) -> int:
@@ -184,7 +187,7 @@ class TreeMerge:
 
     def _candidate(self, parts: paths.Parts, is_dir: bool) -> None:
         if not self._protected(parts, is_dir):
-            self.candidates.append((parts, is_dir))
+            self._sink(parts, is_dir)
 
 
 @dataclass
@@ -350,14 +353,18 @@ class DeletionGate:
         self.limit = limit
         self._waiting = sources
         self.total = 0
+        #: False if a SPEC stopped counting once over the limit: `total` is a lower bound.
+        self.exact = True
         self._decided: Deferred[bool] = Deferred()
 
-    async def decide(self, planned: int) -> bool:
-        """Count ``planned`` in; True once every SPEC has if the total is within the limit.
+    async def decide(self, planned: int, exact: bool = True) -> bool:
+        """Count ``planned`` in (``exact``: or at least that many); True once every SPEC
+        has, if the total is within the limit.
 
         Each SPEC must call this exactly once, whatever happened to it, or the others wait.
         """
         self.total += planned
+        self.exact = self.exact and exact
         self._waiting -= 1
         if self._waiting == 0 and not self._decided.called:
             self._decided.callback(self.limit is None or self.total <= self.limit)

@@ -452,11 +452,12 @@ class SourceRun:
                        always=True)
         self._gated = True
         gate = self.job.deletion_gate
-        allowed = await gate.decide(planned)
+        allowed = await gate.decide(planned, sync.planned_exact)
         for parts, problem in await threads.run(sync.delete, self.store, allowed):
             self.error(paths.join_parts(parts), f"cannot delete: {problem}")
         if sync.deletion == "refused":
-            self.error(None, f"deletion refused: the job would delete {gate.total} entries, "
+            total = gate.total if gate.exact else f"at least {gate.total}"
+            self.error(None, f"deletion refused: the job would delete {total} entries, "
                              f"more than --max-delete {gate.limit}; nothing deleted",
                        always=True)
 

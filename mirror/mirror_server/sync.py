@@ -66,6 +66,12 @@ class SpecSync:
         self._listing_clean = True
         self._planned: Removal | None = None
         self._candidates: list[tuple[paths.Parts, bool]] = []
+        #: With --max-delete: entries the candidates so far would remove, counted as they
+        #: are found; past the limit, candidates are no longer kept (the job will delete
+        #: nothing), so that an origin listing an empty tree cannot fill the memory.
+        self._counted = 0
+        self.planned_exact = True
+        self._store: MirrorStore | None = None
 
     # -- filters ---------------------------------------------------------------------------
 
@@ -115,6 +121,7 @@ class SpecSync:
         if store is None:  # a dry run where nothing is mirrored yet: nothing to compare
             self._merge = TreeMerge(self.root, lambda p: [], lambda p: None, self.protected)
             return
+        self._store = store
         root_fd = store.root_fd
 
         def kind_of(parts: paths.Parts) -> str | None:
@@ -122,7 +129,22 @@ class SpecSync:
             return None if st is None else kind_of_mode(st.st_mode)
 
         self._merge = TreeMerge(self.root, lambda p: read_local_dir(root_fd, p), kind_of,
-                                self.protected)
+                                self.protected, self._candidate)
+
+    def _candidate(self, parts: paths.Parts, is_dir: bool) -> None:
+        limit = self.options.max_delete
+        if limit is None:
+            self._candidates.append((parts, is_dir))
+            return
+        if not self.planned_exact:
+            return  # over the limit already
+        assert self._store is not None  # set with the merge
+        self._counted += remove_tree(self._store.root_fd, parts, self.protected,
+                                     count_only=True).entries
+        self._candidates.append((parts, is_dir))
+        if self._counted > limit:
+            self.planned_exact = False
+            self._candidates = []
 
     def take(self, store: MirrorStore | None,
              entries: Sequence[tuple[paths.Parts, bool]]) -> list[tuple[paths.Parts, str]]:
@@ -165,9 +187,11 @@ class SpecSync:
             self.deletion = "skipped"
             return 0
         merge.finish()
-        self._candidates = merge.candidates
+        self._candidates += merge.candidates  # (those of a merge without a sink)
         planned = Removal()
-        if store is not None:
+        if not self.planned_exact:
+            planned.entries = self._counted
+        elif store is not None:
             for parts, _is_dir in self._candidates:
                 planned.add(remove_tree(store.root_fd, parts, self.protected, count_only=True))
         planned.problems = []  # reported by the real run (a dry run changes nothing)

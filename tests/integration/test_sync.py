@@ -128,7 +128,8 @@ def test_max_delete_refuses_and_deletes_nothing(setup: Setup) -> None:
     make(setup.local("max"), {"x1": "1", "x2": "2", "d/x3": "3"})
     done = setup.run("max", "--delete", "--max-delete", "3")
     assert done.returncode == 3, done.stdout
-    assert ("deletion refused: the job would delete 4 entries, more than --max-delete 3; "
+    assert ("deletion refused: the job would delete at least 4 entries, more than "
+            "--max-delete 3; "
             "nothing deleted") in done.stdout
     assert sorted(p.name for p in setup.local("max").iterdir()) == ["d", "keep.txt", "x1", "x2"]
     status, report = setup.run_json("max", "--delete", "--max-delete", "4")

@@ -305,6 +305,28 @@ class Jobs(JobTestCase):
         self.assertEqual(sorted(os.listdir(local / "a")), ["keep"])
         self.assertEqual(sorted(os.listdir(local / "b")), ["keep"])
 
+    def test_over_max_delete_candidates_are_no_longer_kept(self) -> None:
+        src = self.base / "src"
+        (src / "pub").mkdir(parents=True)
+        self.serve(src)
+        local = self.mirror / "10.0.0.1_7000" / "pub"
+        local.mkdir(parents=True)
+        for i in range(10):
+            (local / f"old{i}").write_text("x")
+        kept = []
+        delete = SpecSync.delete
+
+        def spy(sync, store, allowed):
+            kept.append(list(sync._candidates))
+            return delete(sync, store, allowed)
+
+        self.patch(SpecSync, "delete", spy)
+        observer = self.run_with(JobOptions(delete=True, max_delete=3), source("pub"))
+        self.assertEqual(kept, [[]])  # memory bounded by the limit, not by the deletions
+        self.assertIn((0, None, "deletion refused: the job would delete at least 4 entries, "
+                                "more than --max-delete 3; nothing deleted"), observer.errors)
+        self.assertEqual(len(os.listdir(local)), 10)
+
     def test_skipped_after_a_refused_entry(self) -> None:
         src = self.base / "src"
         src.mkdir()
