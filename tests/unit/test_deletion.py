@@ -375,3 +375,40 @@ class Jobs(JobTestCase):
             self.service.submit([source()], Observer(), JobOptions(delete=True))
         self.network.run_until(job.finished)
         self.assertEqual(self.service.subtree_locks.held(), {})
+
+
+class ControlPort(JobTestCase):
+    """OPTION and FILTER lines reach the job; a bad one, or a locked subtree, is refused."""
+
+    def connect(self):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from mirror.mirror_server.control import ControlFactory
+
+        addr = IPv4Address("TCP", "127.0.0.1", 5000)
+        proto = ControlFactory(self.service).buildProtocol(addr)
+        transport = StringTransport(peerAddress=addr)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_options_reach_the_job(self) -> None:
+        (self.base / "src").mkdir()
+        self.serve(self.base / "src")
+        proto, transport = self.connect()
+        proto.dataReceived(b"OPTION delete\r\nSOURCE 10.0.0.1 7000 pub 0\r\nOPTION max-delete 5"
+                           b"\r\nFILTER exclude *.iso\r\nFILTER include %2A/\r\nGO\r\n")
+        self.assertEqual(proto.job.options, JobOptions(
+            delete=True, max_delete=5, filters=(Rule(False, "*.iso"), Rule(True, "*/"))))
+        other, transport2 = self.connect()
+        other.dataReceived(b"SOURCE 10.0.0.1 7000 pub/x 0\r\nOPTION delete\r\nGO\r\n")
+        self.assertIn(b"REFUSED 10.0.0.1_7000/pub/x%20is%20locked%20by%20job%20",
+                      transport2.value())
+        self.network.run_until(proto.job.finished)
+        self.assertIn(b"SOURCE-SYNC 0 0 0 0 skipped\r\nSOURCE-DONE 0 failed", transport.value())
+
+    def test_bad_filter_refused(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"SOURCE 10.0.0.1 7000 . 0\r\nFILTER exclude %5Bx\r\nGO\r\n")
+        self.assertTrue(transport.value().startswith(b"REFUSED bad%20pattern"))
+        self.assertIsNone(proto.job)
