@@ -24,6 +24,10 @@ MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
 #: Prefix of the mirror server's own temporary files; never accepted from the network.
 TEMP_PREFIX = ".mirror-tmp-"
+#: The mirror server's state directory (``MIRROR_DIR/.mirror-state``); the name is reserved
+#: like `TEMP_PREFIX`: never accepted from the network, so never listed, served or mirrored
+#: into, and never deleted.
+STATE_DIR_NAME = ".mirror-state"
 
 Parts = tuple[str, ...]
 
@@ -81,9 +85,17 @@ def parse_wire_path(raw: bytes | str) -> Parts:
             raise UnsafePath(f"'{part}' path component")
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise UnsafePath(f"path component longer than {MAX_COMPONENT_BYTES} bytes")
-        if part.startswith(TEMP_PREFIX):
-            raise UnsafePath(f"name uses the reserved prefix {TEMP_PREFIX!r}")
+        if is_reserved_name(part):
+            raise UnsafePath(f"name uses the reserved prefix {TEMP_PREFIX!r}"
+                             if part.startswith(TEMP_PREFIX) else
+                             f"name {STATE_DIR_NAME!r} is reserved")
     return parts
+
+
+def is_reserved_name(name: str) -> bool:
+    """A component the mirror server keeps for itself (temporary files, its state
+    directory): refused from the network, skipped when deleting."""
+    return name.startswith(TEMP_PREFIX) or name == STATE_DIR_NAME
 
 
 def parse_request_path(raw: bytes | str) -> Parts:

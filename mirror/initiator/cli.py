@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import IO, NoReturn
 
+from mirror.filters import Pattern, PatternError, Rule, read_exclude_from
 from mirror.initiator.client import (
     CONNECT_TIMEOUT,
     ControlClientError,
@@ -28,6 +29,7 @@ from mirror.initiator.client import (
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
+from mirror.job_options import JobOptions
 from mirror.text import printable
 from mirror.wire.control import ControlError, check_host
 
@@ -36,6 +38,8 @@ PROG = "mirror-init"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: --max-delete was exceeded: nothing was deleted.
+EXIT_MAX_DELETE = 3
 
 #: The mirror server's default control port (its --listen default, tcp:9001).
 DEFAULT_PORT = 9001
@@ -64,7 +68,18 @@ Exit status:
      files that could not be transferred), or the mirror server could not be
      reached, refused the job, dropped the connection, or --timeout expired, or
      mirror-init was interrupted (Ctrl-C or SIGTERM: "interrupted" on stderr);
-  2  bad arguments.
+  2  bad arguments (a bad --include/--exclude pattern included);
+  3  --delete would have deleted more than --max-delete entries: nothing was
+     deleted (the rest of the job ran).
+
+Filters: --include and --exclude (and the lines of --exclude-from files) form
+one list in command-line order; the first pattern that matches a path decides,
+and a path none matches is mirrored. Paths are relative to the SPEC's PATH. A
+pattern without '/' matches the last component, one with '/' the whole path
+(anchored to PATH if it starts with '/'); a trailing '/' matches directories
+only; '*' stays within a component, '**' crosses them, '?' is one character,
+'dir/***' is dir and everything below it. An excluded directory is not
+descended; excluded paths are neither fetched nor deleted.
 
 Example:
   {PROG} -n mirror.example -p 7000 -s files.example:8000:pub/docs,[::1]:8000:.:0.5
@@ -106,6 +121,40 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+class _FilterAction(argparse.Action):
+    """--include, --exclude, --exclude-from: one list of rules in command-line order."""
+
+    def __init__(self, *args: object, include: bool | None, **kwargs: object) -> None:
+        self.include = include
+        kwargs["dest"] = "filters"
+        kwargs["default"] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        rules = list(getattr(namespace, "filters", None) or [])
+        value = str(values)
+        try:
+            if self.include is None:
+                rules += _read_patterns(value)
+            else:
+                Pattern(value)
+                rules.append(Rule(self.include, value))
+        except PatternError as e:
+            raise UsageError(f"{option_string}: {e}") from None
+        namespace.filters = rules
+
+
+def _read_patterns(path: str) -> list[Rule]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return read_exclude_from(f, path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path!r} is not UTF-8 text") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of mirror-init (values are checked by `parse_arguments`)."""
     parser = _Parser(
@@ -135,6 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="Print the final report as one JSON object on stdout; progress goes to stderr.",
     )
+    parser.add_argument(
+        "--delete", action="store_true",
+        help="Once a SPEC's transfers are done and its listing had no error, delete "
+             "from the mirror what the source no longer has (rsync --delete-after).",
+    )
+    parser.add_argument(
+        "--max-delete", metavar="N",
+        help="With --delete: if the job would delete more than N entries, delete "
+             "nothing and exit with status 3.",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="List and compare only: report what would be transferred, replaced and "
+             "deleted; change nothing in the mirror.",
+    )
+    parser.add_argument(
+        "--include", metavar="PATTERN", action=_FilterAction, include=True,
+        help="Mirror paths matching PATTERN (if no earlier pattern decided); repeatable.",
+    )
+    parser.add_argument(
+        "--exclude", metavar="PATTERN", action=_FilterAction, include=False,
+        help="Neither fetch nor delete paths matching PATTERN (if no earlier pattern "
+             "decided); repeatable.",
+    )
+    parser.add_argument(
+        "--exclude-from", metavar="FILE", action=_FilterAction, include=None,
+        help="Exclude the patterns of FILE, one a line ('#' or ';' comments, '+ PATTERN' "
+             "includes, '- PATTERN' excludes); repeatable.",
+    )
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="Display the version and exit.")
     return parser
@@ -161,6 +239,18 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         if not math.isfinite(seconds) or seconds <= 0:
             raise UsageError(f"bad --timeout {options.timeout!r}: expected positive seconds")
         options.timeout = seconds
+    max_delete = None
+    if options.max_delete is not None:
+        text = options.max_delete
+        if not text.isascii() or not text.isdigit() or int(text) >= 2**64:
+            raise UsageError(f"bad --max-delete {text!r}: expected a number of entries")
+        max_delete = int(text)
+    try:
+        options.job_options = JobOptions(options.delete, max_delete, options.dry_run,
+                                         tuple(options.filters))
+        options.job_options.filter_list()
+    except PatternError as e:
+        raise UsageError(str(e)) from None
     for arg in extra:
         if arg.startswith("-") and arg != "-":
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
@@ -178,7 +268,7 @@ def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> argpa
     """Parse ``argv`` (without the program name); on error write one line and exit 2.
 
     The result has ``host``, ``port``, ``specs`` (`SourceRequest`s), ``timeout`` (seconds or
-    None) and ``json``.
+    None), ``json`` and ``job_options`` (`JobOptions`).
     """
     try:
         options, extra = build_parser().parse_known_args(list(argv))
@@ -215,7 +305,7 @@ def run(
         result = submit_job(
             options.host, options.port, sources, display, timeout=options.timeout,
             connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
-            clock=clock, opener=opener,
+            clock=clock, opener=opener, options=options.job_options,
         )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
@@ -227,12 +317,15 @@ def run(
         # The reason may quote the server: never a raw ESC or CR on the terminal.
         stderr.write(f"{PROG}: {printable(error)}\n")
         stderr.flush()
-    report = build_report(sources, result, elapsed, error)
+    report = build_report(sources, result, elapsed, error,
+                          dry_run=options.job_options.dry_run)
     if options.json:
         stdout.write(format_json(report))
     elif result is not None and (result.job_id is not None or any(result.source_done)):
         stdout.write(format_text(report))
     stdout.flush()
+    if result is not None and result.deletion_refused:
+        return EXIT_MAX_DELETE
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mirror.job_options import JobOptions, options_lines
 from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
@@ -28,13 +29,17 @@ from mirror.wire.control import (
     ControlError,
     Done,
     JobAccepted,
+    JobOption,
     Progress,
     Refused,
     ServerEvent,
     SourceDone,
     SourceError,
     SourceRequest,
+    SourceSync,
+    encode_filter,
     encode_go,
+    encode_option,
     encode_source,
     parse_server_line,
 )
@@ -102,10 +107,19 @@ class JobResult:
     #: ERROR events beyond `MAX_KEPT_ERRORS`, counted but not kept.
     errors_dropped: int = 0
     last_progress: Progress | None = None
+    #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
+    source_sync: list[SourceSync | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
+        if not self.source_sync:
+            self.source_sync = [None] * len(self.sources)
+
+    @property
+    def deletion_refused(self) -> bool:
+        """--max-delete was exceeded: nothing was deleted (mirror-init exits 3)."""
+        return any(s is not None and s.deletion == "refused" for s in self.source_sync)
 
     def source_ok(self, index: int) -> bool:
         done = self.source_done[index]
@@ -143,12 +157,17 @@ class ControlSession:
         sources: Sequence[SourceRequest],
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
+        options: JobOptions | None = None,
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
         # Encode before connecting so an invalid source is a ValueError for the caller, not a
         # REFUSED from the server. The protocol's canonical terminator is CRLF.
-        lines = [encode_source(s) for s in sources] + [encode_go()]
+        lines = [encode_source(s) for s in sources]
+        for line in options_lines(options or JobOptions()):
+            lines.append(encode_option(line) if isinstance(line, JobOption)
+                         else encode_filter(line))
+        lines.append(encode_go())
         self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
         self._report_bug = report_bug
@@ -211,6 +230,12 @@ class ControlSession:
             raise ControlError(f"source index {event.index} but the job has {count} sources")
         if isinstance(event, SourceDone) and self.result.source_done[event.index] is not None:
             raise ControlError(f"second SOURCE-DONE for source {event.index}")
+        if isinstance(event, SourceSync):
+            if event.index >= count:
+                raise ControlError(f"source index {event.index} but the job has {count} "
+                                   "sources")
+            if self.result.source_sync[event.index] is not None:
+                raise ControlError(f"second SOURCE-SYNC for source {event.index}")
 
     def _record(self, event: ServerEvent) -> None:
         result = self.result
@@ -225,6 +250,8 @@ class ControlSession:
                 result.errors_dropped += 1
         elif isinstance(event, SourceDone):
             result.source_done[event.index] = event
+        elif isinstance(event, SourceSync):
+            result.source_sync[event.index] = event
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True
@@ -316,6 +343,7 @@ def submit_job(
     tick: Callable[[], None] = lambda: None,
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
+    options: JobOptions | None = None,
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -325,7 +353,7 @@ def submit_job(
     Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
     not made). A result whose ``ok`` is False is still a result, not an error.
     """
-    session = ControlSession(sources, on_event)
+    session = ControlSession(sources, on_event, options=options)
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:

@@ -22,6 +22,15 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     mirror server),
     ``throughput`` (bytes per second over that time), and ``errors``: a list of
     ``{"path": wire path or null for the whole source, "message": text}``.
+``dry_run``
+    true for ``--dry-run``: nothing was changed, and ``files``, ``bytes``, ``replaced`` and
+    ``deleted`` are what the job would have transferred, replaced and deleted.
+``sources`` (sync figures)
+    with ``--delete`` or ``--dry-run`` each source also has ``replaced`` (files that
+    replaced an older version or an entry of another type), ``deleted`` (entries deleted:
+    files, links and directories), ``deleted_bytes`` (sizes of the deleted files) and
+    ``deletion`` (``"off"``, ``"done"``, ``"skipped"`` after a listing with errors,
+    ``"refused"`` over ``--max-delete``); all null when the server did not report them.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
@@ -124,11 +133,15 @@ def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: fl
 _NULL_FIGURES = dict.fromkeys(_figures(SizeStats(), 0, 0, 0, 0.0))
 
 
+_SYNC_KEYS = ("replaced", "deleted", "deleted_bytes", "deletion")
+
+
 def build_report(
     sources: Sequence[SourceRequest],
     result: JobResult | None,
     elapsed: float,
     error: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for its keys).
 
@@ -159,6 +172,12 @@ def build_report(
             failed += done.failed
         else:
             entry.update(_NULL_FIGURES)
+        sync = result.source_sync[index] if result is not None else None
+        if sync is not None:
+            entry.update(replaced=sync.replaced, deleted=sync.deleted,
+                         deleted_bytes=sync.deleted_bytes, deletion=sync.deletion)
+        elif result is not None and any(result.source_sync):
+            entry.update(dict.fromkeys(_SYNC_KEYS))
         entry["errors"] = [
             {"path": e.path, "message": e.message}
             for e in (result.errors if result is not None else ())
@@ -168,11 +187,15 @@ def build_report(
     total_figures = _figures(totals, dirs, skipped, failed, elapsed, not_exported)
     total_figures["errors"] = len(result.errors) if result is not None else 0
     total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
+    if result is not None and any(result.source_sync):
+        for key in _SYNC_KEYS[:3]:
+            total_figures[key] = sum(e[key] or 0 for e in per_source)
     return {
         "ok": result is not None and error is None and result.ok,
         "error": error,
         "job_id": result.job_id if result is not None else None,
         "elapsed": elapsed,
+        "dry_run": dry_run,
         "sources": per_source,
         "totals": total_figures,
     }
@@ -220,6 +243,27 @@ _HEADER = [
 ]  # fmt: skip
 
 
+def _sync_table(report: dict[str, Any]) -> list[str]:
+    """Replaced and deleted figures per SPEC and in total, when the server sent them."""
+    totals = report["totals"]
+    if "deleted" not in totals:
+        return []
+    rows = [["SOURCE", "REPLACED", "DELETED", "DELETED-BYTES", "DELETION"]]
+    for entry in report["sources"]:
+        if entry.get("deletion") is None:
+            rows.append([_source_label(entry), "-", "-", "-", "-"])
+        else:
+            rows.append([_source_label(entry), str(entry["replaced"]), str(entry["deleted"]),
+                         format_bytes(entry["deleted_bytes"]), entry["deletion"]])
+    rows.append(["TOTAL", str(totals["replaced"]), str(totals["deleted"]),
+                 format_bytes(totals["deleted_bytes"]), ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join([row[0].ljust(widths[0])]
+                      + [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
+                      + [row[4]]).rstrip()
+            for row in rows]
+
+
 def format_text(report: dict[str, Any]) -> str:
     """The report as a table, one row per SPEC and a TOTAL row, then whole-source errors."""
     rows = [_HEADER]
@@ -231,10 +275,13 @@ def format_text(report: dict[str, Any]) -> str:
     lines = []
     if report["job_id"] is not None:
         lines.append(f"job {printable(report['job_id'])}")
+    if report.get("dry_run"):
+        lines.append("dry run: nothing was changed; the figures are what the job would do")
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
+    lines += _sync_table(report)
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

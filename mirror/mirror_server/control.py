@@ -16,6 +16,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mirror.filters import MAX_RULES, PatternError
+from mirror.job_options import options_from_lines
 from mirror.limits import (
     ClosingMixin,
     ConnectionLimiter,
@@ -23,6 +25,7 @@ from mirror.limits import (
     LimitedConnection,
     LimitedFactory,
 )
+from mirror.mirror_server.subtree_lock import SubtreeLocked
 from mirror.wire import control
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
 
     def __init__(self) -> None:
         self.sources: list[control.SourceRequest] = []
+        #: OPTION and FILTER lines, in the order received.
+        self.option_lines: list[control.JobOption | control.FilterRule] = []
         self.job: Job | None = None
         self._job_over = False
 
@@ -106,9 +111,20 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             if not self.sources:
                 self.refuse("GO without any SOURCE")
                 return
+            try:
+                options = options_from_lines(self.option_lines)
+                self.job = self.factory.service.submit(self.sources, self, options)
+            except (PatternError, SubtreeLocked) as e:
+                self.refuse(str(e))
+                return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
-            self.job = self.factory.service.submit(self.sources, self)
+            return
+        if isinstance(message, (control.JobOption, control.FilterRule)):
+            if len(self.option_lines) >= MAX_RULES + len(control.OPTION_NAMES):
+                self.refuse(f"more than {MAX_RULES} include/exclude patterns")
+                return
+            self.option_lines.append(message)
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")
@@ -148,6 +164,10 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self._send(control.SourceError(index, path, message))
 
     def source_done(self, run: SourceRun) -> None:
+        sync = run.sync
+        if run.job.options.reports_sync and sync is not None:
+            self._send(control.SourceSync(run.index, sync.replaced, sync.deleted,
+                                          sync.deleted_bytes, sync.deletion))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

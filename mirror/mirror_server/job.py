@@ -22,11 +22,21 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
+from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
+from mirror.mirror_server.deletion import DeletionGate
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
+from mirror.mirror_server.sync import (
+    CURRENT,
+    NEW,
+    REPLACES,
+    SpecSync,
+    classify,
+    open_existing_store,
+)
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.stats import SizeStats
 from mirror.threads import Threads
@@ -156,6 +166,13 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+        #: Filters, --delete and --dry-run of this SPEC (made by run()).
+        self.sync: SpecSync | None = None
+        #: The store is open (in a dry run it may stay None: nothing mirrored yet).
+        self._store_ready = False
+        #: The listing reached its LIST_END (deletion needs that, and no error in it).
+        self._listing_complete = False
+        self._gated = False
 
     @property
     def listing_done(self) -> bool:
@@ -164,16 +181,23 @@ class SourceRun:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def error(self, path: str | None, message: str) -> None:
+    def error(self, path: str | None, message: str, always: bool = False) -> None:
         """Report a failure; past `MAX_REPORTED_ERRORS` they are only counted (a hostile
-        server streaming bad names must not flood the log and the client)."""
+        server streaming bad names must not flood the log and the client), unless
+        ``always`` (what the job did about deletion is always said)."""
         self.ok = False
         self._errors += 1
-        if self._errors > MAX_REPORTED_ERRORS:
+        if self._errors > MAX_REPORTED_ERRORS and not always:
             return
         self.log.info("{source}: {path}: {message}", source=self.label, path=path or "-",
                       message=message)
         self.job.observer.source_error(self.index, path, message)
+
+    def _listing_error(self, path: str | None, message: str) -> None:
+        """A failure of the listing itself: the mirror is incomplete, deletion is off."""
+        if self.sync is not None:
+            self.sync.listing_failed()
+        self.error(path, message)
 
     def _report_unshown_errors(self) -> None:
         unshown = self._errors - MAX_REPORTED_ERRORS
@@ -189,6 +213,7 @@ class SourceRun:
         started = res.reactor.seconds()
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
+            self.sync = SpecSync(self.job.options, self._request_parts)
             self.connections = SourceConnections(
                 res.reactor, self.request.host, self.request.port, res.endpoints,
                 size=res.settings.connections_per_source,
@@ -199,11 +224,16 @@ class SourceRun:
             if self._pending:
                 self._idle = Deferred()
                 await self._idle
+            await self._delete_extraneous()
             await self._finish_dirs()
         except Exception as e:
             self.log.failure("{source}: internal error", source=self.label)
-            self.error(None, f"internal error: {e}")
+            self._listing_error(None, f"internal error: {e}")
         finally:
+            if self.job.options.delete and not self._gated:
+                # The other SPECs of the job wait for every one to say what it deletes.
+                self._gated = True
+                Deferred.fromCoroutine(self.job.deletion_gate.decide(0))
             if self.connections is not None:
                 self.connections.close()
             if self.store is not None:
@@ -216,11 +246,20 @@ class SourceRun:
         res = self.job.resources
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await res.threads.run(MirrorStore, res.mirror_dir, top, res.dir_budget)
+            if self.job.options.dry_run:
+                # A dry run creates nothing, HOST_PORT included.
+                self.store = await res.threads.run(open_existing_store, res.mirror_dir, top,
+                                                   res.dir_budget)
+            else:
+                self.store = await res.threads.run(MirrorStore, res.mirror_dir, top,
+                                                   res.dir_budget)
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")
             return False
+        self._store_ready = True
+        assert self.sync is not None  # made by run()
+        await res.threads.run(self.sync.start, self.store)
         return True
 
     async def _list(self) -> None:
@@ -252,13 +291,14 @@ class SourceRun:
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
-            if self.store is None and not await self._open_store():
+            if not self._store_ready and not await self._open_store():
                 return False
             self._listing_conn = conn
             self._list_held = False
             cursor = None if self._cursor is None else paths.join_parts(self._cursor)
             _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
             self.not_exported += skipped
+            self._listing_complete = True
         except TransferError as e:
             # Lost while (or just after) we were not reading it: closed by us after
             # list_hold, or dropped by the server after its --write-timeout (a paused
@@ -266,7 +306,7 @@ class SourceRun:
             # Only if the cursor moved on this connection: never an endless loop.
             resume = self._list_held and self._cursor != start
             if not resume:
-                self.error(None, f"cannot list {self.request.path or '.'}: {e}")
+                self._listing_error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
             self._listing_conn = None
             # A batch may still be waiting for room in the queue (the connection dropped
@@ -324,7 +364,7 @@ class SourceRun:
             await self._take(entries)
         except Exception as e:
             self.log.failure("{source}: taking LIST entries failed", source=self.label)
-            self.error(None, f"internal error: {e}")
+            self._listing_error(None, f"internal error: {e}")
 
     def _check(self, entry: frames.Entry) -> paths.Parts:
         try:
@@ -343,23 +383,38 @@ class SourceRun:
     async def _take(self, entries: list[frames.Entry]) -> None:
         """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
         accepted: list[tuple[paths.Parts, frames.Entry]] = []
+        wanted: list[tuple[paths.Parts, bool]] = []
+        sync = self.sync
+        assert sync is not None  # made by run()
         for entry in entries:
             if entry.is_error:
                 # The source could not list this path (not "gone" or "a link": those it
                 # skips and counts): the mirror is incomplete, so the job fails.
                 self.failed += 1
-                self.error(paths.display_name(entry.name), entry.message)
+                self._listing_error(paths.display_name(entry.name), entry.message)
                 continue
             try:
-                accepted.append((self._check(entry), entry))
+                parts = self._check(entry)
             except EntryRefused as e:
                 self.failed += 1
-                self.error(paths.display_name(entry.name), str(e))
+                self._listing_error(paths.display_name(entry.name), str(e))
+                continue
+            if not sync.wanted(parts, entry.is_dir):
+                continue  # excluded: neither fetched nor deleted
+            wanted.append((parts, entry.is_dir))
+            accepted.append((parts, entry))
         threads = self.job.resources.threads
-        assert self.store is not None  # opened before the listing starts
+        if sync.may_delete and wanted:
+            # Before the directories are made: the merge reads what was there.
+            for parts, problem in await threads.run(sync.take, self.store, wanted):
+                self.error(paths.join_parts(parts), problem)
         dirs = [(parts, entry) for parts, entry in accepted if entry.is_dir]
         made: set[paths.Parts] = set()
+        if self.job.options.dry_run:
+            self.dirs += len(dirs)  # would be made (or are there)
+            dirs = []
         if dirs:
+            assert self.store is not None  # opened before the listing starts
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
             for (parts, entry), (problem, new) in zip(dirs, results, strict=True):
                 if problem:
@@ -373,15 +428,22 @@ class SourceRun:
         files, to_check = self._files(accepted, made)
         if not files:
             return
+        verdicts = [NEW] * len(files)
         if to_check:
-            current = iter(await threads.run(_quick_check, self.store,
-                                             [files[i] for i in to_check]))
-            skip = {i for i in to_check if next(current)}
-        else:
-            skip = set()
-        work = [WorkItem(self, parts, entry)
-                for i, (parts, entry) in enumerate(files) if i not in skip]
-        self.skipped += len(skip)
+            checked = await threads.run(_classify, self.store, [files[i] for i in to_check])
+            for i, verdict in zip(to_check, checked, strict=True):
+                verdicts[i] = verdict
+        work: list[WorkItem] = []
+        for (parts, entry), verdict in zip(files, verdicts, strict=True):
+            if verdict == CURRENT:
+                self.skipped += 1
+                continue
+            if verdict == REPLACES:
+                sync.replaced += 1
+            if self.job.options.dry_run:
+                self.stats.add(entry.size)  # would be transferred
+                continue
+            work.append(WorkItem(self, parts, entry))
         self._pending += len(work)
         self.job.files_total += len(work)
         self.job.bytes_total += sum(item.entry.size for item in work)
@@ -391,7 +453,8 @@ class SourceRun:
     def _files(self, accepted: list[tuple[paths.Parts, frames.Entry]], made: set[paths.Parts]
                ) -> tuple[list[tuple[paths.Parts, frames.Entry]], list[int]]:
         """The files of a batch, in order, and the indexes of those to quick-check: not the
-        files of a directory this job made (it was empty), a stat each saved on a first run.
+        files of a directory this job made (it was empty: they are `NEW`), a stat each
+        saved on a first run.
 
         Canonical order lists a directory's contents right after it, so the directories
         made whose files may still come form a stack along the current path (memory
@@ -411,6 +474,29 @@ class SourceRun:
                 to_check.append(len(files))
             files.append((parts, entry))
         return files, to_check
+
+    async def _delete_extraneous(self) -> None:
+        """--delete, once the transfers are done: plan, wait for the job's other SPECs
+        (--max-delete is per job), then remove (or, in a dry run, count) what the listing
+        did not have. Never after a listing with errors."""
+        sync = self.sync
+        if sync is None or not self.job.options.delete:
+            return
+        threads = self.job.resources.threads
+        planned = await threads.run(sync.plan, self._listing_complete, self.store)
+        if sync.deletion == "skipped":
+            self.error(None, f"deletion skipped: the listing of {self.label} had errors",
+                       always=True)
+        self._gated = True
+        gate = self.job.deletion_gate
+        allowed = await gate.decide(planned, sync.planned_exact)
+        for parts, problem in await threads.run(sync.delete, self.store, allowed):
+            self.error(paths.join_parts(parts), f"cannot delete: {problem}")
+        if sync.deletion == "refused":
+            total = gate.total if gate.exact else f"at least {gate.total}"
+            self.error(None, f"deletion refused: the job would delete {total} entries, "
+                             f"more than --max-delete {gate.limit}; nothing deleted",
+                       always=True)
 
     async def _finish_dirs(self) -> None:
         # Deepest first: setting a parent's mtime before its children would be undone.
@@ -556,8 +642,9 @@ def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[tuple[str, b
     return results
 
 
-def _quick_check(store: MirrorStore, files: list[tuple[paths.Parts, frames.Entry]]) -> list[bool]:
-    return [store.is_current(parts, e.size, e.mtime_ns) for parts, e in files]
+def _classify(store: MirrorStore | None, files: list[tuple[paths.Parts, frames.Entry]]
+              ) -> list[str]:
+    return [classify(store, parts, e.size, e.mtime_ns) for parts, e in files]
 
 
 def _set_dirs(store: MirrorStore, metas: list[tuple[paths.Parts, int, int]]
@@ -577,10 +664,13 @@ class Job:
     log = Logger()
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
-                 observer: JobObserver) -> None:
+                 observer: JobObserver, options: JobOptions | None = None) -> None:
         self.id = job_id
         self.resources = resources
         self.observer = observer
+        self.options = options or JobOptions()
+        #: --max-delete applies to the whole job: each SPEC's deletion waits for all plans.
+        self.deletion_gate = DeletionGate(len(requests), self.options.max_delete)
         self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
         self.files_total = 0
         self.bytes_total = 0

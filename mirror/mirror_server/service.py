@@ -13,10 +13,13 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mirror import paths
+from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
-from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
+from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem, mirror_top
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
+from mirror.mirror_server.subtree_lock import SubtreeLocks
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads, Threads
 from mirror.wire import frames
@@ -81,6 +84,8 @@ class MirrorService(MultiService):
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
                                                           key=WorkItem.share_key)
         self.jobs: dict[str, Job] = {}
+        #: The subtrees of running --delete jobs (an overlapping one is refused).
+        self.subtree_locks = SubtreeLocks()
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
 
@@ -159,9 +164,17 @@ class MirrorService(MultiService):
                 work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
-    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
+    def submit(self, sources: list[SourceRequest], observer: JobObserver,
+               options: JobOptions | None = None) -> Job:
+        """Start a job; raises `SubtreeLocked` (a refusal, with the reason) if it deletes
+        in a subtree another --delete job holds."""
+        options = options or JobOptions()
         job_id = str(next(self._job_ids))
-        job = Job(job_id, sources, self, observer)
+        if options.delete and not options.dry_run:
+            self.subtree_locks.acquire(job_id, [
+                (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
+                for s in sources])
+        job = Job(job_id, sources, self, observer, options)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
         observer.job_started(job)
@@ -169,5 +182,6 @@ class MirrorService(MultiService):
         return job
 
     def _ended(self, result: Any, job_id: str) -> None:
+        self.subtree_locks.release(job_id)
         job = self.jobs.pop(job_id)
         self.log.info("job {id} done: {status}", id=job_id, status="ok" if job.ok else "failed")

@@ -30,6 +30,11 @@ from mirror.wire import frames
 _FILE_MODE_BITS = 0o1777
 
 
+def quick_check(st: os.stat_result, size: int, mtime_ns: int) -> bool:
+    """rsync's quick check: ``st`` is a regular file of this size and mtime."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
 class StoreError(Exception):
     """Writing a file failed; the message is for users (no traceback)."""
 
@@ -88,12 +93,15 @@ class MirrorStore:
     other stores of the same service.
     """
 
-    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget) -> None:
+    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
+                 create: bool = True) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
+            # create=False (a dry run): FileNotFoundError if ``top`` is missing.
+            self.root_fd = (paths.open_or_make_dir(base, (top,), mode=0o755) if create
+                            else paths.open_dir(base, (top,)))
         finally:
             os.close(base)
         self.budget = budget
@@ -158,12 +166,19 @@ class MirrorStore:
 
     def is_current(self, parts: paths.Parts, size: int, mtime_ns: int) -> bool:
         """The quick check: a regular file with this size and mtime is already in place."""
+        st = self.lstat(parts) if parts else None
+        return st is not None and quick_check(st, size, mtime_ns)
+
+    def lstat(self, parts: paths.Parts) -> os.stat_result | None:
+        """What is at ``parts`` now, a link not followed; None if nothing is there (or a
+        parent is not a directory)."""
+        if not parts:
+            return os.fstat(self.root_fd)
         try:
             with self._dir(parts[:-1], create=False) as fd:
-                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
         except (OSError, paths.UnsafePath):
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+            return None
 
     def set_dir_meta(self, parts: paths.Parts, mode: int, mtime_ns: int) -> None:
         """Give a directory the source's mode and mtime (after its contents are written).

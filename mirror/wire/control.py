@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import quote
 
+from mirror.filters import Pattern, PatternError
 from mirror.paths import UnsafePath, join_parts, parse_user_path
 from mirror.stats import SizeStats
 from mirror.text import printable
@@ -81,6 +82,22 @@ class SourceRequest:
     port: int
     path: str
     delay: float
+
+
+@dataclass(frozen=True)
+class JobOption:
+    """OPTION: a job-wide option; ``value`` for those that take one (`OPTION_NAMES`)."""
+
+    name: str
+    value: int | None = None
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """FILTER: one ``--include`` (``include``) or ``--exclude`` pattern, in order."""
+
+    include: bool
+    pattern: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,26 @@ class SourceDone:
     not_exported: int = 0
 
 
+#: Deletion outcome of a SPEC in SOURCE-SYNC.
+DELETION_STATES = ("off", "done", "skipped", "refused")
+
+
+@dataclass(frozen=True)
+class SourceSync:
+    """SOURCE-SYNC: what a SPEC replaced and deleted (or, in a dry run, would have).
+
+    ``deletion`` is one of `DELETION_STATES`: ``off`` without --delete, ``done`` when the
+    deletion ran, ``skipped`` when the listing had errors, ``refused`` when --max-delete was
+    exceeded (nothing deleted in the job).
+    """
+
+    index: int
+    replaced: int
+    deleted: int
+    deleted_bytes: int
+    deletion: str
+
+
 @dataclass(frozen=True)
 class Done:
     """DONE: the job is over; ``ok`` if every source fully succeeded."""
@@ -152,8 +189,11 @@ class Refused:
     message: str
 
 
-ClientMessage = SourceRequest | Go
-ServerEvent = JobAccepted | Progress | SourceError | SourceDone | Done | Refused
+ClientMessage = SourceRequest | JobOption | FilterRule | Go
+ServerEvent = JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
+
+#: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
+OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
 
 
 # -- field codecs ---------------------------------------------------------------------------
@@ -344,6 +384,38 @@ def encode_source(req: SourceRequest) -> bytes:
     return line
 
 
+def encode_option(option: JobOption) -> bytes:
+    """The OPTION line for ``option``, without terminator. Raises `ControlError` if invalid."""
+    takes_value = OPTION_NAMES.get(option.name)
+    if takes_value is None:
+        raise ControlError(f"unknown option {_show(option.name)}")
+    if not takes_value:
+        if option.value is not None:
+            raise ControlError(f"option {option.name} takes no value")
+        return _join("OPTION", option.name)
+    if option.value is None:
+        raise ControlError(f"option {option.name} needs a value")
+    return _join("OPTION", option.name, _encode_int(option.value, option.name))
+
+
+def check_pattern(pattern: str) -> str:
+    """Validate an include/exclude pattern (`mirror.filters`); return it."""
+    try:
+        Pattern(pattern)
+    except PatternError as e:
+        raise ControlError(str(e)) from None
+    return pattern
+
+
+def encode_filter(rule: FilterRule) -> bytes:
+    """The FILTER line for ``rule``, without terminator. Raises `ControlError` if invalid."""
+    line = _join("FILTER", "include" if rule.include else "exclude",
+                 _quote(check_pattern(rule.pattern)))
+    if len(line) > _MAX_ENCODED:
+        raise ControlError("FILTER line too long")
+    return line
+
+
 def encode_go() -> bytes:
     """The GO line, without terminator."""
     return b"GO"
@@ -368,7 +440,7 @@ def _expect(command: bytes, args: list[bytes], count: int) -> None:
         raise ControlError(f"{command.decode('ascii')} takes {count} {fields}, got {len(args)}")
 
 
-def parse_client_line(line: bytes) -> SourceRequest | Go:
+def parse_client_line(line: bytes) -> ClientMessage:
     """Parse a line from mirror-init. Raises `ControlError` with the reason."""
     command, args = _split(line)
     if command == b"SOURCE":
@@ -390,6 +462,19 @@ def parse_client_line(line: bytes) -> SourceRequest | Go:
     if command == b"GO":
         _expect(command, args, 0)
         return Go()
+    if command == b"OPTION":
+        if not args:
+            raise ControlError("OPTION takes a name")
+        name = args[0].decode("ascii", "replace")
+        takes_value = OPTION_NAMES.get(name)
+        if takes_value is None:
+            raise ControlError(f"unknown option {_show(args[0])}")
+        _expect(command, args, 2 if takes_value else 1)
+        return JobOption(name, _parse_int(args[1], name) if takes_value else None)
+    if command == b"FILTER":
+        _expect(command, args, 2)
+        include = _parse_flag(args[0], b"include", b"exclude", "filter kind")
+        return FilterRule(include, check_pattern(_unquote(args[1], "pattern")))
     raise ControlError(f"unknown command {_show(command)}")
 
 
@@ -489,6 +574,17 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_seconds(ev.elapsed, "elapsed", MAX_ELAPSED),
             _encode_int(ev.not_exported, "not exported"),
         )
+    if isinstance(ev, SourceSync):
+        if ev.deletion not in DELETION_STATES:
+            raise ControlError(f"deletion state must be one of {', '.join(DELETION_STATES)}")
+        return _join(
+            "SOURCE-SYNC",
+            _check_index(ev.index),
+            _encode_int(ev.replaced, "replaced"),
+            _encode_int(ev.deleted, "deleted"),
+            _encode_int(ev.deleted_bytes, "deleted bytes"),
+            ev.deletion,
+        )
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
     if isinstance(ev, Refused):
@@ -540,6 +636,19 @@ def parse_server_line(line: bytes) -> ServerEvent:
         )
         check_size_sums(done.files, done.bytes, done.sum_sq)
         return done
+    if command == b"SOURCE-SYNC":
+        _expect(command, args, 5)
+        state = args[4].decode("ascii", "replace")
+        if state not in DELETION_STATES:
+            raise ControlError(f"deletion state must be one of {', '.join(DELETION_STATES)}: "
+                               f"{_show(args[4])}")
+        return SourceSync(
+            index=_parse_index(args[0]),
+            replaced=_parse_int(args[1], "replaced"),
+            deleted=_parse_int(args[2], "deleted"),
+            deleted_bytes=_parse_int(args[3], "deleted bytes"),
+            deletion=state,
+        )
     if command == b"DONE":
         _expect(command, args, 1)
         return Done(_parse_flag(args[0], b"ok", b"failed", "status"))
@@ -555,9 +664,13 @@ __all__ = [
     "MAX_ELAPSED",
     "MAX_LINE",
     "MAX_SOURCES",
+    "DELETION_STATES",
+    "OPTION_NAMES",
     "ClientMessage",
     "ControlError",
     "Done",
+    "FilterRule",
+    "JobOption",
     "Go",
     "JobAccepted",
     "Progress",
@@ -566,13 +679,17 @@ __all__ = [
     "SourceDone",
     "SourceError",
     "SourceRequest",
+    "SourceSync",
     "check_delay",
     "check_host",
+    "check_pattern",
     "check_port",
     "check_request_path",
     "check_size_sums",
     "encode_event",
+    "encode_filter",
     "encode_go",
+    "encode_option",
     "encode_source",
     "parse_client_line",
     "parse_server_line",

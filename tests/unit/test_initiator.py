@@ -630,7 +630,8 @@ class ReportTests(SynchronousTestCase):
         text = format_json(build_report(SOURCES, self.result(), elapsed=4.0))
         self.assertEqual(text.count("\n"), 1)
         data = json.loads(text)
-        self.assertEqual(set(data), {"ok", "error", "job_id", "elapsed", "sources", "totals"})
+        self.assertEqual(set(data), {"ok", "error", "job_id", "elapsed", "dry_run", "sources",
+                                     "totals"})
 
     def test_job_not_run(self) -> None:
         report = build_report(SOURCES, None, elapsed=0.5, error="cannot reach the mirror server")

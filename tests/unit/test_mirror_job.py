@@ -141,13 +141,13 @@ class MirrorWholeTree(JobTestCase):
         src = make_sample_tree(self.base / "src", big_size=300 * 1024)
         self.serve(src)
         checked: list[tuple[str, ...]] = []
-        is_current = MirrorStore.is_current
+        lstat = MirrorStore.lstat
 
-        def recording(store: MirrorStore, parts: tuple[str, ...], size: int, mtime: int) -> bool:
+        def recording(store: MirrorStore, parts: tuple[str, ...]) -> Any:
             checked.append(parts)
-            return is_current(store, parts, size, mtime)
+            return lstat(store, parts)
 
-        self.patch(MirrorStore, "is_current", recording)
+        self.patch(MirrorStore, "lstat", recording)
         self.run_job(source())
         files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
         # (The files at the top are checked: HOST_PORT is not a listed directory.)
