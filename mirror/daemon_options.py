@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from mirror.rates import parse_rate
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -40,6 +42,14 @@ def number(kind: type, low: float, high: float | None = None) -> Callable[[str],
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+def rate(text: str) -> int:
+    """A coercer for a RATE option (`mirror.rates`: ``500K``, ``8M``; 0 means none)."""
+    return parse_rate(text)
+
+
+rate.coerceDoc = ""  # type: ignore[attr-defined]
 
 
 class _NamedCoerce(usage.CoerceParameter):

@@ -25,6 +25,7 @@ from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
     MAX_SOURCES,
+    BwLimit,
     ControlError,
     Done,
     JobAccepted,
@@ -34,6 +35,7 @@ from mirror.wire.control import (
     SourceDone,
     SourceError,
     SourceRequest,
+    encode_bwlimit,
     encode_go,
     encode_source,
     parse_server_line,
@@ -143,12 +145,15 @@ class ControlSession:
         sources: Sequence[SourceRequest],
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
+        bwlimit: int = 0,
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
         # Encode before connecting so an invalid source is a ValueError for the caller, not a
         # REFUSED from the server. The protocol's canonical terminator is CRLF.
         lines = [encode_source(s) for s in sources] + [encode_go()]
+        if bwlimit:
+            lines.insert(-1, encode_bwlimit(BwLimit(bwlimit)))
         self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
         self._report_bug = report_bug
@@ -316,6 +321,7 @@ def submit_job(
     tick: Callable[[], None] = lambda: None,
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
+    bwlimit: int = 0,
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -323,9 +329,10 @@ def submit_job(
     `MirrorServerUnreachable`, `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`,
     `JobTimeout` after ``timeout`` seconds (connecting included), or `JobInterrupted` on
     Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
-    not made). A result whose ``ok`` is False is still a result, not an error.
+    not made). A result whose ``ok`` is False is still a result, not an error. ``bwlimit``
+    (bytes per second, 0: none) is the job's bandwidth limit.
     """
-    session = ControlSession(sources, on_event)
+    session = ControlSession(sources, on_event, bwlimit=bwlimit)
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:

@@ -41,6 +41,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
 
     def __init__(self) -> None:
         self.sources: list[control.SourceRequest] = []
+        #: The job's BWLIMIT (bytes per second), 0 if none was sent.
+        self.bwlimit = 0
         self.job: Job | None = None
         self._job_over = False
 
@@ -108,7 +110,13 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
-            self.job = self.factory.service.submit(self.sources, self)
+            self.job = self.factory.service.submit(self.sources, self, bwlimit=self.bwlimit)
+            return
+        if isinstance(message, control.BwLimit):
+            if self.bwlimit:
+                self.refuse("BWLIMIT given twice")
+                return
+            self.bwlimit = message.rate
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")

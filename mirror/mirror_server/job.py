@@ -28,6 +28,7 @@ from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
+from mirror.mirror_server.throttle import Throttle
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.stats import SizeStats
 from mirror.threads import Threads
@@ -78,6 +79,12 @@ class JobSettings(Protocol):
 
     @property
     def list_hold(self) -> float: ...
+
+    @property
+    def min_rate(self) -> int: ...
+
+    @property
+    def min_rate_window(self) -> float: ...
 
 
 class JobResources(Protocol):
@@ -191,6 +198,8 @@ class SourceRun:
                 size=res.settings.connections_per_source,
                 stall_timeout=res.settings.stall_timeout,
                 max_file_size=res.settings.max_file_size,
+                throttle=self.job.throttle,
+                min_rate=res.settings.min_rate, min_rate_window=res.settings.min_rate_window,
             )
             await self._list()
             if self._pending:
@@ -546,8 +555,10 @@ class Job:
     log = Logger()
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
-                 observer: JobObserver) -> None:
+                 observer: JobObserver, bwlimit: int = 0) -> None:
         self.id = job_id
+        #: The job's --bwlimit (bytes per second, 0: none), shared by all its connections.
+        self.throttle = Throttle(resources.reactor, bwlimit) if bwlimit else None
         self.resources = resources
         self.observer = observer
         self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
@@ -585,6 +596,8 @@ class Job:
             # Even if reporting failed: the service forgets the job, never waits on it.
             if self._ticker.running:
                 self._ticker.stop()
+            if self.throttle is not None:
+                self.throttle.close()
             self.finished.callback(self)
 
     def _tick(self, force: bool = False) -> None:

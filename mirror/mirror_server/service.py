@@ -46,6 +46,10 @@ class MirrorSettings:
     #: and resumed from its cursor once the queue has room (below half full). Well under a
     #: content server's default --write-timeout (60 s), after which it would drop us anyway.
     list_hold: float = 5.0
+    #: --min-rate: bytes per second a content connection must deliver over
+    #: ``min_rate_window`` seconds of transfer time (mirror_server/min_rate.py); 0: none.
+    min_rate: int = 0
+    min_rate_window: float = 30.0
 
 
 class MirrorService(MultiService):
@@ -159,9 +163,10 @@ class MirrorService(MultiService):
                 work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
-    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
+    def submit(self, sources: list[SourceRequest], observer: JobObserver,
+               bwlimit: int = 0) -> Job:
         job_id = str(next(self._job_ids))
-        job = Job(job_id, sources, self, observer)
+        job = Job(job_id, sources, self, observer, bwlimit=bwlimit)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
         observer.job_started(job)

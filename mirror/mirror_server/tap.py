@@ -8,7 +8,7 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
-from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
+from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import TEMP_PREFIX
@@ -40,6 +40,12 @@ class Options(ListenOptions):
          number(int, 1, 256)],
         ["stall-timeout", None, _defaults.stall_timeout,
          "Seconds without data after which a transfer fails.", number(float, 0.001)],
+        ["min-rate", None, _defaults.min_rate,
+         "A content connection that delivers less than RATE bytes per second (K, M, G: "
+         "powers of 1024) over --min-rate-window seconds of transfer is dropped, and its "
+         "files retried once on another connection; 0: no minimum.", rate],
+        ["min-rate-window", None, _defaults.min_rate_window,
+         "Seconds of transfer over which --min-rate is measured.", number(float, 0.001)],
         ["max-file-size", None, _defaults.max_file_size,
          "Largest file (bytes) accepted from a content server.", number(int, 0)],
         ["max-connections", None, _defaults.max_connections,

@@ -84,6 +84,13 @@ class SourceRequest:
 
 
 @dataclass(frozen=True)
+class BwLimit:
+    """BWLIMIT: the job's transfers share at most ``rate`` bytes per second (``--bwlimit``)."""
+
+    rate: int
+
+
+@dataclass(frozen=True)
 class Go:
     """The job is complete: start it."""
 
@@ -152,7 +159,7 @@ class Refused:
     message: str
 
 
-ClientMessage = SourceRequest | Go
+ClientMessage = SourceRequest | BwLimit | Go
 ServerEvent = JobAccepted | Progress | SourceError | SourceDone | Done | Refused
 
 
@@ -344,6 +351,13 @@ def encode_source(req: SourceRequest) -> bytes:
     return line
 
 
+def encode_bwlimit(limit: BwLimit) -> bytes:
+    """The BWLIMIT line, without terminator (a rate of at least 1 byte per second)."""
+    if limit.rate == 0:
+        raise ControlError("a BWLIMIT rate must be at least 1 (no line means no limit)")
+    return _join("BWLIMIT", _encode_int(limit.rate, "rate"))
+
+
 def encode_go() -> bytes:
     """The GO line, without terminator."""
     return b"GO"
@@ -368,7 +382,7 @@ def _expect(command: bytes, args: list[bytes], count: int) -> None:
         raise ControlError(f"{command.decode('ascii')} takes {count} {fields}, got {len(args)}")
 
 
-def parse_client_line(line: bytes) -> SourceRequest | Go:
+def parse_client_line(line: bytes) -> ClientMessage:
     """Parse a line from mirror-init. Raises `ControlError` with the reason."""
     command, args = _split(line)
     if command == b"SOURCE":
@@ -387,6 +401,12 @@ def parse_client_line(line: bytes) -> SourceRequest | Go:
             path=check_request_path(_unquote(path_raw, "path")),
             delay=_parse_seconds(delay_raw, "delay", MAX_DELAY),
         )
+    if command == b"BWLIMIT":
+        _expect(command, args, 1)
+        rate = _parse_int(args[0], "rate")
+        if rate == 0:
+            raise ControlError("a BWLIMIT rate must be at least 1 byte per second")
+        return BwLimit(rate)
     if command == b"GO":
         _expect(command, args, 0)
         return Go()
@@ -555,6 +575,7 @@ __all__ = [
     "MAX_ELAPSED",
     "MAX_LINE",
     "MAX_SOURCES",
+    "BwLimit",
     "ClientMessage",
     "ControlError",
     "Done",
@@ -571,6 +592,7 @@ __all__ = [
     "check_port",
     "check_request_path",
     "check_size_sums",
+    "encode_bwlimit",
     "encode_event",
     "encode_go",
     "encode_source",
