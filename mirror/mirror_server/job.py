@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from mirror import paths
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
+from mirror.mirror_server.durable import Durability
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
@@ -85,6 +86,9 @@ class JobSettings(Protocol):
 
     @property
     def min_rate_window(self) -> float: ...
+
+    @property
+    def fsync(self) -> bool: ...
 
 
 class JobResources(Protocol):
@@ -222,7 +226,8 @@ class SourceRun:
         res = self.job.resources
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await res.threads.run(MirrorStore, res.mirror_dir, top, res.dir_budget)
+            self.store = await res.threads.run(MirrorStore, res.mirror_dir, top, res.dir_budget,
+                                               Durability(res.settings.fsync))
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")

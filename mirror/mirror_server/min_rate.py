@@ -58,7 +58,9 @@ class RateFloor:
         now = self.clock.seconds()
         if active:
             self._since = now
-            self._check = self.clock.callLater(self.window - self._counted, self._end_window)
+            # Never negative: a stretch may end in the turn its window was due in.
+            self._check = self.clock.callLater(max(0.0, self.window - self._counted),
+                                               self._end_window)
         else:
             assert self._since is not None
             self._counted += now - self._since

@@ -50,6 +50,8 @@ class MirrorSettings:
     #: ``min_rate_window`` seconds of transfer time (mirror_server/min_rate.py); 0: none.
     min_rate: int = 0
     min_rate_window: float = 30.0
+    #: fsync each placed file before its rename and its directory after (--no-fsync: off).
+    fsync: bool = True
 
 
 class MirrorService(MultiService):

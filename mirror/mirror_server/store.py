@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from mirror import hashing, paths
+from mirror.mirror_server.durable import Durability
 from mirror.wire import frames
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
@@ -85,10 +86,12 @@ class MirrorStore:
     """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``).
 
     Directory descriptors it keeps open for reuse count against ``budget``, shared with the
-    other stores of the same service.
+    other stores of the same service. ``durability`` says whether commits are fsynced
+    (`mirror.mirror_server.durable`; by default they are).
     """
 
-    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget) -> None:
+    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
+                 durability: Durability | None = None) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -97,6 +100,7 @@ class MirrorStore:
         finally:
             os.close(base)
         self.budget = budget
+        self.durability = durability if durability is not None else Durability()
         self._dirs: dict[paths.Parts, int] = {}
         self._lock = threading.Lock()
 
@@ -174,12 +178,13 @@ class MirrorStore:
             raise StoreError(f"cannot create temporary file: {e}") from None
 
     def write_whole(self, parts: paths.Parts, data: bytes | memoryview,
-                    header: frames.FileHeader, digest: bytes) -> None:
-        """Write, verify and place a small file in one call (one thread hop)."""
+                    header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
+        """Write, verify and place a small file in one call (one thread hop); without
+        ``sync_dir`` the caller syncs its directory (`write_many`)."""
         partial = self.create(parts)
         try:
             partial.write((data,))
-            partial.commit(header, digest)
+            partial.commit(header, digest, sync_dir)
         except BaseException:
             partial.discard()
             raise
@@ -187,21 +192,41 @@ class MirrorStore:
     def write_many(self, files: Sequence[tuple[paths.Parts, frames.BundleItem]]
                    ) -> list[str | None]:
         """`write_whole` for each file of a bundle answer, in one call (one thread hop for
-        a bundle of small files): per file None once it is in place, or why not."""
+        a bundle of small files): per file None once it is in place, or why not.
+
+        Each directory is synced once, after all its files of the bundle are renamed into
+        it: a file counts as placed only then."""
         problems: list[str | None] = []
+        placed: dict[paths.Parts, list[int]] = {}
         for parts, item in files:
             header = item.header
             try:
                 if header is None:
                     raise StoreError(item.error or "no file in the answer")
-                self.write_whole(parts, item.data, header, item.digest)
+                self.write_whole(parts, item.data, header, item.digest, sync_dir=False)
             except StoreError as e:
                 problems.append(str(e))
             except OSError as e:
                 problems.append(_describe(e))
             else:
+                placed.setdefault(parts[:-1], []).append(len(problems))
                 problems.append(None)
+        if self.durability.enabled:
+            for parent, indexes in placed.items():
+                problem = self._sync_dir(parent)
+                for i in indexes:
+                    problems[i] = problem
         return problems
+
+    def _sync_dir(self, parts: paths.Parts) -> str | None:
+        """Sync the directory ``parts``; None, or why it failed."""
+        try:
+            with self._dir(parts, create=False) as fd:
+                self.durability.directory(fd)
+        except (OSError, paths.UnsafePath) as e:
+            why = _describe(e) if isinstance(e, OSError) else str(e)
+            return f"cannot sync the directory: {why}"
+        return None
 
 
 _temp_names = itertools.count()
@@ -223,6 +248,7 @@ class PartialFile:
         self._dir_fd = dir_fd
         self.parts = parts
         self.name = parts[-1]
+        self._durability = store.durability
         self.temp_name = _temp_name()
         self._hash = hashing.new_hasher()
         self.size = 0
@@ -252,8 +278,9 @@ class PartialFile:
             # Waited for whatever happened: the next write (or a commit) uses the hasher.
             hashed()
 
-    def commit(self, header: frames.FileHeader, digest: bytes) -> None:
-        """Verify size and digest, set mode and mtime, rename over the final name."""
+    def commit(self, header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
+        """Verify size and digest, set mode and mtime, fsync, rename over the final name,
+        fsync the directory (unless ``sync_dir`` is False: the caller does it)."""
         if self.size != header.size:
             raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
         if self._hash.digest() != digest:
@@ -267,6 +294,11 @@ class PartialFile:
             os.close(fd)
             raise StoreError(f"cannot set attributes: {_describe(e)}") from None
         try:
+            self._durability.file(fd)  # data and attributes on disk before the rename
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"fsync failed: {_describe(e)}") from None
+        try:
             # close() reports delayed write errors (NFS, some full filesystems).
             os.close(fd)
         except OSError as e:
@@ -278,8 +310,14 @@ class PartialFile:
             raise StoreError("a directory is in the way of the file") from None
         except OSError as e:
             raise StoreError(f"cannot rename into place: {_describe(e)}") from None
-        os.close(self._dir_fd)
-        self._dir_fd = -1
+        dir_fd, self._dir_fd = self._dir_fd, -1
+        try:
+            if sync_dir:
+                self._durability.directory(dir_fd)  # the rename on disk
+        except OSError as e:
+            raise StoreError(f"cannot sync the directory: {_describe(e)}") from None
+        finally:
+            os.close(dir_fd)
 
     def discard(self) -> None:
         """Remove the temporary file; safe to call after a failed commit, or twice."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
@@ -28,6 +29,11 @@ class Options(ListenOptions):
         "whose size and mtime already match are skipped. Nothing is ever written outside "
         "MIRROR_DIR/HOST_PORT, whatever a content server sends."
     )
+    optFlags = [
+        ["no-fsync", None, "Do not fsync placed files and their directories: faster, but a "
+         "power loss or kernel crash may leave files missing, empty or partial at their final "
+         "names (a killed process never does)."],
+    ]
     optParameters = [
         ["mirror-dir", "m", None, "Directory to mirror into (required)."],
         ["workers", "w", _defaults.workers, "Worker count (files in flight).",
@@ -86,7 +92,13 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 
+def mirror_settings(options: Options) -> MirrorSettings:
+    """The service's settings from the command line."""
+    return dataclasses.replace(settings_from(options, MirrorSettings),
+                               fsync=not options["no-fsync"])
+
+
 def makeService(options: Options) -> IService:
-    service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings))
+    service = MirrorService(options["mirror-dir"], mirror_settings(options))
     add_listeners(service, options["listen"], ControlFactory(service), options.command)
     return service
