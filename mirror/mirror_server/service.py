@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -85,7 +86,10 @@ class MirrorService(MultiService):
         self.dir_budget = DescriptorBudget()
         #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
-                                                          key=WorkItem.share_key)
+                                                          key=WorkItem.share_key,
+                                                          yields=self._saturated)
+        #: Workers running each job's transfers now.
+        self._working: dict[Job, int] = {}
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
@@ -122,9 +126,21 @@ class MirrorService(MultiService):
         self._workers = []
         return super().stopService()
 
+    def _saturated(self, job: Hashable) -> bool:
+        """A --bwlimit job's transfers wait for its tokens, not for workers: once it holds
+        ``--connections-per-source`` workers per SPEC (at most half of them), it yields its
+        turns to the other jobs that have files waiting."""
+        if not isinstance(job, Job) or job.throttle is None:
+            return False
+        s = self.settings
+        share = max(1, min(s.workers // 2, s.connections_per_source * len(job.sources)))
+        return self._working.get(job, 0) >= share
+
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
+            job = item.source.job
+            self._working[job] = self._working.get(job, 0) + 1
             try:
                 if item.entry.size > SMALL_FILE:
                     await item.source.transfer(item.parts, item.entry)
@@ -136,6 +152,10 @@ class MirrorService(MultiService):
                 await DeferredList(self._transfers(batch), consumeErrors=True)
             except Exception:
                 self.log.failure("worker: unexpected error")
+            finally:
+                left = self._working.pop(job) - 1
+                if left:
+                    self._working[job] = left
 
     def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that

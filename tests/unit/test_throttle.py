@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.mirror_server.content_client import ContentClientProtocol
+from mirror.mirror_server.job import SourceRun
 from mirror.mirror_server.throttle import MAX_READ, MIN_READ, Throttle
 from tests.unit.helpers import RecordingSink, parse_frames
 from tests.unit.test_content_client import data_frame, end_frame, file_frame
@@ -224,3 +226,60 @@ class BwLimitedJob(JobTestCase):
         self.assertEqual(observer.finished, [True])
         self.assertIsNone(job.throttle)
         self.assertLess(elapsed, 0.5)
+
+
+class YieldingQueue(SynchronousTestCase):
+    """A group that yields (a --bwlimit job holding its share of workers) is served after
+    the others, and still served when it alone has items: no worker waits meanwhile."""
+
+    def test_yielding_group_served_last(self) -> None:
+        from mirror.mirror_server.work_queue import BoundedQueue
+
+        yielding = {"A"}
+        queue: BoundedQueue[tuple[str, int]] = BoundedQueue(
+            10, key=lambda item: (item[0], item[0]), yields=lambda group: group in yielding)
+        for item in [("A", 1), ("A", 2), ("B", 1), ("B", 2)]:
+            self.successResultOf(Deferred.fromCoroutine(queue.put(item)))
+        got = [self.successResultOf(queue.get()) for _ in range(3)]
+        self.assertEqual(got, [("B", 1), ("B", 2), ("A", 1)])
+        yielding.clear()
+        self.assertEqual(self.successResultOf(queue.get()), ("A", 2))
+
+
+class BwLimitedJobYields(JobTestCase):
+    """Behind a --bwlimit job that holds its share of the workers (one here), a worker that
+    frees goes to another job's files first."""
+
+    settings: dict[str, Any] = {"workers": 2, "queue_size": 10, "connections_per_source": 1}
+
+    def test_other_job_served_first(self) -> None:
+        a, b = self.base / "a", self.base / "b"
+        for root, n in ((a, 4), (b, 2)):
+            root.mkdir()
+            for i in range(n):
+                (root / f"f{i}").write_bytes(os.urandom(300 * 1024))
+        self.serve(a, port=7000)
+        self.serve(b, port=7001)
+        taken: list[tuple[int, str]] = []  # by a worker, in order
+        transfer = SourceRun.transfer
+
+        def recording(run, parts, entry, *args, **kwargs):
+            taken.append((run.request.port, "/".join(parts)))
+            return transfer(run, parts, entry, *args, **kwargs)
+
+        self.patch(SourceRun, "transfer", recording)
+        slow = self.service.submit([source(port=7000)], Observer(), bwlimit=64 * 1024)
+        self.network.run_until(Deferred.fromCoroutine(self._until(lambda: len(taken) == 2)))
+        quick = self.service.submit([source(port=7001)], Observer())
+        self.network.run_until(quick.finished, step=0.01)
+        self.network.run_until(slow.finished, step=0.01)
+        # The slow job's first two files took both workers; as the first of them ended, the
+        # worker went to the other job (the slow one still held its share, the other one).
+        self.assertEqual(taken[:2], [(7000, "f0"), (7000, "f1")])
+        self.assertEqual(taken[2], (7001, "f0"))
+        self.assertEqual(sorted(taken), sorted([(7000, f"f{i}") for i in range(4)]
+                                                 + [(7001, f"f{i}") for i in range(2)]))
+
+    async def _until(self, condition: Any) -> None:
+        while not condition():
+            await deferLater(self.clock, 0.01)
