@@ -26,10 +26,12 @@ from mirror.initiator.client import (
     connect,
     submit_job,
 )
+from mirror.initiator.endpoint import EndpointError, connect_unix, parse_client_endpoint
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
 from mirror.job_options import JobOptions
+from mirror.rates import RATE_SYNTAX, parse_rate
 from mirror.text import printable
 from mirror.wire.control import ControlError, check_host
 
@@ -164,13 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument(
-        "-n", "--host", metavar="HOST", default="localhost",
+        "-n", "--host", metavar="HOST",
         help="The mirror server's host name or address (alias -m) [default: localhost].",
     )
     parser.add_argument("-m", dest="host", help=argparse.SUPPRESS)
     parser.add_argument(
-        "-p", "--port", metavar="PORT", default=str(DEFAULT_PORT),
+        "-p", "--port", metavar="PORT",
         help=f"The mirror server's control port [default: {DEFAULT_PORT}].",
+    )
+    parser.add_argument(
+        "--connect", metavar="ENDPOINT",
+        help="The mirror server as an endpoint string, instead of -n/-p: unix:PATH (its "
+             "--listen unix:PATH) or tcp:HOST:PORT.",
     )
     parser.add_argument(
         "-s", "--sources", metavar="SPECS", action="append", default=[],
@@ -179,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", metavar="SECONDS",
         help="Give up (exit status 1) if the job is not finished after this many seconds.",
+    )
+    parser.add_argument(
+        "--bwlimit", metavar="RATE",
+        help=f"Limit the job's transfers to RATE in total: {RATE_SYNTAX}; 0: no limit "
+             "[default: 0]. (rsync reads a plain number as KiB/s; here it is bytes/s.)",
     )
     parser.add_argument(
         "--json", action="store_true",
@@ -220,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
     """Check and convert the values argparse left as strings; raise `UsageError`."""
+    _check_connect(options)
     host = options.host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -251,6 +264,10 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         options.job_options.filter_list()
     except PatternError as e:
         raise UsageError(str(e)) from None
+    try:
+        options.bwlimit = parse_rate(options.bwlimit) if options.bwlimit is not None else 0
+    except ValueError as e:
+        raise UsageError(f"bad --bwlimit: {e}") from None
     for arg in extra:
         if arg.startswith("-") and arg != "-":
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
@@ -264,11 +281,34 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         raise UsageError(str(e)) from None
 
 
+def _check_connect(options: argparse.Namespace) -> None:
+    """``--connect`` instead of ``-n``/``-p``: it sets ``host`` and ``port`` (TCP) or
+    ``unix_socket`` (None unless given)."""
+    options.unix_socket = None
+    if options.connect is None:
+        options.host = "localhost" if options.host is None else options.host
+        options.port = str(DEFAULT_PORT) if options.port is None else options.port
+        return
+    if options.host is not None or options.port is not None:
+        raise UsageError("--connect names the mirror server: give it without -n/-p")
+    try:
+        endpoint = parse_client_endpoint(options.connect)
+    except EndpointError as e:
+        raise UsageError(f"bad --connect {e}") from None
+    if endpoint.path is not None:
+        # Unused for a UNIX socket, but still checked below.
+        options.host, options.port = "localhost", str(DEFAULT_PORT)
+        options.unix_socket = endpoint.path
+    else:
+        options.host, options.port = endpoint.host, str(endpoint.port)
+
+
 def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); on error write one line and exit 2.
 
-    The result has ``host``, ``port``, ``specs`` (`SourceRequest`s), ``timeout`` (seconds or
-    None), ``json`` and ``job_options`` (`JobOptions`).
+    The result has ``host``, ``port``, ``unix_socket`` (a path, or None), ``specs``
+    (`SourceRequest`s), ``timeout`` (seconds or None), ``bwlimit`` (bytes per second, 0:
+    none), ``json`` and ``job_options`` (`JobOptions`).
     """
     try:
         options, extra = build_parser().parse_known_args(list(argv))
@@ -289,13 +329,16 @@ def run(
     options: argparse.Namespace,
     stdout: IO[str],
     stderr: IO[str],
-    opener: Opener = connect,
+    opener: Opener | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Run the job described by ``options``; return the exit status.
 
-    ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end).
+    ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end);
+    by default TCP, or the UNIX socket of ``--connect unix:PATH``.
     """
+    if opener is None:
+        opener = _unix_opener(options.unix_socket) if options.unix_socket else connect
     sources = options.specs
     display = ProgressDisplay(stderr if options.json else stdout, sources, clock=clock)
     started = clock()
@@ -305,7 +348,7 @@ def run(
         result = submit_job(
             options.host, options.port, sources, display, timeout=options.timeout,
             connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
-            clock=clock, opener=opener, options=options.job_options,
+            clock=clock, opener=opener, options=options.job_options, bwlimit=options.bwlimit,
         )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
@@ -327,6 +370,13 @@ def run(
     if result is not None and result.deletion_refused:
         return EXIT_MAX_DELETE
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _unix_opener(path: str) -> Opener:
+    def opener(host: str, port: int, timeout: float | None) -> socket.socket:
+        return connect_unix(path, timeout)
+
+    return opener
 
 
 def _robust_streams() -> None:

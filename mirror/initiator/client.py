@@ -26,6 +26,7 @@ from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
     MAX_SOURCES,
+    BwLimit,
     ControlError,
     Done,
     JobAccepted,
@@ -37,6 +38,7 @@ from mirror.wire.control import (
     SourceError,
     SourceRequest,
     SourceSync,
+    encode_bwlimit,
     encode_filter,
     encode_go,
     encode_option,
@@ -158,6 +160,7 @@ class ControlSession:
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
         options: JobOptions | None = None,
+        bwlimit: int = 0,
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
@@ -167,6 +170,8 @@ class ControlSession:
         for line in options_lines(options or JobOptions()):
             lines.append(encode_option(line) if isinstance(line, JobOption)
                          else encode_filter(line))
+        if bwlimit:
+            lines.append(encode_bwlimit(BwLimit(bwlimit)))
         lines.append(encode_go())
         self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
@@ -344,6 +349,7 @@ def submit_job(
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
     options: JobOptions | None = None,
+    bwlimit: int = 0,
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -351,9 +357,10 @@ def submit_job(
     `MirrorServerUnreachable`, `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`,
     `JobTimeout` after ``timeout`` seconds (connecting included), or `JobInterrupted` on
     Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
-    not made). A result whose ``ok`` is False is still a result, not an error.
+    not made). A result whose ``ok`` is False is still a result, not an error. ``bwlimit``
+    (bytes per second, 0: none) is the job's bandwidth limit.
     """
-    session = ControlSession(sources, on_event, options=options)
+    session = ControlSession(sources, on_event, options=options, bwlimit=bwlimit)
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:

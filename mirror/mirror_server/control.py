@@ -46,6 +46,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self.sources: list[control.SourceRequest] = []
         #: OPTION and FILTER lines, in the order received.
         self.option_lines: list[control.JobOption | control.FilterRule] = []
+        #: The job's BWLIMIT (bytes per second), 0 if none was sent.
+        self.bwlimit = 0
         self.job: Job | None = None
         self._job_over = False
 
@@ -113,7 +115,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 return
             try:
                 options = options_from_lines(self.option_lines)
-                self.job = self.factory.service.submit(self.sources, self, options)
+                self.job = self.factory.service.submit(self.sources, self, options,
+                                                       bwlimit=self.bwlimit)
             except (PatternError, SubtreeLocked) as e:
                 self.refuse(str(e))
                 return
@@ -125,6 +128,12 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 self.refuse(f"more than {MAX_RULES} include/exclude patterns")
                 return
             self.option_lines.append(message)
+            return
+        if isinstance(message, control.BwLimit):
+            if self.bwlimit:
+                self.refuse("BWLIMIT given twice")
+                return
+            self.bwlimit = message.rate
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")

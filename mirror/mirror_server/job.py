@@ -26,6 +26,7 @@ from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.deletion import DeletionGate
+from mirror.mirror_server.durable import Durability
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
@@ -37,6 +38,7 @@ from mirror.mirror_server.sync import (
     classify,
     open_existing_store,
 )
+from mirror.mirror_server.throttle import Throttle
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.stats import SizeStats
 from mirror.threads import Threads
@@ -89,6 +91,15 @@ class JobSettings(Protocol):
 
     @property
     def list_hold(self) -> float: ...
+
+    @property
+    def min_rate(self) -> int: ...
+
+    @property
+    def min_rate_window(self) -> float: ...
+
+    @property
+    def fsync(self) -> bool: ...
 
 
 class JobResources(Protocol):
@@ -219,6 +230,8 @@ class SourceRun:
                 size=res.settings.connections_per_source,
                 stall_timeout=res.settings.stall_timeout,
                 max_file_size=res.settings.max_file_size,
+                throttle=self.job.throttle,
+                min_rate=res.settings.min_rate, min_rate_window=res.settings.min_rate_window,
             )
             await self._list()
             if self._pending:
@@ -252,7 +265,7 @@ class SourceRun:
                                                    res.dir_budget)
             else:
                 self.store = await res.threads.run(MirrorStore, res.mirror_dir, top,
-                                                   res.dir_budget)
+                                                   res.dir_budget, Durability(res.settings.fsync))
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")
@@ -664,8 +677,11 @@ class Job:
     log = Logger()
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
-                 observer: JobObserver, options: JobOptions | None = None) -> None:
+                 observer: JobObserver, options: JobOptions | None = None,
+                 bwlimit: int = 0) -> None:
         self.id = job_id
+        #: The job's --bwlimit (bytes per second, 0: none), shared by all its connections.
+        self.throttle = Throttle(resources.reactor, bwlimit) if bwlimit else None
         self.resources = resources
         self.observer = observer
         self.options = options or JobOptions()
@@ -706,6 +722,8 @@ class Job:
             # Even if reporting failed: the service forgets the job, never waits on it.
             if self._ticker.running:
                 self._ticker.stop()
+            if self.throttle is not None:
+                self.throttle.close()
             self.finished.callback(self)
 
     def _tick(self, force: bool = False) -> None:

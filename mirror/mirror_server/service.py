@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -49,6 +50,12 @@ class MirrorSettings:
     #: and resumed from its cursor once the queue has room (below half full). Well under a
     #: content server's default --write-timeout (60 s), after which it would drop us anyway.
     list_hold: float = 5.0
+    #: --min-rate: bytes per second a content connection must deliver over
+    #: ``min_rate_window`` seconds of transfer time (mirror_server/min_rate.py); 0: none.
+    min_rate: int = 0
+    min_rate_window: float = 30.0
+    #: fsync each placed file before its rename and its directory after (--no-fsync: off).
+    fsync: bool = True
 
 
 class MirrorService(MultiService):
@@ -82,7 +89,10 @@ class MirrorService(MultiService):
         self.dir_budget = DescriptorBudget()
         #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
-                                                          key=WorkItem.share_key)
+                                                          key=WorkItem.share_key,
+                                                          yields=self._saturated)
+        #: Workers running each job's transfers now.
+        self._working: dict[Job, int] = {}
         self.jobs: dict[str, Job] = {}
         #: The subtrees of running --delete jobs (an overlapping one is refused).
         self.subtree_locks = SubtreeLocks()
@@ -121,9 +131,21 @@ class MirrorService(MultiService):
         self._workers = []
         return super().stopService()
 
+    def _saturated(self, job: Hashable) -> bool:
+        """A --bwlimit job's transfers wait for its tokens, not for workers: once it holds
+        ``--connections-per-source`` workers per SPEC (at most half of them), it yields its
+        turns to the other jobs that have files waiting."""
+        if not isinstance(job, Job) or job.throttle is None:
+            return False
+        s = self.settings
+        share = max(1, min(s.workers // 2, s.connections_per_source * len(job.sources)))
+        return self._working.get(job, 0) >= share
+
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
+            job = item.source.job
+            self._working[job] = self._working.get(job, 0) + 1
             try:
                 if item.entry.size > SMALL_FILE:
                     await item.source.transfer(item.parts, item.entry)
@@ -135,6 +157,10 @@ class MirrorService(MultiService):
                 await DeferredList(self._transfers(batch), consumeErrors=True)
             except Exception:
                 self.log.failure("worker: unexpected error")
+            finally:
+                left = self._working.pop(job) - 1
+                if left:
+                    self._working[job] = left
 
     def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that
@@ -165,7 +191,7 @@ class MirrorService(MultiService):
         return work
 
     def submit(self, sources: list[SourceRequest], observer: JobObserver,
-               options: JobOptions | None = None) -> Job:
+               options: JobOptions | None = None, bwlimit: int = 0) -> Job:
         """Start a job; raises `SubtreeLocked` (a refusal, with the reason) if it deletes
         in a subtree another --delete job holds."""
         options = options or JobOptions()
@@ -174,7 +200,7 @@ class MirrorService(MultiService):
             self.subtree_locks.acquire(job_id, [
                 (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
                 for s in sources])
-        job = Job(job_id, sources, self, observer, options)
+        job = Job(job_id, sources, self, observer, options, bwlimit=bwlimit)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
         observer.job_started(job)

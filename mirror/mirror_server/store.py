@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from mirror import hashing, paths
+from mirror.mirror_server.durable import Durability
 from mirror.wire import frames
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
@@ -90,11 +91,12 @@ class MirrorStore:
     """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``).
 
     Directory descriptors it keeps open for reuse count against ``budget``, shared with the
-    other stores of the same service.
+    other stores of the same service. ``durability`` says whether commits are fsynced
+    (`mirror.mirror_server.durable`; by default they are).
     """
 
     def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
-                 create: bool = True) -> None:
+                 durability: Durability | None = None, *, create: bool = True) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -108,6 +110,7 @@ class MirrorStore:
         #: Read once: daemons do not change their umask while running, and reading it per
         #: bundle cost more than the ``fchmod`` it saves.
         self.umask = process_umask()
+        self.durability = durability if durability is not None else Durability()
         self._dirs: dict[paths.Parts, int] = {}
         self._lock = threading.Lock()
 
@@ -207,8 +210,10 @@ class MirrorStore:
             raise StoreError(f"cannot create temporary file: {e}") from None
 
     def write_whole(self, parts: paths.Parts, data: bytes | memoryview,
-                    header: frames.FileHeader, digest: bytes, umask: int | None = None) -> None:
-        """Write, verify and place a small file in one call (one thread hop).
+                    header: frames.FileHeader, digest: bytes, umask: int | None = None,
+                    sync_dir: bool = True) -> None:
+        """Write, verify and place a small file in one call (one thread hop); without
+        ``sync_dir`` the caller syncs its directory (`write_many`).
 
         The temporary file borrows the directory's descriptor (no ``dup`` per file: it is
         done with before the directory can be closed). Given the process's ``umask``
@@ -221,7 +226,7 @@ class MirrorStore:
                                       mode=_exact_mode(header.mode, umask))
                 try:
                     partial.write((data,))
-                    partial.commit(header, digest)
+                    partial.commit(header, digest, sync_dir)
                 except BaseException:
                     partial.discard()
                     raise
@@ -236,22 +241,42 @@ class MirrorStore:
     def write_many(self, files: Sequence[tuple[paths.Parts, frames.BundleItem]]
                    ) -> list[str | None]:
         """`write_whole` for each file of a bundle answer, in one call (one thread hop for
-        a bundle of small files): per file None once it is in place, or why not."""
+        a bundle of small files): per file None once it is in place, or why not.
+
+        Each directory is synced once, after all its files of the bundle are renamed into
+        it: a file counts as placed only then."""
         problems: list[str | None] = []
         umask = self.umask
+        placed: dict[paths.Parts, list[int]] = {}
         for parts, item in files:
             header = item.header
             try:
                 if header is None:
                     raise StoreError(item.error or "no file in the answer")
-                self.write_whole(parts, item.data, header, item.digest, umask)
+                self.write_whole(parts, item.data, header, item.digest, umask, sync_dir=False)
             except StoreError as e:
                 problems.append(str(e))
             except OSError as e:
                 problems.append(_describe(e))
             else:
+                placed.setdefault(parts[:-1], []).append(len(problems))
                 problems.append(None)
+        if self.durability.enabled:
+            for parent, indexes in placed.items():
+                problem = self._sync_dir(parent)
+                for i in indexes:
+                    problems[i] = problem
         return problems
+
+    def _sync_dir(self, parts: paths.Parts) -> str | None:
+        """Sync the directory ``parts``; None, or why it failed."""
+        try:
+            with self._dir(parts, create=False) as fd:
+                self.durability.directory(fd)
+        except (OSError, paths.UnsafePath) as e:
+            why = _describe(e) if isinstance(e, OSError) else str(e)
+            return f"cannot sync the directory: {why}"
+        return None
 
 
 def _exact_mode(mode: int, umask: int | None) -> int | None:
@@ -314,6 +339,7 @@ class PartialFile:
         self._dir_fd = dir_fd
         self.parts = parts
         self.name = parts[-1]
+        self._durability = store.durability
         self.temp_name = _temp_name()
         self._hash = hashing.new_hasher()
         self.size = 0
@@ -347,8 +373,9 @@ class PartialFile:
             # Waited for whatever happened: the next write (or a commit) uses the hasher.
             hashed()
 
-    def commit(self, header: frames.FileHeader, digest: bytes) -> None:
-        """Verify size and digest, set mode and mtime, rename over the final name."""
+    def commit(self, header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
+        """Verify size and digest, set mode and mtime, fsync, rename over the final name,
+        fsync the directory (unless ``sync_dir`` is False: the caller does it)."""
         if self.size != header.size:
             raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
         if self._hash.digest() != digest:
@@ -363,6 +390,11 @@ class PartialFile:
             os.close(fd)
             raise StoreError(f"cannot set attributes: {_describe(e)}") from None
         try:
+            self._durability.file(fd)  # data and attributes on disk before the rename
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"fsync failed: {_describe(e)}") from None
+        try:
             # close() reports delayed write errors (NFS, some full filesystems).
             os.close(fd)
         except OSError as e:
@@ -374,7 +406,13 @@ class PartialFile:
             raise StoreError("a directory is in the way of the file") from None
         except OSError as e:
             raise StoreError(f"cannot rename into place: {_describe(e)}") from None
-        self._release_dir()
+        try:
+            if sync_dir:
+                self._durability.directory(self._dir_fd)  # the rename on disk
+        except OSError as e:
+            raise StoreError(f"cannot sync the directory: {_describe(e)}") from None
+        finally:
+            self._release_dir()
 
     def _release_dir(self) -> None:
         if self._owns_dir:

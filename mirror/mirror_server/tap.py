@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
+from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import TEMP_PREFIX
@@ -28,6 +29,11 @@ class Options(ListenOptions):
         "whose size and mtime already match are skipped. Nothing is ever written outside "
         "MIRROR_DIR/HOST_PORT, whatever a content server sends."
     )
+    optFlags = [
+        ["no-fsync", None, "Do not fsync placed files and their directories: faster, but a "
+         "power loss or kernel crash may leave files missing, empty or partial at their final "
+         "names (a killed process never does)."],
+    ]
     optParameters = [
         ["mirror-dir", "m", None, "Directory to mirror into (required)."],
         ["workers", "w", _defaults.workers, "Worker count (files in flight).",
@@ -40,6 +46,12 @@ class Options(ListenOptions):
          number(int, 1, 256)],
         ["stall-timeout", None, _defaults.stall_timeout,
          "Seconds without data after which a transfer fails.", number(float, 0.001)],
+        ["min-rate", None, _defaults.min_rate,
+         "A content connection that delivers less than RATE bytes per second (K, M, G: "
+         "powers of 1024) over --min-rate-window seconds of transfer is dropped, and its "
+         "files retried once on another connection; 0: no minimum.", rate],
+        ["min-rate-window", None, _defaults.min_rate_window,
+         "Seconds of transfer over which --min-rate is measured.", number(float, 0.001)],
         ["max-file-size", None, _defaults.max_file_size,
          "Largest file (bytes) accepted from a content server.", number(int, 0)],
         ["max-connections", None, _defaults.max_connections,
@@ -80,7 +92,13 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 
+def mirror_settings(options: Options) -> MirrorSettings:
+    """The service's settings from the command line."""
+    return dataclasses.replace(settings_from(options, MirrorSettings),
+                               fsync=not options["no-fsync"])
+
+
 def makeService(options: Options) -> IService:
-    service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings))
+    service = MirrorService(options["mirror-dir"], mirror_settings(options))
     add_listeners(service, options["listen"], ControlFactory(service), options.command)
     return service

@@ -13,6 +13,11 @@ when the queue is full of other jobs' items: each slot that frees goes to the wa
 whose group, then flow, holds the fewest items (the oldest waiter among equals). So a new
 job's producer gets the very next free slot, and while several wait the queue converges to an
 equal share for each group, and for each flow within a group: none can hold the capacity.
+
+A group may yield its turns (``yields(group)`` true: on the mirror server, a job with a
+bandwidth limit that holds its share of the workers): `get` then serves the next group that
+does not, and the yielding one only when no other group has items (no worker ever waits
+while an item is queued).
 """
 
 from __future__ import annotations
@@ -55,9 +60,11 @@ class BoundedQueue(Generic[T]):
     """At most ``size`` items, served fairly across the keys ``key(item)`` gives
     (``(group, flow)``; by default one flow: a plain FIFO)."""
 
-    def __init__(self, size: int, key: Callable[[T], Key] = _one_flow) -> None:
+    def __init__(self, size: int, key: Callable[[T], Key] = _one_flow,
+                 yields: Callable[[Hashable], bool] = lambda group: False) -> None:
         self.size = size
         self._key = key
+        self._yields = yields
         #: group -> flow -> items, both dicts in round-robin order (the next to serve first).
         self._groups: dict[Hashable, dict[Hashable, deque[T]]] = {}
         #: Items queued per group (only groups holding some).
@@ -115,7 +122,9 @@ class BoundedQueue(Generic[T]):
     def get(self) -> Deferred[T]:
         """The next item in round-robin order, as soon as there is one."""
         if self._len:
-            group, flows = next(iter(self._groups.items()))
+            group = next((g for g in self._groups if not self._yields(g)),
+                         next(iter(self._groups)))
+            flows = self._groups[group]
             flow, items = next(iter(flows.items()))
             item = items.popleft()
             _rotate(flows, flow, bool(items))

@@ -101,6 +101,13 @@ class FilterRule:
 
 
 @dataclass(frozen=True)
+class BwLimit:
+    """BWLIMIT: the job's transfers share at most ``rate`` bytes per second (``--bwlimit``)."""
+
+    rate: int
+
+
+@dataclass(frozen=True)
 class Go:
     """The job is complete: start it."""
 
@@ -189,7 +196,7 @@ class Refused:
     message: str
 
 
-ClientMessage = SourceRequest | JobOption | FilterRule | Go
+ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | Go
 ServerEvent = JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
@@ -416,6 +423,13 @@ def encode_filter(rule: FilterRule) -> bytes:
     return line
 
 
+def encode_bwlimit(limit: BwLimit) -> bytes:
+    """The BWLIMIT line, without terminator (a rate of at least 1 byte per second)."""
+    if limit.rate == 0:
+        raise ControlError("a BWLIMIT rate must be at least 1 (no line means no limit)")
+    return _join("BWLIMIT", _encode_int(limit.rate, "rate"))
+
+
 def encode_go() -> bytes:
     """The GO line, without terminator."""
     return b"GO"
@@ -459,6 +473,12 @@ def parse_client_line(line: bytes) -> ClientMessage:
             path=check_request_path(_unquote(path_raw, "path")),
             delay=_parse_seconds(delay_raw, "delay", MAX_DELAY),
         )
+    if command == b"BWLIMIT":
+        _expect(command, args, 1)
+        rate = _parse_int(args[0], "rate")
+        if rate == 0:
+            raise ControlError("a BWLIMIT rate must be at least 1 byte per second")
+        return BwLimit(rate)
     if command == b"GO":
         _expect(command, args, 0)
         return Go()
@@ -666,6 +686,7 @@ __all__ = [
     "MAX_SOURCES",
     "DELETION_STATES",
     "OPTION_NAMES",
+    "BwLimit",
     "ClientMessage",
     "ControlError",
     "Done",
@@ -686,6 +707,7 @@ __all__ = [
     "check_port",
     "check_request_path",
     "check_size_sums",
+    "encode_bwlimit",
     "encode_event",
     "encode_filter",
     "encode_go",

@@ -59,7 +59,10 @@ class JobTestCase(SynchronousTestCase):
         self.mirror.mkdir(parents=True)
         self.clock = MemoryReactorClock()
         self.network = MemoryNetwork(self.clock)
-        self.service = MirrorService(str(self.mirror), MirrorSettings(**self.settings),
+        # No fsync unless a test asks: about 5 ms a file on this kind of disk, and what
+        # durable commits do is tested with a recording fsync (test_durable.py).
+        settings = {"fsync": False, **self.settings}
+        self.service = MirrorService(str(self.mirror), MirrorSettings(**settings),
                                      reactor=self.clock, threads=InlineThreads(),
                                      endpoints=self.network.endpoint)
         self.service.startService()
