@@ -153,6 +153,8 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+        #: When (reactor seconds) the listing ended, for the web status page's metrics.
+        self.listed_at: float | None = None
 
     @property
     def listing_done(self) -> bool:
@@ -232,6 +234,7 @@ class SourceRun:
                 await queue.wait_below(queue.size // 2, key=(self.job, self))
         finally:
             self._listing_done = True
+            self.listed_at = self.job.resources.reactor.seconds()
 
     async def _list_once(self) -> bool:
         """One LIST request on a connection of its own; True if it was closed while paused

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
+from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
@@ -83,6 +84,8 @@ class MirrorService(MultiService):
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
+        #: Running and recent jobs, read by the web status page and /metrics.
+        self.history = JobHistory(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -161,6 +164,7 @@ class MirrorService(MultiService):
 
     def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
         job_id = str(next(self._job_ids))
+        observer = self.history.watch(observer)  # the status page sees every job's events
         job = Job(job_id, sources, self, observer)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
