@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from mirror.limits import ConnectionLimiter
@@ -39,7 +40,7 @@ class JobsApi(Resource):
         history = self.service.history
         record = history.get(path.decode("utf-8", "replace"))
         if record is None:
-            return NoResource("No such job (only the last jobs are kept).")
+            return notFound("No Such Job", "Only the last jobs are kept.")
         return JsonResource(lambda: job_view(record, history.clock.seconds()))
 
 

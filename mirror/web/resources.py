@@ -9,7 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 #: The files under mirror/web/static/ the pages use (package data), with their types.
@@ -79,6 +80,13 @@ class _Bytes(Resource):
         return self.body
 
 
+class Tree(Resource):
+    """A directory of resources; any other name is a plain 404 page."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
 class StaticFiles(Resource):
     """The files of mirror/web/static/, read once; nothing else (no directory listing, no
     path that could leave the directory)."""
@@ -93,15 +101,15 @@ class StaticFiles(Resource):
                                                                 entry.read_bytes())
 
     def getChild(self, path: bytes, request: Request) -> IResource:
-        return self.files.get(path) or NoResource()
+        return self.files.get(path) or notFound()
 
 
 def site_root(page: IResource, apis: dict[bytes, IResource],
               registry: CollectorRegistry) -> Resource:
     """``/`` is ``page``; ``/api/NAME`` each of ``apis``; then /healthz, /metrics, /static/."""
-    root = Resource()
+    root = Tree()
     root.putChild(b"", page)
-    api = Resource()
+    api = Tree()
     for name, resource in apis.items():
         api.putChild(name, resource)
     root.putChild(b"api", api)

@@ -9,7 +9,9 @@ name to resolve to 127.0.0.1 (DNS rebinding) sends its own name, and is refused.
 
 from __future__ import annotations
 
-from twisted.web.resource import ErrorPage, IResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.pages import errorPage
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 #: Every response says: load scripts, styles, images and API calls from this site only; no
@@ -26,28 +28,20 @@ SECURITY_HEADERS = (
     (b"Cross-Origin-Resource-Policy", b"same-origin"),
     (b"Cache-Control", b"no-store"),
 )
-#: The names a browser sends in ``Host`` for a loopback address (without the port).
-LOOPBACK_HOSTS = frozenset({b"localhost", b"127.0.0.1", b"[::1]"})
+#: The names a browser sends in ``Host`` for a loopback address (as `Request.getRequestHostname`
+#: gives them: no port, no brackets).
+LOOPBACK_HOSTS = frozenset({b"localhost", b"127.0.0.1", b"::1"})
 #: Seconds an idle HTTP connection is kept.
 IDLE_TIMEOUT = 60
-
-
-class _MethodNotAllowed(ErrorPage):
-    def __init__(self) -> None:
-        super().__init__(405, "Method Not Allowed", "This site only shows: GET and HEAD.")
-
-    def render(self, request: Request) -> bytes:
-        request.setHeader(b"Allow", b"GET, HEAD")
-        body: bytes = super().render(request)
-        return body
 
 
 class WebSite(Site):
     """A `Site` that adds `SECURITY_HEADERS` to every response and refuses other methods
     than GET and HEAD; with ``allowed_hosts``, also every ``Host`` not in it (403)."""
 
-    def __init__(self, resource: IResource, allowed_hosts: frozenset[bytes] | None) -> None:
-        super().__init__(resource, timeout=IDLE_TIMEOUT)
+    def __init__(self, resource: IResource, allowed_hosts: frozenset[bytes] | None,
+                 reactor: IReactorTime | None = None) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.allowed_hosts = allowed_hosts
 
     def logPrefix(self) -> str:
@@ -60,10 +54,11 @@ class WebSite(Site):
         if self.allowed_hosts is not None:
             host = request.getRequestHostname().lower()
             if host not in self.allowed_hosts:
-                return ErrorPage(403, "Forbidden", "This site answers to its loopback "
+                return errorPage(403, "Forbidden", "This site answers to its loopback "
                                  "address only (Host not allowed).")
         if request.method not in (b"GET", b"HEAD"):
-            return _MethodNotAllowed()
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return errorPage(405, "Method Not Allowed", "This site only shows: GET and HEAD.")
         resource: IResource = super().getResourceFor(request)
         return resource
 
