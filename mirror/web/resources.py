@@ -14,8 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 #: The files under mirror/web/static/ the pages use (package data), with their types.
-STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
-                ".png": b"image/png"}
+STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 
 
 def to_json(value: Any) -> bytes:

@@ -119,7 +119,7 @@ def test_status_page_in_chromium(web_daemons, tmp_path):
         browser.wait_for(page2, "document.querySelector('tr.total') !== null")
         check_names_are_text(browser, page2)
         shot = tmp_path / "status-page.png"
-        browser.screenshot(page2, shot, 900, 640)
+        browser.screenshot(page2, shot, 900, 470)
         assert shot.read_bytes().startswith(b"\x89PNG")
         if os.environ.get(SCREENSHOT_ENV):
             Path(os.environ[SCREENSHOT_ENV]).write_bytes(shot.read_bytes())
