@@ -54,10 +54,13 @@ class WebOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["web"] = []
+        # Here rather than in opt_web's docstring, whose line breaks --help would keep.
+        self.docs["web"] = ("Serve a read-only status page, a JSON API and Prometheus metrics "
+                            "on ENDPOINT (e.g. tcp:8080:interface=127.0.0.1). May be given "
+                            "several times.")
 
     def opt_web(self, endpoint: str) -> None:
-        """Serve a read-only status page, a JSON API and Prometheus metrics on ENDPOINT
-        (e.g. tcp:8080:interface=127.0.0.1). May be given several times."""
+        """Serve the web site on ENDPOINT (see ``docs["web"]``)."""
         try:
             serverFromString(None, endpoint)
         except Exception as e:
