@@ -51,7 +51,9 @@ def _start(plugin: str, args: list[str], log: Path) -> tuple[subprocess.Popen[by
         stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        found = re.findall(rb"starting on (\d+)", log.read_bytes()) if log.exists() else []
+        # The daemon's own port, not its web site's (which starts first).
+        found = re.findall(rb"(?<!WebSite) starting on (\d+)", log.read_bytes()) \
+            if log.exists() else []
         if found:
             return proc, int(found[-1])
         if proc.poll() is not None:

@@ -81,7 +81,7 @@ def makeService(options: Options) -> IService:
     settings = settings_from(options, ContentSettings)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings)
     if options["web"]:
-        # Before --listen: tools that read the port from the log take the last one.
+        # Before --listen: once the log names the daemon's port, it names the web site's.
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
     add_listeners(top, options["listen"], factory, options.command)

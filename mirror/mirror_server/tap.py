@@ -87,8 +87,7 @@ def makeService(options: Options) -> IService:
     service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings))
     control = ControlFactory(service)
     if options["web"]:
-        # Before --listen: tools that read the control port from the log take the last
-        # "starting on" line.
+        # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
     add_listeners(service, options["listen"], control, options.command)

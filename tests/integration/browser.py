@@ -98,6 +98,17 @@ class Chromium:
                                  {"targetId": target, "flatten": True})["sessionId"]
         return session
 
+    def open_without_javascript(self, url: str) -> str:
+        """`open`, in a tab where scripts do not run."""
+        session = self.open("about:blank")
+        self.call("Emulation.setScriptExecutionDisabled", {"value": True}, session)
+        self.call("Page.navigate", {"url": url}, session)
+        return session
+
+    def resize(self, session: str, width: int, height: int, mobile: bool = False) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}, session)
+
     def evaluate(self, session: str, expression: str) -> Any:
         """The value of a JavaScript expression in the page (JSON-serialisable)."""
         result = self.call("Runtime.evaluate", {"expression": expression,
@@ -119,8 +130,7 @@ class Chromium:
             time.sleep(0.05)  # a subprocess, polled: no reactor runs in this thread
 
     def screenshot(self, session: str, path: Path, width: int, height: int) -> None:
-        self.call("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+        self.resize(session, width, height)
         data = self.call("Page.captureScreenshot", {"format": "png"}, session)["data"]
         path.write_bytes(base64.b64decode(data))
 

@@ -123,6 +123,18 @@ def test_status_page_in_chromium(web_daemons, tmp_path):
         assert shot.read_bytes().startswith(b"\x89PNG")
         if os.environ.get(SCREENSHOT_ENV):
             Path(os.environ[SCREENSHOT_ENV]).write_bytes(shot.read_bytes())
+        # On a phone's screen nothing but the table's own box scrolls sideways.
+        browser.resize(page2, 390, 800, mobile=True)
+        assert browser.evaluate(page2, "document.documentElement.scrollWidth") <= 390
+        # Without JavaScript: the same job, figures and names, as the server rendered them.
+        plain = browser.open_without_javascript(f"http://127.0.0.1:{port}/")
+        cells = browser.wait_for(plain, """(() => {
+            const total = document.querySelector('section.job[data-state="failed"] tr.total');
+            return total && Array.from(total.cells, c => c.textContent);
+        })()""", what="the page rendered without JavaScript")
+        assert cells == final
+        assert browser.evaluate(plain, "document.getElementById('jobs').dataset.polled") is None
+        check_names_are_text(browser, plain)
         # The content server's page, in the same browser.
         content = browser.open(f"http://127.0.0.1:{web_port(cs)}/")
         served = browser.wait_for(content, """(() => {
