@@ -31,7 +31,7 @@ from mirror.web.mirror_views import job_view, throughput
 from mirror.web.options import is_local
 from mirror.web.site import CONTENT_SECURITY_POLICY, LOOPBACK_HOSTS, WebSite
 from mirror.wire import frames
-from tests.unit.helpers import make_factory
+from tests.unit.helpers import connect_server, make_factory
 from tests.unit.test_mirror_job import JobTestCase, Observer, source
 
 HOSTILE = ["<script>window.pwned=1.txt", "<img src=x onerror=window.pwned=1>.txt"]
@@ -395,6 +395,37 @@ class ContentStatus(SynchronousTestCase):
         self.assertEqual(m["mirror_digest_cache_hits_total[]"], 1)
         self.assertEqual(m["mirror_digest_cache_misses_total[]"], 1)
         self.assertTrue(all(k.startswith("mirror_") for k in m))
+
+    def test_what_the_protocol_counts(self) -> None:
+        """Bytes sent per client, requests in flight, errors by code and refusals, as a real
+        content server connection counts them."""
+        root = Path(self.mktemp())
+        root.mkdir()
+        (root / "a.txt").write_bytes(b"hello" * 100)
+        factory = make_factory(str(root), None, max_connections=1, max_requests=1)
+        self.addCleanup(os.close, factory.root_fd)
+        site = content_site_root(factory)
+        rig = connect_server(factory, IPv4Address("TCP", "192.0.2.7", 1000))
+        rig.fetch(1, "a.txt")
+        rig.fetch(2, "missing")
+        sent = len(rig.transport.value())
+        self.assertGreater(sent, 500)
+        rig.fetch(3, "a.txt", delay_ms=5000)  # held: in flight, the connection busy
+        rig.fetch(4, "a.txt")  # beyond --max-requests: busy
+        refused = factory.buildProtocol(IPv4Address("TCP", "192.0.2.8", 1000))
+        refused.makeConnection(StringTransport())
+        status = json.loads(http_get(site, "/api/status")[2])
+        self.assertEqual(status["connections"], 1)
+        self.assertEqual(status["connections_refused"], 1)
+        self.assertEqual(status["requests_in_flight"], 1)
+        self.assertEqual(status["errors"]["not_found"], 1)
+        self.assertEqual(status["errors"]["busy"], 1)
+        self.assertEqual(status["bytes_served"], len(rig.transport.value()))
+        self.assertEqual(status["clients"], [{"address": "192.0.2.7", "connections": 1,
+                                              "requests_in_flight": 1,
+                                              "bytes_served": len(rig.transport.value())}])
+        self.assertEqual(status["digest_cache"]["misses"], 1)  # a.txt, read whole once
+        rig.clock.advance(5)
 
     def test_clients_beyond_the_limit_share_one_line(self) -> None:
         serving = self.factory.serving
