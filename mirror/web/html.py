@@ -33,8 +33,8 @@ def utc(seconds: float | None) -> str:
 def page(title: str, body: Iterable[str], script: str | None = None) -> bytes:
     """A whole page: viewport for phones, the stylesheet, and ``script`` if any.
 
-    Without JavaScript the page reloads itself every `NOSCRIPT_REFRESH` seconds; with it,
-    the script updates it in place.
+    A page with a script reloads itself every `NOSCRIPT_REFRESH` seconds only when
+    JavaScript is off (the script updates it in place otherwise); one without, always.
     """
     head = [
         "<!doctype html>",
@@ -42,10 +42,13 @@ def page(title: str, body: Iterable[str], script: str | None = None) -> bytes:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{text(title)}</title>",
         '<link rel="stylesheet" href="/static/style.css">',
-        f'<noscript><meta http-equiv="refresh" content="{NOSCRIPT_REFRESH}"></noscript>',
     ]
+    refresh = f'<meta http-equiv="refresh" content="{NOSCRIPT_REFRESH}">'
     if script is not None:
+        head.append(f"<noscript>{refresh}</noscript>")
         head.append(f'<script src="/static/{text(script)}" defer></script>')
+    else:
+        head.append(refresh)
     head.append("</head><body>")
     return "\n".join([*head, *body, "</body></html>", ""]).encode("utf-8")
 

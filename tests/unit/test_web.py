@@ -228,6 +228,8 @@ class MirrorStatus(WebJobTestCase):
         # The only scripts are the page's own, from this site.
         self.assertEqual(text.count("<script"), 1)
         self.assertIn('<script src="/static/status.js" defer></script>', text)
+        # Reloaded only without JavaScript (the script updates the page otherwise).
+        self.assertIn('<noscript><meta http-equiv="refresh" content="5"></noscript>', text)
 
     def test_control_and_bidi_characters_are_escaped(self) -> None:
         record = JobRecord("7", 0.0, None, ended=1.0, ok=False)
@@ -385,6 +387,8 @@ class ContentStatus(SynchronousTestCase):
         clients = {c["address"]: c["bytes_served"] for c in status["clients"]}
         self.assertEqual(clients, {"192.0.2.1": 1000, "<b>x</b>": 5})
         page = http_get(self.root, "/")[2].decode("utf-8")
+        self.assertIn('<meta http-equiv="refresh" content="5">', page)  # no script: reloads
+        self.assertNotIn("<noscript>", page)
         self.assertIn("&lt;b&gt;x&lt;/b&gt;", page)
         self.assertNotIn("<b>", page)
         m = {s.name + str(sorted(s.labels.items())): s.value
