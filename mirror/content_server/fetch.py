@@ -52,12 +52,21 @@ class DigestCache:
         self.max_entries = max_entries
         self._digests: OrderedDict[StatKey, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        #: Lookups that found a digest, and those that did not (for /metrics).
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._digests)
 
     def get(self, key: StatKey) -> bytes | None:
         with self._lock:
             digest = self._digests.get(key)
             if digest is not None:
+                self.hits += 1
                 self._digests.move_to_end(key)
+            else:
+                self.misses += 1
             return digest
 
     def put(self, key: StatKey, digest: bytes) -> None:

@@ -32,6 +32,7 @@ from mirror.content_server.fetch import (
     read_bundle,
 )
 from mirror.content_server.listing import TreeWalker
+from mirror.content_server.observed import ServingStats
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.threads import Threads
 from mirror.wire import frames
@@ -83,6 +84,8 @@ class ContentFactoryBase(LimitedFactory):
     clock: IReactorTime
     #: Walkers at once in the whole server (``ContentSettings.max_lists``).
     list_slots: DeferredSemaphore
+    #: What was served (bytes per client, errors), for the web status page.
+    serving: ServingStats
     server_name = "content server"
 
     def refusal(self, reason: str) -> bytes:
@@ -166,6 +169,11 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def is_idle(self) -> bool:
         """No request in flight: closing the connection loses the client nothing."""
         return not self._requests
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight on this connection (for the web status page)."""
+        return len(self._requests)
 
     def evict(self, reason: str) -> None:
         """Tell the client why (a connection-level ERROR), then close."""
@@ -274,6 +282,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def _send(self, *chunks: bytes) -> None:
         if not self._lost and self.transport is not None:
             self.transport.writeSequence(chunks)
+            self.factory.serving.sent(self.peer_key, sum(map(len, chunks)))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -286,6 +295,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             self.frameError(f"request id {request_id} already in flight")
             return
         if len(self._requests) >= self.settings.max_requests:
+            self.factory.serving.error(frames.E_BUSY)
             self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(
                 frames.E_BUSY, f"more than {self.settings.max_requests} requests in flight")))
             return
@@ -309,11 +319,13 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         try:
             await work
         except RequestError as e:
+            self.factory.serving.error(e.code)
             self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(e.code, str(e))))
         except CancelledError:
             pass  # the connection went away
         except Exception:
             self.log.failure("request {id} failed", id=request_id)
+            self.factory.serving.error(frames.E_IO)
             self._send(frames.frame(frames.ERROR, request_id,
                                     frames.encode_error(frames.E_IO, "internal error")))
         finally:

@@ -11,11 +11,13 @@ from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
 from mirror.threads import DiskThreads
+from mirror.web.content_site import content_site_root
+from mirror.web.options import WebOptions, add_web
 
 _defaults = ContentSettings()
 
 
-class Options(ListenOptions):
+class Options(ListenOptions, WebOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
@@ -68,6 +70,7 @@ class Options(ListenOptions):
         except OSError as e:
             reason = (e.strerror or str(e)).lower()
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
+        self.check_web()
 
 
 
@@ -77,5 +80,9 @@ def makeService(options: Options) -> IService:
     threads.setServiceParent(top)
     settings = settings_from(options, ContentSettings)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings)
+    if options["web"]:
+        # Before --listen: once the log names the daemon's port, it names the web site's.
+        add_web(top, options["web"], content_site_root(factory, options["web"]),
+                options.command)
     add_listeners(top, options["listen"], factory, options.command)
     return top

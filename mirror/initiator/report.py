@@ -131,6 +131,8 @@ def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: fl
 
 
 _NULL_FIGURES = dict.fromkeys(_figures(SizeStats(), 0, 0, 0, 0.0))
+#: Public: the mirror server's web API reports the same figures under the same keys.
+figures = _figures
 
 
 _SYNC_KEYS = ("replaced", "deleted", "deleted_bytes", "deletion")
@@ -241,6 +243,9 @@ _HEADER = [
     "SOURCE", "STATUS", "FILES", "DIRS", "BYTES", "MEAN", "VARIANCE(B^2)", "STDDEV", "CV",
     "SKIPPED", "NOT-EXPORTED", "FAILED", "TIME", "THROUGHPUT",
 ]  # fmt: skip
+#: Public: the mirror server's status page shows the same table.
+table_header = _HEADER
+table_row = _row
 
 
 def _sync_table(report: dict[str, Any]) -> list[str]:

@@ -184,6 +184,8 @@ class SourceRun:
         #: The listing reached its LIST_END (deletion needs that, and no error in it).
         self._listing_complete = False
         self._gated = False
+        #: When (reactor seconds) the listing ended, for the web status page's metrics.
+        self.listed_at: float | None = None
 
     @property
     def listing_done(self) -> bool:
@@ -287,6 +289,7 @@ class SourceRun:
                 await queue.wait_below(queue.size // 2, key=(self.job, self))
         finally:
             self._listing_done = True
+            self.listed_at = self.job.resources.reactor.seconds()
 
     async def _list_once(self) -> bool:
         """One LIST request on a connection of its own; True if it was closed while paused

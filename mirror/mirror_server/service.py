@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from mirror import paths
 from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
+from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem, mirror_top
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
@@ -98,6 +99,8 @@ class MirrorService(MultiService):
         self.subtree_locks = SubtreeLocks()
         self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
+        #: Running and recent jobs, read by the web status page and /metrics.
+        self.history = JobHistory(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -200,6 +203,7 @@ class MirrorService(MultiService):
             self.subtree_locks.acquire(job_id, [
                 (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
                 for s in sources])
+        observer = self.history.watch(observer)  # the status page sees every job's events
         job = Job(job_id, sources, self, observer, options, bwlimit=bwlimit)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))

@@ -13,11 +13,13 @@ from mirror.daemon_options import ListenOptions, add_listeners, number, rate, se
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import TEMP_PREFIX
+from mirror.web.mirror_site import mirror_site_root
+from mirror.web.options import WebOptions, add_web
 
 _defaults = MirrorSettings()
 
 
-class Options(ListenOptions):
+class Options(ListenOptions, WebOptions):
     command = "mirror-server"
     default_listen = "tcp:9001"
     synopsis = "[options]"
@@ -72,6 +74,7 @@ class Options(ListenOptions):
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
+        self.check_web()
 
 
 def check_writable(directory: str, flag: str) -> None:
@@ -100,5 +103,10 @@ def mirror_settings(options: Options) -> MirrorSettings:
 
 def makeService(options: Options) -> IService:
     service = MirrorService(options["mirror-dir"], mirror_settings(options))
-    add_listeners(service, options["listen"], ControlFactory(service), options.command)
+    control = ControlFactory(service)
+    if options["web"]:
+        # Before --listen: once the log names the control port, it names the web site's.
+        add_web(service, options["web"], mirror_site_root(service, control.limiter,
+                                                          options["web"]), options.command)
+    add_listeners(service, options["listen"], control, options.command)
     return service
