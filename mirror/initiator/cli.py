@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Give up (exit status 1) if the job is not finished after this many seconds.",
     )
     parser.add_argument(
+        "--no-links", dest="links", action="store_const", const="skip", default="safe",
+        help="Mirror no symbolic link (each is counted as skipped). By default a link is "
+             "recreated when its target stays inside the mirrored tree (rsync --links "
+             "--safe-links); others are skipped and reported.",
+    )
+    parser.add_argument(
         "--json", action="store_true",
         help="Print the final report as one JSON object on stdout; progress goes to stderr.",
     )
@@ -215,7 +221,7 @@ def run(
         result = submit_job(
             options.host, options.port, sources, display, timeout=options.timeout,
             connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
-            clock=clock, opener=opener,
+            clock=clock, opener=opener, links=getattr(options, "links", "safe"),
         )  # fmt: skip
     except ControlClientError as e:
         error = str(e)

@@ -28,6 +28,9 @@ from mirror.wire.control import (
     ControlError,
     Done,
     JobAccepted,
+    LinksDone,
+    LinkSkipped,
+    LinksOption,
     Progress,
     Refused,
     ServerEvent,
@@ -35,6 +38,7 @@ from mirror.wire.control import (
     SourceError,
     SourceRequest,
     encode_go,
+    encode_links,
     encode_source,
     parse_server_line,
 )
@@ -102,10 +106,17 @@ class JobResult:
     #: ERROR events beyond `MAX_KEPT_ERRORS`, counted but not kept.
     errors_dropped: int = 0
     last_progress: Progress | None = None
+    #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
+    links_done: list[LinksDone | None] = field(default_factory=list)
+    #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
+    links_skipped: list[LinkSkipped] = field(default_factory=list)
+    links_skipped_dropped: int = 0
 
     def __post_init__(self) -> None:
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
+        if not self.links_done:
+            self.links_done = [None] * len(self.sources)
 
     def source_ok(self, index: int) -> bool:
         done = self.source_done[index]
@@ -143,12 +154,14 @@ class ControlSession:
         sources: Sequence[SourceRequest],
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
+        links: str = "safe",
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
         # Encode before connecting so an invalid source is a ValueError for the caller, not a
         # REFUSED from the server. The protocol's canonical terminator is CRLF.
-        lines = [encode_source(s) for s in sources] + [encode_go()]
+        lines = ([encode_source(s) for s in sources] + [encode_links(LinksOption(links))]
+                 + [encode_go()])
         self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
         self._report_bug = report_bug
@@ -207,7 +220,8 @@ class ControlSession:
     def _check(self, event: ServerEvent) -> None:
         """Refuse events that contradict the job this client sent."""
         count = len(self.result.sources)
-        if isinstance(event, (SourceError, SourceDone)) and event.index >= count:
+        if (isinstance(event, (SourceError, SourceDone, LinkSkipped, LinksDone))
+                and event.index >= count):
             raise ControlError(f"source index {event.index} but the job has {count} sources")
         if isinstance(event, SourceDone) and self.result.source_done[event.index] is not None:
             raise ControlError(f"second SOURCE-DONE for source {event.index}")
@@ -225,6 +239,13 @@ class ControlSession:
                 result.errors_dropped += 1
         elif isinstance(event, SourceDone):
             result.source_done[event.index] = event
+        elif isinstance(event, LinksDone):
+            result.links_done[event.index] = event
+        elif isinstance(event, LinkSkipped):
+            if len(result.links_skipped) < MAX_KEPT_ERRORS:
+                result.links_skipped.append(event)
+            else:
+                result.links_skipped_dropped += 1
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True
@@ -316,6 +337,7 @@ def submit_job(
     tick: Callable[[], None] = lambda: None,
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
+    links: str = "safe",
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -325,7 +347,7 @@ def submit_job(
     Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
     not made). A result whose ``ok`` is False is still a result, not an error.
     """
-    session = ControlSession(sources, on_event)
+    session = ControlSession(sources, on_event, links=links)
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:

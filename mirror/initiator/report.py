@@ -22,6 +22,10 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     mirror server),
     ``throughput`` (bytes per second over that time), and ``errors``: a list of
     ``{"path": wire path or null for the whole source, "message": text}``.
+``links``, ``links_skipped``, ``skipped_links`` (per SPEC)
+    symbolic links placed (new or changed), links skipped (unsafe targets, or every link
+    with ``--no-links``), both null if the mirror server did not say (an older one), and
+    the skipped links reported one by one: ``{"path": wire path or null, "message": why}``.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
@@ -165,7 +169,10 @@ def build_report(
             if e.index == index
         ]
         per_source.append(entry)
+    _add_links(per_source, result)
     total_figures = _figures(totals, dirs, skipped, failed, elapsed, not_exported)
+    for key in ("links", "links_skipped"):
+        total_figures[key] = sum(entry[key] or 0 for entry in per_source)
     total_figures["errors"] = len(result.errors) if result is not None else 0
     total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
     return {
@@ -176,6 +183,39 @@ def build_report(
         "sources": per_source,
         "totals": total_figures,
     }
+
+
+def _add_links(per_source: list[dict[str, Any]], result: JobResult | None) -> None:
+    """The link figures of each SPEC (`build_report`'s ``links`` keys)."""
+    for index, entry in enumerate(per_source):
+        done = result.links_done[index] if result is not None else None
+        entry["links"] = done.placed if done is not None else None
+        entry["links_skipped"] = done.skipped if done is not None else None
+        entry["skipped_links"] = [
+            {"path": e.path, "message": e.message}
+            for e in (result.links_skipped if result is not None else ())
+            if e.index == index
+        ]
+
+
+def _links_text(report: dict[str, Any]) -> list[str]:
+    """Lines about links under the table: per SPEC with any, its counts and (up to
+    `MAX_TEXT_ERRORS` in all) the skipped links with the reason."""
+    lines = []
+    shown = 0
+    for entry in report["sources"]:
+        if not entry["links"] and not entry["links_skipped"] and not entry["skipped_links"]:
+            continue
+        lines.append(f"links of {_source_label(entry)}: {entry['links'] or 0} placed, "
+                     f"{entry['links_skipped'] or 0} skipped")
+        for item in entry["skipped_links"]:
+            if shown == MAX_TEXT_ERRORS:
+                lines.append("  ... more skipped links in --json")
+                return lines
+            shown += 1
+            where = printable(item["path"]) if item["path"] is not None else "-"
+            lines.append(f"  {where}: {printable(item['message'])}")
+    return lines
 
 
 def format_json(report: dict[str, Any]) -> str:
@@ -235,6 +275,7 @@ def format_text(report: dict[str, Any]) -> str:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
+    lines.extend(_links_text(report))
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

@@ -41,6 +41,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
 
     def __init__(self) -> None:
         self.sources: list[control.SourceRequest] = []
+        #: The client's LINKS line, if it sent one (then it hears of links as they go).
+        self.links: control.LinksOption | None = None
         self.job: Job | None = None
         self._job_over = False
 
@@ -108,7 +110,14 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
-            self.job = self.factory.service.submit(self.sources, self)
+            self.job = self.factory.service.submit(
+                self.sources, self, self.links.mode if self.links else control.LINKS_MODES[0])
+            return
+        if isinstance(message, control.LinksOption):
+            if self.links is not None:
+                self.refuse("LINKS given twice")
+                return
+            self.links = message
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")
@@ -147,7 +156,13 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
     def source_error(self, index: int, path: str | None, message: str) -> None:
         self._send(control.SourceError(index, path, message))
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        if self.links is not None:  # an older client would refuse the line
+            self._send(control.LinkSkipped(index, path, message))
+
     def source_done(self, run: SourceRun) -> None:
+        if self.links is not None:
+            self._send(control.LinksDone(run.index, run.links.placed, run.links.skipped))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
+from mirror.mirror_server import links as links_
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
@@ -49,6 +50,9 @@ class JobObserver(Protocol):
     def source_error(self, index: int, path: str | None, message: str) -> None: ...
 
     def source_done(self, run: SourceRun) -> None: ...
+
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        """A link of source ``index`` was not placed (``path`` None: about the source)."""
 
     def job_done(self, job: Job) -> None: ...
 
@@ -123,7 +127,8 @@ class SourceRun:
 
     log = Logger()
 
-    def __init__(self, job: Job, index: int, request: SourceRequest) -> None:
+    def __init__(self, job: Job, index: int, request: SourceRequest,
+                 links_mode: str = links_.LINKS_SAFE) -> None:
         self.job = job
         self.index = index
         self.request = request
@@ -153,6 +158,7 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+        self.links = links_.SourceLinks(self, links_mode)
 
     @property
     def listing_done(self) -> bool:
@@ -171,6 +177,14 @@ class SourceRun:
         self.log.info("{source}: {path}: {message}", source=self.label, path=path or "-",
                       message=message)
         self.job.observer.source_error(self.index, path, message)
+
+    def link_skipped(self, path: str | None, message: str) -> None:
+        """A link not placed (`mirror.mirror_server.links`): not a failure."""
+        self.job.observer.link_skipped(self.index, path, message)
+
+    @property
+    def threads(self) -> Threads:
+        return self.job.resources.threads
 
     def _report_unshown_errors(self) -> None:
         unshown = self._errors - MAX_REPORTED_ERRORS
@@ -207,6 +221,7 @@ class SourceRun:
                 await res.threads.run(self.store.close)
             self.elapsed = res.reactor.seconds() - started
             self._report_unshown_errors()
+            self.links.finish()
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:
@@ -254,9 +269,12 @@ class SourceRun:
             self._listing_conn = conn
             self._list_held = False
             cursor = None if self._cursor is None else paths.join_parts(self._cursor)
-            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
+            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor,
+                                              links=self.links.requested)
             self.not_exported += skipped
         except TransferError as e:
+            if self.links.refused_by_server(e.code):
+                return True  # an older content server: list again, without links
             # Lost while (or just after) we were not reading it: closed by us after
             # list_hold, or dropped by the server after its --write-timeout (a paused
             # transport notices only once it reads again). Not the source's fault: resume.
@@ -341,6 +359,7 @@ class SourceRun:
         """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
         dirs: list[tuple[paths.Parts, frames.Entry]] = []
         files: list[tuple[paths.Parts, frames.Entry]] = []
+        links: list[tuple[paths.Parts, frames.Entry]] = []
         for entry in entries:
             if entry.is_error:
                 # The source could not list this path (not "gone" or "a link": those it
@@ -354,6 +373,9 @@ class SourceRun:
                 self.failed += 1
                 self.error(paths.display_name(entry.name), str(e))
                 continue
+            if entry.is_link:
+                links.append((parts, entry))
+                continue
             (dirs if entry.is_dir else files).append((parts, entry))
         threads = self.job.resources.threads
         assert self.store is not None  # opened before the listing starts
@@ -366,6 +388,8 @@ class SourceRun:
                 else:
                     self.dirs += 1
                     self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+        if links:
+            await self.links.take(links)
         if not files:
             return
         current = await threads.run(_quick_check, self.store, files)
@@ -518,7 +542,7 @@ def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:
     problems = []
     for parts in dirs:
         try:
-            store.make_dir(parts)
+            links_.make_dir(store, parts)  # a link the mirror holds there is replaced
             problems.append("")
         except (StoreError, paths.UnsafePath) as e:
             problems.append(str(e))
@@ -546,11 +570,11 @@ class Job:
     log = Logger()
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
-                 observer: JobObserver) -> None:
+                 observer: JobObserver, links_mode: str = links_.LINKS_SAFE) -> None:
         self.id = job_id
         self.resources = resources
         self.observer = observer
-        self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
+        self.sources = [SourceRun(self, i, r, links_mode) for i, r in enumerate(requests)]
         self.files_total = 0
         self.bytes_total = 0
         self.files_done = 0

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
+from mirror.mirror_server.links import LINKS_SAFE
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.work_queue import BoundedQueue
@@ -159,9 +160,10 @@ class MirrorService(MultiService):
                 work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
-    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
+    def submit(self, sources: list[SourceRequest], observer: JobObserver,
+               links_mode: str = LINKS_SAFE) -> Job:
         job_id = str(next(self._job_ids))
-        job = Job(job_id, sources, self, observer)
+        job = Job(job_id, sources, self, observer, links_mode)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
         observer.job_started(job)

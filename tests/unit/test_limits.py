@@ -223,7 +223,7 @@ class FakeService:
         self.reactor = MemoryReactorClock()
         self.jobs: list[FakeJob] = []
 
-    def submit(self, sources: object, observer: object) -> FakeJob:
+    def submit(self, sources: object, observer: object, links_mode: str = "safe") -> FakeJob:
         job = FakeJob()
         self.jobs.append(job)
         return job
