@@ -52,9 +52,11 @@ While the job runs, a progress line is shown (redrawn in place on a terminal, a 
 per second otherwise) and every error is printed as it happens, naming the SPEC and
 the path. At the end a table gives, per SPEC and in total: files and directories
 transferred, bytes, mean, variance, standard deviation and coefficient of variation
-of the file sizes, files skipped (already current), not exported (links, special
-files and unrepresentable names the content server left out) and failed, elapsed
-time and throughput. With
+of the file sizes, files skipped (already current), not exported (special files,
+unrepresentable names, and links if the content server is too old to list them)
+and failed, elapsed time and throughput; then, per SPEC with links, the links
+placed and skipped, and why each skipped one was (an absolute target, or one
+leading outside MIRROR_DIR/HOST_PORT/PATH: rsync's --safe-links). With
 --json the table is replaced by one JSON object on stdout and the progress goes to
 stderr.
 

@@ -32,11 +32,13 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     per second over it; ``errors`` is a count here, ``errors_dropped`` the errors received
     but not kept (beyond the client's limit).
 
-Figures count files transferred in this job; ``skipped`` counts files already current
-(same size and mtime) and left alone, ``failed`` the files and entries (unsafe names
-included, and paths the content server could not list) that could not be mirrored.
-``not_exported`` counts what the content server did not list: links, special files and
-names that are not valid wire paths (a lower bound when a paused listing was resumed: the
+Figures count files transferred in this job; ``skipped`` counts files (and links) already
+current (same size and mtime; the same target) and left alone, ``failed`` the files and
+entries (unsafe names and malformed link targets included, and paths the content server
+could not list) that could not be mirrored. ``not_exported`` counts what the content server
+did not list: special files, names that are not valid wire paths, links whose target is not
+valid UTF-8 text, and every link if the content server is too old to list links (a lower
+bound when a paused listing was resumed: the
 count of a listing closed before its end is lost).
 """
 
