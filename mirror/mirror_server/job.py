@@ -4,7 +4,8 @@ workers' transfers report back here.
 `SourceRun` is the manager of one SPEC. It checks every LIST entry before anything touches the
 disk (a safe name, inside the requested path, in the listing's canonical order: see
 `mirror.mirror_server.listed`), creates directories, skips files already current (size and
-mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
+mtime, as rsync's quick check), and queues the rest, waiting while the queue is full. Link
+entries go to its `mirror.mirror_server.links.SourceLinks` (placed if safe, or skipped).
 `SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
 rename; one retry, then a report. `SourceRun.transfer_bundle` is what it runs for the small
 files of one source in its batch: FETCH_MANY requests, every file written, verified and renamed
