@@ -110,8 +110,9 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
-            self.job = self.factory.service.submit(
-                self.sources, self, self.links.mode if self.links else control.LINKS_MODES[0])
+            # Without LINKS (an older mirror-init): safe links, as rsync -a --safe-links.
+            mode = self.links.mode if self.links is not None else "safe"
+            self.job = self.factory.service.submit(self.sources, self, mode)
             return
         if isinstance(message, control.LinksOption):
             if self.links is not None:
