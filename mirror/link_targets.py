@@ -66,7 +66,7 @@ def check_safe(link: paths.Parts, tree: paths.Parts, target: str) -> None:
     if link[: len(tree)] != tree or len(link) <= len(tree):
         raise UnsafeTarget("link is not inside the mirrored tree")
     if target.startswith("/"):
-        raise UnsafeTarget(f"absolute target {show_target(target)!r}")
+        raise UnsafeTarget(f"absolute target '{show_target(target)}'")
     depth = len(link) - 1 - len(tree)  # directories between the tree's top and the link
     descended = False
     for part in target.split("/"):
@@ -74,11 +74,11 @@ def check_safe(link: paths.Parts, tree: paths.Parts, target: str) -> None:
             continue
         if part == "..":
             if descended:
-                raise UnsafeTarget(f"target {show_target(target)!r} climbs ('..') after a "
+                raise UnsafeTarget(f"target '{show_target(target)}' climbs ('..') after a "
                                    "name: it could leave the tree through another link")
             depth -= 1
             if depth < 0:
-                raise UnsafeTarget(f"target {show_target(target)!r} leads outside the "
+                raise UnsafeTarget(f"target '{show_target(target)}' leads outside the "
                                    "mirrored tree")
         else:
             descended = True

@@ -179,7 +179,7 @@ def split_list_options(payload: bytes) -> tuple[bytes, bool]:
     path, cursor, options = pieces
     if options != LIST_LINKS:
         # A NUL inside a cursor lands here too: both are bad requests.
-        raise ProtocolError(f"unknown LIST option {printable(options, 40)!r} after the "
+        raise ProtocolError(f"unknown LIST option '{printable(options, 40)}' after the "
                             "cursor")
     return (path + b"\0" + cursor if cursor else path), True
 

@@ -36,9 +36,13 @@ class LinkEntryCodec(SynchronousTestCase):
             with self.assertRaises(ProtocolError):
                 frames.decode_entries(good[:cut])
         head = struct.pack(">BHQqH", 4, 0, 0, 0, 1) + b"x"
-        with self.assertRaises(ProtocolError) as cm:
-            frames.decode_entries(head + struct.pack(">H", 65535) + b"short")
-        self.assertIn("target", str(cm.exception))
+        for raw, why in [(head, "truncated LIST link entry"),
+                         (head + b"\0", "truncated LIST link entry"),
+                         (head + struct.pack(">H", 65535) + b"short",
+                          "truncated LIST link entry target")]:
+            with self.assertRaises(ProtocolError) as cm:
+                frames.decode_entries(raw)
+            self.assertEqual(str(cm.exception), why)
 
     def test_hostile_targets_are_decoded_raw_then_refused(self) -> None:
         # The framing is intact: the entry decodes, and the receiver refuses the target
@@ -75,6 +79,17 @@ class ListOptions(SynchronousTestCase):
                              (path.encode(), None if cursor is None else cursor.encode()))
 
     def test_unknown_option(self) -> None:
-        for payload in [b"a\0\0links,more", b"a\0\0", b"a\0b\0c", b"\0\0LINKS"]:
+        # A third NUL belongs to the options (never a valid one): not a path nor a cursor.
+        for payload in [b"a\0\0links,more", b"a\0\0", b"a\0b\0c", b"\0\0LINKS",
+                        b"a\0b\0links\0x", b"a\0b\0c\0links"]:
             with self.assertRaises(ProtocolError):
                 frames.split_list_options(payload)
+
+    def test_unknown_option_message(self) -> None:
+        for options, shown in [(b"everything", "everything"),
+                               (b"x" * 100, "x" * 39 + "\u2026"),
+                               (b"\x1b[2J", "\\x1b[2J")]:
+            with self.assertRaises(ProtocolError) as cm:
+                frames.split_list_options(b"a\0\0" + options)
+            self.assertEqual(str(cm.exception),
+                             f"unknown LIST option '{shown}' after the cursor")

@@ -53,6 +53,12 @@ class Safety(SynchronousTestCase):
             with self.assertRaises(UnsafeTarget):
                 check_safe(link, tree, "x")
 
+    def test_message_quotes_the_target_as_it_is(self) -> None:
+        # Quoted, not repr()'d: a backslash or a quote in a target is shown once.
+        with self.assertRaises(UnsafeTarget) as cm:
+            check_safe(("x",), (), "/a\\b'c")
+        self.assertEqual(str(cm.exception), "absolute target '/a\\b'c'")
+
     def test_message_quotes_the_target_printably(self) -> None:
         with self.assertRaises(UnsafeTarget) as cm:
             check_safe(("x",), (), "/\u202eevil" + "a" * 500)
