@@ -350,6 +350,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         return cursor
 
     async def _serve_list(self, request_id: int, payload: bytes) -> None:
+        try:
+            payload, links = frames.split_list_options(payload)
+        except frames.ProtocolError as e:
+            raise RequestError(frames.E_BAD_REQUEST, str(e)) from None
         raw_path, raw_cursor = frames.decode_list(payload)
         parts, path = self._parse_path(raw_path)
         cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
@@ -360,16 +364,17 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         try:
             await self._wait(self.factory.list_slots.acquire())
             try:
-                await self._walk(request_id, parts, path, cursor)
+                await self._walk(request_id, parts, path, cursor, links)
             finally:
                 self.factory.list_slots.release()
         finally:
             self._list_slots.release()
 
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
-                    cursor: paths.Parts | None) -> None:
+                    cursor: paths.Parts | None, links: bool = False) -> None:
         threads = self.factory.threads
-        walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor))
+        walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor,
+                                               links))
         try:
             while True:
                 batch = await _disk(path, threads.run(walker.next_batch))

@@ -23,7 +23,8 @@ class Options(ListenOptions, WebOptions):
     longdesc = (
         "Export the directory tree under --root to mirror servers: LIST walks it, FETCH "
         "streams a file (or a byte range) with its BLAKE3 digest. Nothing outside the root is ever "
-        "listed or served; symbolic links, FIFOs and devices are neither listed nor followed. "
+        "listed or served; symbolic links are never followed (listed with their target to a "
+        "mirror server that asks for links); FIFOs and devices are neither listed nor followed. "
         "All limits are local settings, never negotiated with clients."
     )
     optParameters = [

@@ -58,9 +58,11 @@ While the job runs, a progress line is shown (redrawn in place on a terminal, a 
 per second otherwise) and every error is printed as it happens, naming the SPEC and
 the path. At the end a table gives, per SPEC and in total: files and directories
 transferred, bytes, mean, variance, standard deviation and coefficient of variation
-of the file sizes, files skipped (already current), not exported (links, special
-files and unrepresentable names the content server left out) and failed, elapsed
-time and throughput. With
+of the file sizes, files skipped (already current), not exported (special files,
+unrepresentable names, and links if the content server is too old to list them)
+and failed, elapsed time and throughput; then, per SPEC with links, the links
+placed and skipped, and why each skipped one was (an absolute target, or one
+leading outside MIRROR_DIR/HOST_PORT/PATH: rsync's --safe-links). With
 --json the table is replaced by one JSON object on stdout and the progress goes to
 stderr.
 
@@ -191,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bwlimit", metavar="RATE",
         help=f"Limit the job's transfers to RATE in total: {RATE_SYNTAX}; 0: no limit "
              "[default: 0]. (rsync reads a plain number as KiB/s; here it is bytes/s.)",
+    )
+    parser.add_argument(
+        "--no-links", dest="links", action="store_const", const="skip", default="safe",
+        help="Mirror no symbolic link (each is counted as skipped). By default a link is "
+             "recreated when its target stays inside the mirrored tree (rsync --links "
+             "--safe-links); others are skipped and reported.",
     )
     parser.add_argument(
         "--json", action="store_true",
@@ -349,6 +357,7 @@ def run(
             options.host, options.port, sources, display, timeout=options.timeout,
             connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
             clock=clock, opener=opener, options=options.job_options, bwlimit=options.bwlimit,
+            links=getattr(options, "links", "safe"),
         )  # fmt: skip
     except ControlClientError as e:
         error = str(e)

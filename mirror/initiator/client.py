@@ -31,6 +31,9 @@ from mirror.wire.control import (
     Done,
     JobAccepted,
     JobOption,
+    LinksDone,
+    LinkSkipped,
+    LinksOption,
     Progress,
     Refused,
     ServerEvent,
@@ -41,6 +44,7 @@ from mirror.wire.control import (
     encode_bwlimit,
     encode_filter,
     encode_go,
+    encode_links,
     encode_option,
     encode_source,
     parse_server_line,
@@ -111,12 +115,19 @@ class JobResult:
     last_progress: Progress | None = None
     #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
     source_sync: list[SourceSync | None] = field(default_factory=list)
+    #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
+    links_done: list[LinksDone | None] = field(default_factory=list)
+    #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
+    links_skipped: list[LinkSkipped] = field(default_factory=list)
+    links_skipped_dropped: int = 0
 
     def __post_init__(self) -> None:
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
         if not self.source_sync:
             self.source_sync = [None] * len(self.sources)
+        if not self.links_done:
+            self.links_done = [None] * len(self.sources)
 
     @property
     def deletion_refused(self) -> bool:
@@ -161,6 +172,7 @@ class ControlSession:
         report_bug: Callable[[str], None] = _report_bug,
         options: JobOptions | None = None,
         bwlimit: int = 0,
+        links: str = "safe",
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
@@ -172,6 +184,7 @@ class ControlSession:
                          else encode_filter(line))
         if bwlimit:
             lines.append(encode_bwlimit(BwLimit(bwlimit)))
+        lines.append(encode_links(LinksOption(links)))
         lines.append(encode_go())
         self.request = b"".join(line + b"\r\n" for line in lines)
         self._on_event = on_event
@@ -231,7 +244,8 @@ class ControlSession:
     def _check(self, event: ServerEvent) -> None:
         """Refuse events that contradict the job this client sent."""
         count = len(self.result.sources)
-        if isinstance(event, (SourceError, SourceDone)) and event.index >= count:
+        if (isinstance(event, (SourceError, SourceDone, LinkSkipped, LinksDone))
+                and event.index >= count):
             raise ControlError(f"source index {event.index} but the job has {count} sources")
         if isinstance(event, SourceDone) and self.result.source_done[event.index] is not None:
             raise ControlError(f"second SOURCE-DONE for source {event.index}")
@@ -257,6 +271,13 @@ class ControlSession:
             result.source_done[event.index] = event
         elif isinstance(event, SourceSync):
             result.source_sync[event.index] = event
+        elif isinstance(event, LinksDone):
+            result.links_done[event.index] = event
+        elif isinstance(event, LinkSkipped):
+            if len(result.links_skipped) < MAX_KEPT_ERRORS:
+                result.links_skipped.append(event)
+            else:
+                result.links_skipped_dropped += 1
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True
@@ -350,6 +371,7 @@ def submit_job(
     opener: Callable[[str, int, float | None], socket.socket] = connect,
     options: JobOptions | None = None,
     bwlimit: int = 0,
+    links: str = "safe",
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -360,7 +382,8 @@ def submit_job(
     not made). A result whose ``ok`` is False is still a result, not an error. ``bwlimit``
     (bytes per second, 0: none) is the job's bandwidth limit.
     """
-    session = ControlSession(sources, on_event, options=options, bwlimit=bwlimit)
+    session = ControlSession(sources, on_event, options=options, bwlimit=bwlimit,
+                             links=links)
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:

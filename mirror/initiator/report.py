@@ -31,17 +31,23 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     files, links and directories), ``deleted_bytes`` (sizes of the deleted files) and
     ``deletion`` (``"off"``, ``"done"``, ``"skipped"`` after a listing with errors,
     ``"refused"`` over ``--max-delete``); all null when the server did not report them.
+``links``, ``links_skipped``, ``skipped_links`` (per SPEC)
+    symbolic links placed (new or changed), links skipped (unsafe targets, or every link
+    with ``--no-links``), both null if the mirror server did not say (an older one), and
+    the skipped links reported one by one: ``{"path": wire path or null, "message": why}``.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
     per second over it; ``errors`` is a count here, ``errors_dropped`` the errors received
     but not kept (beyond the client's limit).
 
-Figures count files transferred in this job; ``skipped`` counts files already current
-(same size and mtime) and left alone, ``failed`` the files and entries (unsafe names
-included, and paths the content server could not list) that could not be mirrored.
-``not_exported`` counts what the content server did not list: links, special files and
-names that are not valid wire paths (a lower bound when a paused listing was resumed: the
+Figures count files transferred in this job; ``skipped`` counts files (and links) already
+current (same size and mtime; the same target) and left alone, ``failed`` the files and
+entries (unsafe names and malformed link targets included, and paths the content server
+could not list) that could not be mirrored. ``not_exported`` counts what the content server
+did not list: special files, names that are not valid wire paths, links whose target is not
+valid UTF-8 text, and every link if the content server is too old to list links (a lower
+bound when a paused listing was resumed: the
 count of a listing closed before its end is lost).
 """
 
@@ -186,7 +192,10 @@ def build_report(
             if e.index == index
         ]
         per_source.append(entry)
+    _add_links(per_source, result)
     total_figures = _figures(totals, dirs, skipped, failed, elapsed, not_exported)
+    for key in ("links", "links_skipped"):
+        total_figures[key] = sum(entry[key] or 0 for entry in per_source)
     total_figures["errors"] = len(result.errors) if result is not None else 0
     total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
     if result is not None and any(result.source_sync):
@@ -201,6 +210,39 @@ def build_report(
         "sources": per_source,
         "totals": total_figures,
     }
+
+
+def _add_links(per_source: list[dict[str, Any]], result: JobResult | None) -> None:
+    """The link figures of each SPEC (`build_report`'s ``links`` keys)."""
+    for index, entry in enumerate(per_source):
+        done = result.links_done[index] if result is not None else None
+        entry["links"] = done.placed if done is not None else None
+        entry["links_skipped"] = done.skipped if done is not None else None
+        entry["skipped_links"] = [
+            {"path": e.path, "message": e.message}
+            for e in (result.links_skipped if result is not None else ())
+            if e.index == index
+        ]
+
+
+def _links_text(report: dict[str, Any]) -> list[str]:
+    """Lines about links under the table: per SPEC with any, its counts and (up to
+    `MAX_TEXT_ERRORS` in all) the skipped links with the reason."""
+    lines = []
+    shown = 0
+    for entry in report["sources"]:
+        if not entry["links"] and not entry["links_skipped"] and not entry["skipped_links"]:
+            continue
+        lines.append(f"links of {_source_label(entry)}: {entry['links'] or 0} placed, "
+                     f"{entry['links_skipped'] or 0} skipped")
+        for item in entry["skipped_links"]:
+            if shown == MAX_TEXT_ERRORS:
+                lines.append("  ... more skipped links in --json")
+                return lines
+            shown += 1
+            where = printable(item["path"]) if item["path"] is not None else "-"
+            lines.append(f"  {where}: {printable(item['message'])}")
+    return lines
 
 
 def format_json(report: dict[str, Any]) -> str:
@@ -287,6 +329,7 @@ def format_text(report: dict[str, Any]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     lines += _sync_table(report)
+    lines.extend(_links_text(report))
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

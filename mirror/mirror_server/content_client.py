@@ -30,7 +30,12 @@ STALL_TIMEOUT = 30.0
 
 
 class TransferError(Exception):
-    """A request failed; the message is for users and names what went wrong."""
+    """A request failed; the message is for users and names what went wrong. ``code`` is
+    the error code of the server's ERROR frame, if that is what failed it."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class FlowControl:
@@ -80,6 +85,8 @@ class _Request:
         # it is ignored rather than fired into a Deferred that already has a result.
         self.done: Deferred[Any] = Deferred(lambda d: self._forget())
         self.deadline = Deadline(client.clock, timeout, self._stalled)
+        #: The code of the ERROR frame that failed the request, if one did.
+        self.error_code: int | None = None
         if not client.reading_paused:
             self.deadline.start()
 
@@ -94,7 +101,7 @@ class _Request:
     def fail(self, message: str) -> None:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
-            self.done.errback(TransferError(message))
+            self.done.errback(TransferError(message, self.error_code))
             self.client.request_ended()
 
     def finish(self, result: Any) -> None:
@@ -330,14 +337,16 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
 
     def list(self, path: str,
              on_entries: Callable[[list[frames.Entry]], Deferred[None] | None],
-             cursor: str | None = None) -> Deferred[tuple[int, int]]:
+             cursor: str | None = None, links: bool = False) -> Deferred[tuple[int, int]]:
         """LIST ``path`` (after ``cursor``, the last name received before, if resuming);
         ``on_entries`` gets each batch (and may return a Deferred to make the connection
-        wait). Fires with ``(count, skipped)`` of this request."""
+        wait). Fires with ``(count, skipped)`` of this request. With ``links``, asks for
+        link entries (the LIST option; an older server answers ERROR 3)."""
         request_id = self._allocate()
         req = _ListRequest(self, request_id, f"LIST {path or '.'}", self.stall_timeout,
                            on_entries)
-        return self._send(req, frames.LIST, frames.encode_list(path, cursor))
+        payload = frames.encode_list_options(frames.encode_list(path, cursor), links)
+        return self._send(req, frames.LIST, payload)
 
     def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
               delay: float = 0.0, expect_size: int | None = None
@@ -471,7 +480,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
             return
         try:
             if opcode == frames.ERROR:
-                _, message = frames.decode_error(payload)  # ProtocolError if too short
+                req.error_code, message = frames.decode_error(payload)  # ProtocolError if short
                 req.fail(f"{message}" if message else f"{req.what}: error from server")
                 return
             req.frame(opcode, payload)

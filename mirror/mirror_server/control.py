@@ -48,6 +48,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self.option_lines: list[control.JobOption | control.FilterRule] = []
         #: The job's BWLIMIT (bytes per second), 0 if none was sent.
         self.bwlimit = 0
+        #: The client's LINKS line, if it sent one (then it hears of links as they go).
+        self.links: control.LinksOption | None = None
         self.job: Job | None = None
         self._job_over = False
 
@@ -113,10 +115,12 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             if not self.sources:
                 self.refuse("GO without any SOURCE")
                 return
+            # Without LINKS (an older mirror-init): safe links, as rsync -a --safe-links.
+            mode = self.links.mode if self.links is not None else "safe"
             try:
                 options = options_from_lines(self.option_lines)
                 self.job = self.factory.service.submit(self.sources, self, options,
-                                                       bwlimit=self.bwlimit)
+                                                       bwlimit=self.bwlimit, links_mode=mode)
             except (PatternError, SubtreeLocked) as e:
                 self.refuse(str(e))
                 return
@@ -134,6 +138,12 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                 self.refuse("BWLIMIT given twice")
                 return
             self.bwlimit = message.rate
+            return
+        if isinstance(message, control.LinksOption):
+            if self.links is not None:
+                self.refuse("LINKS given twice")
+                return
+            self.links = message
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")
@@ -172,11 +182,17 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
     def source_error(self, index: int, path: str | None, message: str) -> None:
         self._send(control.SourceError(index, path, message))
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        if self.links is not None:  # an older client would refuse the line
+            self._send(control.LinkSkipped(index, path, message))
+
     def source_done(self, run: SourceRun) -> None:
         sync = run.sync
         if run.job.options.reports_sync and sync is not None:
             self._send(control.SourceSync(run.index, sync.replaced, sync.deleted,
                                           sync.deleted_bytes, sync.deletion))
+        if self.links is not None:
+            self._send(control.LinksDone(run.index, run.links.placed, run.links.skipped))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

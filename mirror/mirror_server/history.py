@@ -245,6 +245,9 @@ class _Watch:
             self.history._error(self.record, index, path, message)
         self.inner.source_error(index, path, message)
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        self.inner.link_skipped(index, path, message)
+
     def source_done(self, run: SourceRun) -> None:
         self.history._source_done(run)
         self.inner.source_done(run)

@@ -4,7 +4,8 @@ workers' transfers report back here.
 `SourceRun` is the manager of one SPEC. It checks every LIST entry before anything touches the
 disk (a safe name, inside the requested path, in the listing's canonical order: see
 `mirror.mirror_server.listed`), creates directories, skips files already current (size and
-mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
+mtime, as rsync's quick check), and queues the rest, waiting while the queue is full. Link
+entries go to its `mirror.mirror_server.links.SourceLinks` (placed if safe, or skipped).
 `SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
 rename; one retry, then a report. `SourceRun.transfer_bundle` is what it runs for the small
 files of one source in its batch: FETCH_MANY requests, every file written, verified and renamed
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 
 from mirror import paths
 from mirror.job_options import JobOptions
+from mirror.mirror_server import links as links_
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.deletion import DeletionGate
@@ -60,6 +62,9 @@ class JobObserver(Protocol):
     def source_error(self, index: int, path: str | None, message: str) -> None: ...
 
     def source_done(self, run: SourceRun) -> None: ...
+
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        """A link of source ``index`` was not placed (``path`` None: about the source)."""
 
     def job_done(self, job: Job) -> None: ...
 
@@ -145,7 +150,8 @@ class SourceRun:
 
     log = Logger()
 
-    def __init__(self, job: Job, index: int, request: SourceRequest) -> None:
+    def __init__(self, job: Job, index: int, request: SourceRequest,
+                 links_mode: str = links_.LINKS_SAFE) -> None:
         self.job = job
         self.index = index
         self.request = request
@@ -186,6 +192,7 @@ class SourceRun:
         self._gated = False
         #: When (reactor seconds) the listing ended, for the web status page's metrics.
         self.listed_at: float | None = None
+        self.links = links_.SourceLinks(self, links_mode)
 
     @property
     def listing_done(self) -> bool:
@@ -211,6 +218,14 @@ class SourceRun:
         if self.sync is not None:
             self.sync.listing_failed()
         self.error(path, message)
+
+    def link_skipped(self, path: str | None, message: str) -> None:
+        """A link not placed (`mirror.mirror_server.links`): not a failure."""
+        self.job.observer.link_skipped(self.index, path, message)
+
+    @property
+    def threads(self) -> Threads:
+        return self.job.resources.threads
 
     def _report_unshown_errors(self) -> None:
         unshown = self._errors - MAX_REPORTED_ERRORS
@@ -255,6 +270,7 @@ class SourceRun:
                 await res.threads.run(self.store.close)
             self.elapsed = res.reactor.seconds() - started
             self._report_unshown_errors()
+            self.links.finish()
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:
@@ -312,10 +328,13 @@ class SourceRun:
             self._listing_conn = conn
             self._list_held = False
             cursor = None if self._cursor is None else paths.join_parts(self._cursor)
-            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
+            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor,
+                                              links=self.links.requested)
             self.not_exported += skipped
             self._listing_complete = True
         except TransferError as e:
+            if self.links.refused_by_server(e.code):
+                return True  # an older content server: list again, without links
             # Lost while (or just after) we were not reading it: closed by us after
             # list_hold, or dropped by the server after its --write-timeout (a paused
             # transport notices only once it reads again). Not the source's fault: resume.
@@ -399,6 +418,7 @@ class SourceRun:
     async def _take(self, entries: list[frames.Entry]) -> None:
         """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
         accepted: list[tuple[paths.Parts, frames.Entry]] = []
+        links: list[tuple[paths.Parts, frames.Entry]] = []
         wanted: list[tuple[paths.Parts, bool]] = []
         sync = self.sync
         assert sync is not None  # made by run()
@@ -417,8 +437,9 @@ class SourceRun:
                 continue
             if not sync.wanted(parts, entry.is_dir):
                 continue  # excluded: neither fetched nor deleted
+            # (A link is a listed name too: --delete keeps it, or replaces another type.)
             wanted.append((parts, entry.is_dir))
-            accepted.append((parts, entry))
+            (links if entry.is_link else accepted).append((parts, entry))
         threads = self.job.resources.threads
         if sync.may_delete and wanted:
             # Before the directories are made: the merge reads what was there.
@@ -441,6 +462,8 @@ class SourceRun:
                 self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
                 if new:
                     made.add(parts)
+        if links and not self.job.options.dry_run:
+            await self.links.take(links)
         files, to_check = self._files(accepted, made)
         if not files:
             return
@@ -652,7 +675,8 @@ def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[tuple[str, b
     results = []
     for parts in dirs:
         try:
-            results.append(("", store.make_dir(parts)))
+            # A link the mirror holds there is replaced (`links_.make_dir`).
+            results.append(("", links_.make_dir(store, parts)))
         except (StoreError, paths.UnsafePath) as e:
             results.append((str(e), False))
     return results
@@ -681,7 +705,7 @@ class Job:
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
                  observer: JobObserver, options: JobOptions | None = None,
-                 bwlimit: int = 0) -> None:
+                 bwlimit: int = 0, links_mode: str = links_.LINKS_SAFE) -> None:
         self.id = job_id
         #: The job's --bwlimit (bytes per second, 0: none), shared by all its connections.
         self.throttle = Throttle(resources.reactor, bwlimit) if bwlimit else None
@@ -690,7 +714,7 @@ class Job:
         self.options = options or JobOptions()
         #: --max-delete applies to the whole job: each SPEC's deletion waits for all plans.
         self.deletion_gate = DeletionGate(len(requests), self.options.max_delete)
-        self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
+        self.sources = [SourceRun(self, i, r, links_mode) for i, r in enumerate(requests)]
         self.files_total = 0
         self.bytes_total = 0
         self.files_done = 0

@@ -19,6 +19,7 @@ from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem, mirror_top
+from mirror.mirror_server.links import LINKS_SAFE
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.subtree_lock import SubtreeLocks
@@ -194,7 +195,8 @@ class MirrorService(MultiService):
         return work
 
     def submit(self, sources: list[SourceRequest], observer: JobObserver,
-               options: JobOptions | None = None, bwlimit: int = 0) -> Job:
+               options: JobOptions | None = None, bwlimit: int = 0,
+               links_mode: str = LINKS_SAFE) -> Job:
         """Start a job; raises `SubtreeLocked` (a refusal, with the reason) if it deletes
         in a subtree another --delete job holds."""
         options = options or JobOptions()
@@ -204,7 +206,8 @@ class MirrorService(MultiService):
                 (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
                 for s in sources])
         observer = self.history.watch(observer)  # the status page sees every job's events
-        job = Job(job_id, sources, self, observer, options, bwlimit=bwlimit)
+        job = Job(job_id, sources, self, observer, options, bwlimit=bwlimit,
+                  links_mode=links_mode)
         self.jobs[job_id] = job
         self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
         observer.job_started(job)

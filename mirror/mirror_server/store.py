@@ -444,7 +444,9 @@ def _sweep_dir(fd: int) -> tuple[int, list[str]]:
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
                 elif (entry.name.startswith(paths.TEMP_PREFIX)
-                      and entry.is_file(follow_symlinks=False)):
+                      and (entry.is_file(follow_symlinks=False) or entry.is_symlink())):
+                    # A link is removed as a link (unlinkat never follows it): a link
+                    # being placed is made under a temporary name too.
                     os.unlink(entry.name, dir_fd=fd)
                     removed += 1
             except OSError:

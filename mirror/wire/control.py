@@ -113,6 +113,20 @@ class Go:
 
 
 @dataclass(frozen=True)
+class LinksOption:
+    """LINKS: what the job does with symbolic links: ``safe`` (place those whose target
+    stays inside the tree, rsync --links --safe-links) or ``skip`` (none, --no-links). It
+    also asks the server for LINK-SKIPPED and LINKS-DONE, which an older client would not
+    understand and so never gets."""
+
+    mode: str
+
+
+#: The modes of LINKS.
+LINKS_MODES = ("safe", "skip")
+
+
+@dataclass(frozen=True)
 class JobAccepted:
     """JOB: the server took the job and named it."""
 
@@ -183,6 +197,26 @@ class SourceSync:
 
 
 @dataclass(frozen=True)
+class LinkSkipped:
+    """LINK-SKIPPED: a link of source ``index`` at ``path`` was not placed, and why (it is
+    not a failure); ``path`` None: a notice about the source's links."""
+
+    index: int
+    path: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class LinksDone:
+    """LINKS-DONE: the links of source ``index``: ``placed`` (new or changed) and
+    ``skipped`` (unsafe, or all with ``LINKS skip``); sent just before its SOURCE-DONE."""
+
+    index: int
+    placed: int
+    skipped: int
+
+
+@dataclass(frozen=True)
 class Done:
     """DONE: the job is over; ``ok`` if every source fully succeeded."""
 
@@ -196,8 +230,9 @@ class Refused:
     message: str
 
 
-ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | Go
-ServerEvent = JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
+ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | LinksOption | Go
+ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
+               | LinkSkipped | LinksDone)
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
 OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
@@ -430,6 +465,13 @@ def encode_bwlimit(limit: BwLimit) -> bytes:
     return _join("BWLIMIT", _encode_int(limit.rate, "rate"))
 
 
+def encode_links(option: LinksOption) -> bytes:
+    """The LINKS line, without terminator."""
+    if option.mode not in LINKS_MODES:
+        raise ControlError(f"LINKS mode must be one of {', '.join(LINKS_MODES)}")
+    return _join("LINKS", option.mode)
+
+
 def encode_go() -> bytes:
     """The GO line, without terminator."""
     return b"GO"
@@ -495,6 +537,13 @@ def parse_client_line(line: bytes) -> ClientMessage:
         _expect(command, args, 2)
         include = _parse_flag(args[0], b"include", b"exclude", "filter kind")
         return FilterRule(include, check_pattern(_unquote(args[1], "pattern")))
+    if command == b"LINKS":
+        _expect(command, args, 1)
+        for mode in LINKS_MODES:
+            if args[0] == mode.encode("ascii"):
+                return LinksOption(mode)
+        raise ControlError(f"LINKS mode must be one of {', '.join(LINKS_MODES)}: "
+                           f"{_show(args[0])}")
     raise ControlError(f"unknown command {_show(command)}")
 
 
@@ -569,8 +618,9 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.bytes_total, "bytes total"),
             _encode_flag(ev.listing_done, "1", "0"),
         )
-    if isinstance(ev, SourceError):
-        head = "ERROR " + _check_index(ev.index) + " "
+    if isinstance(ev, (SourceError, LinkSkipped)):
+        head = ("ERROR " if isinstance(ev, SourceError) else "LINK-SKIPPED ")
+        head += _check_index(ev.index) + " "
         if not isinstance(ev.message, str):
             raise ControlError("error message must be text")
         if ev.path is not None and not isinstance(ev.path, str):
@@ -579,6 +629,9 @@ def encode_event(ev: ServerEvent) -> bytes:
         path = _encode_path_field(ev.path, _MAX_ENCODED - len(head) - 1 - len(_quote(_ELLIPSIS)))
         message = _fit(ev.message, _MAX_ENCODED - len(head) - len(path) - 1)
         return (head + path + " " + message).encode("ascii")
+    if isinstance(ev, LinksDone):
+        return _join("LINKS-DONE", _check_index(ev.index), _encode_int(ev.placed, "placed"),
+                     _encode_int(ev.skipped, "skipped"))
     if isinstance(ev, SourceDone):
         check_size_sums(ev.files, ev.bytes, ev.sum_sq)
         return _join(
@@ -633,13 +686,18 @@ def parse_server_line(line: bytes) -> ServerEvent:
             bytes_total=_parse_int(args[3], "bytes total"),
             listing_done=_parse_flag(args[4], b"1", b"0", "listing-done"),
         )
-    if command == b"ERROR":
+    if command in (b"ERROR", b"LINK-SKIPPED"):
         _expect(command, args, 3)
-        return SourceError(
+        kind = SourceError if command == b"ERROR" else LinkSkipped
+        return kind(
             index=_parse_index(args[0]),
             path=_parse_path_field(args[1]),
             message=_unquote(args[2], "message"),
         )
+    if command == b"LINKS-DONE":
+        _expect(command, args, 3)
+        return LinksDone(_parse_index(args[0]), _parse_int(args[1], "placed"),
+                         _parse_int(args[2], "skipped"))
     if command == b"SOURCE-DONE":
         _expect(command, args, 10)
         done = SourceDone(
@@ -694,6 +752,9 @@ __all__ = [
     "JobOption",
     "Go",
     "JobAccepted",
+    "LinkSkipped",
+    "LinksDone",
+    "LinksOption",
     "Progress",
     "Refused",
     "ServerEvent",
@@ -712,6 +773,7 @@ __all__ = [
     "encode_filter",
     "encode_go",
     "encode_option",
+    "encode_links",
     "encode_source",
     "parse_client_line",
     "parse_server_line",

@@ -56,7 +56,8 @@ SOURCES = [
     SourceRequest("::1", 8001, "", 0.5),
 ]
 MiB = 1024 * 1024
-SUBMISSION = b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nGO\r\n"
+SUBMISSION = (b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nLINKS safe\r\n"
+              b"GO\r\n")
 
 
 #: Text a hostile server could send: clear screen, set title, carriage return, C1 CSI, bidi

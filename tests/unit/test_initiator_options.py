@@ -54,7 +54,7 @@ class BwLimitOption(SynchronousTestCase):
     def test_sent_before_go(self) -> None:
         self.assertEqual(self.run_job(["--bwlimit", "2M"]),
                          [b"SOURCE 127.0.0.1 1 a 0.0", b"SOURCE ::1 2 . 0.0", b"BWLIMIT 2097152",
-                          b"GO"])
+                          b"LINKS safe", b"GO"])
 
     def test_none_sends_nothing(self) -> None:
         for argv in ([], ["--bwlimit", "0"]):

@@ -290,12 +290,12 @@ class ControlPortOptions(ControlPortCaps):
     def test_bwlimit_reaches_the_job(self) -> None:
         proto, _ = self.connect()
         proto.dataReceived(b"SOURCE 127.0.0.1 1 . 0\r\nBWLIMIT 65536\r\nGO\r\n")
-        self.assertEqual(self.service.options, [{"bwlimit": 65536}])
+        self.assertEqual(self.service.options, [{"bwlimit": 65536, "links_mode": "safe"}])
 
     def test_no_bwlimit_is_none(self) -> None:
         proto, _ = self.connect()
         proto.dataReceived(b"SOURCE 127.0.0.1 1 . 0\r\nGO\r\n")
-        self.assertEqual(self.service.options, [{"bwlimit": 0}])
+        self.assertEqual(self.service.options, [{"bwlimit": 0, "links_mode": "safe"}])
 
     def test_bwlimit_twice_is_refused(self) -> None:
         proto, transport = self.connect()

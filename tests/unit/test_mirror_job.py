@@ -32,6 +32,10 @@ class Observer:
     done: dict[int, Any] = field(default_factory=dict)
     progress_events: list[tuple] = field(default_factory=list)
     finished: list = field(default_factory=list)
+    links_skipped: list[tuple[int, str | None, str]] = field(default_factory=list)
+
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        self.links_skipped.append((index, path, message))
 
     def job_started(self, job) -> None:
         self.started.append(job.id)
@@ -381,10 +385,13 @@ class IncompleteSource(JobTestCase):
         observer = self.run_job(source())
         self.assertEqual(observer.finished, [True])
         run = observer.done[0]
-        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 0, 3))
+        # The FIFO is not exported; the link to /etc/passwd is listed, and skipped as unsafe.
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (1, 0, 3))
+        self.assertEqual(run.links.skipped, 1)
         observer = self.run_job(source())
         run = observer.done[0]
-        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 3, 0))
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (1, 3, 0))
+        self.assertEqual(run.links.skipped, 1)
 
     def test_unreadable_directory_fails_the_job(self) -> None:
         from mirror.content_server import listing

@@ -526,7 +526,7 @@ class DiskFull(StoreTestCase):
 
 
 class Sweep(SynchronousTestCase):
-    def test_removes_only_reserved_regular_files(self) -> None:
+    def test_removes_only_reserved_regular_files_and_links(self) -> None:
         base = os.path.abspath(self.mktemp())
         outside = base + "-outside"
         os.makedirs(os.path.join(base, "h_1", "a", "b"))
@@ -541,7 +541,8 @@ class Sweep(SynchronousTestCase):
         for p in removable + kept:
             with open(p, "w") as f:
                 f.write("x")
-        # A reserved-prefix directory, a symlink and what a link points at all stay.
+        # A reserved-prefix directory and what a link points at stay; a reserved-prefix
+        # link (a link being placed when the server was killed) goes, as a link.
         os.makedirs(os.path.join(base, "h_1", temp + "dir"))
         with open(os.path.join(base, "h_1", temp + "dir", "inside"), "w") as f:
             f.write("x")
@@ -551,13 +552,14 @@ class Sweep(SynchronousTestCase):
         os.symlink(outside, os.path.join(base, "h_1", "linkdir"))
         os.mkfifo(os.path.join(base, "h_1", temp + "fifo"))
 
-        self.assertEqual(sweep_temporaries(base), 3)
+        self.assertEqual(sweep_temporaries(base), 4)
         for p in removable:
             self.assertFalse(os.path.exists(p), p)
         for p in kept:
             self.assertTrue(os.path.exists(p), p)
         self.assertTrue(os.path.isdir(os.path.join(base, "h_1", temp + "dir")))
-        self.assertTrue(os.path.islink(os.path.join(base, temp + "link")))
+        self.assertFalse(os.path.lexists(os.path.join(base, temp + "link")))
+        self.assertTrue(os.path.islink(os.path.join(base, "h_1", "linkdir")))
         self.assertTrue(os.path.exists(os.path.join(outside, temp + "target")))
         self.assertTrue(os.path.exists(os.path.join(base, "h_1", temp + "fifo")))
         self.assertEqual(sweep_temporaries(base), 0)
