@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install lint test unit integration demo bench bench-scale mutation clean
+.PHONY: all install browser lint test unit integration demo screenshot bench bench-scale mutation clean
 
 all: test
 
@@ -20,7 +20,16 @@ install: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/trial tests.unit
 
-integration: $(STAMP)
+# Debian's chromium for the browser test (tests/integration/test_web.py), installed when
+# missing (as root, with apt-get). Without it the test is skipped, except under CI=true, where
+# it fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	echo "make: chromium is not installed: the browser test will be skipped (failed under CI=true)"
+
+integration: $(STAMP) browser
 	$(BIN)/pytest -q tests/integration
 
 # Static checks, configured in pyproject.toml [tool.ruff] and setup.cfg [mypy]; any finding
@@ -35,6 +44,10 @@ test: lint unit integration
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.demo
+
+# The README's picture of the status page, taken by the browser test itself.
+screenshot: $(STAMP) browser
+	MIRROR_SCREENSHOT=$(CURDIR)/doc/status-page.png $(BIN)/pytest -q tests/integration/test_web.py -k chromium
 
 # Issue 9's targets against rsync's daemon (about 20 minutes), and the million-file memory
 # targets (ours only; each dataset generated, measured and deleted in turn). Both merge their

@@ -17,6 +17,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from mirror.endpoint_strings import escaped_ipv6
+from mirror.rates import parse_rate
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -40,6 +43,14 @@ def number(kind: type, low: float, high: float | None = None) -> Callable[[str],
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+def rate(text: str) -> int:
+    """A coercer for a RATE option (`mirror.rates`: ``500K``, ``8M``; 0 means none)."""
+    return parse_rate(text)
+
+
+rate.coerceDoc = ""  # type: ignore[attr-defined]
 
 
 class _NamedCoerce(usage.CoerceParameter):
@@ -72,12 +83,18 @@ class ListenOptions(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on ENDPOINT, a twistd endpoint description (tcp:9000:interface=127.0.0.1,
-        unix:/path/sock, ...). May be given several times."""
+        unix:/path/sock, ...). May be given several times. Colons inside a value are
+        escaped with a backslash: an IPv6 address is tcp:9000:interface=\\:\\:1."""
         try:
             # Parsed only (no reactor is needed for that): a typo is a usage error now
             # rather than a traceback later.
             serverFromString(None, endpoint)
         except Exception as e:
+            escaped = escaped_ipv6(endpoint)
+            if escaped is not None:
+                raise usage.UsageError(
+                    f"--listen {endpoint}: the colons of an IPv6 address must be escaped "
+                    f"with a backslash in an endpoint string: --listen '{escaped}'") from None
             raise usage.UsageError(f"--listen {endpoint}: {e}") from None
         self["listen"].append(endpoint)
 

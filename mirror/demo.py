@@ -1,8 +1,9 @@
 """``make demo``: the whole system, end to end, on a generated sample.
 
 Generates a sample tree, starts a content server and a mirror server on loopback (the real
-``twistd`` plugins), runs ``mirror-init`` with its live progress and statistics, checks the
-mirror byte for byte against the source, and stops the daemons.
+``twistd`` plugins, each with its web status page), runs ``mirror-init`` with its live
+progress and statistics, checks the mirror byte for byte against the source, and stops the
+daemons: at once, or, when run on a terminal, once Enter is pressed (to look at the pages).
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def make_sample_tree(root: Path, big_size: int = 3 * 1024 * 1024, seed: int = 1)
 def _start(plugin: str, args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "-l", str(log), plugin,
-         "--listen", "tcp:0:interface=127.0.0.1", *args],
+         "--listen", "tcp:0:interface=127.0.0.1", "--web", "tcp:0:interface=127.0.0.1", *args],
         stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        found = re.findall(rb"starting on (\d+)", log.read_bytes()) if log.exists() else []
+        # The daemon's own port, not its web site's (which starts first).
+        found = re.findall(rb"(?<!WebSite) starting on (\d+)", log.read_bytes()) \
+            if log.exists() else []
         if found:
             return proc, int(found[-1])
         if proc.poll() is not None:
@@ -58,6 +61,12 @@ def _start(plugin: str, args: list[str], log: Path) -> tuple[subprocess.Popen[by
         time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"demo: {plugin} did not start; see {log}")
+
+
+def web_address(log: Path) -> str:
+    """The status page of the daemon that writes ``log`` (its web site starts first)."""
+    found = re.findall(rb"WebSite starting on (\d+)", log.read_bytes())
+    return f"http://127.0.0.1:{int(found[0])}/" if found else "(no web site)"
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -88,6 +97,9 @@ def main() -> int:
         procs.append(ms)
         print(f"demo: content servers on 127.0.0.1:{ports[0]} and 127.0.0.1:{ports[1]}, "
               f"mirror-server on 127.0.0.1:{mport}")
+        print(f"demo: status page of the mirror server: {web_address(work / 'mirror-server.log')}"
+              f" (content servers: " + ", ".join(
+                  web_address(work / f"content-server-{src.name}.log") for src in srcs) + ")")
         # The second SPEC asks its content server to wait 10 ms before each file.
         cmd = [str(BIN / "mirror-init"), "-n", "127.0.0.1", "-p", str(mport),
                "-s", f"127.0.0.1:{ports[0]}:.:0,127.0.0.1:{ports[1]}:.:0.01"]
@@ -102,6 +114,9 @@ def main() -> int:
                 print(f"demo: MISMATCH between {src} and {target}", file=sys.stderr)
                 return 1
             print(f"demo: mirror verified: {target} is identical to {src}")
+        if sys.stdin.isatty():
+            input(f"demo: the daemons keep running: {web_address(work / 'mirror-server.log')}"
+                  " shows the job; press Enter to stop them. ")
         return 0
     finally:
         for proc in procs:

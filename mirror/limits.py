@@ -61,12 +61,18 @@ class ConnectionLimiter:
         self.max_total = max_total
         self.max_per_peer = max_per_peer
         self.total = 0
+        #: Connections refused by a cap so far (for /metrics).
+        self.refused = 0
         # Per host, its connections oldest first (dicts keep insertion order).
         self._peers: dict[str, dict[LimitedConnection, None]] = {}
 
     def count(self, host: str) -> int:
         """How many connections ``host`` holds."""
         return len(self._peers.get(host, ()))
+
+    def hosts(self) -> list[str]:
+        """The hosts holding connections now."""
+        return list(self._peers)
 
     def connections(self, host: str) -> list[LimitedConnection]:
         """The connections ``host`` holds, oldest first."""
@@ -161,6 +167,7 @@ class LimitedFactory(Factory[Protocol]):
         try:
             victim = self.limiter.make_room(host)
         except CapReached as e:
+            self.limiter.refused += 1
             reason = f"{self.server_name} busy: {e}"
             self.log.warn("refusing connection from {host}: {reason}", host=host, reason=reason)
             return _Refusal(self.refusal(reason))

@@ -8,6 +8,7 @@ from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 from mirror.content_server.fetch import DigestCache
+from mirror.content_server.observed import ServingStats
 from mirror.content_server.protocol import (
     ContentFactoryBase,
     ContentServerProtocol,
@@ -35,6 +36,8 @@ class ContentServerFactory(ContentFactoryBase):
             clock = reactor
         self.root_fd = root_fd
         self.digests = DigestCache()
+        #: What was served, for the web status page and /metrics.
+        self.serving = ServingStats()
         self.threads = threads
         self.settings = settings or ContentSettings()
         self.clock = clock

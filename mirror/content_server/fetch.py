@@ -52,12 +52,21 @@ class DigestCache:
         self.max_entries = max_entries
         self._digests: OrderedDict[StatKey, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        #: Lookups that found a digest, and those that did not (for /metrics).
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._digests)
 
     def get(self, key: StatKey) -> bytes | None:
         with self._lock:
             digest = self._digests.get(key)
             if digest is not None:
+                self.hits += 1
                 self._digests.move_to_end(key)
+            else:
+                self.misses += 1
             return digest
 
     def put(self, key: StatKey, digest: bytes) -> None:
@@ -72,8 +81,11 @@ class RangeReader:
     """Reads ``[offset, offset+length)`` of a regular file under the root, hashing as it goes."""
 
     def __init__(self, root_fd: int, parts: paths.Parts, offset: int, length: int,
-                 cache: DigestCache | None = None) -> None:
-        self._fd, st = paths.open_regular_file(root_fd, parts)
+                 cache: DigestCache | None = None, parent_fd: int | None = None) -> None:
+        # Given ``parent_fd`` (the directory holding ``parts``, opened by the caller for
+        # many files), only the last component is opened.
+        self._fd, st = (paths.open_regular_file(root_fd, parts) if parent_fd is None
+                        else paths.open_regular_file_at(parent_fd, parts[-1]))
         self._stat = st
         if offset > st.st_size:
             os.close(self._fd)
@@ -139,15 +151,15 @@ class RangeReader:
 
 def open_range(
     root_fd: int, parts: paths.Parts, offset: int, length: int,
-    cache: DigestCache | None = None, small: int = CHUNK_SIZE,
+    cache: DigestCache | None = None, small: int = CHUNK_SIZE, parent_fd: int | None = None,
 ) -> RangeReader | tuple[frames.FileHeader, bytes, bytes]:
     """Open a range for FETCH (blocking).
 
     A range of at most ``small`` bytes is read, hashed, checked and closed in this same call
     (one thread hop per small file) and returned as ``(header, data, digest)``; a larger one
-    returns the open `RangeReader` for streaming.
+    returns the open `RangeReader` for streaming. ``parent_fd``: see `RangeReader`.
     """
-    reader = RangeReader(root_fd, parts, offset, length, cache)
+    reader = RangeReader(root_fd, parts, offset, length, cache, parent_fd)
     if reader.size > small:
         return reader
     try:
@@ -163,7 +175,7 @@ Describe = Callable[[BaseException, str], tuple[int, str]]
 
 def read_bundle(
     root_fd: int, request_id: int, wants: Sequence[tuple[int, bytes]], start: int,
-    cache: DigestCache | None, describe: Describe, max_items: int,
+    describe: Describe, max_items: int,
 ) -> tuple[bytes, int]:
     """Answer files ``start``... of a FETCH_MANY (blocking): one complete BUNDLE frame and
     the index of the first file it leaves for the next one.
@@ -173,33 +185,63 @@ def read_bundle(
     the listed one, gets an error item instead. The frame stays within
     `frames.MAX_BUNDLE_FRAME` (judged on the listed sizes, which the files must match) and
     holds at most ``max_items`` files; it always holds at least one.
+
+    Files of one directory (a bundle mostly holds neighbours in listing order) share one
+    open of it. Their digests skip the `DigestCache`: hashing a small file costs less than
+    the cache's lock, and thousands of them would evict the big files' digests.
     """
     items: list[bytes] = []
     room = frames.MAX_BUNDLE_FRAME - 5
     index = start
     end = min(len(wants), start + max_items)
-    while index < end:
-        size, raw = wants[index]
-        # An error item is at most ~1 KiB: reserve as much for a file that turns out bad.
-        need = frames.BUNDLE_ITEM_OVERHEAD + max(min(size, frames.BUNDLE_FILE_MAX), 1100)
-        if items and need > room:
-            break
-        items.append(_bundle_item(root_fd, index, size, raw, cache, describe))
-        room -= len(items[-1])
-        index += 1
+    parents = _Parents(root_fd)
+    try:
+        while index < end:
+            size, raw = wants[index]
+            # An error item is at most ~1 KiB: reserve as much for a file that turns out bad.
+            need = frames.BUNDLE_ITEM_OVERHEAD + max(min(size, frames.BUNDLE_FILE_MAX), 1100)
+            if items and need > room:
+                break
+            items.append(_bundle_item(parents, index, size, raw, describe))
+            room -= len(items[-1])
+            index += 1
+    finally:
+        parents.close()
     body = b"".join(items)
     return frames.frame_head(frames.BUNDLE, request_id, len(body)) + body, index
 
 
-def _bundle_item(root_fd: int, index: int, size: int, raw: bytes, cache: DigestCache | None,
-                 describe: Describe) -> bytes:
-    where = paths.display_name(raw)
+class _Parents:
+    """The directory of the last file of a bundle, kept open for the next (same parent)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._parts: paths.Parts | None = None
+        self._fd = -1
+
+    def fd_for(self, parts: paths.Parts) -> int:
+        parent = parts[:-1]
+        if parent != self._parts:
+            self.close()
+            self._fd = paths.open_parent_dir(self._root_fd, parts)
+            self._parts = parent
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._parts = -1, None
+
+
+def _bundle_item(parents: _Parents, index: int, size: int, raw: bytes, describe: Describe
+                 ) -> bytes:
     try:
         parts = paths.parse_wire_path(raw)
         if size > frames.BUNDLE_FILE_MAX:
             raise ValueError(f"listed size {size} too large for FETCH_MANY (at most "
                              f"{frames.BUNDLE_FILE_MAX} bytes)")
-        opened = open_range(root_fd, parts, 0, frames.TO_END, cache, small=size)
+        opened = open_range(-1, parts, 0, frames.TO_END, None, small=size,
+                            parent_fd=parents.fd_for(parts))
         if isinstance(opened, RangeReader):
             opened.close()
             raise FileChanged(f"file changed: listed with {size} bytes, now "
@@ -208,6 +250,6 @@ def _bundle_item(root_fd: int, index: int, size: int, raw: bytes, cache: DigestC
         if header.file_size != size:
             raise FileChanged(f"file changed: listed with {size} bytes, now {header.file_size}")
     except Exception as e:
-        code, message = describe(e, where)
+        code, message = describe(e, paths.display_name(raw))
         return frames.encode_bundle_error(index, code, message)
     return frames.encode_bundle_file(index, header, digest, data)

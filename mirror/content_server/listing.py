@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 
-from mirror import paths
+from mirror import link_targets, paths
 from mirror.wire import frames
 
 #: errno values meaning "removed, or replaced by a file or a link": skipped silently.
@@ -65,7 +65,9 @@ class _Level:
 
 
 class TreeWalker:
-    """Depth-first walk of ``parts`` under ``root_fd``; symlinks and special files are skipped.
+    """Depth-first walk of ``parts`` under ``root_fd``; special files are skipped, and so are
+    symlinks unless ``links`` (then each is listed with its target, never followed; one whose
+    target `mirror.link_targets.parse_target` refuses is skipped).
 
     With ``cursor`` (validated wire path components, ``parts`` a prefix of it), the walk starts
     right after the cursor in canonical order, whether or not the cursor still exists. Raises
@@ -74,7 +76,8 @@ class TreeWalker:
     """
 
     def __init__(self, root_fd: int, parts: paths.Parts,
-                 cursor: paths.Parts | None = None) -> None:
+                 cursor: paths.Parts | None = None, links: bool = False) -> None:
+        self.links = links
         self.count = 0
         self.skipped = 0
         self.errors = 0
@@ -221,6 +224,26 @@ class TreeWalker:
         self._add(frames.encode_entry(kind, st.st_mode, size, st.st_mtime_ns, name))
         self.count += 1
 
+    def _emit_link(self, parts: paths.Parts, name: str, st: os.stat_result) -> None:
+        """List the link ``name`` of the current directory with its target (read, never
+        followed). A target that is not a valid one on the wire is skipped and counted."""
+        try:
+            target = os.readlink(os.fsencode(name), dir_fd=self._fd)
+        except OSError as e:
+            if e.errno in _GONE or e.errno == errno.EINVAL:
+                self.skipped += 1  # removed, or no longer a link, since it was examined
+            else:
+                self._error(parts, e, "cannot read link")
+            return
+        try:
+            link_targets.parse_target(target)
+        except link_targets.UnsafeTarget:
+            self.skipped += 1
+            return
+        name_bytes = paths.join_parts(parts).encode("utf-8")
+        self._add(frames.encode_link_entry(name_bytes, target, st.st_mtime_ns))
+        self.count += 1
+
     def _error(self, parts: paths.Parts, exc: BaseException, what: str = "cannot list") -> None:
         path = paths.join_parts(parts)
         code, reason = _reason(exc)
@@ -259,6 +282,8 @@ class TreeWalker:
                 self._descend(child, name)
             elif stat.S_ISREG(st.st_mode):
                 self._emit(child, st)
+            elif self.links and stat.S_ISLNK(st.st_mode):
+                self._emit_link(child, name, st)
             else:
                 self.skipped += 1  # symlinks, FIFOs, sockets, devices: never listed
         if not self._pending:

@@ -32,6 +32,7 @@ from mirror.content_server.fetch import (
     read_bundle,
 )
 from mirror.content_server.listing import TreeWalker
+from mirror.content_server.observed import ServingStats
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.threads import Threads
 from mirror.wire import frames
@@ -83,6 +84,8 @@ class ContentFactoryBase(LimitedFactory):
     clock: IReactorTime
     #: Walkers at once in the whole server (``ContentSettings.max_lists``).
     list_slots: DeferredSemaphore
+    #: What was served (bytes per client, errors), for the web status page.
+    serving: ServingStats
     server_name = "content server"
 
     def refusal(self, reason: str) -> bytes:
@@ -166,6 +169,11 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def is_idle(self) -> bool:
         """No request in flight: closing the connection loses the client nothing."""
         return not self._requests
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight on this connection (for the web status page)."""
+        return len(self._requests)
 
     def evict(self, reason: str) -> None:
         """Tell the client why (a connection-level ERROR), then close."""
@@ -274,6 +282,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def _send(self, *chunks: bytes) -> None:
         if not self._lost and self.transport is not None:
             self.transport.writeSequence(chunks)
+            self.factory.serving.sent(self.peer_key, sum(map(len, chunks)))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -286,6 +295,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             self.frameError(f"request id {request_id} already in flight")
             return
         if len(self._requests) >= self.settings.max_requests:
+            self.factory.serving.error(frames.E_BUSY)
             self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(
                 frames.E_BUSY, f"more than {self.settings.max_requests} requests in flight")))
             return
@@ -309,11 +319,13 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         try:
             await work
         except RequestError as e:
+            self.factory.serving.error(e.code)
             self._send(frames.frame(frames.ERROR, request_id, frames.encode_error(e.code, str(e))))
         except CancelledError:
             pass  # the connection went away
         except Exception:
             self.log.failure("request {id} failed", id=request_id)
+            self.factory.serving.error(frames.E_IO)
             self._send(frames.frame(frames.ERROR, request_id,
                                     frames.encode_error(frames.E_IO, "internal error")))
         finally:
@@ -338,6 +350,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         return cursor
 
     async def _serve_list(self, request_id: int, payload: bytes) -> None:
+        try:
+            payload, links = frames.split_list_options(payload)
+        except frames.ProtocolError as e:
+            raise RequestError(frames.E_BAD_REQUEST, str(e)) from None
         raw_path, raw_cursor = frames.decode_list(payload)
         parts, path = self._parse_path(raw_path)
         cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
@@ -348,16 +364,17 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         try:
             await self._wait(self.factory.list_slots.acquire())
             try:
-                await self._walk(request_id, parts, path, cursor)
+                await self._walk(request_id, parts, path, cursor, links)
             finally:
                 self.factory.list_slots.release()
         finally:
             self._list_slots.release()
 
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
-                    cursor: paths.Parts | None) -> None:
+                    cursor: paths.Parts | None, links: bool = False) -> None:
         threads = self.factory.threads
-        walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor))
+        walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor,
+                                               links))
         try:
             while True:
                 batch = await _disk(path, threads.run(walker.next_batch))
@@ -420,8 +437,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                 await self._wait(task.deferLater(self.clock, delay, lambda: None))
             # Per-file failures are items of the frame; this raises only on a bug.
             answer, index = await self._wait(threads.run(
-                read_bundle, self.factory.root_fd, request_id, wants, index,
-                self.factory.digests, _item_error, per_frame))
+                read_bundle, self.factory.root_fd, request_id, wants, index, _item_error,
+                per_frame))
             await self._writable()
             self._send(answer)
 

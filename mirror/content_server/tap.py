@@ -11,17 +11,20 @@ from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
 from mirror.threads import DiskThreads
+from mirror.web.content_site import content_site_root
+from mirror.web.options import WebOptions, add_web
 
 _defaults = ContentSettings()
 
 
-class Options(ListenOptions):
+class Options(ListenOptions, WebOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
         "Export the directory tree under --root to mirror servers: LIST walks it, FETCH "
         "streams a file (or a byte range) with its BLAKE3 digest. Nothing outside the root is ever "
-        "listed or served; symbolic links, FIFOs and devices are neither listed nor followed. "
+        "listed or served; symbolic links are never followed (listed with their target to a "
+        "mirror server that asks for links); FIFOs and devices are neither listed nor followed. "
         "All limits are local settings, never negotiated with clients."
     )
     optParameters = [
@@ -68,6 +71,7 @@ class Options(ListenOptions):
         except OSError as e:
             reason = (e.strerror or str(e)).lower()
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
+        self.check_web()
 
 
 
@@ -77,5 +81,9 @@ def makeService(options: Options) -> IService:
     threads.setServiceParent(top)
     settings = settings_from(options, ContentSettings)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings)
+    if options["web"]:
+        # Before --listen: once the log names the daemon's port, it names the web site's.
+        add_web(top, options["web"], content_site_root(factory, options["web"]),
+                options.command)
     add_listeners(top, options["listen"], factory, options.command)
     return top

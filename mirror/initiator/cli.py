@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import IO, NoReturn
 
+from mirror.filters import Pattern, PatternError, Rule, read_exclude_from
 from mirror.initiator.client import (
     CONNECT_TIMEOUT,
     ControlClientError,
@@ -28,10 +29,13 @@ from mirror.initiator.client import (
     connect,
     submit_job,
 )
+from mirror.initiator.endpoint import EndpointError, connect_unix, parse_client_endpoint
 from mirror.initiator.jobs_cli import JOBS_HELP, add_job_options, check_job_options, run_request
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
+from mirror.job_options import JobOptions
+from mirror.rates import RATE_SYNTAX, parse_rate
 from mirror.text import printable
 from mirror.wire.control import ControlError, check_host
 
@@ -40,6 +44,8 @@ PROG = "mirror-init"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: --max-delete was exceeded: nothing was deleted.
+EXIT_MAX_DELETE = 3
 #: Interrupted (Ctrl-C, SIGTERM): the job followed was cancelled, or --attach detached.
 EXIT_INTERRUPTED = 130
 
@@ -58,9 +64,11 @@ While the job runs, a progress line is shown (redrawn in place on a terminal, a 
 per second otherwise) and every error is printed as it happens, naming the SPEC and
 the path. At the end a table gives, per SPEC and in total: files and directories
 transferred, bytes, mean, variance, standard deviation and coefficient of variation
-of the file sizes, files skipped (already current), not exported (links, special
-files and unrepresentable names the content server left out) and failed, elapsed
-time and throughput. With
+of the file sizes, files skipped (already current), not exported (special files,
+unrepresentable names, and links if the content server is too old to list them)
+and failed, elapsed time and throughput; then, per SPEC with links, the links
+placed and skipped, and why each skipped one was (an absolute target, or one
+leading outside MIRROR_DIR/HOST_PORT/PATH: rsync's --safe-links). With
 --json the table is replaced by one JSON object on stdout and the progress goes to
 stderr.
 
@@ -70,10 +78,22 @@ Exit status:
      files that could not be transferred), or the mirror server could not be
      reached, refused the job, dropped the connection, or --timeout expired (the job
      is then cancelled);
-  2  bad arguments;
+  2  bad arguments (a bad --include/--exclude pattern included);
+  3  --delete would have deleted more than --max-delete entries: nothing was
+     deleted (the rest of the job ran);
   130  interrupted (Ctrl-C or SIGTERM): the job was cancelled (what was done is
      reported), or, with --attach, mirror-init detached and the job goes on.
 {JOBS_HELP}
+
+Filters: --include and --exclude (and the lines of --exclude-from files) form
+one list in command-line order; the first pattern that matches a path decides,
+and a path none matches is mirrored. Paths are relative to the SPEC's PATH. A
+pattern without '/' matches the last component, one with '/' the whole path
+(anchored to PATH if it starts with '/'); a trailing '/' matches directories
+only; '*' stays within a component, '**' crosses them, '?' is one character,
+'dir/***' is dir and everything below it. An excluded directory is not
+descended; excluded paths are neither fetched nor deleted.
+
 Example:
   {PROG} -n mirror.example -p 7000 -s files.example:8000:pub/docs,[::1]:8000:.:0.5
 """
@@ -114,6 +134,40 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+class _FilterAction(argparse.Action):
+    """--include, --exclude, --exclude-from: one list of rules in command-line order."""
+
+    def __init__(self, *args: object, include: bool | None, **kwargs: object) -> None:
+        self.include = include
+        kwargs["dest"] = "filters"
+        kwargs["default"] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        rules = list(getattr(namespace, "filters", None) or [])
+        value = str(values)
+        try:
+            if self.include is None:
+                rules += _read_patterns(value)
+            else:
+                Pattern(value)
+                rules.append(Rule(self.include, value))
+        except PatternError as e:
+            raise UsageError(f"{option_string}: {e}") from None
+        namespace.filters = rules
+
+
+def _read_patterns(path: str) -> list[Rule]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return read_exclude_from(f, path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path!r} is not UTF-8 text") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of mirror-init (values are checked by `parse_arguments`)."""
     parser = _Parser(
@@ -124,13 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument(
-        "-n", "--host", metavar="HOST", default="localhost",
+        "-n", "--host", metavar="HOST",
         help="The mirror server's host name or address (alias -m) [default: localhost].",
     )
     parser.add_argument("-m", dest="host", help=argparse.SUPPRESS)
     parser.add_argument(
-        "-p", "--port", metavar="PORT", default=str(DEFAULT_PORT),
+        "-p", "--port", metavar="PORT",
         help=f"The mirror server's control port [default: {DEFAULT_PORT}].",
+    )
+    parser.add_argument(
+        "--connect", metavar="ENDPOINT",
+        help="The mirror server as an endpoint string, instead of -n/-p: unix:PATH (its "
+             "--listen unix:PATH) or tcp:HOST:PORT.",
     )
     parser.add_argument(
         "-s", "--sources", metavar="SPECS", action="append", default=[],
@@ -142,8 +201,48 @@ def build_parser() -> argparse.ArgumentParser:
              "a job this mirror-init submitted is then cancelled.",
     )
     parser.add_argument(
+        "--bwlimit", metavar="RATE",
+        help=f"Limit the job's transfers to RATE in total: {RATE_SYNTAX}; 0: no limit "
+             "[default: 0]. (rsync reads a plain number as KiB/s; here it is bytes/s.)",
+    )
+    parser.add_argument(
+        "--no-links", dest="links", action="store_const", const="skip", default="safe",
+        help="Mirror no symbolic link (each is counted as skipped). By default a link is "
+             "recreated when its target stays inside the mirrored tree (rsync --links "
+             "--safe-links); others are skipped and reported.",
+    )
+    parser.add_argument(
         "--json", action="store_true",
         help="Print the final report as one JSON object on stdout; progress goes to stderr.",
+    )
+    parser.add_argument(
+        "--delete", action="store_true",
+        help="Once a SPEC's transfers are done and its listing had no error, delete "
+             "from the mirror what the source no longer has (rsync --delete-after).",
+    )
+    parser.add_argument(
+        "--max-delete", metavar="N",
+        help="With --delete: if the job would delete more than N entries, delete "
+             "nothing and exit with status 3.",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="List and compare only: report what would be transferred, replaced and "
+             "deleted; change nothing in the mirror.",
+    )
+    parser.add_argument(
+        "--include", metavar="PATTERN", action=_FilterAction, include=True,
+        help="Mirror paths matching PATTERN (if no earlier pattern decided); repeatable.",
+    )
+    parser.add_argument(
+        "--exclude", metavar="PATTERN", action=_FilterAction, include=False,
+        help="Neither fetch nor delete paths matching PATTERN (if no earlier pattern "
+             "decided); repeatable.",
+    )
+    parser.add_argument(
+        "--exclude-from", metavar="FILE", action=_FilterAction, include=None,
+        help="Exclude the patterns of FILE, one a line ('#' or ';' comments, '+ PATTERN' "
+             "includes, '- PATTERN' excludes); repeatable.",
     )
     add_job_options(parser)
     parser.add_argument("--version", action=_Version, nargs=0,
@@ -153,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
     """Check and convert the values argparse left as strings; raise `UsageError`."""
+    _check_connect(options)
     host = options.host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -172,12 +272,29 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         if not math.isfinite(seconds) or seconds <= 0:
             raise UsageError(f"bad --timeout {options.timeout!r}: expected positive seconds")
         options.timeout = seconds
+    max_delete = None
+    if options.max_delete is not None:
+        text = options.max_delete
+        if not text.isascii() or not text.isdigit() or int(text) >= 2**64:
+            raise UsageError(f"bad --max-delete {text!r}: expected a number of entries")
+        max_delete = int(text)
+    try:
+        options.job_options = JobOptions(options.delete, max_delete, options.dry_run,
+                                         tuple(options.filters))
+        options.job_options.filter_list()
+    except PatternError as e:
+        raise UsageError(str(e)) from None
+    try:
+        options.bwlimit = parse_rate(options.bwlimit) if options.bwlimit is not None else 0
+    except ValueError as e:
+        raise UsageError(f"bad --bwlimit: {e}") from None
     for arg in extra:
         if arg.startswith("-") and arg != "-":
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
     if extra:
         raise UsageError(f"unexpected argument {extra[0]!r} (SPECs go after -s)")
     if check_job_options(options, UsageError):
+        _refuse_new_job_options(options)
         return  # --attach, --jobs, --cancel: no SPEC
     if not options.sources:
         raise UsageError("missing -s/--sources (what to mirror)")
@@ -187,11 +304,46 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         raise UsageError(str(e)) from None
 
 
+def _refuse_new_job_options(options: argparse.Namespace) -> None:
+    """--attach, --jobs and --cancel act on jobs as they were submitted: an option of a new
+    job would be silently ignored, so it is refused."""
+    given = [flag for flag, on in (
+        ("--delete", options.delete), ("--max-delete", options.max_delete is not None),
+        ("--dry-run", options.dry_run), ("--include/--exclude", bool(options.filters)),
+        ("--bwlimit", options.bwlimit), ("--no-links", options.links != "safe")) if on]
+    if given:
+        raise UsageError(f"{given[0]} is for a new job (-s): not with --attach, --jobs or "
+                         "--cancel")
+
+
+def _check_connect(options: argparse.Namespace) -> None:
+    """``--connect`` instead of ``-n``/``-p``: it sets ``host`` and ``port`` (TCP) or
+    ``unix_socket`` (None unless given)."""
+    options.unix_socket = None
+    if options.connect is None:
+        options.host = "localhost" if options.host is None else options.host
+        options.port = str(DEFAULT_PORT) if options.port is None else options.port
+        return
+    if options.host is not None or options.port is not None:
+        raise UsageError("--connect names the mirror server: give it without -n/-p")
+    try:
+        endpoint = parse_client_endpoint(options.connect)
+    except EndpointError as e:
+        raise UsageError(f"bad --connect {e}") from None
+    if endpoint.path is not None:
+        # Unused for a UNIX socket, but still checked below.
+        options.host, options.port = "localhost", str(DEFAULT_PORT)
+        options.unix_socket = endpoint.path
+    else:
+        options.host, options.port = endpoint.host, str(endpoint.port)
+
+
 def parse_arguments(argv: Sequence[str], stderr: IO[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); on error write one line and exit 2.
 
-    The result has ``host``, ``port``, ``specs`` (`SourceRequest`s), ``timeout`` (seconds or
-    None) and ``json``.
+    The result has ``host``, ``port``, ``unix_socket`` (a path, or None), ``specs``
+    (`SourceRequest`s), ``timeout`` (seconds or None), ``bwlimit`` (bytes per second, 0:
+    none), ``json`` and ``job_options`` (`JobOptions`).
     """
     try:
         options, extra = build_parser().parse_known_args(list(argv))
@@ -212,13 +364,16 @@ def run(
     options: argparse.Namespace,
     stdout: IO[str],
     stderr: IO[str],
-    opener: Opener = connect,
+    opener: Opener | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Run the job described by ``options``; return the exit status.
 
-    ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end).
+    ``opener(host, port, timeout)`` makes the connection (tests pass a socket pair's end);
+    by default TCP, or the UNIX socket of ``--connect unix:PATH``.
     """
+    if opener is None:
+        opener = _unix_opener(options.unix_socket) if options.unix_socket else connect
     if options.jobs or options.cancel is not None:
         return run_request(options, stdout, stderr, opener)
     attach = options.attach
@@ -241,6 +396,8 @@ def run(
                 options.host, options.port, sources, display, timeout=options.timeout,
                 connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
                 clock=clock, opener=opener, detach=options.detach,
+                options=options.job_options, bwlimit=options.bwlimit,
+                links=getattr(options, "links", "safe"),
             )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
@@ -270,7 +427,8 @@ def run(
         # The reason may quote the server: never a raw ESC or CR on the terminal.
         stderr.write(f"{PROG}: {printable(error)}\n")
         stderr.flush()
-    report = build_report(sources, result, elapsed, error)
+    report = build_report(sources, result, elapsed, error,
+                          dry_run=options.job_options.dry_run)
     if options.json:
         stdout.write(format_json(report))
     elif result is not None and (result.job_id is not None or any(result.source_done)):
@@ -282,7 +440,16 @@ def run(
     stdout.flush()
     if interrupted:
         return EXIT_INTERRUPTED
+    if result is not None and result.deletion_refused:
+        return EXIT_MAX_DELETE
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _unix_opener(path: str) -> Opener:
+    def opener(host: str, port: int, timeout: float | None) -> socket.socket:
+        return connect_unix(path, timeout)
+
+    return opener
 
 
 def _robust_streams() -> None:

@@ -22,17 +22,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirror.job_options import JobOptions, options_lines
 from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
     MAX_SOURCES,
     Attach,
+    BwLimit,
     Cancel,
     Cancelled,
     ControlError,
     Done,
     JobAccepted,
+    JobOption,
     JobState,
+    LinksDone,
+    LinkSkipped,
+    LinksOption,
     ListJobs,
     Progress,
     Refused,
@@ -41,8 +47,13 @@ from mirror.wire.control import (
     SourceDone,
     SourceError,
     SourceRequest,
+    SourceSync,
     Spec,
+    encode_bwlimit,
+    encode_filter,
     encode_go,
+    encode_links,
+    encode_option,
     encode_request,
     encode_source,
     parse_server_line,
@@ -125,10 +136,26 @@ class JobResult:
     resumed: int = 0
     #: The job was cancelled at this client's request (Ctrl-C, SIGTERM, --timeout).
     cancelled: bool = False
+    #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
+    source_sync: list[SourceSync | None] = field(default_factory=list)
+    #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
+    links_done: list[LinksDone | None] = field(default_factory=list)
+    #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
+    links_skipped: list[LinkSkipped] = field(default_factory=list)
+    links_skipped_dropped: int = 0
 
     def __post_init__(self) -> None:
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
+        if not self.source_sync:
+            self.source_sync = [None] * len(self.sources)
+        if not self.links_done:
+            self.links_done = [None] * len(self.sources)
+
+    @property
+    def deletion_refused(self) -> bool:
+        """--max-delete was exceeded: nothing was deleted (mirror-init exits 3)."""
+        return any(s is not None and s.deletion == "refused" for s in self.source_sync)
 
     def source_ok(self, index: int) -> bool:
         done = self.source_done[index]
@@ -167,12 +194,22 @@ class ControlSession:
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
         detach: bool = False,
+        options: JobOptions | None = None,
+        bwlimit: int = 0,
+        links: str = "safe",
     ) -> None:
         if not 1 <= len(sources) <= MAX_SOURCES:
             raise ValueError(f"a job has 1 to {MAX_SOURCES} sources, not {len(sources)}")
         # Encode before connecting so an invalid source is a ValueError for the caller, not a
         # REFUSED from the server. The protocol's canonical terminator is CRLF.
-        lines = [encode_source(s) for s in sources] + [encode_go()]
+        lines = [encode_source(s) for s in sources]
+        for line in options_lines(options or JobOptions()):
+            lines.append(encode_option(line) if isinstance(line, JobOption)
+                         else encode_filter(line))
+        if bwlimit:
+            lines.append(encode_bwlimit(BwLimit(bwlimit)))
+        lines.append(encode_links(LinksOption(links)))
+        lines.append(encode_go())
         self.request = b"".join(line + b"\r\n" for line in lines)
         #: Finished as soon as the job has its id (--detach): the job goes on without us.
         self.detach = detach
@@ -233,12 +270,19 @@ class ControlSession:
     def _check(self, event: ServerEvent) -> None:
         """Refuse events that contradict the job this client sent."""
         count = len(self.result.sources)
-        if isinstance(event, (SourceError, SourceDone)) and event.index >= count:
+        if (isinstance(event, (SourceError, SourceDone, LinkSkipped, LinksDone))
+                and event.index >= count):
             raise ControlError(f"source index {event.index} but the job has {count} sources")
         if isinstance(event, SourceDone) and self.result.source_done[event.index] is not None:
             raise ControlError(f"second SOURCE-DONE for source {event.index}")
         if isinstance(event, (Spec, JobState, Cancelled)):
             raise ControlError(f"unexpected {type(event).__name__} for a submitted job")
+        if isinstance(event, SourceSync):
+            if event.index >= count:
+                raise ControlError(f"source index {event.index} but the job has {count} "
+                                   "sources")
+            if self.result.source_sync[event.index] is not None:
+                raise ControlError(f"second SOURCE-SYNC for source {event.index}")
 
     def _record(self, event: ServerEvent) -> None:
         result = self.result
@@ -256,6 +300,15 @@ class ControlSession:
                 result.errors_dropped += 1
         elif isinstance(event, SourceDone):
             result.source_done[event.index] = event
+        elif isinstance(event, SourceSync):
+            result.source_sync[event.index] = event
+        elif isinstance(event, LinksDone):
+            result.links_done[event.index] = event
+        elif isinstance(event, LinkSkipped):
+            if len(result.links_skipped) < MAX_KEPT_ERRORS:
+                result.links_skipped.append(event)
+            else:
+                result.links_skipped_dropped += 1
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True
@@ -287,7 +340,9 @@ class AttachSession(ControlSession):
             if event.index >= MAX_SOURCES:
                 raise ControlError("too many SPECs")
             return
-        if isinstance(event, (SourceError, SourceDone, Progress, Done)) and not result.sources:
+        if (isinstance(event, (SourceError, SourceDone, SourceSync, LinkSkipped, LinksDone,
+                               Progress, Done))
+                and not result.sources):
             raise ControlError(f"{type(event).__name__} before the job's SPECs")
         super()._check(event)
 
@@ -295,6 +350,8 @@ class AttachSession(ControlSession):
         if isinstance(event, Spec):
             self.sources.append(event.source)
             self.result.source_done.append(None)
+            self.result.source_sync.append(None)
+            self.result.links_done.append(None)
             return
         super()._record(event)
 
@@ -387,6 +444,9 @@ def submit_job(
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
     detach: bool = False,
+    options: JobOptions | None = None,
+    bwlimit: int = 0,
+    links: str = "safe",
 ) -> JobResult:
     """Run one job on the mirror server at ``host``:``port``; return its `JobResult`.
 
@@ -394,9 +454,11 @@ def submit_job(
     `MirrorServerUnreachable`, `JobRefused`, `ProtocolViolation`, `ConnectionLostBeforeDone`,
     `JobTimeout` after ``timeout`` seconds (connecting included), or `JobInterrupted` on
     Ctrl-C; the error's ``result`` holds what arrived before (None if the connection was
-    not made). A result whose ``ok`` is False is still a result, not an error.
+    not made). A result whose ``ok`` is False is still a result, not an error. ``bwlimit``
+    (bytes per second, 0: none) is the job's bandwidth limit.
     """
-    session = ControlSession(sources, on_event, detach=detach)
+    session = ControlSession(sources, on_event, detach=detach, options=options,
+                             bwlimit=bwlimit, links=links)
     return _run_session(host, port, session, timeout, cancel=not detach,
                         connect_timeout=connect_timeout, wake=wake, tick=tick, clock=clock,
                         opener=opener)

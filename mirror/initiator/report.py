@@ -27,17 +27,32 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     mirror server),
     ``throughput`` (bytes per second over that time), and ``errors``: a list of
     ``{"path": wire path or null for the whole source, "message": text}``.
+``dry_run``
+    true for ``--dry-run``: nothing was changed, and ``files``, ``bytes``, ``replaced`` and
+    ``deleted`` are what the job would have transferred, replaced and deleted.
+``sources`` (sync figures)
+    with ``--delete`` or ``--dry-run`` each source also has ``replaced`` (files that
+    replaced an older version or an entry of another type), ``deleted`` (entries deleted:
+    files, links and directories), ``deleted_bytes`` (sizes of the deleted files) and
+    ``deletion`` (``"off"``, ``"done"``, ``"skipped"`` after a listing with errors,
+    ``"refused"`` over ``--max-delete``); all null when the server did not report them.
+``links``, ``links_skipped``, ``skipped_links`` (per SPEC)
+    symbolic links placed (new or changed), links skipped (unsafe targets, or every link
+    with ``--no-links``), both null if the mirror server did not say (an older one), and
+    the skipped links reported one by one: ``{"path": wire path or null, "message": why}``.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
     per second over it; ``errors`` is a count here, ``errors_dropped`` the errors received
     but not kept (beyond the client's limit).
 
-Figures count files transferred in this job; ``skipped`` counts files already current
-(same size and mtime) and left alone, ``failed`` the files and entries (unsafe names
-included, and paths the content server could not list) that could not be mirrored.
-``not_exported`` counts what the content server did not list: links, special files and
-names that are not valid wire paths (a lower bound when a paused listing was resumed: the
+Figures count files transferred in this job; ``skipped`` counts files (and links) already
+current (same size and mtime; the same target) and left alone, ``failed`` the files and
+entries (unsafe names and malformed link targets included, and paths the content server
+could not list) that could not be mirrored. ``not_exported`` counts what the content server
+did not list: special files, names that are not valid wire paths, links whose target is not
+valid UTF-8 text, and every link if the content server is too old to list links (a lower
+bound when a paused listing was resumed: the
 count of a listing closed before its end is lost).
 """
 
@@ -127,6 +142,11 @@ def _figures(stats: SizeStats, dirs: int, skipped: int, failed: int, elapsed: fl
 
 
 _NULL_FIGURES = dict.fromkeys(_figures(SizeStats(), 0, 0, 0, 0.0))
+#: Public: the mirror server's web API reports the same figures under the same keys.
+figures = _figures
+
+
+_SYNC_KEYS = ("replaced", "deleted", "deleted_bytes", "deletion")
 
 
 def build_report(
@@ -134,6 +154,7 @@ def build_report(
     result: JobResult | None,
     elapsed: float,
     error: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for its keys).
 
@@ -164,15 +185,27 @@ def build_report(
             failed += done.failed
         else:
             entry.update(_NULL_FIGURES)
+        sync = result.source_sync[index] if result is not None else None
+        if sync is not None:
+            entry.update(replaced=sync.replaced, deleted=sync.deleted,
+                         deleted_bytes=sync.deleted_bytes, deletion=sync.deletion)
+        elif result is not None and any(result.source_sync):
+            entry.update(dict.fromkeys(_SYNC_KEYS))
         entry["errors"] = [
             {"path": e.path, "message": e.message}
             for e in (result.errors if result is not None else ())
             if e.index == index
         ]
         per_source.append(entry)
+    _add_links(per_source, result)
     total_figures = _figures(totals, dirs, skipped, failed, elapsed, not_exported)
+    for key in ("links", "links_skipped"):
+        total_figures[key] = sum(entry[key] or 0 for entry in per_source)
     total_figures["errors"] = len(result.errors) if result is not None else 0
     total_figures["errors_dropped"] = result.errors_dropped if result is not None else 0
+    if result is not None and any(result.source_sync):
+        for key in _SYNC_KEYS[:3]:
+            total_figures[key] = sum(e[key] or 0 for e in per_source)
     return {
         "ok": result is not None and error is None and result.ok,
         "error": error,
@@ -180,9 +213,43 @@ def build_report(
         "elapsed": elapsed,
         "resumed": result.resumed if result is not None else 0,
         "cancelled": result.cancelled if result is not None else False,
+        "dry_run": dry_run,
         "sources": per_source,
         "totals": total_figures,
     }
+
+
+def _add_links(per_source: list[dict[str, Any]], result: JobResult | None) -> None:
+    """The link figures of each SPEC (`build_report`'s ``links`` keys)."""
+    for index, entry in enumerate(per_source):
+        done = result.links_done[index] if result is not None else None
+        entry["links"] = done.placed if done is not None else None
+        entry["links_skipped"] = done.skipped if done is not None else None
+        entry["skipped_links"] = [
+            {"path": e.path, "message": e.message}
+            for e in (result.links_skipped if result is not None else ())
+            if e.index == index
+        ]
+
+
+def _links_text(report: dict[str, Any]) -> list[str]:
+    """Lines about links under the table: per SPEC with any, its counts and (up to
+    `MAX_TEXT_ERRORS` in all) the skipped links with the reason."""
+    lines = []
+    shown = 0
+    for entry in report["sources"]:
+        if not entry["links"] and not entry["links_skipped"] and not entry["skipped_links"]:
+            continue
+        lines.append(f"links of {_source_label(entry)}: {entry['links'] or 0} placed, "
+                     f"{entry['links_skipped'] or 0} skipped")
+        for item in entry["skipped_links"]:
+            if shown == MAX_TEXT_ERRORS:
+                lines.append("  ... more skipped links in --json")
+                return lines
+            shown += 1
+            where = printable(item["path"]) if item["path"] is not None else "-"
+            lines.append(f"  {where}: {printable(item['message'])}")
+    return lines
 
 
 def format_json(report: dict[str, Any]) -> str:
@@ -225,6 +292,30 @@ _HEADER = [
     "SOURCE", "STATUS", "FILES", "DIRS", "BYTES", "MEAN", "VARIANCE(B^2)", "STDDEV", "CV",
     "SKIPPED", "NOT-EXPORTED", "FAILED", "TIME", "THROUGHPUT",
 ]  # fmt: skip
+#: Public: the mirror server's status page shows the same table.
+table_header = _HEADER
+table_row = _row
+
+
+def _sync_table(report: dict[str, Any]) -> list[str]:
+    """Replaced and deleted figures per SPEC and in total, when the server sent them."""
+    totals = report["totals"]
+    if "deleted" not in totals:
+        return []
+    rows = [["SOURCE", "REPLACED", "DELETED", "DELETED-BYTES", "DELETION"]]
+    for entry in report["sources"]:
+        if entry.get("deletion") is None:
+            rows.append([_source_label(entry), "-", "-", "-", "-"])
+        else:
+            rows.append([_source_label(entry), str(entry["replaced"]), str(entry["deleted"]),
+                         format_bytes(entry["deleted_bytes"]), entry["deletion"]])
+    rows.append(["TOTAL", str(totals["replaced"]), str(totals["deleted"]),
+                 format_bytes(totals["deleted_bytes"]), ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join([row[0].ljust(widths[0])]
+                      + [c.rjust(w) for c, w in zip(row[1:4], widths[1:4], strict=True)]
+                      + [row[4]]).rstrip()
+            for row in rows]
 
 
 def format_text(report: dict[str, Any]) -> str:
@@ -238,10 +329,14 @@ def format_text(report: dict[str, Any]) -> str:
     lines = []
     if report["job_id"] is not None:
         lines.append(f"job {printable(report['job_id'])}")
+    if report.get("dry_run"):
+        lines.append("dry run: nothing was changed; the figures are what the job would do")
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
+    lines += _sync_table(report)
+    lines.extend(_links_text(report))
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

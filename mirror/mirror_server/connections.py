@@ -16,8 +16,9 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
 
@@ -44,6 +45,21 @@ def tcp_endpoints(reactor: IReactorTCP, timeout: float = CONNECT_TIMEOUT) -> End
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
     return endpoint
+
+
+class QuietFactory(Factory[ContentClientProtocol]):
+    """Builds the one protocol it is given, without logging (``connectProtocol`` does the
+    same but logs "Starting factory" and "Stopping factory" for every content connection:
+    two lines per connection drown the lines an operator reads, a job's start and end and
+    its errors)."""
+
+    noisy = False
+
+    def __init__(self, protocol: ContentClientProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> ContentClientProtocol:
+        return self._protocol
 
 
 class SourceConnections:
@@ -182,7 +198,7 @@ class SourceConnections:
         proto = ContentClientProtocol(self._clock, self.name, **self._client_options)
         proto.on_request_done = self._slot_free
         try:
-            await connectProtocol(self._endpoints(self.host, self.port), proto)
+            await self._endpoints(self.host, self.port).connect(QuietFactory(proto))
         except Exception as e:
             raise TransferError(f"cannot connect to {self.name}: {_reason(e)}") from None
         return proto

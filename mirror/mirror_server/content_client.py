@@ -20,6 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mirror.limits import ClosingMixin, Deadline
+from mirror.mirror_server.min_rate import DEFAULT_WINDOW, RateFloor
+from mirror.mirror_server.throttle import Throttle
+from mirror.rates import format_rate
 from mirror.wire import frames
 
 #: Per-request limit on silence: no frame for this request for this long fails it.
@@ -27,7 +30,12 @@ STALL_TIMEOUT = 30.0
 
 
 class TransferError(Exception):
-    """A request failed; the message is for users and names what went wrong."""
+    """A request failed; the message is for users and names what went wrong. ``code`` is
+    the error code of the server's ERROR frame, if that is what failed it."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class FlowControl:
@@ -64,6 +72,10 @@ class FetchSink(Protocol):
 
 
 class _Request:
+    #: The content server waits the SPEC's delay before answering (`measured` says when
+    #: that is over).
+    delayed = False
+
     def __init__(self, client: ContentClientProtocol, request_id: int, what: str,
                  timeout: float) -> None:
         self.client = client
@@ -73,6 +85,8 @@ class _Request:
         # it is ignored rather than fired into a Deferred that already has a result.
         self.done: Deferred[Any] = Deferred(lambda d: self._forget())
         self.deadline = Deadline(client.clock, timeout, self._stalled)
+        #: The code of the ERROR frame that failed the request, if one did.
+        self.error_code: int | None = None
         if not client.reading_paused:
             self.deadline.start()
 
@@ -82,22 +96,28 @@ class _Request:
     def _forget(self) -> None:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
-            self.client.on_request_done()
+            self.client.request_ended()
 
     def fail(self, message: str) -> None:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
-            self.done.errback(TransferError(message))
-            self.client.on_request_done()
+            self.done.errback(TransferError(message, self.error_code))
+            self.client.request_ended()
 
     def finish(self, result: Any) -> None:
         if self.client.requests.pop(self.id, None) is self:
             self.deadline.stop()
             self.done.callback(result)
-            self.client.on_request_done()
+            self.client.request_ended()
 
     def frame(self, opcode: int, payload: bytes) -> None:
         raise NotImplementedError
+
+    @property
+    def measured(self) -> bool:
+        """The server owes us this request's bytes now (see `mirror_server.min_rate`):
+        a transfer whose delay is over. A LIST never is: walking a tree is not a transfer."""
+        return False
 
     def piece(self, piece: memoryview) -> None:
         self.fail(f"{self.what}: unexpected DATA")
@@ -164,6 +184,10 @@ class _FetchRequest(_Request):
         else:
             self.fail(f"{self.what}: unexpected response {opcode:#x}")
 
+    @property
+    def measured(self) -> bool:
+        return self.header is not None or not self.delayed
+
     def piece(self, piece: memoryview) -> None:
         if self.header is None:
             self.fail(f"{self.what}: DATA before FILE")
@@ -194,6 +218,11 @@ class _BundleRequest(_Request):
         super().__init__(client, request_id, what, timeout)
         self.sizes = sizes
         self.results: list[BundleResult] = []
+
+    @property
+    def measured(self) -> bool:
+        # With a delay the server waits before each file: only the delay-less are measured.
+        return not self.delayed
 
     def frame(self, opcode: int, payload: bytes) -> None:
         if opcode != frames.BUNDLE:
@@ -232,7 +261,7 @@ class _BundleRequest(_Request):
             self.deadline.stop()
             self.results.extend([message] * (len(self.sizes) - len(self.results)))
             self.done.callback(self.results)
-            self.client.on_request_done()
+            self.client.request_ended()
 
 
 class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
@@ -245,7 +274,9 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
     RECV_SIZE = 1 << 20
 
     def __init__(self, clock: IReactorTime | None = None, name: str = "content server",
-                 stall_timeout: float = STALL_TIMEOUT, max_file_size: int = 1 << 40) -> None:
+                 stall_timeout: float = STALL_TIMEOUT, max_file_size: int = 1 << 40,
+                 throttle: Throttle | None = None, min_rate: int = 0,
+                 min_rate_window: float = DEFAULT_WINDOW) -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -262,6 +293,11 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         self.lost_d: Deferred[None] = Deferred()
         self.flow: FlowControl
         self.lost_reason: str | None = None
+        #: The job's bandwidth limit (--bwlimit), shared with its other connections.
+        self.throttle = throttle
+        self._min_rate = min_rate
+        self._min_rate_window = min_rate_window
+        self._floor: RateFloor | None = None
 
     @property
     def load(self) -> int:
@@ -271,13 +307,23 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         assert self.transport is not None
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.RECV_SIZE
+            if self.throttle is not None:
+                # Small reads under a limit: each is paid for before it is handed on.
+                self.transport.bufferSize = min(self.RECV_SIZE, self.throttle.read_size)
         if hasattr(self.transport, "setTcpNoDelay"):
             # Pipelined small requests: Nagle + delayed ACKs would add ~40 ms stalls.
             self.transport.setTcpNoDelay(True)
         self.flow = FlowControl(self.pause, self.resume)
+        if self._min_rate:
+            self._floor = RateFloor(self.clock, self._min_rate, self._min_rate_window,
+                                    self._too_slow)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.cancel_close_timer()
+        if self._floor is not None:
+            self._floor.stop()
+        if self.throttle is not None:
+            self.throttle.forget(self)
         if self.lost_reason is None:
             self.lost_reason = reason.getErrorMessage()
         for request in list(self.requests.values()):
@@ -291,14 +337,16 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
 
     def list(self, path: str,
              on_entries: Callable[[list[frames.Entry]], Deferred[None] | None],
-             cursor: str | None = None) -> Deferred[tuple[int, int]]:
+             cursor: str | None = None, links: bool = False) -> Deferred[tuple[int, int]]:
         """LIST ``path`` (after ``cursor``, the last name received before, if resuming);
         ``on_entries`` gets each batch (and may return a Deferred to make the connection
-        wait). Fires with ``(count, skipped)`` of this request."""
+        wait). Fires with ``(count, skipped)`` of this request. With ``links``, asks for
+        link entries (the LIST option; an older server answers ERROR 3)."""
         request_id = self._allocate()
         req = _ListRequest(self, request_id, f"LIST {path or '.'}", self.stall_timeout,
                            on_entries)
-        return self._send(req, frames.LIST, frames.encode_list(path, cursor))
+        payload = frames.encode_list_options(frames.encode_list(path, cursor), links)
+        return self._send(req, frames.LIST, payload)
 
     def fetch(self, path: str, sink: FetchSink, offset: int = 0, length: int = frames.TO_END,
               delay: float = 0.0, expect_size: int | None = None
@@ -309,6 +357,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         request_id = self._allocate()
         req = _FetchRequest(self, request_id, path, self.stall_timeout + delay, sink,
                             self.max_file_size, expect_size)
+        req.delayed = delay > 0
         delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
         return self._send(req, frames.FETCH, frames.encode_fetch(path, offset, length, delay_ms))
 
@@ -323,6 +372,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         # The server waits the delay before each file: every frame may take that long.
         req = _BundleRequest(self, request_id, f"FETCH_MANY of {len(wants)} files",
                              self.stall_timeout + delay, [size for _, size in wants])
+        req.delayed = delay > 0
         delay_ms = min(int(delay * 1000), 0xFFFFFFFF)
         return self._send(req, frames.FETCH_MANY, frames.encode_fetch_many(delay_ms, wants))
 
@@ -337,7 +387,43 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
             return req.done
         self.requests[req.id] = req
         self.transport.write(frames.frame(opcode, req.id, payload))
+        self._measure()
         return req.done
+
+    def request_ended(self) -> None:
+        """A request ended (answered, failed or forgotten): a slot is free."""
+        self._measure()
+        self.on_request_done()
+
+    # -- --bwlimit and --min-rate ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if data:
+            if self._floor is not None:
+                self._floor.received(len(data))
+            if self.throttle is not None and self.transport is not None:
+                # Paid for before it is parsed: a read that overdraws the job's bucket
+                # pauses us, and waits (unparsed) until the throttle resumes us.
+                self.throttle.spend(self, len(data))
+        super().dataReceived(data)
+        self._measure()
+
+    def _measure(self) -> None:
+        """Tell the rate floor whether the server owes us data now."""
+        if self._floor is not None:
+            self._floor.set_active(not self.reading_paused and any(
+                r.measured for r in self.requests.values()))
+
+    def _too_slow(self, rate: float) -> None:
+        """Below --min-rate: every request here fails (each file is retried once, on
+        another connection) and the connection is dropped."""
+        assert self._floor is not None
+        self.lost_reason = (f"too slow: {format_rate(rate)} over {self._floor.window:g} s, "
+                            f"below the minimum of {format_rate(self._floor.rate)}")
+        self.log.info("{name}: {reason}", name=self.name, reason=self.lost_reason)
+        for request in list(self.requests.values()):
+            request.fail(f"{request.what}: {self.lost_reason}")
+        self.abort()
 
     @property
     def reading_paused(self) -> bool:
@@ -356,12 +442,14 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
                 request.deadline.stop()
             if self.transport is not None:
                 self.pauseProducing()
+            self._measure()
 
     def resume(self) -> None:
         self._pauses -= 1
         if self._pauses == 0:
             for request in list(self.requests.values()):
                 request.deadline.restart()
+            self._measure()
             if self.transport is not None:
                 self.resumeProducing()
 
@@ -392,7 +480,7 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
             return
         try:
             if opcode == frames.ERROR:
-                _, message = frames.decode_error(payload)  # ProtocolError if too short
+                req.error_code, message = frames.decode_error(payload)  # ProtocolError if short
                 req.fail(f"{message}" if message else f"{req.what}: error from server")
                 return
             req.frame(opcode, payload)

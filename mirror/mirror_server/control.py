@@ -16,6 +16,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mirror.filters import MAX_RULES, PatternError
+from mirror.job_options import options_from_lines
 from mirror.limits import (
     ClosingMixin,
     ConnectionLimiter,
@@ -24,6 +26,7 @@ from mirror.limits import (
     LimitedFactory,
 )
 from mirror.mirror_server.journal import JournalFull
+from mirror.mirror_server.subtree_lock import SubtreeLocked
 from mirror.wire import control
 
 if TYPE_CHECKING:
@@ -43,6 +46,12 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
 
     def __init__(self) -> None:
         self.sources: list[control.SourceRequest] = []
+        #: OPTION and FILTER lines, in the order received.
+        self.option_lines: list[control.JobOption | control.FilterRule] = []
+        #: The job's BWLIMIT (bytes per second), 0 if none was sent.
+        self.bwlimit = 0
+        #: The client's LINKS line, if it sent one (then it hears of links as they go).
+        self.links: control.LinksOption | None = None
         self.job: Job | None = None
         self._job_over = False
         #: The job this connection is attached to (ATTACH), if any.
@@ -118,12 +127,38 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             if not self.sources:
                 self.refuse("GO without any SOURCE")
                 return
-            self._submit_deadline.stop()
-            self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
+            # Without LINKS (an older mirror-init): safe links, as rsync -a --safe-links.
+            mode = self.links.mode if self.links is not None else "safe"
             try:
-                self.job = self.factory.service.submit(self.sources, self)
+                options = options_from_lines(self.option_lines)
+                self.job = self.factory.service.submit(self.sources, self, options,
+                                                       bwlimit=self.bwlimit, links_mode=mode)
+            except (PatternError, SubtreeLocked) as e:
+                self.refuse(str(e))
+                return
             except JournalFull as e:
                 self.refuse(f"mirror server busy: {e}")
+                return
+            self._submit_deadline.stop()
+            self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
+            return
+        if isinstance(message, (control.JobOption, control.FilterRule)):
+            if len(self.option_lines) >= MAX_RULES + len(control.OPTION_NAMES):
+                self.refuse(f"more than {MAX_RULES} include/exclude patterns")
+                return
+            self.option_lines.append(message)
+            return
+        if isinstance(message, control.BwLimit):
+            if self.bwlimit:
+                self.refuse("BWLIMIT given twice")
+                return
+            self.bwlimit = message.rate
+            return
+        if isinstance(message, control.LinksOption):
+            if self.links is not None:
+                self.refuse("LINKS given twice")
+                return
+            self.links = message
             return
         if len(self.sources) >= control.MAX_SOURCES:
             self.refuse(f"more than {control.MAX_SOURCES} sources")
@@ -137,8 +172,12 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
 
     def _request(self, message: control.Attach | control.ListJobs | control.Cancel) -> None:
         """ATTACH, JOBS or CANCEL: a connection's only request, instead of a job."""
-        if self.sources:
-            self.refuse(f"{type(message).__name__.upper()} after SOURCE")
+        if self.sources or self.option_lines or self.bwlimit or self.links is not None:
+            # A new job's lines would be silently dropped: a client mixing them is confused.
+            first = "SOURCE" if self.sources else "a job's OPTION, FILTER, BWLIMIT or LINKS"
+            command = "JOBS" if isinstance(message, control.ListJobs) else (
+                type(message).__name__.upper())
+            self.refuse(f"{command} after {first}")
             return
         self._submit_deadline.stop()
         self.clearLineBuffer()
@@ -199,7 +238,17 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
     def source_error(self, index: int, path: str | None, message: str) -> None:
         self._send(control.SourceError(index, path, message))
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        if self.links is not None:  # an older client would refuse the line
+            self._send(control.LinkSkipped(index, path, message))
+
     def source_done(self, run: SourceRun) -> None:
+        sync = run.sync
+        if run.job.options.reports_sync and sync is not None:
+            self._send(control.SourceSync(run.index, sync.replaced, sync.deleted,
+                                          sync.deleted_bytes, sync.deletion))
+        if self.links is not None:
+            self._send(control.LinksDone(run.index, run.links.placed, run.links.skipped))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

@@ -4,7 +4,8 @@ workers' transfers report back here.
 `SourceRun` is the manager of one SPEC. It checks every LIST entry before anything touches the
 disk (a safe name, inside the requested path, in the listing's canonical order: see
 `mirror.mirror_server.listed`), creates directories, skips files already current (size and
-mtime, as rsync's quick check), and queues the rest, waiting while the queue is full.
+mtime, as rsync's quick check), and queues the rest, waiting while the queue is full. Link
+entries go to its `mirror.mirror_server.links.SourceLinks` (placed if safe, or skipped).
 `SourceRun.transfer` is what a worker runs for one file: FETCH into a `FileReceiver`, verify,
 rename; one retry, then a report. `SourceRun.transfer_bundle` is what it runs for the small
 files of one source in its batch: FETCH_MANY requests, every file written, verified and renamed
@@ -14,8 +15,7 @@ in one thread call, each file that fails retried alone by `transfer`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -23,11 +23,24 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mirror import paths
+from mirror.job_options import JobOptions
+from mirror.mirror_server import links as links_
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import BundleResult, TransferError
+from mirror.mirror_server.deletion import DeletionGate
+from mirror.mirror_server.durable import Durability
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
+from mirror.mirror_server.sync import (
+    CURRENT,
+    NEW,
+    REPLACES,
+    SpecSync,
+    classify,
+    open_existing_store,
+)
+from mirror.mirror_server.throttle import Throttle
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.stats import SizeStats
 from mirror.threads import Threads
@@ -53,11 +66,16 @@ class JobObserver(Protocol):
 
     def source_done(self, run: SourceRun) -> None: ...
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        """A link of source ``index`` was not placed (``path`` None: about the source)."""
+
     def job_done(self, job: Job) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class WorkItem:
+class WorkItem(NamedTuple):
+    """One file for a worker. (A named tuple: made per listed file; a frozen dataclass
+    costs several times as much to make.)"""
+
     source: SourceRun
     parts: paths.Parts
     entry: frames.Entry
@@ -81,6 +99,15 @@ class JobSettings(Protocol):
 
     @property
     def list_hold(self) -> float: ...
+
+    @property
+    def min_rate(self) -> int: ...
+
+    @property
+    def min_rate_window(self) -> float: ...
+
+    @property
+    def fsync(self) -> bool: ...
 
 
 class JobResources(Protocol):
@@ -126,7 +153,8 @@ class SourceRun:
 
     log = Logger()
 
-    def __init__(self, job: Job, index: int, request: SourceRequest) -> None:
+    def __init__(self, job: Job, index: int, request: SourceRequest,
+                 links_mode: str = links_.LINKS_SAFE) -> None:
         self.job = job
         self.index = index
         self.request = request
@@ -142,6 +170,8 @@ class SourceRun:
         self.elapsed = 0.0
         self._order = ListingOrder()
         self._dir_meta: list[tuple[paths.Parts, int, int]] = []
+        #: Directories this job made, along the listing's current path (see `_files`).
+        self._fresh_dirs: list[paths.Parts] = []
         self._pending = 0
         self._listing_done = False
         self._errors = 0
@@ -162,6 +192,16 @@ class SourceRun:
         #: Its SOURCE-DONE was recorded before a restart: nothing left to run.
         self.restored_done = False
         self.reported = False
+        #: Filters, --delete and --dry-run of this SPEC (made by run()).
+        self.sync: SpecSync | None = None
+        #: The store is open (in a dry run it may stay None: nothing mirrored yet).
+        self._store_ready = False
+        #: The listing reached its LIST_END (deletion needs that, and no error in it).
+        self._listing_complete = False
+        self._gated = False
+        #: When (reactor seconds) the listing ended, for the web status page's metrics.
+        self.listed_at: float | None = None
+        self.links = links_.SourceLinks(self, links_mode)
 
     @property
     def listing_done(self) -> bool:
@@ -170,16 +210,31 @@ class SourceRun:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def error(self, path: str | None, message: str) -> None:
+    def error(self, path: str | None, message: str, always: bool = False) -> None:
         """Report a failure; past `MAX_REPORTED_ERRORS` they are only counted (a hostile
-        server streaming bad names must not flood the log and the client)."""
+        server streaming bad names must not flood the log and the client), unless
+        ``always`` (what the job did about deletion is always said)."""
         self.ok = False
         self._errors += 1
-        if self._errors > MAX_REPORTED_ERRORS:
+        if self._errors > MAX_REPORTED_ERRORS and not always:
             return
         self.log.info("{source}: {path}: {message}", source=self.label, path=path or "-",
                       message=message)
         self.job.observer.source_error(self.index, path, message)
+
+    def _listing_error(self, path: str | None, message: str) -> None:
+        """A failure of the listing itself: the mirror is incomplete, deletion is off."""
+        if self.sync is not None:
+            self.sync.listing_failed()
+        self.error(path, message)
+
+    def link_skipped(self, path: str | None, message: str) -> None:
+        """A link not placed (`mirror.mirror_server.links`): not a failure."""
+        self.job.observer.link_skipped(self.index, path, message)
+
+    @property
+    def threads(self) -> Threads:
+        return self.job.resources.threads
 
     def _report_unshown_errors(self) -> None:
         unshown = self._errors - MAX_REPORTED_ERRORS
@@ -222,27 +277,40 @@ class SourceRun:
     async def run(self) -> None:
         if self.restored_done:
             self.reported = True
+            if self.job.options.delete:
+                # Its deletions were done before the restart; the job's other SPECs wait
+                # for every one to say what it deletes (`DeletionGate`): nothing more here.
+                self._gated = True
+                Deferred.fromCoroutine(self.job.deletion_gate.decide(0))
             self.job.observer.source_done(self)
             return
         res = self.job.resources
         started = res.reactor.seconds()
         try:
             self._request_parts = paths.parse_request_path(self.request.path)
+            self.sync = SpecSync(self.job.options, self._request_parts)
             self.connections = SourceConnections(
                 res.reactor, self.request.host, self.request.port, res.endpoints,
                 size=res.settings.connections_per_source,
                 stall_timeout=res.settings.stall_timeout,
                 max_file_size=res.settings.max_file_size,
+                throttle=self.job.throttle,
+                min_rate=res.settings.min_rate, min_rate_window=res.settings.min_rate_window,
             )
             await self._list()
             if self._pending:
                 self._idle = Deferred()
                 await self._idle
+            await self._delete_extraneous()
             await self._finish_dirs()
         except Exception as e:
             self.log.failure("{source}: internal error", source=self.label)
-            self.error(None, f"internal error: {e}")
+            self._listing_error(None, f"internal error: {e}")
         finally:
+            if self.job.options.delete and not self._gated:
+                # The other SPECs of the job wait for every one to say what it deletes.
+                self._gated = True
+                Deferred.fromCoroutine(self.job.deletion_gate.decide(0))
             if self.connections is not None:
                 self.connections.close()
             if self.store is not None:
@@ -250,17 +318,27 @@ class SourceRun:
             self.elapsed = self.elapsed_before + res.reactor.seconds() - started
             self._report_unshown_errors()
             self.reported = True
+            self.links.finish()
             self.job.observer.source_done(self)
 
     async def _open_store(self) -> bool:
         res = self.job.resources
         top = mirror_top(self.request.host, self.request.port)
         try:
-            self.store = await res.threads.run(MirrorStore, res.mirror_dir, top, res.dir_budget)
+            if self.job.options.dry_run:
+                # A dry run creates nothing, HOST_PORT included.
+                self.store = await res.threads.run(open_existing_store, res.mirror_dir, top,
+                                                   res.dir_budget)
+            else:
+                self.store = await res.threads.run(MirrorStore, res.mirror_dir, top,
+                                                   res.dir_budget, Durability(res.settings.fsync))
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")
             return False
+        self._store_ready = True
+        assert self.sync is not None  # made by run()
+        await res.threads.run(self.sync.start, self.store)
         return True
 
     async def _list(self) -> None:
@@ -275,6 +353,7 @@ class SourceRun:
                 await queue.wait_below(queue.size // 2, key=(self.job, self))
         finally:
             self._listing_done = True
+            self.listed_at = self.job.resources.reactor.seconds()
 
     async def _list_once(self) -> bool:
         """One LIST request on a connection of its own; True if it was closed while paused
@@ -292,21 +371,25 @@ class SourceRun:
         try:
             conn = await self.connections.connect()
             # Only now, with a server that answers, does HOST_PORT get created.
-            if self.store is None and not await self._open_store():
+            if not self._store_ready and not await self._open_store():
                 return False
             self._listing_conn = conn
             self._list_held = False
             cursor = None if self._cursor is None else paths.join_parts(self._cursor)
-            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor)
+            _count, skipped = await conn.list(self.request.path, self._take_batch, cursor,
+                                              links=self.links.requested)
             self.not_exported += skipped
+            self._listing_complete = True
         except TransferError as e:
+            if self.links.refused_by_server(e.code):
+                return True  # an older content server: list again, without links
             # Lost while (or just after) we were not reading it: closed by us after
             # list_hold, or dropped by the server after its --write-timeout (a paused
             # transport notices only once it reads again). Not the source's fault: resume.
             # Only if the cursor moved on this connection: never an endless loop.
             resume = self._list_held and self._cursor != start
             if not resume and not self.job.cancelled:
-                self.error(None, f"cannot list {self.request.path or '.'}: {e}")
+                self._listing_error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
             self._listing_conn = None
             # A batch may still be waiting for room in the queue (the connection dropped
@@ -364,7 +447,7 @@ class SourceRun:
             await self._take(entries)
         except Exception as e:
             self.log.failure("{source}: taking LIST entries failed", source=self.label)
-            self.error(None, f"internal error: {e}")
+            self._listing_error(None, f"internal error: {e}")
 
     def _check(self, entry: frames.Entry) -> paths.Parts:
         try:
@@ -382,39 +465,64 @@ class SourceRun:
 
     async def _take(self, entries: list[frames.Entry]) -> None:
         """Take one ENTRIES batch in; the connection reads nothing more until this returns."""
-        dirs: list[tuple[paths.Parts, frames.Entry]] = []
-        files: list[tuple[paths.Parts, frames.Entry]] = []
+        accepted: list[tuple[paths.Parts, frames.Entry]] = []
+        links: list[tuple[paths.Parts, frames.Entry]] = []
+        wanted: list[tuple[paths.Parts, bool]] = []
+        sync = self.sync
+        assert sync is not None  # made by run()
         for entry in entries:
             if entry.is_error:
                 # The source could not list this path (not "gone" or "a link": those it
                 # skips and counts): the mirror is incomplete, so the job fails.
                 self.failed += 1
-                self.error(paths.display_name(entry.name), entry.message)
+                self._listing_error(paths.display_name(entry.name), entry.message)
                 continue
             try:
                 parts = self._check(entry)
             except EntryRefused as e:
                 self.failed += 1
-                self.error(paths.display_name(entry.name), str(e))
+                self._listing_error(paths.display_name(entry.name), str(e))
                 continue
-            (dirs if entry.is_dir else files).append((parts, entry))
+            if not sync.wanted(parts, entry.is_dir):
+                continue  # excluded: neither fetched nor deleted
+            # (A link is a listed name too: --delete keeps it, or replaces another type.)
+            wanted.append((parts, entry.is_dir))
+            (links if entry.is_link else accepted).append((parts, entry))
         threads = self.job.resources.threads
-        assert self.store is not None  # opened before the listing starts
+        if sync.may_delete and wanted:
+            # Before the directories are made: the merge reads what was there.
+            for parts, problem in await threads.run(sync.take, self.store, wanted):
+                self.error(paths.join_parts(parts), problem)
+        dirs = [(parts, entry) for parts, entry in accepted if entry.is_dir]
+        made: set[paths.Parts] = set()
+        if self.job.options.dry_run:
+            self.dirs += len(dirs)  # would be made (or are there)
+            dirs = []
         if dirs:
+            assert self.store is not None  # opened before the listing starts
             results = await threads.run(_make_dirs, self.store, [p for p, _ in dirs])
-            for (parts, entry), problem in zip(dirs, results, strict=True):
+            for (parts, entry), (problem, new) in zip(dirs, results, strict=True):
                 if problem:
                     self.failed += 1
                     self.error(paths.join_parts(parts), problem)
-                else:
-                    self.dirs += 1
-                    self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+                    continue
+                self.dirs += 1
+                self._dir_meta.append((parts, entry.mode, entry.mtime_ns))
+                if new:
+                    made.add(parts)
+        if links and not self.job.options.dry_run:
+            await self.links.take(links)
+        files, to_check = self._files(accepted, made)
         if not files:
             return
-        current = await threads.run(_quick_check, self.store, files)
-        queue = self.job.resources.queue
-        for (parts, entry), is_current in zip(files, current, strict=True):
-            if is_current:
+        verdicts = [NEW] * len(files)
+        if to_check:
+            checked = await threads.run(_classify, self.store, [files[i] for i in to_check])
+            for i, verdict in zip(to_check, checked, strict=True):
+                verdicts[i] = verdict
+        work: list[WorkItem] = []
+        for (parts, entry), verdict in zip(files, verdicts, strict=True):
+            if verdict == CURRENT:
                 if self._skip_credit:
                     self._skip_credit -= 1
                 else:
@@ -422,12 +530,65 @@ class SourceRun:
                 continue
             if self.job.cancelled:
                 continue
-            self._pending += 1
-            self.job.files_total += 1
-            self.job.bytes_total += entry.size
-            if len(queue) >= queue.size:
-                self._hold_started()
-            await queue.put(WorkItem(self, parts, entry))
+            if verdict == REPLACES:
+                sync.replaced += 1
+            if self.job.options.dry_run:
+                self.stats.add(entry.size)  # would be transferred
+                continue
+            work.append(WorkItem(self, parts, entry))
+        self._pending += len(work)
+        self.job.files_total += len(work)
+        self.job.bytes_total += sum(item.entry.size for item in work)
+        # One wait for the whole batch; a full queue starts the listing's hold clock.
+        await self.job.resources.queue.put_many(work, on_wait=self._hold_started)
+
+    def _files(self, accepted: list[tuple[paths.Parts, frames.Entry]], made: set[paths.Parts]
+               ) -> tuple[list[tuple[paths.Parts, frames.Entry]], list[int]]:
+        """The files of a batch, in order, and the indexes of those to quick-check: not the
+        files of a directory this job made (it was empty: they are `NEW`), a stat each
+        saved on a first run.
+
+        Canonical order lists a directory's contents right after it, so the directories
+        made whose files may still come form a stack along the current path (memory
+        proportional to depth), kept across batches.
+        """
+        fresh = self._fresh_dirs
+        files: list[tuple[paths.Parts, frames.Entry]] = []
+        to_check: list[int] = []
+        for parts, entry in accepted:
+            while fresh and parts[: len(fresh[-1])] != fresh[-1]:
+                fresh.pop()
+            if entry.is_dir:
+                if parts in made:
+                    fresh.append(parts)
+                continue
+            if not (fresh and len(parts) == len(fresh[-1]) + 1):
+                to_check.append(len(files))
+            files.append((parts, entry))
+        return files, to_check
+
+    async def _delete_extraneous(self) -> None:
+        """--delete, once the transfers are done: plan, wait for the job's other SPECs
+        (--max-delete is per job), then remove (or, in a dry run, count) what the listing
+        did not have. Never after a listing with errors."""
+        sync = self.sync
+        if sync is None or not self.job.options.delete or self.job.cancelled:
+            return  # (a cancelled job deletes nothing: the finally of run() opens the gate)
+        threads = self.job.resources.threads
+        planned = await threads.run(sync.plan, self._listing_complete, self.store)
+        if sync.deletion == "skipped":
+            self.error(None, f"deletion skipped: the listing of {self.label} had errors",
+                       always=True)
+        self._gated = True
+        gate = self.job.deletion_gate
+        allowed = await gate.decide(planned, sync.planned_exact)
+        for parts, problem in await threads.run(sync.delete, self.store, allowed):
+            self.error(paths.join_parts(parts), f"cannot delete: {problem}")
+        if sync.deletion == "refused":
+            total = gate.total if gate.exact else f"at least {gate.total}"
+            self.error(None, f"deletion refused: the job would delete {total} entries, "
+                             f"more than --max-delete {gate.limit}; nothing deleted",
+                       always=True)
 
     async def _finish_dirs(self) -> None:
         # Deepest first: setting a parent's mtime before its children would be undone.
@@ -582,19 +743,21 @@ class SourceRun:
         return None
 
 
-def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[str]:
-    problems = []
+def _make_dirs(store: MirrorStore, dirs: list[paths.Parts]) -> list[tuple[str, bool]]:
+    """Per directory: the problem ("" if none), and whether it was made now."""
+    results = []
     for parts in dirs:
         try:
-            store.make_dir(parts)
-            problems.append("")
+            # A link the mirror holds there is replaced (`links_.make_dir`).
+            results.append(("", links_.make_dir(store, parts)))
         except (StoreError, paths.UnsafePath) as e:
-            problems.append(str(e))
-    return problems
+            results.append((str(e), False))
+    return results
 
 
-def _quick_check(store: MirrorStore, files: list[tuple[paths.Parts, frames.Entry]]) -> list[bool]:
-    return [store.is_current(parts, e.size, e.mtime_ns) for parts, e in files]
+def _classify(store: MirrorStore | None, files: list[tuple[paths.Parts, frames.Entry]]
+              ) -> list[str]:
+    return [classify(store, parts, e.size, e.mtime_ns) for parts, e in files]
 
 
 def _set_dirs(store: MirrorStore, metas: list[tuple[paths.Parts, int, int]]
@@ -614,11 +777,17 @@ class Job:
     log = Logger()
 
     def __init__(self, job_id: str, requests: list[SourceRequest], resources: JobResources,
-                 observer: JobObserver) -> None:
+                 observer: JobObserver, options: JobOptions | None = None,
+                 bwlimit: int = 0, links_mode: str = links_.LINKS_SAFE) -> None:
         self.id = job_id
+        #: The job's --bwlimit (bytes per second, 0: none), shared by all its connections.
+        self.throttle = Throttle(resources.reactor, bwlimit) if bwlimit else None
         self.resources = resources
         self.observer = observer
-        self.sources = [SourceRun(self, i, r) for i, r in enumerate(requests)]
+        self.options = options or JobOptions()
+        #: --max-delete applies to the whole job: each SPEC's deletion waits for all plans.
+        self.deletion_gate = DeletionGate(len(requests), self.options.max_delete)
+        self.sources = [SourceRun(self, i, r, links_mode) for i, r in enumerate(requests)]
         self.files_total = 0
         self.bytes_total = 0
         self.files_done = 0
@@ -664,6 +833,8 @@ class Job:
             # Even if reporting failed: the service forgets the job, never waits on it.
             if self._ticker.running:
                 self._ticker.stop()
+            if self.throttle is not None:
+                self.throttle.close()
             self.finished.callback(self)
 
     def _tick(self, force: bool = False) -> None:

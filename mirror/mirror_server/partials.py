@@ -147,6 +147,9 @@ class StatePartial(PartialFile):
                  whole: hashing.Hasher, file_size: int, mtime_ns: int) -> None:
         # Not PartialFile.__init__: the file is already open, and not beside its target.
         self._dir_fd = dir_fd
+        #: PartialFile.discard closes the directory (`PartialFile._release_dir`).
+        self._owns_dir = True
+        self._mode: int | None = None
         self._fd = fd
         self.parts = parts
         self.name = parts[-1]
@@ -175,9 +178,10 @@ class StatePartial(PartialFile):
         # reads the tuple.
         self.checkpoint = (self.length, self._whole.copy().hexdigest())
 
-    def commit(self, header: frames.FileHeader, digest: bytes) -> None:
+    def commit(self, header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
         """Verify (this range against the server's digest, the whole against its size),
-        set mode and mtime, and move into place."""
+        set mode and mtime, fsync, and move into place (the target's directory is always
+        synced after: ``sync_dir`` is for `PartialFile`'s callers that batch it)."""
         if self.size != header.size:
             raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
         if self.length != header.file_size:
@@ -192,6 +196,12 @@ class StatePartial(PartialFile):
             os.utime(self._fd, ns=(header.mtime_ns, header.mtime_ns))
         except OSError as e:
             raise StoreError(f"cannot set attributes: {_describe(e)}") from None
+        try:
+            # Data and attributes on disk before the file takes its final name (--no-fsync:
+            # nothing); `MirrorStore.adopt` syncs the directory after the rename.
+            self.store.durability.file(self._fd)
+        except OSError as e:
+            raise StoreError(f"fsync failed: {_describe(e)}") from None
         fd, self._fd = self._fd, -1
         try:
             os.close(fd)
@@ -203,8 +213,7 @@ class StatePartial(PartialFile):
             if e.errno != errno.EXDEV:
                 raise StoreError(f"cannot rename into place: {_describe(e)}") from None
             self._copy_into_place(header)
-        os.close(self._dir_fd)
-        self._dir_fd = -1
+        self._release_dir()
 
     def _copy_into_place(self, header: frames.FileHeader) -> None:
         """Another file system: through a temporary file beside the target, verified again

@@ -21,9 +21,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from mirror import paths
+from mirror.job_options import JobOptions
 from mirror.mirror_server import journal as jr
-from mirror.mirror_server.job import Job, JobObserver, JobResources, SourceRun
+from mirror.mirror_server.job import Job, JobObserver, JobResources, SourceRun, mirror_top
+from mirror.mirror_server.journal_options import JobRequest
+from mirror.mirror_server.links import LINKS_SAFE
 from mirror.mirror_server.partials import JobPartials, PartialDir
+from mirror.mirror_server.subtree_lock import SubtreeLocked, SubtreeLocks
 from mirror.wire import control
 
 #: Errors an attacher can catch up on (more were shown to whoever followed the job live).
@@ -139,6 +144,13 @@ class JobFeed:
                     if journal is not None:
                         journal.source_figures(self.id, run.index, figures)
 
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        # Not an error: the submitter hears of it (if it asked, with LINKS); attachers are
+        # told live (they speak LINKS), not on catching up.
+        if self.submitter is not None:
+            self.submitter.link_skipped(index, path, message)
+        self._broadcast(control.LinkSkipped(index, path, message))
+
     def source_error(self, index: int, path: str | None, message: str) -> None:
         if self.submitter is not None:
             self.submitter.source_error(index, path, message)
@@ -157,6 +169,12 @@ class JobFeed:
             self.submitter.source_done(run)
         figures = figures_of(run, True)
         self.record.figures[run.index] = figures
+        sync = run.sync
+        if run.job.options.reports_sync and sync is not None:
+            self._broadcast(control.SourceSync(run.index, sync.replaced, sync.deleted,
+                                               sync.deleted_bytes, sync.deletion))
+        if not run.restored_done:
+            self._broadcast(control.LinksDone(run.index, run.links.placed, run.links.skipped))
         self._broadcast(done_event(run.index, figures))
         if self.registry.journal is not None and not self.registry.stopping:
             # (A source cut short by the server stopping is not done: it resumes.)
@@ -185,8 +203,14 @@ class JobRegistry:
     def __init__(self, resources: JobResources, clock: IReactorTime,
                  journal: jr.Journal | None = None, keep: float = DEFAULT_KEEP,
                  new_id: Callable[[], str] | None = None,
-                 partial_dir: PartialDir | None = None) -> None:
+                 partial_dir: PartialDir | None = None, *,
+                 locks: SubtreeLocks | None = None,
+                 watch: Callable[[JobObserver], JobObserver] | None = None) -> None:
         self.resources = resources
+        #: The subtrees of running --delete jobs (an overlapping one is refused).
+        self.locks = locks if locks is not None else SubtreeLocks()
+        #: Wraps each job's observer (the web status page's history listening in).
+        self._watch = watch
         self.clock = clock
         self.journal = journal
         self.keep = keep
@@ -215,18 +239,32 @@ class JobRegistry:
         return {i: f.job for i, f in self.feeds.items() if f.job is not None and not f.done}
 
     def submit(self, sources: list[control.SourceRequest], submitter: JobObserver,
-               options: dict[str, Any] | None = None) -> Job:
-        """Start a new job (its id is unique across restarts when there is a journal)."""
+               options: JobOptions | None = None, bwlimit: int = 0,
+               links_mode: str = LINKS_SAFE) -> Job:
+        """Start a new job (its id is unique across restarts when there is a journal);
+        raises `SubtreeLocked` (a refusal, with the reason) if it deletes in a subtree
+        another --delete job holds."""
+        request = JobRequest(options or JobOptions(), bwlimit, links_mode)
         record = jr.JobRecord(self._new_id(), list(sources), submitted=self.clock.seconds(),
-                              options=dict(options or {}))
+                              options=request.to_record())
+        self._lock(record.id, record.sources, request.options)
         feed = JobFeed(self, record, submitter)
         if self.journal is not None:
             self.journal.job_submitted(record)
-        return self._start(feed)
+        return self._start(feed, request)
 
-    def _start(self, feed: JobFeed, restore: bool = False) -> Job:
+    def _lock(self, job_id: str, sources: list[control.SourceRequest],
+              options: JobOptions) -> None:
+        if options.delete and not options.dry_run:
+            self.locks.acquire(job_id, [
+                (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
+                for s in sources])
+
+    def _start(self, feed: JobFeed, request: JobRequest, restore: bool = False) -> Job:
         rec = feed.record
-        job = Job(rec.id, rec.sources, self.resources, feed)
+        observer: JobObserver = feed if self._watch is None else self._watch(feed)
+        job = Job(rec.id, rec.sources, self.resources, observer, request.options,
+                  bwlimit=request.bwlimit, links_mode=request.links_mode)
         feed.job = job
         if self.partial_dir is not None:
             job.partials = JobPartials(rec.id, self.partial_dir, self.resources.threads,
@@ -249,11 +287,12 @@ class JobRegistry:
                     run.restore(figures.files, figures.bytes, figures.sum_sq, figures.elapsed)
         self.log.info("job {id}: {n} source(s){how}", id=rec.id, n=len(rec.sources),
                       how=" resumed after a restart" if restore else "")
-        feed.job_started(job)
+        observer.job_started(job)
         job.start().addBoth(self._ended, feed)
         return job
 
     def _ended(self, result: Any, feed: JobFeed) -> None:
+        self.locks.release(feed.id)
         self.log.info("job {id} done: {state}", id=feed.id, state=feed.record.state)
         partials = feed.job.partials if feed.job is not None else None
         if partials is not None and not self.stopping:
@@ -290,12 +329,34 @@ class JobRegistry:
                 rec.errors = [e for e in rec.errors if e.index not in restarted]
                 if self.journal is not None:
                     self.journal.job_resumed(rec, restarted)
-                self._start(JobFeed(self, rec, None), restore=True)
+                try:
+                    # Run as submitted: its options, --bwlimit, links, --delete's locks.
+                    request = JobRequest.from_record(rec.options)
+                    self._lock(rec.id, rec.sources, request.options)
+                except (ValueError, SubtreeLocked) as e:
+                    self._not_resumed(rec, str(e))
+                    continue
+                self._start(JobFeed(self, rec, None), request, restore=True)
             else:
                 feed = JobFeed(self, rec, None)
                 feed.done = True
                 self.feeds[rec.id] = feed
         self.prune()
+
+    def _not_resumed(self, rec: jr.JobRecord, why: str) -> None:
+        """An unfinished job that cannot run again (a --delete job submitted since the
+        start holds its subtree, or a record it cannot read): failed, with the reason."""
+        self.log.error("job {id}: not resumed: {why}", id=rec.id, why=why)
+        error = jr.JobError(0, None, f"not resumed after the restart: {why}")
+        rec.errors.append(error)
+        rec.state = jr.FAILED
+        rec.finished = self.clock.seconds()
+        if self.journal is not None:
+            self.journal.job_error(rec.id, error)
+            self.journal.job_state(rec)
+        feed = JobFeed(self, rec, None)
+        feed.done = True
+        self.feeds[rec.id] = feed
 
     def stop(self) -> None:
         """The server is stopping: the last checkpoints of the partials go to the journal,

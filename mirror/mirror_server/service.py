@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -14,13 +14,17 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
+from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
 from mirror.mirror_server.journal import Journal
+from mirror.mirror_server.links import LINKS_SAFE
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
+from mirror.mirror_server.subtree_lock import SubtreeLocks
 from mirror.mirror_server.work_queue import BoundedQueue
 from mirror.threads import DiskThreads, Threads
 from mirror.wire import frames
@@ -52,6 +56,12 @@ class MirrorSettings:
     list_hold: float = 5.0
     #: Seconds a finished job is kept in the journal (for --attach and --jobs).
     keep_jobs: float = DEFAULT_KEEP
+    #: --min-rate: bytes per second a content connection must deliver over
+    #: ``min_rate_window`` seconds of transfer time (mirror_server/min_rate.py); 0: none.
+    min_rate: int = 0
+    min_rate_window: float = 30.0
+    #: fsync each placed file before its rename and its directory after (--no-fsync: off).
+    fsync: bool = True
 
 
 class MirrorService(MultiService):
@@ -87,14 +97,23 @@ class MirrorService(MultiService):
         self.dir_budget = DescriptorBudget()
         #: Fair: round-robin over the jobs, then over each job's sources (work_queue.py).
         self.queue: BoundedQueue[WorkItem] = BoundedQueue(self.settings.queue_size,
-                                                          key=WorkItem.share_key)
+                                                          key=WorkItem.share_key,
+                                                          yields=self._saturated)
+        #: Workers running each job's transfers now.
+        self._working: dict[Job, int] = {}
+        #: The subtrees of running --delete jobs (an overlapping one is refused).
+        self.subtree_locks = SubtreeLocks()
+        self._workers: list[Deferred[None]] = []
+        #: Running and recent jobs, read by the web status page and /metrics.
+        self.history = JobHistory(reactor)
         #: The job journal (None: jobs live in memory only, ids restart from 1).
         self.journal = journal
         job_ids = itertools.count(1)
         new_id: Callable[[], str] = lambda: str(next(job_ids))  # noqa: E731
+        # Every job's events, resumed ones too, reach the status page (history.watch).
         self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id,
-                                    partials)
-        self._workers: list[Deferred[None]] = []
+                                    partials, locks=self.subtree_locks,
+                                    watch=self.history.watch)
 
     def startService(self) -> None:
         super().startService()
@@ -151,9 +170,21 @@ class MirrorService(MultiService):
             self.log.failure("closing the job journal")
         await maybeDeferred(MultiService.stopService, self)
 
+    def _saturated(self, job: Hashable) -> bool:
+        """A --bwlimit job's transfers wait for its tokens, not for workers: once it holds
+        ``--connections-per-source`` workers per SPEC (at most half of them), it yields its
+        turns to the other jobs that have files waiting."""
+        if not isinstance(job, Job) or job.throttle is None:
+            return False
+        s = self.settings
+        share = max(1, min(s.workers // 2, s.connections_per_source * len(job.sources)))
+        return self._working.get(job, 0) >= share
+
     async def _work(self) -> None:
         while True:
             item = await self.queue.get()
+            job = item.source.job
+            self._working[job] = self._working.get(job, 0) + 1
             try:
                 if item.entry.size > SMALL_FILE:
                     await item.source.transfer(item.parts, item.entry)
@@ -167,6 +198,10 @@ class MirrorService(MultiService):
                 raise  # the service is stopping (its transfers stay for the next start)
             except Exception:
                 self.log.failure("worker: unexpected error")
+            finally:
+                left = self._working.pop(job) - 1
+                if left:
+                    self._working[job] = left
 
     def _transfers(self, batch: list[WorkItem]) -> list[Deferred[None]]:
         """The transfers of a worker's batch of small files: the files of each source that
@@ -201,5 +236,10 @@ class MirrorService(MultiService):
         """The running jobs by id."""
         return self.registry.running()
 
-    def submit(self, sources: list[SourceRequest], observer: JobObserver) -> Job:
-        return self.registry.submit(sources, observer)
+    def submit(self, sources: list[SourceRequest], observer: JobObserver,
+               options: JobOptions | None = None, bwlimit: int = 0,
+               links_mode: str = LINKS_SAFE) -> Job:
+        """Start a job; raises `SubtreeLocked` (a refusal, with the reason) if it deletes
+        in a subtree another --delete job holds, `JournalFull` if the journal cannot take
+        it."""
+        return self.registry.submit(sources, observer, options, bwlimit, links_mode)

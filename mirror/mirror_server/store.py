@@ -22,12 +22,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from mirror import hashing, paths
+from mirror.mirror_server.durable import Durability
 from mirror.wire import frames
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
 #: set-group-ID. A content server is not trusted to plant setuid executables owned by the
 #: mirror's user (often root).
 _FILE_MODE_BITS = 0o1777
+
+
+def quick_check(st: os.stat_result, size: int, mtime_ns: int) -> bool:
+    """rsync's quick check: ``st`` is a regular file of this size and mtime."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
 class StoreError(Exception):
@@ -85,18 +91,26 @@ class MirrorStore:
     """Files of one content server under ``base_dir/top`` (``top`` = ``HOST_PORT``).
 
     Directory descriptors it keeps open for reuse count against ``budget``, shared with the
-    other stores of the same service.
+    other stores of the same service. ``durability`` says whether commits are fsynced
+    (`mirror.mirror_server.durable`; by default they are).
     """
 
-    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget) -> None:
+    def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
+                 durability: Durability | None = None, *, create: bool = True) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.root_fd = paths.open_or_make_dir(base, (top,), mode=0o755)
+            # create=False (a dry run): FileNotFoundError if ``top`` is missing.
+            self.root_fd = (paths.open_or_make_dir(base, (top,), mode=0o755) if create
+                            else paths.open_dir(base, (top,)))
         finally:
             os.close(base)
         self.budget = budget
+        #: Read once: daemons do not change their umask while running, and reading it per
+        #: bundle cost more than the ``fchmod`` it saves.
+        self.umask = process_umask()
+        self.durability = durability if durability is not None else Durability()
         self._dirs: dict[paths.Parts, int] = {}
         self._lock = threading.Lock()
 
@@ -110,42 +124,64 @@ class MirrorStore:
 
     @contextmanager
     def _dir(self, parts: paths.Parts, create: bool = True) -> Iterator[int]:
-        if not parts:
-            yield self.root_fd
-            return
-        with self._lock:
-            fd = self._dirs.get(parts)
-        if fd is not None:
+        fd, borrowed = self._open_dir(parts, create)
+        try:
             yield fd
-            return
+        finally:
+            if not borrowed:
+                os.close(fd)
+
+    def _open_dir(self, parts: paths.Parts, create: bool = True) -> tuple[int, bool]:
+        """A descriptor of the directory ``parts`` and whether it is borrowed (cached, or
+        the root: not to be closed); `_dir` is the safe form, this the fast one for the
+        per-file path."""
+        if not parts:
+            return self.root_fd, True
+        # A dict read needs no lock (atomic under the GIL); writes take it.
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd, True
         fd = (paths.open_or_make_dir(self.root_fd, parts, mode=0o700) if create
               else paths.open_dir(self.root_fd, parts))
         with self._lock:
             cached = parts not in self._dirs and self.budget.take()
             if cached:
                 self._dirs[parts] = fd
-        try:
-            yield fd
-        finally:
-            if not cached:
-                os.close(fd)
+        return fd, cached
 
-    def make_dir(self, parts: paths.Parts) -> None:
-        """Create the directory ``parts`` (and its parents) if missing."""
+    def make_dir(self, parts: paths.Parts) -> bool:
+        """Create the directory ``parts`` (and its parents) if missing; True if this call
+        made it (it was empty then: the job need not quick-check the files listed in it)."""
         try:
+            made = False
+            if parts:
+                with self._dir(parts[:-1]) as parent:
+                    try:
+                        os.mkdir(parts[-1], 0o700, dir_fd=parent)
+                        made = True
+                    except FileExistsError:
+                        pass  # whatever it is, the open below checks it
             with self._dir(parts):
                 pass
+            return made
         except OSError as e:
             raise StoreError(f"cannot create directory: {_describe(e)}") from None
 
     def is_current(self, parts: paths.Parts, size: int, mtime_ns: int) -> bool:
         """The quick check: a regular file with this size and mtime is already in place."""
+        st = self.lstat(parts) if parts else None
+        return st is not None and quick_check(st, size, mtime_ns)
+
+    def lstat(self, parts: paths.Parts) -> os.stat_result | None:
+        """What is at ``parts`` now, a link not followed; None if nothing is there (or a
+        parent is not a directory)."""
+        if not parts:
+            return os.fstat(self.root_fd)
         try:
             with self._dir(parts[:-1], create=False) as fd:
-                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
         except (OSError, paths.UnsafePath):
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns
+            return None
 
     def set_dir_meta(self, parts: paths.Parts, mode: int, mtime_ns: int) -> None:
         """Give a directory the source's mode and mtime (after its contents are written).
@@ -182,6 +218,10 @@ class MirrorStore:
         try:
             with self._dir(parts[:-1]) as fd:
                 os.rename(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=fd)
+                try:
+                    self.durability.directory(fd)  # the rename on disk
+                except OSError as e:
+                    raise StoreError(f"cannot sync the directory: {_describe(e)}") from None
         except IsADirectoryError:
             raise StoreError("a directory is in the way of the file") from None
         except paths.UnsafePath as e:
@@ -192,67 +232,152 @@ class MirrorStore:
             raise StoreError(f"cannot rename into place: {_describe(e)}") from None
 
     def write_whole(self, parts: paths.Parts, data: bytes | memoryview,
-                    header: frames.FileHeader, digest: bytes) -> None:
-        """Write, verify and place a small file in one call (one thread hop)."""
-        partial = self.create(parts)
+                    header: frames.FileHeader, digest: bytes, umask: int | None = None,
+                    sync_dir: bool = True) -> None:
+        """Write, verify and place a small file in one call (one thread hop); without
+        ``sync_dir`` the caller syncs its directory (`write_many`).
+
+        The temporary file borrows the directory's descriptor (no ``dup`` per file: it is
+        done with before the directory can be closed). Given the process's ``umask``
+        (`process_umask`), a file whose mode it leaves intact is created with that mode: no
+        ``fchmod``."""
         try:
-            partial.write((data,))
-            partial.commit(header, digest)
-        except BaseException:
-            partial.discard()
-            raise
+            dir_fd, borrowed = self._open_dir(parts[:-1])
+            try:
+                partial = PartialFile(self, parts, dir_fd, owns_dir=False,
+                                      mode=_exact_mode(header.mode, umask))
+                try:
+                    partial.write((data,))
+                    partial.commit(header, digest, sync_dir)
+                except BaseException:
+                    partial.discard()
+                    raise
+            finally:
+                if not borrowed:
+                    os.close(dir_fd)
+        except OSError as e:
+            raise StoreError(f"cannot create temporary file: {_describe(e)}") from None
+        except paths.UnsafePath as e:
+            raise StoreError(f"cannot create temporary file: {e}") from None
 
     def write_many(self, files: Sequence[tuple[paths.Parts, frames.BundleItem]]
                    ) -> list[str | None]:
         """`write_whole` for each file of a bundle answer, in one call (one thread hop for
-        a bundle of small files): per file None once it is in place, or why not."""
+        a bundle of small files): per file None once it is in place, or why not.
+
+        Each directory is synced once, after all its files of the bundle are renamed into
+        it: a file counts as placed only then."""
         problems: list[str | None] = []
+        umask = self.umask
+        placed: dict[paths.Parts, list[int]] = {}
         for parts, item in files:
             header = item.header
             try:
                 if header is None:
                     raise StoreError(item.error or "no file in the answer")
-                self.write_whole(parts, item.data, header, item.digest)
+                self.write_whole(parts, item.data, header, item.digest, umask, sync_dir=False)
             except StoreError as e:
                 problems.append(str(e))
             except OSError as e:
                 problems.append(_describe(e))
             else:
+                placed.setdefault(parts[:-1], []).append(len(problems))
                 problems.append(None)
+        if self.durability.enabled:
+            for parent, indexes in placed.items():
+                problem = self._sync_dir(parent)
+                for i in indexes:
+                    problems[i] = problem
         return problems
+
+    def _sync_dir(self, parts: paths.Parts) -> str | None:
+        """Sync the directory ``parts``; None, or why it failed."""
+        try:
+            with self._dir(parts, create=False) as fd:
+                self.durability.directory(fd)
+        except (OSError, paths.UnsafePath) as e:
+            why = _describe(e) if isinstance(e, OSError) else str(e)
+            return f"cannot sync the directory: {why}"
+        return None
+
+
+def _exact_mode(mode: int, umask: int | None) -> int | None:
+    """``mode`` if a file created with it under ``umask`` gets exactly it (the umask takes
+    nothing, no special bits, owner-writable); None if unknown or not."""
+    mode &= _FILE_MODE_BITS
+    if umask is None or mode & (umask | 0o7000) or not mode & 0o200:
+        return None
+    return mode
 
 
 _temp_names = itertools.count()
-_temp_tag = secrets.token_hex(4)
+
+
+def _new_temp_tag() -> str:
+    return f"{paths.TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+
+
+_temp_tag = _new_temp_tag()
+
+
+def _after_fork() -> None:
+    global _temp_tag
+    _temp_tag = _new_temp_tag()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _temp_name() -> str:
     """A fresh temporary name; O_EXCL on creation makes any collision an error, not a clobber.
 
-    A random tag per process plus a counter: ``secrets`` per file cost more than the write.
+    The process id and a random tag (made once per process: ``secrets`` or ``getpid`` per
+    file cost as much as a write), plus a counter.
     """
-    return f"{paths.TEMP_PREFIX}{os.getpid()}-{_temp_tag}-{next(_temp_names)}"
+    return f"{_temp_tag}{next(_temp_names)}"
+
+
+def process_umask() -> int | None:
+    """The process's umask, read without changing it (``os.umask`` would, for every
+    thread at once); None where ``/proc`` does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class PartialFile:
     """A temporary file being filled; `commit` verifies and renames it into place."""
 
-    def __init__(self, store: MirrorStore, parts: paths.Parts, dir_fd: int) -> None:
+    def __init__(self, store: MirrorStore, parts: paths.Parts, dir_fd: int,
+                 owns_dir: bool = True, mode: int | None = None) -> None:
+        #: Closed with the file unless borrowed (``owns_dir`` false: the caller keeps it
+        #: open until this file is committed or discarded).
+        self._owns_dir = owns_dir
         self._dir_fd = dir_fd
         self.parts = parts
         self.name = parts[-1]
+        self._durability = store.durability
         self.temp_name = _temp_name()
         self._hash = hashing.new_hasher()
         self.size = 0
+        #: The mode the file was created with, when known to be exact (see
+        #: `_exact_mode`); otherwise 0o600 and `commit` sets the mode.
+        self._mode = mode
         try:
             self._fd = os.open(
                 self.temp_name,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
+                0o600 if mode is None else mode,
                 dir_fd=dir_fd,
             )
         except BaseException:
-            os.close(dir_fd)
+            if owns_dir:
+                os.close(dir_fd)
             raise
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> None:
@@ -270,8 +395,9 @@ class PartialFile:
             # Waited for whatever happened: the next write (or a commit) uses the hasher.
             hashed()
 
-    def commit(self, header: frames.FileHeader, digest: bytes) -> None:
-        """Verify size and digest, set mode and mtime, rename over the final name."""
+    def commit(self, header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
+        """Verify size and digest, set mode and mtime, fsync, rename over the final name,
+        fsync the directory (unless ``sync_dir`` is False: the caller does it)."""
         if self.size != header.size:
             raise StoreError(f"size mismatch: got {self.size} bytes, expected {header.size}")
         if self._hash.digest() != digest:
@@ -279,11 +405,17 @@ class PartialFile:
                              "server's digest")
         fd, self._fd = self._fd, -1
         try:
-            os.fchmod(fd, header.mode & _FILE_MODE_BITS)
+            if header.mode & _FILE_MODE_BITS != self._mode:
+                os.fchmod(fd, header.mode & _FILE_MODE_BITS)
             os.utime(fd, ns=(header.mtime_ns, header.mtime_ns))
         except OSError as e:
             os.close(fd)
             raise StoreError(f"cannot set attributes: {_describe(e)}") from None
+        try:
+            self._durability.file(fd)  # data and attributes on disk before the rename
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"fsync failed: {_describe(e)}") from None
         try:
             # close() reports delayed write errors (NFS, some full filesystems).
             os.close(fd)
@@ -296,7 +428,17 @@ class PartialFile:
             raise StoreError("a directory is in the way of the file") from None
         except OSError as e:
             raise StoreError(f"cannot rename into place: {_describe(e)}") from None
-        os.close(self._dir_fd)
+        try:
+            if sync_dir:
+                self._durability.directory(self._dir_fd)  # the rename on disk
+        except OSError as e:
+            raise StoreError(f"cannot sync the directory: {_describe(e)}") from None
+        finally:
+            self._release_dir()
+
+    def _release_dir(self) -> None:
+        if self._owns_dir:
+            os.close(self._dir_fd)
         self._dir_fd = -1
 
     def discard(self) -> None:
@@ -309,8 +451,7 @@ class PartialFile:
                 os.unlink(self.temp_name, dir_fd=self._dir_fd)
             except FileNotFoundError:
                 pass
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+            self._release_dir()
 
 
 
@@ -325,7 +466,9 @@ def _sweep_dir(fd: int) -> tuple[int, list[str]]:
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
                 elif (entry.name.startswith(paths.TEMP_PREFIX)
-                      and entry.is_file(follow_symlinks=False)):
+                      and (entry.is_file(follow_symlinks=False) or entry.is_symlink())):
+                    # A link is removed as a link (unlinkat never follows it): a link
+                    # being placed is made under a temporary name too.
                     os.unlink(entry.name, dir_fd=fd)
                     removed += 1
             except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
@@ -9,18 +10,20 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
-from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
+from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.journal import open_journal
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
 from mirror.threads import DiskThreads
+from mirror.web.mirror_site import mirror_site_root
+from mirror.web.options import WebOptions, add_web
 
 _defaults = MirrorSettings()
 
 
-class Options(ListenOptions):
+class Options(ListenOptions, WebOptions):
     command = "mirror-server"
     default_listen = "tcp:9001"
     synopsis = "[options]"
@@ -32,6 +35,11 @@ class Options(ListenOptions):
         "whose size and mtime already match are skipped. Nothing is ever written outside "
         "MIRROR_DIR/HOST_PORT, whatever a content server sends."
     )
+    optFlags = [
+        ["no-fsync", None, "Do not fsync placed files and their directories: faster, but a "
+         "power loss or kernel crash may leave files missing, empty or partial at their final "
+         "names (a killed process never does)."],
+    ]
     optParameters = [
         ["mirror-dir", "m", None, "Directory to mirror into (required)."],
         ["workers", "w", _defaults.workers, "Worker count (files in flight).",
@@ -44,6 +52,12 @@ class Options(ListenOptions):
          number(int, 1, 256)],
         ["stall-timeout", None, _defaults.stall_timeout,
          "Seconds without data after which a transfer fails.", number(float, 0.001)],
+        ["min-rate", None, _defaults.min_rate,
+         "A content connection that delivers less than RATE bytes per second (K, M, G: "
+         "powers of 1024) over --min-rate-window seconds of transfer is dropped, and its "
+         "files retried once on another connection; 0: no minimum.", rate],
+        ["min-rate-window", None, _defaults.min_rate_window,
+         "Seconds of transfer over which --min-rate is measured.", number(float, 0.001)],
         ["max-file-size", None, _defaults.max_file_size,
          "Largest file (bytes) accepted from a content server.", number(int, 0)],
         ["max-connections", None, _defaults.max_connections,
@@ -69,6 +83,7 @@ class Options(ListenOptions):
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
+        self.check_web()
         if not self["state-dir"]:
             self["state-dir"] = os.path.join(mirror_dir, STATE_DIR_NAME)
         make_state_dir(self["state-dir"])
@@ -108,6 +123,12 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 
+def mirror_settings(options: Options) -> MirrorSettings:
+    """The service's settings from the command line."""
+    return dataclasses.replace(settings_from(options, MirrorSettings),
+                               fsync=not options["no-fsync"])
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -119,8 +140,13 @@ def makeService(options: Options) -> IService:
     except Exception as e:  # sqlite3.Error, OSError: a one-line start-up error
         raise SystemExit(f"{options.command}: error: --state-dir {options['state-dir']}: "
                          f"cannot open the job journal ({e})") from None
-    service = MirrorService(options["mirror-dir"], settings_from(options, MirrorSettings),
+    service = MirrorService(options["mirror-dir"], mirror_settings(options),
                             journal=journal, partials=partials)
     journal_threads.setServiceParent(service)
-    add_listeners(service, options["listen"], ControlFactory(service), options.command)
+    control = ControlFactory(service)
+    if options["web"]:
+        # Before --listen: once the log names the control port, it names the web site's.
+        add_web(service, options["web"], mirror_site_root(service, control.limiter,
+                                                          options["web"]), options.command)
+    add_listeners(service, options["listen"], control, options.command)
     return service

@@ -13,12 +13,17 @@ when the queue is full of other jobs' items: each slot that frees goes to the wa
 whose group, then flow, holds the fewest items (the oldest waiter among equals). So a new
 job's producer gets the very next free slot, and while several wait the queue converges to an
 equal share for each group, and for each flow within a group: none can hold the capacity.
+
+A group may yield its turns (``yields(group)`` true: on the mirror server, a job with a
+bandwidth limit that holds its share of the workers): `get` then serves the next group that
+does not, and the yielding one only when no other group has items (no worker ever waits
+while an item is queued).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -28,6 +33,16 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 Key = tuple[Hashable, Hashable]
+
+
+class _Waiting(Generic[T]):
+    """A producer's items waiting for slots, and the Deferred its put waits on."""
+
+    __slots__ = ("items", "done")
+
+    def __init__(self, items: deque[T], done: Deferred[None]) -> None:
+        self.items = items
+        self.done = done
 
 
 def _one_flow(item: object) -> Key:
@@ -45,16 +60,19 @@ class BoundedQueue(Generic[T]):
     """At most ``size`` items, served fairly across the keys ``key(item)`` gives
     (``(group, flow)``; by default one flow: a plain FIFO)."""
 
-    def __init__(self, size: int, key: Callable[[T], Key] = _one_flow) -> None:
+    def __init__(self, size: int, key: Callable[[T], Key] = _one_flow,
+                 yields: Callable[[Hashable], bool] = lambda group: False) -> None:
         self.size = size
         self._key = key
+        self._yields = yields
         #: group -> flow -> items, both dicts in round-robin order (the next to serve first).
         self._groups: dict[Hashable, dict[Hashable, deque[T]]] = {}
         #: Items queued per group (only groups holding some).
         self._held: dict[Hashable, int] = {}
         self._len = 0
-        #: Producers waiting for a slot: group -> flow -> (item, its put's Deferred).
-        self._producers: dict[Hashable, dict[Hashable, deque[tuple[T, Deferred[None]]]]] = {}
+        #: Producers waiting for slots: group -> flow -> (the items still to add, in order,
+        #: and the Deferred of their put, fired once the last is in).
+        self._producers: dict[Hashable, dict[Hashable, deque[_Waiting[T]]]] = {}
         self._getters: deque[Deferred[T]] = deque()
         self._below: list[tuple[int, Key | None, Deferred[None]]] = []
         #: The flow the last item handed out came from (`take_ready` serves it).
@@ -70,27 +88,43 @@ class BoundedQueue(Generic[T]):
     async def put(self, item: T) -> None:
         """Add ``item``, waiting while the queue is full (cancel the wait to give up: the item
         is then not added)."""
-        if self._len < self.size and not self._producers:
+        await self.put_many((item,))
+
+    async def put_many(self, items: Iterable[T], on_wait: Callable[[], None] | None = None
+                       ) -> None:
+        """Add ``items`` (all of one key) in order, each as soon as there is room; returns
+        once the last is in. ``on_wait`` is called if any has to wait. Cancel the wait to give
+        up: the items not yet added are then dropped.
+
+        One wait for a whole batch, however many slots it takes: a listing's batch of
+        thousands of files costs no coroutine step per file.
+        """
+        pending = deque(items)
+        while pending and self._len < self.size and not self._producers:
             # (Room with producers waiting happens only while freed slots are being handed
             # out, and a producer resumed by one must not overtake the others.)
-            self._add(item)
+            self._add(pending.popleft())
+        if not pending:
             return
-        group, flow = self._key(item)
+        if on_wait is not None:
+            on_wait()
+        group, flow = self._key(pending[0])
         waiting = self._producers.setdefault(group, {}).setdefault(flow, deque())
-        entry: tuple[T, Deferred[None]]
 
         def cancel(d: Deferred[None]) -> None:
             waiting.remove(entry)
             self._forget_producers(group, flow)
 
-        entry = (item, Deferred(cancel))
+        entry = _Waiting(pending, Deferred(cancel))
         waiting.append(entry)
-        await entry[1]
+        await entry.done
 
     def get(self) -> Deferred[T]:
         """The next item in round-robin order, as soon as there is one."""
         if self._len:
-            group, flows = next(iter(self._groups.items()))
+            group = next((g for g in self._groups if not self._yields(g)),
+                         next(iter(self._groups)))
+            flows = self._groups[group]
             flow, items = next(iter(flows.items()))
             item = items.popleft()
             _rotate(flows, flow, bool(items))
@@ -187,6 +221,8 @@ class BoundedQueue(Generic[T]):
         # Each iteration re-reads the state: firing a put resumes its producer at once, and
         # it may put again (and wait) before we go on.
         while self._producers and self._len < self.size:
+            if len(self._producers) == 1 and self._admit_run():
+                continue
             self._admit_one()
         if self._below:
             waiting, self._below = self._below, []
@@ -197,6 +233,33 @@ class BoundedQueue(Generic[T]):
             for _, _, d in ready:
                 if not d.called:
                     d.callback(None)
+
+    def _admit_run(self) -> bool:
+        """With a single producer waiting (the usual case: one listing ahead of the
+        workers), fill the free slots from its batch at once; False if several flows wait
+        (`_admit_one` then chooses)."""
+        flows = next(iter(self._producers.values()))
+        if len(flows) != 1:
+            return False
+        group, entries = next(iter(self._producers.items()))[0], next(iter(flows.values()))
+        entry = entries[0]
+        while self._getters and entry.items:  # the queue is empty: straight to workers
+            self._add(entry.items.popleft())
+        n = min(self.size - self._len, len(entry.items))
+        if n:
+            # All of one key: moved in one go, not item by item through `_add`.
+            flow = next(iter(flows))
+            queued = self._groups.setdefault(group, {}).setdefault(flow, deque())
+            pop = entry.items.popleft
+            queued.extend(pop() for _ in range(n))
+            self._held[group] = self._held.get(group, 0) + n
+            self._len += n
+        if not entry.items:
+            entries.popleft()
+            if not entries:
+                del self._producers[group]
+            entry.done.callback(None)
+        return True
 
     def _admit_one(self) -> None:
         """Give one slot to the waiting producer whose group, then flow, holds the fewest
@@ -209,11 +272,15 @@ class BoundedQueue(Generic[T]):
             return len(items) if items else 0
 
         flow = min(flows, key=queued)
-        item, d = flows[flow].popleft()
+        entry = flows[flow][0]
+        item = entry.items.popleft()
+        if not entry.items:
+            flows[flow].popleft()
         _rotate(flows, flow, bool(flows[flow]))
         _rotate(self._producers, group, bool(flows))
         self._add(item)
-        d.callback(None)
+        if not entry.items:
+            entry.done.callback(None)
 
     def _forget_producers(self, group: Hashable, flow: Hashable) -> None:
         flows = self._producers.get(group)

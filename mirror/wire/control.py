@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import quote
 
+from mirror.filters import Pattern, PatternError
 from mirror.paths import UnsafePath, join_parts, parse_user_path
 from mirror.stats import SizeStats
 from mirror.text import printable
@@ -86,8 +87,45 @@ class SourceRequest:
 
 
 @dataclass(frozen=True)
+class JobOption:
+    """OPTION: a job-wide option; ``value`` for those that take one (`OPTION_NAMES`)."""
+
+    name: str
+    value: int | None = None
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """FILTER: one ``--include`` (``include``) or ``--exclude`` pattern, in order."""
+
+    include: bool
+    pattern: str
+
+
+@dataclass(frozen=True)
+class BwLimit:
+    """BWLIMIT: the job's transfers share at most ``rate`` bytes per second (``--bwlimit``)."""
+
+    rate: int
+
+
+@dataclass(frozen=True)
 class Go:
     """The job is complete: start it."""
+
+
+@dataclass(frozen=True)
+class LinksOption:
+    """LINKS: what the job does with symbolic links: ``safe`` (place those whose target
+    stays inside the tree, rsync --links --safe-links) or ``skip`` (none, --no-links). It
+    also asks the server for LINK-SKIPPED and LINKS-DONE, which an older client would not
+    understand and so never gets."""
+
+    mode: str
+
+
+#: The modes of LINKS.
+LINKS_MODES = ("safe", "skip")
 
 
 @dataclass(frozen=True)
@@ -138,6 +176,46 @@ class SourceDone:
     failed: int
     elapsed: float
     not_exported: int = 0
+
+
+#: Deletion outcome of a SPEC in SOURCE-SYNC.
+DELETION_STATES = ("off", "done", "skipped", "refused")
+
+
+@dataclass(frozen=True)
+class SourceSync:
+    """SOURCE-SYNC: what a SPEC replaced and deleted (or, in a dry run, would have).
+
+    ``deletion`` is one of `DELETION_STATES`: ``off`` without --delete, ``done`` when the
+    deletion ran, ``skipped`` when the listing had errors, ``refused`` when --max-delete was
+    exceeded (nothing deleted in the job).
+    """
+
+    index: int
+    replaced: int
+    deleted: int
+    deleted_bytes: int
+    deletion: str
+
+
+@dataclass(frozen=True)
+class LinkSkipped:
+    """LINK-SKIPPED: a link of source ``index`` at ``path`` was not placed, and why (it is
+    not a failure); ``path`` None: a notice about the source's links."""
+
+    index: int
+    path: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class LinksDone:
+    """LINKS-DONE: the links of source ``index``: ``placed`` (new or changed) and
+    ``skipped`` (unsafe, or all with ``LINKS skip``); sent just before its SOURCE-DONE."""
+
+    index: int
+    placed: int
+    skipped: int
 
 
 @dataclass(frozen=True)
@@ -213,9 +291,13 @@ class Cancelled:
     job_id: str
 
 
-ClientMessage = SourceRequest | Go | Attach | ListJobs | Cancel
-ServerEvent = (JobAccepted | Progress | SourceError | SourceDone | Done | Refused | Spec
-               | Resumed | JobState | Cancelled)
+ClientMessage = (SourceRequest | JobOption | FilterRule | BwLimit | LinksOption | Go | Attach
+                 | ListJobs | Cancel)
+ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
+               | LinkSkipped | LinksDone | Spec | Resumed | JobState | Cancelled)
+
+#: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
+OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
 
 
 # -- field codecs ---------------------------------------------------------------------------
@@ -406,6 +488,52 @@ def encode_source(req: SourceRequest) -> bytes:
     return line
 
 
+def encode_option(option: JobOption) -> bytes:
+    """The OPTION line for ``option``, without terminator. Raises `ControlError` if invalid."""
+    takes_value = OPTION_NAMES.get(option.name)
+    if takes_value is None:
+        raise ControlError(f"unknown option {_show(option.name)}")
+    if not takes_value:
+        if option.value is not None:
+            raise ControlError(f"option {option.name} takes no value")
+        return _join("OPTION", option.name)
+    if option.value is None:
+        raise ControlError(f"option {option.name} needs a value")
+    return _join("OPTION", option.name, _encode_int(option.value, option.name))
+
+
+def check_pattern(pattern: str) -> str:
+    """Validate an include/exclude pattern (`mirror.filters`); return it."""
+    try:
+        Pattern(pattern)
+    except PatternError as e:
+        raise ControlError(str(e)) from None
+    return pattern
+
+
+def encode_filter(rule: FilterRule) -> bytes:
+    """The FILTER line for ``rule``, without terminator. Raises `ControlError` if invalid."""
+    line = _join("FILTER", "include" if rule.include else "exclude",
+                 _quote(check_pattern(rule.pattern)))
+    if len(line) > _MAX_ENCODED:
+        raise ControlError("FILTER line too long")
+    return line
+
+
+def encode_bwlimit(limit: BwLimit) -> bytes:
+    """The BWLIMIT line, without terminator (a rate of at least 1 byte per second)."""
+    if limit.rate == 0:
+        raise ControlError("a BWLIMIT rate must be at least 1 (no line means no limit)")
+    return _join("BWLIMIT", _encode_int(limit.rate, "rate"))
+
+
+def encode_links(option: LinksOption) -> bytes:
+    """The LINKS line, without terminator."""
+    if option.mode not in LINKS_MODES:
+        raise ControlError(f"LINKS mode must be one of {', '.join(LINKS_MODES)}")
+    return _join("LINKS", option.mode)
+
+
 def encode_go() -> bytes:
     """The GO line, without terminator."""
     return b"GO"
@@ -478,9 +606,35 @@ def parse_client_line(line: bytes) -> ClientMessage:
     if command == b"SOURCE":
         _expect(command, args, 4)
         return _parse_source_fields(*args)
+    if command == b"BWLIMIT":
+        _expect(command, args, 1)
+        rate = _parse_int(args[0], "rate")
+        if rate == 0:
+            raise ControlError("a BWLIMIT rate must be at least 1 byte per second")
+        return BwLimit(rate)
     if command == b"GO":
         _expect(command, args, 0)
         return Go()
+    if command == b"OPTION":
+        if not args:
+            raise ControlError("OPTION takes a name")
+        name = args[0].decode("ascii", "replace")
+        takes_value = OPTION_NAMES.get(name)
+        if takes_value is None:
+            raise ControlError(f"unknown option {_show(args[0])}")
+        _expect(command, args, 2 if takes_value else 1)
+        return JobOption(name, _parse_int(args[1], name) if takes_value else None)
+    if command == b"FILTER":
+        _expect(command, args, 2)
+        include = _parse_flag(args[0], b"include", b"exclude", "filter kind")
+        return FilterRule(include, check_pattern(_unquote(args[1], "pattern")))
+    if command == b"LINKS":
+        _expect(command, args, 1)
+        for mode in LINKS_MODES:
+            if args[0] == mode.encode("ascii"):
+                return LinksOption(mode)
+        raise ControlError(f"LINKS mode must be one of {', '.join(LINKS_MODES)}: "
+                           f"{_show(args[0])}")
     raise ControlError(f"unknown command {_show(command)}")
 
 
@@ -560,8 +714,9 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.bytes_total, "bytes total"),
             _encode_flag(ev.listing_done, "1", "0"),
         )
-    if isinstance(ev, SourceError):
-        head = "ERROR " + _check_index(ev.index) + " "
+    if isinstance(ev, (SourceError, LinkSkipped)):
+        head = ("ERROR " if isinstance(ev, SourceError) else "LINK-SKIPPED ")
+        head += _check_index(ev.index) + " "
         if not isinstance(ev.message, str):
             raise ControlError("error message must be text")
         if ev.path is not None and not isinstance(ev.path, str):
@@ -570,6 +725,9 @@ def encode_event(ev: ServerEvent) -> bytes:
         path = _encode_path_field(ev.path, _MAX_ENCODED - len(head) - 1 - len(_quote(_ELLIPSIS)))
         message = _fit(ev.message, _MAX_ENCODED - len(head) - len(path) - 1)
         return (head + path + " " + message).encode("ascii")
+    if isinstance(ev, LinksDone):
+        return _join("LINKS-DONE", _check_index(ev.index), _encode_int(ev.placed, "placed"),
+                     _encode_int(ev.skipped, "skipped"))
     if isinstance(ev, SourceDone):
         check_size_sums(ev.files, ev.bytes, ev.sum_sq)
         return _join(
@@ -584,6 +742,17 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.failed, "failed"),
             _encode_seconds(ev.elapsed, "elapsed", MAX_ELAPSED),
             _encode_int(ev.not_exported, "not exported"),
+        )
+    if isinstance(ev, SourceSync):
+        if ev.deletion not in DELETION_STATES:
+            raise ControlError(f"deletion state must be one of {', '.join(DELETION_STATES)}")
+        return _join(
+            "SOURCE-SYNC",
+            _check_index(ev.index),
+            _encode_int(ev.replaced, "replaced"),
+            _encode_int(ev.deleted, "deleted"),
+            _encode_int(ev.deleted_bytes, "deleted bytes"),
+            ev.deletion,
         )
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
@@ -628,13 +797,18 @@ def parse_server_line(line: bytes) -> ServerEvent:
             bytes_total=_parse_int(args[3], "bytes total"),
             listing_done=_parse_flag(args[4], b"1", b"0", "listing-done"),
         )
-    if command == b"ERROR":
+    if command in (b"ERROR", b"LINK-SKIPPED"):
         _expect(command, args, 3)
-        return SourceError(
+        kind = SourceError if command == b"ERROR" else LinkSkipped
+        return kind(
             index=_parse_index(args[0]),
             path=_parse_path_field(args[1]),
             message=_unquote(args[2], "message"),
         )
+    if command == b"LINKS-DONE":
+        _expect(command, args, 3)
+        return LinksDone(_parse_index(args[0]), _parse_int(args[1], "placed"),
+                         _parse_int(args[2], "skipped"))
     if command == b"SOURCE-DONE":
         _expect(command, args, 10)
         done = SourceDone(
@@ -651,6 +825,19 @@ def parse_server_line(line: bytes) -> ServerEvent:
         )
         check_size_sums(done.files, done.bytes, done.sum_sq)
         return done
+    if command == b"SOURCE-SYNC":
+        _expect(command, args, 5)
+        state = args[4].decode("ascii", "replace")
+        if state not in DELETION_STATES:
+            raise ControlError(f"deletion state must be one of {', '.join(DELETION_STATES)}: "
+                               f"{_show(args[4])}")
+        return SourceSync(
+            index=_parse_index(args[0]),
+            replaced=_parse_int(args[1], "replaced"),
+            deleted=_parse_int(args[2], "deleted"),
+            deleted_bytes=_parse_int(args[3], "deleted bytes"),
+            deletion=state,
+        )
     if command == b"DONE":
         _expect(command, args, 1)
         return Done(_parse_flag(args[0], b"ok", b"failed", "status"))
@@ -685,15 +872,23 @@ __all__ = [
     "MAX_LINE",
     "MAX_SOURCES",
     "JOB_STATES",
+    "DELETION_STATES",
+    "OPTION_NAMES",
     "Attach",
+    "BwLimit",
     "Cancel",
     "Cancelled",
     "ClientMessage",
     "ControlError",
     "Done",
+    "FilterRule",
+    "JobOption",
     "Go",
     "JobAccepted",
     "JobState",
+    "LinkSkipped",
+    "LinksDone",
+    "LinksOption",
     "ListJobs",
     "Progress",
     "Refused",
@@ -702,15 +897,21 @@ __all__ = [
     "SourceDone",
     "SourceError",
     "SourceRequest",
+    "SourceSync",
     "Spec",
     "check_delay",
     "check_host",
     "check_job_id",
+    "check_pattern",
     "check_port",
     "check_request_path",
     "check_size_sums",
+    "encode_bwlimit",
     "encode_event",
+    "encode_filter",
     "encode_go",
+    "encode_links",
+    "encode_option",
     "encode_request",
     "encode_source",
     "parse_client_line",

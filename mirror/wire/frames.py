@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -51,6 +52,13 @@ KIND_DIR = 1
 KIND_FILE = 2
 #: An error entry: the path could not be listed (doc/protocol.md); the listing goes on.
 KIND_ERROR = 3
+#: A symbolic link and its target, sent only to a LIST that asked for links (`LIST_LINKS`).
+KIND_LINK = 4
+#: The LIST option asking for link entries (doc/protocol.md, "LIST options").
+LIST_LINKS = b"links"
+#: Longest link target a content server sends (PATH_MAX less its NUL); a receiver refuses
+#: a longer one per entry (`mirror.link_targets`).
+MAX_LINK_TARGET = 4095
 
 # error codes
 E_NOT_FOUND = 1
@@ -85,12 +93,12 @@ class ProtocolError(Exception):
     """The peer broke the framing or the grammar: the connection cannot be trusted further."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One LIST entry; ``name`` is the raw (still unvalidated) wire path.
 
     An error entry (``kind`` `KIND_ERROR`) carries its error code in ``mode`` and the reason
-    in ``message``."""
+    in ``message``. (A named tuple: made per listed name, and a frozen dataclass costs
+    several times as much to make.)"""
 
     kind: int
     mode: int
@@ -98,10 +106,16 @@ class Entry:
     mtime_ns: int
     name: bytes
     message: str = ""
+    #: A link entry's target, raw and unvalidated (`mirror.link_targets.parse_target`).
+    target: bytes = b""
 
     @property
     def is_dir(self) -> bool:
         return self.kind == KIND_DIR
+
+    @property
+    def is_link(self) -> bool:
+        return self.kind == KIND_LINK
 
     @property
     def is_error(self) -> bool:
@@ -144,6 +158,31 @@ def decode_list(payload: bytes) -> tuple[bytes, bytes | None]:
     """(raw path, raw cursor or None); both still to be validated."""
     path, sep, cursor = payload.partition(b"\0")
     return path, (cursor if sep else None)
+
+
+def encode_list_options(payload: bytes, links: bool) -> bytes:
+    """``payload`` (an `encode_list` one) with the options of the third LIST form:
+    ``path NUL cursor NUL options``, the cursor possibly empty. Unchanged without options,
+    so that a content server that knows none of them is asked the old way."""
+    if not links:
+        return payload
+    path, _sep, cursor = payload.partition(b"\0")
+    return path + b"\0" + cursor + b"\0" + LIST_LINKS
+
+
+def split_list_options(payload: bytes) -> tuple[bytes, bool]:
+    """(the payload `decode_list` takes, whether links were asked for); raises
+    `ProtocolError` for an unknown option (so that a client asking for something this
+    server does not do hears so, ERROR 3, rather than get a listing without it)."""
+    pieces = payload.split(b"\0", 2)
+    if len(pieces) < 3:
+        return payload, False
+    path, cursor, options = pieces
+    if options != LIST_LINKS:
+        # A NUL inside a cursor lands here too: both are bad requests.
+        raise ProtocolError(f"unknown LIST option '{printable(options, 40)}' after the "
+                            "cursor")
+    return (path + b"\0" + cursor if cursor else path), True
 
 
 def encode_fetch(path: str, offset: int = 0, length: int = TO_END, delay_ms: int = 0) -> bytes:
@@ -306,6 +345,13 @@ def encode_error_entry(code: int, name: bytes, message: str) -> bytes:
             + _MESSAGE_LEN.pack(len(text)) + text)
 
 
+def encode_link_entry(name: bytes, target: bytes, mtime_ns: int) -> bytes:
+    """A link entry: ``name`` is a symbolic link to ``target`` (its bytes as read, never
+    followed); mode and size are 0."""
+    return (_ENTRY.pack(KIND_LINK, 0, 0, mtime_ns, len(name)) + name
+            + _MESSAGE_LEN.pack(len(target)) + target)
+
+
 def decode_entries(payload: bytes) -> list[Entry]:
     """Split an ENTRIES payload; raises `ProtocolError` on truncation or an unknown kind."""
     entries = []
@@ -331,6 +377,18 @@ def decode_entries(payload: bytes) -> list[Entry]:
             message = printable(payload[pos : pos + text_len], MAX_MESSAGE)
             entries.append(Entry(kind, mode, 0, 0, name, message))
             pos += text_len
+            continue
+        if kind == KIND_LINK:
+            if end - pos < _MESSAGE_LEN.size:
+                raise ProtocolError("truncated LIST link entry")
+            (target_len,) = _MESSAGE_LEN.unpack_from(payload, pos)
+            pos += _MESSAGE_LEN.size
+            if end - pos < target_len:
+                raise ProtocolError("truncated LIST link entry target")
+            # Raw: the receiver validates it (empty, NUL, too long: refused per entry).
+            entries.append(Entry(kind, 0, 0, mtime_ns, name,
+                                 target=payload[pos : pos + target_len]))
+            pos += target_len
             continue
         if kind not in (KIND_DIR, KIND_FILE):
             raise ProtocolError(f"unknown LIST entry kind {kind}")

@@ -63,6 +63,9 @@ def start_mirror_server() -> Any:
 
     def start(mirror_dir: str, **settings: Any) -> tuple[int, MirrorService]:
         os.makedirs(mirror_dir, exist_ok=True)
+        # No fsync unless a test asks (a few ms a file on a disk): the installed daemons
+        # (tests.integration.daemons) run with it, and test_durable checks what it does.
+        settings = {"fsync": False, **settings}
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
         service.startService()
         factory = ControlFactory(service)

@@ -18,7 +18,8 @@ BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 MIRROR_INIT = str(BIN / "mirror-init")
 
-_PORT = re.compile(rb"starting on (\d+)")
+#: The daemon's own port; not its --web site's ("WebSite starting on N").
+_PORT = re.compile(rb"(?<!WebSite) starting on (\d+)")
 
 
 class Daemon:

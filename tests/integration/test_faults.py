@@ -242,8 +242,8 @@ async def test_disk_full_injected(tmp_path, monkeypatch, start_content_server,
     monkeypatch.setattr(store, "os", fake)
     real_init = store.PartialFile.__init__
 
-    def init(self: Any, st: Any, parts: Any, dir_fd: int) -> None:
-        real_init(self, st, parts, dir_fd)
+    def init(self: Any, st: Any, parts: Any, dir_fd: int, **kw: Any) -> None:
+        real_init(self, st, parts, dir_fd, **kw)
         if parts == ("docs", "victim.bin"):
             fake.failing.add(self._fd)
 

@@ -133,6 +133,32 @@ def test_sigkill_restart_resumes_and_attach_reports(tmp_path: Path, daemons) -> 
     assert (state / "journal.sqlite").is_file()
 
 
+def test_resumed_job_keeps_its_delete_and_filters(tmp_path: Path, daemons) -> None:
+    # The journal keeps a job's options: after a SIGKILL and a restart, the job still
+    # excludes what it excluded and deletes what the source no longer has.
+    content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
+    tree = mirror_dir / f"127.0.0.1_{content.port}" / "tree"
+    tree.mkdir(parents=True)
+    (tree / "old.txt").write_bytes(b"gone at the source")
+    submitted = init(server, "--detach", "--delete", "--exclude", "f15.bin", "-s", spec)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    poll(lambda: len(placed(mirror_dir, content.port)) >= 4, 30, "files to arrive")
+    server.kill(signal.SIGKILL)
+    assert len(placed(mirror_dir, content.port)) < COUNT - 1, "the job was not mid-way"
+    assert (tree / "old.txt").exists(), "deleted before the transfers were done"
+
+    restarted = daemons(mirror_server, mirror_dir, tmp_path / "logs", "--workers", "1")
+    followed = init(restarted, "--attach", job_id, "--json")
+    assert followed.returncode == 0, followed.stderr
+    report = json.loads(followed.stdout)
+    assert report["ok"] and report["resumed"] == 1, report
+    assert [p.name for p in placed(mirror_dir, content.port)] == [
+        f"f{i:02d}.bin" for i in range(COUNT - 1)]
+    assert not (tree / "old.txt").exists()
+    check_complete(mirror_dir, content.port)
+
+
 def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
     content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
     job_id = init(server, "--detach", "-s", spec).stdout.strip()

@@ -8,6 +8,7 @@ from mirror.wire.control import (
     MAX_COUNT,
     MAX_ELAPSED,
     MAX_LINE,
+    BwLimit,
     ControlError,
     Done,
     Go,
@@ -18,6 +19,7 @@ from mirror.wire.control import (
     SourceDone,
     SourceError,
     SourceRequest,
+    encode_bwlimit,
     encode_event,
     encode_go,
     encode_source,
@@ -55,6 +57,18 @@ class ClientLineTests(SynchronousTestCase):
         self.assertEqual(encode_source(req), b"SOURCE h 80 a%20b/%C3%BC 0.25")
         self.assertEqual(encode_source(SourceRequest("h", 80, "", 0)), b"SOURCE h 80 . 0.0")
         self.assertEqual(encode_go(), b"GO")
+
+    def test_bwlimit(self) -> None:
+        self.assertEqual(encode_bwlimit(BwLimit(1 << 20)), b"BWLIMIT 1048576")
+        self.assertEqual(parse_client_line(b"BWLIMIT 1048576\r"), BwLimit(1 << 20))
+        self.assertEqual(parse_client_line(b"BWLIMIT %d" % MAX_COUNT), BwLimit(MAX_COUNT))
+        for bad in (b"BWLIMIT", b"BWLIMIT 0", b"BWLIMIT -1", b"BWLIMIT 1K", b"BWLIMIT 1 2",
+                    b"BWLIMIT %d" % (MAX_COUNT + 1), b"BWLIMIT +5"):
+            with self.subTest(line=bad), self.assertRaises(ControlError):
+                parse_client_line(bad)
+        for rate in (0, -1, MAX_COUNT + 1):
+            with self.subTest(rate=rate), self.assertRaises(ControlError):
+                encode_bwlimit(BwLimit(rate))
 
     def test_encode_small_delay_without_exponent(self) -> None:
         line = encode_source(SourceRequest("h", 80, "x", 1e-05))

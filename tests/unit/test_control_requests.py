@@ -83,6 +83,10 @@ class ControlRequests(JobTestCase):
             ((b"ATTACH 9",), "no job 9"),
             ((b"CANCEL 9",), "no job 9"),
             ((b"SOURCE 10.0.0.1 7000 . 0", b"ATTACH 1"), "ATTACH after SOURCE"),
+            ((b"LINKS skip", b"CANCEL 1"),
+             "CANCEL after a job's OPTION, FILTER, BWLIMIT or LINKS"),
+            ((b"OPTION delete", b"JOBS"),
+             "JOBS after a job's OPTION, FILTER, BWLIMIT or LINKS"),
             ((b"JOBS please",), "JOBS takes 0 fields, got 1"),
         ]:
             _, transport = self.connect(*lines)

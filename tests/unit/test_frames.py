@@ -145,7 +145,7 @@ class Codecs(SynchronousTestCase):
         self.assertRaises(ProtocolError, frames.decode_entries, raw)
 
     def test_entries_unknown_kind(self) -> None:
-        for kind in (0, 4, 255):
+        for kind in (0, 5, 255):
             raw = struct.pack(">BHQqH", kind, 0, 0, 0, 1) + b"x"
             with self.assertRaises(ProtocolError) as cm:
                 frames.decode_entries(raw)

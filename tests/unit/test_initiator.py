@@ -56,7 +56,8 @@ SOURCES = [
     SourceRequest("::1", 8001, "", 0.5),
 ]
 MiB = 1024 * 1024
-SUBMISSION = b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nGO\r\n"
+SUBMISSION = (b"SOURCE files.example 8000 pub 0.0\r\nSOURCE ::1 8001 . 0.5\r\nLINKS safe\r\n"
+              b"GO\r\n")
 
 
 #: Text a hostile server could send: clear screen, set title, carriage return, C1 CSI, bidi
@@ -631,7 +632,7 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual(text.count("\n"), 1)
         data = json.loads(text)
         self.assertEqual(set(data), {"ok", "error", "job_id", "elapsed", "resumed", "cancelled",
-                                     "sources", "totals"})
+                                     "dry_run", "sources", "totals"})
 
     def test_job_not_run(self) -> None:
         report = build_report(SOURCES, None, elapsed=0.5, error="cannot reach the mirror server")

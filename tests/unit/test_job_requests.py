@@ -173,6 +173,11 @@ class CommandLine(SynchronousTestCase):
         self.usage_error(["--detach", "--attach", "1"], "cannot be used together")
         self.usage_error(["--cancel", "a b"], "bad --cancel")
         self.usage_error(["--detach"], "missing -s/--sources")
+        # A new job's options do not apply to a job already submitted.
+        self.usage_error(["--attach", "1", "--delete"], "--delete is for a new job")
+        self.usage_error(["--cancel", "1", "--bwlimit", "1M"], "--bwlimit is for a new job")
+        self.usage_error(["--jobs", "--exclude", "*.o"], "--include/--exclude is for a new")
+        self.usage_error(["--attach", "1", "--no-links"], "--no-links is for a new job")
 
     def test_detach_prints_the_id_alone(self) -> None:
         server = Scripted(lines(JobAccepted("17"), Progress(0, 0, 0, 0, False)))

@@ -222,10 +222,14 @@ class FakeService:
         self.settings = MirrorSettings(**settings)
         self.reactor = MemoryReactorClock()
         self.jobs: list[FakeJob] = []
+        self.options: list[dict[str, Any]] = []
 
-    def submit(self, sources: object, observer: object) -> FakeJob:
+    def submit(self, sources: object, observer: object, options: object = None,
+               **settings: Any) -> FakeJob:
         job = FakeJob()
         self.jobs.append(job)
+        #: The settings of each job submitted (bwlimit, ...).
+        self.options.append(settings)
         return job
 
 
@@ -274,6 +278,30 @@ class ControlPortCaps(SynchronousTestCase):
         running.job_done(running.job)
         self.connect()
         self.assertEqual(self.factory.limiter.count("10.0.0.1"), 1)
+
+
+class ControlPortOptions(ControlPortCaps):
+    """Job options on the control port: BWLIMIT reaches the service, once."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.service = cast(FakeService, self.factory.service)
+
+    def test_bwlimit_reaches_the_job(self) -> None:
+        proto, _ = self.connect()
+        proto.dataReceived(b"SOURCE 127.0.0.1 1 . 0\r\nBWLIMIT 65536\r\nGO\r\n")
+        self.assertEqual(self.service.options, [{"bwlimit": 65536, "links_mode": "safe"}])
+
+    def test_no_bwlimit_is_none(self) -> None:
+        proto, _ = self.connect()
+        proto.dataReceived(b"SOURCE 127.0.0.1 1 . 0\r\nGO\r\n")
+        self.assertEqual(self.service.options, [{"bwlimit": 0, "links_mode": "safe"}])
+
+    def test_bwlimit_twice_is_refused(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"BWLIMIT 1\r\nBWLIMIT 2\r\nSOURCE 127.0.0.1 1 . 0\r\nGO\r\n")
+        self.assertEqual(self.refused(transport), "BWLIMIT given twice")
+        self.assertEqual(self.service.options, [])
 
 
 class DeadlineTests(SynchronousTestCase):

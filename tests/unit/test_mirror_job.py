@@ -33,6 +33,10 @@ class Observer:
     done: dict[int, Any] = field(default_factory=dict)
     progress_events: list[tuple] = field(default_factory=list)
     finished: list = field(default_factory=list)
+    links_skipped: list[tuple[int, str | None, str]] = field(default_factory=list)
+
+    def link_skipped(self, index: int, path: str | None, message: str) -> None:
+        self.links_skipped.append((index, path, message))
 
     def job_started(self, job) -> None:
         self.started.append(job.id)
@@ -60,7 +64,10 @@ class JobTestCase(SynchronousTestCase):
         self.mirror.mkdir(parents=True)
         self.clock = MemoryReactorClock()
         self.network = MemoryNetwork(self.clock)
-        self.service = MirrorService(str(self.mirror), MirrorSettings(**self.settings),
+        # No fsync unless a test asks: about 5 ms a file on this kind of disk, and what
+        # durable commits do is tested with a recording fsync (test_durable.py).
+        settings = {"fsync": False, **self.settings}
+        self.service = MirrorService(str(self.mirror), MirrorSettings(**settings),
                                      reactor=self.clock, threads=InlineThreads(),
                                      endpoints=self.network.endpoint)
         self.service.startService()
@@ -88,13 +95,16 @@ class MirrorWholeTree(JobTestCase):
         src = make_sample_tree(self.base / "src", big_size=700 * 1024)
         self.serve(src)
         queue = self.service.queue
-        put, full = queue.put, []
+        put_many, full = queue.put_many, []
 
-        def watching_put(item):
-            full.append(len(queue) >= queue.size)
-            return put(item)
+        def watching_put(items, on_wait=None):
+            def waited():
+                full.append(True)
+                if on_wait is not None:
+                    on_wait()
+            return put_many(items, waited)
 
-        self.patch(queue, "put", watching_put)
+        self.patch(queue, "put_many", watching_put)
         observer = self.run_job(source())
         self.assertTrue(any(full), "the queue never filled: back-pressure not exercised")
         self.assertEqual(observer.errors, [])
@@ -129,6 +139,42 @@ class MirrorWholeTree(JobTestCase):
         files = [p for p in src.rglob("*") if p.is_file()]
         self.assertEqual((run.stats.count, run.skipped), (1, len(files) - 1))
         assert_same_tree(src, self.mirror / "10.0.0.1_7000")
+
+    def test_quick_check_only_where_the_mirror_had_the_directory(self) -> None:
+        # A directory this job made was empty: its files are fetched without a stat each.
+        # One that was there (here: docs, kept from an earlier run, with a current file and
+        # a stale one) has its files checked, and the current one skipped.
+        from mirror.mirror_server.store import MirrorStore
+
+        src = make_sample_tree(self.base / "src", big_size=300 * 1024)
+        self.serve(src)
+        checked: list[tuple[str, ...]] = []
+        lstat = MirrorStore.lstat
+
+        def recording(store: MirrorStore, parts: tuple[str, ...]) -> Any:
+            checked.append(parts)
+            return lstat(store, parts)
+
+        self.patch(MirrorStore, "lstat", recording)
+        self.run_job(source())
+        files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+        # (The files at the top are checked: HOST_PORT is not a listed directory.)
+        self.assertEqual(sorted(checked), [f.parts for f in files if len(f.parts) == 1])
+        checked.clear()
+        top = self.mirror / "10.0.0.1_7000"
+        assert_same_tree(src, top)
+        for d in [p for p in top.iterdir() if p.is_dir() and p.name != "docs"]:
+            for p in sorted(d.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+            d.rmdir()
+        (top / "docs" / "a.txt").write_text("stale\n")
+        observer = self.run_job(source())
+        in_docs = [f for f in files if len(f.parts) == 1 or f.parts[0] == "docs"]
+        self.assertEqual(sorted(checked), sorted(f.parts for f in in_docs))
+        run = observer.done[0]
+        self.assertEqual((run.stats.count, run.skipped),
+                         (len(files) - len(in_docs) + 1, len(in_docs) - 1))
+        assert_same_tree(src, top)
 
     def test_subdirectory(self) -> None:
         src = make_sample_tree(self.base / "src", big_size=300 * 1024)
@@ -340,10 +386,13 @@ class IncompleteSource(JobTestCase):
         observer = self.run_job(source())
         self.assertEqual(observer.finished, [True])
         run = observer.done[0]
-        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 0, 3))
+        # The FIFO is not exported; the link to /etc/passwd is listed, and skipped as unsafe.
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (1, 0, 3))
+        self.assertEqual(run.links.skipped, 1)
         observer = self.run_job(source())
         run = observer.done[0]
-        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (2, 3, 0))
+        self.assertEqual((run.not_exported, run.skipped, run.stats.count), (1, 3, 0))
+        self.assertEqual(run.links.skipped, 1)
 
     def test_unreadable_directory_fails_the_job(self) -> None:
         from mirror.content_server import listing

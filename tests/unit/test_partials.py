@@ -91,6 +91,24 @@ class PartialTests(JobTestCase):
         self.clock.advance(1)
         self.assertEqual([r.partials for r in self.journal.db.load()], [[]])
 
+    def test_big_file_synced_before_and_after_its_move(self) -> None:
+        # The fsync guarantee of every placed file holds for one placed from the state
+        # directory: its data before the move, the target's directory after it.
+        calls: list[tuple[str, bool]] = []
+
+        def fsync(fd: int) -> None:
+            calls.append((os.readlink(f"/proc/self/fd/{fd}"), self.placed_path().exists()))
+
+        self.patch(os, "fsync", fsync)
+        self.assertEqual(self.run_job(source()).finished, [True])
+        top = str(self.mirror / "10.0.0.1_7000")
+        partial = [c for c in calls if c[0].startswith(self.partial_dir.path + os.sep)]
+        self.assertEqual([placed for _, placed in partial], [False])
+        self.assertIn((top, True), calls[calls.index(partial[0]):])
+
+    def placed_path(self) -> Path:
+        return self.mirror / "10.0.0.1_7000" / "big.bin"
+
     def test_recorded_prefix_resumed(self) -> None:
         record = self.resume(self.leftover(content()[:PREFIX]))
         self.assertEqual(record.state, jr.OK)

@@ -168,13 +168,15 @@ class RefusedNames(SynchronousTestCase):
         self.refused("a/.mirror-tmp-x/b", "reserved prefix")
         self.refused(b".mirror-tmp-", "reserved prefix")
 
-    def test_reserved_state_dir_name(self) -> None:
-        # The state directory (job journal, partial files) is never listed, served or
-        # mirrored into: no network name may be it, at any depth.
-        self.refused(".mirror-state", "reserved")
-        self.refused("a/.mirror-state/journal.sqlite", "reserved")
-        self.assertEqual(parse_wire_path(".mirror-state2"), (".mirror-state2",))
-        self.assertEqual(parse_wire_path("x.mirror-state"), ("x.mirror-state",))
+    def test_reserved_state_directory_name(self) -> None:
+        self.refused(".mirror-state", "name '.mirror-state' is reserved")
+        self.refused("a/.mirror-state/b", "name '.mirror-state' is reserved")
+        for legal in (".mirror-statex", "x.mirror-state", ".mirror-stat"):
+            self.assertEqual(paths.parse_wire_path(legal), (legal,))
+        self.assertTrue(paths.is_reserved_name(".mirror-state"))
+        self.assertTrue(paths.is_reserved_name(".mirror-tmp-1"))
+        self.assertFalse(paths.is_reserved_name(".mirror-statex"))
+        self.assertFalse(paths.is_reserved_name("x.mirror-tmp-1"))
 
 
 class Confinement(SynchronousTestCase):

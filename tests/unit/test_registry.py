@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mirror.filters import Rule
+from mirror.job_options import JobOptions
 from mirror.mirror_server import journal as jr
+from mirror.mirror_server.journal_options import JobRequest
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.testing import InlineThreads
 from mirror.wire import control
@@ -140,7 +143,109 @@ class RegistryTests(JobTestCase):
         self.assertEqual(done[0].files, len(self.files(src)))
         self.assertEqual(sink.events[-1], control.Done(True))
 
+    def sync_tree(self) -> Path:
+        """A source with a file to fetch, one to exclude and a safe link; a mirror with an
+        entry the source no longer has."""
+        src = self.base / "src"
+        src.mkdir()
+        (src / "keep.txt").write_bytes(b"kept")
+        (src / "skip.log").write_bytes(b"excluded")
+        (src / "ln").symlink_to("keep.txt")
+        self.serve(src)
+        (self.mirror / "10.0.0.1_7000").mkdir()
+        (self.mirror / "10.0.0.1_7000" / "old.txt").write_bytes(b"gone at the source")
+        return self.mirror / "10.0.0.1_7000"
 
+    SYNC = JobRequest(JobOptions(delete=True, filters=(Rule(False, "*.log"),)),
+                      bwlimit=10**9, links_mode="skip")
+
+    def test_submitted_options_are_journaled(self) -> None:
+        self.sync_tree()
+        job = self.service.submit([source()], Observer(), self.SYNC.options,
+                                  self.SYNC.bwlimit, self.SYNC.links_mode)
+        self.network.run_until(job.finished)
+        self.successResultOf(self.journal.flush())
+        [record] = self.journal.db.load()
+        self.assertEqual(JobRequest.from_record(record.options), self.SYNC)
+        # An older record has none: the defaults.
+        self.assertEqual(JobRequest.from_record({}), JobRequest())
+
+    def test_resumed_job_runs_with_its_options(self) -> None:
+        mirrored = self.sync_tree()
+        record = jr.JobRecord("41", [source()], submitted=0.0,
+                              options=self.SYNC.to_record())
+        self.registry.resume([record])
+        feed = self.registry.feeds["41"]
+        job = feed.job
+        assert job is not None
+        self.assertEqual(job.options, self.SYNC.options)
+        assert job.throttle is not None
+        self.assertEqual(job.throttle.rate, 10**9)
+        self.assertEqual(job.sources[0].links.mode, "skip")
+        self.assertEqual(list(self.service.subtree_locks.held()), ["41"])
+        # The web status page hears of a resumed job too.
+        self.assertIsNotNone(self.service.history.get("41"))
+        self.network.run_until(job.finished)
+        self.assertEqual(feed.record.state, jr.OK)
+        self.assertEqual(sorted(p.name for p in mirrored.iterdir()), ["keep.txt"])
+        self.assertEqual(self.service.subtree_locks.held(), {})
+        shown = self.service.history.get("41")
+        assert shown is not None
+        self.assertFalse(shown.running)
+
+    def test_resumed_delete_job_whose_subtree_is_taken_fails(self) -> None:
+        self.sync_tree()
+        # A --delete job submitted after the start, before the journal was read.
+        running = self.service.submit([source()], Observer(), self.SYNC.options)
+        record = jr.JobRecord("41", [source("docs")], submitted=0.0,
+                              options=self.SYNC.to_record())
+        self.journal.job_submitted(record)  # as the journal had it before the restart
+        self.successResultOf(self.journal.flush())
+        self.registry.resume([record])
+        feed = self.registry.feeds["41"]
+        self.assertIsNone(feed.job)
+        self.assertEqual(feed.record.state, jr.FAILED)
+        [error] = feed.record.errors
+        self.assertIn("not resumed after the restart", error.message)
+        self.assertIn("--delete", error.message)
+        self.network.run_until(running.finished)
+        self.successResultOf(self.journal.flush())
+        [loaded] = [r for r in self.journal.db.load() if r.id == "41"]
+        self.assertEqual((loaded.state, [e.message for e in loaded.errors]),
+                         (jr.FAILED, [error.message]))
+
+    def test_resumed_delete_job_with_a_spec_done_before_still_deletes(self) -> None:
+        # The SPEC done before the restart says it deletes nothing more: --max-delete's
+        # gate does not wait for it forever.
+        mirrored = self.sync_tree() / "b"
+        for name in "ab":
+            (self.base / "src" / name).mkdir()
+        mirrored.mkdir()
+        (mirrored / "old.txt").write_bytes(b"gone at the source")
+        options = JobRequest(JobOptions(delete=True, max_delete=5)).to_record()
+        record = jr.JobRecord("41", [source("a"), source("b")], submitted=0.0,
+                              options=options)
+        record.figures = [jr.SourceFigures(done=True), None]
+        self.journal.job_submitted(record)
+        self.successResultOf(self.journal.flush())
+        self.registry.resume([record])
+        job = self.registry.feeds["41"].job
+        assert job is not None
+        self.network.run_until(job.finished)
+        self.assertEqual(self.registry.feeds["41"].record.errors, [])
+        self.assertEqual(self.registry.feeds["41"].record.state, jr.OK)
+        self.assertNotIn("old.txt", [p.name for p in mirrored.iterdir()])
+
+    def test_attacher_hears_links_and_sync(self) -> None:
+        self.sync_tree()
+        job = self.service.submit([source()], Observer(),
+                                  JobOptions(delete=True, dry_run=True))
+        sink = Sink()
+        self.registry.attach(job.id, sink)
+        self.network.run_until(job.finished)
+        kinds = [type(e).__name__ for e in sink.events]
+        self.assertIn("SourceSync", kinds)
+        self.assertLess(kinds.index("LinksDone"), kinds.index("SourceDone"))
 
     def test_a_stopping_server_leaves_its_jobs_to_resume(self) -> None:
         src = make_sample_tree(self.base / "src", big_size=300 * 1024)

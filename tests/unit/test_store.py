@@ -283,6 +283,41 @@ class WriteMany(StoreTestCase):
     def test_nothing(self) -> None:
         self.assertEqual(self.store.write_many([]), [])
 
+    def test_modes_exact_whatever_the_umask(self) -> None:
+        # write_many creates a file with its final mode when the umask leaves it intact
+        # (no fchmod), and sets it otherwise (the umask as the store was made: a job's).
+        modes = (0o644, 0o755, 0o600, 0o444, 0o640, 0o1777, 0o4755)
+        fchmods: list[int] = []
+        real_fchmod = os.fchmod
+
+        def recording_fchmod(fd: int, mode: int) -> None:
+            fchmods.append(mode)
+            real_fchmod(fd, mode)
+
+        self.patch(os, "fchmod", recording_fchmod)
+        for umask in (0o022, 0o077, 0o000):
+            old = os.umask(umask)
+            try:
+                fchmods.clear()
+                job_store = MirrorStore(self.mirror, f"top{umask:o}", DescriptorBudget())
+                self.addCleanup(job_store.close)
+                problems = job_store.write_many([
+                    ((f"u{umask:o}", f"f{mode:o}"),
+                     BundleItem(0, 1, MTIME, mode, digest_of(b"x"), b"x"))
+                    for mode in modes])
+            finally:
+                os.umask(old)
+            self.assertEqual(problems, [None] * len(modes))
+            for mode in modes:
+                st = os.stat(os.path.join(self.mirror, f"top{umask:o}", f"u{umask:o}",
+                                          f"f{mode:o}"))
+                self.assertEqual(stat.S_IMODE(st.st_mode), mode & 0o1777)
+            # Only the modes the umask or the special bits would spoil, and read-only ones
+            # (created 0o600, then set), needed an fchmod.
+            spoiled = [m & 0o1777 for m in modes
+                       if m & 0o1777 & (umask | 0o7000) or not m & 0o200]
+            self.assertEqual(fchmods, spoiled)
+
 
 class Links(StoreTestCase):
     """A symlink in the mirror (planted locally, or left by anything) is never followed."""
@@ -491,7 +526,7 @@ class DiskFull(StoreTestCase):
 
 
 class Sweep(SynchronousTestCase):
-    def test_removes_only_reserved_regular_files(self) -> None:
+    def test_removes_only_reserved_regular_files_and_links(self) -> None:
         base = os.path.abspath(self.mktemp())
         outside = base + "-outside"
         os.makedirs(os.path.join(base, "h_1", "a", "b"))
@@ -506,7 +541,8 @@ class Sweep(SynchronousTestCase):
         for p in removable + kept:
             with open(p, "w") as f:
                 f.write("x")
-        # A reserved-prefix directory, a symlink and what a link points at all stay.
+        # A reserved-prefix directory and what a link points at stay; a reserved-prefix
+        # link (a link being placed when the server was killed) goes, as a link.
         os.makedirs(os.path.join(base, "h_1", temp + "dir"))
         with open(os.path.join(base, "h_1", temp + "dir", "inside"), "w") as f:
             f.write("x")
@@ -516,13 +552,14 @@ class Sweep(SynchronousTestCase):
         os.symlink(outside, os.path.join(base, "h_1", "linkdir"))
         os.mkfifo(os.path.join(base, "h_1", temp + "fifo"))
 
-        self.assertEqual(sweep_temporaries(base), 3)
+        self.assertEqual(sweep_temporaries(base), 4)
         for p in removable:
             self.assertFalse(os.path.exists(p), p)
         for p in kept:
             self.assertTrue(os.path.exists(p), p)
         self.assertTrue(os.path.isdir(os.path.join(base, "h_1", temp + "dir")))
-        self.assertTrue(os.path.islink(os.path.join(base, temp + "link")))
+        self.assertFalse(os.path.lexists(os.path.join(base, temp + "link")))
+        self.assertTrue(os.path.islink(os.path.join(base, "h_1", "linkdir")))
         self.assertTrue(os.path.exists(os.path.join(outside, temp + "target")))
         self.assertTrue(os.path.exists(os.path.join(base, "h_1", temp + "fifo")))
         self.assertEqual(sweep_temporaries(base), 0)

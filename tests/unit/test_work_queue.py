@@ -391,3 +391,68 @@ class FairQueueTests(SynchronousTestCase):
         for flow in {name[:2] for name in added}:
             mine = [i for i in delivered if i[:2] == flow]
             self.assertEqual(mine, sorted(mine, key=lambda i: int(i[2:])))
+
+
+def put_many(q: BoundedQueue, items, on_wait=None) -> Deferred:
+    return Deferred.fromCoroutine(q.put_many(items, on_wait))
+
+
+class PutManyTests(SynchronousTestCase):
+    """A batch waits once, however many slots it needs; order, bound and fairness hold."""
+
+    def test_batch_that_fits_does_not_wait(self) -> None:
+        q = fair(4)
+        waited: list[bool] = []
+        self.successResultOf(put_many(q, ["ax0", "ax1", "ax2"], lambda: waited.append(True)))
+        self.assertEqual(waited, [])
+        self.assertEqual(gets(q, 3), ["ax0", "ax1", "ax2"])
+
+    def test_batch_fills_the_room_then_waits_for_the_rest(self) -> None:
+        q = fair(3)
+        waited: list[bool] = []
+        d = put_many(q, [f"ax{i}" for i in range(7)], lambda: waited.append(True))
+        self.assertEqual(waited, [True])
+        self.assertNoResult(d)
+        self.assertEqual(len(q), 3)  # the bound holds
+        taken = gets(q, 2)
+        self.assertEqual(len(q), 3)  # each freed slot was refilled from the batch at once
+        self.assertNoResult(d)
+        taken += q.take_ready(3, lambda item: True)
+        self.assertEqual(len(q), 2)  # the last two went in: the batch is done
+        self.successResultOf(d)
+        taken += gets(q, 2)
+        self.assertEqual(taken, [f"ax{i}" for i in range(7)])
+
+    def test_cancel_drops_what_is_not_in(self) -> None:
+        q = fair(2)
+        d = put_many(q, ["ax0", "ax1", "ax2", "ax3"])
+        q.get()  # ax2 goes in
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(gets(q, 2), ["ax1", "ax2"])
+        self.assertEqual(len(q), 0)
+        self.successResultOf(put(q, "bx0"))  # nothing of the cancelled batch is left waiting
+        self.assertEqual(gets(q, 1), ["bx0"])
+
+    def test_batches_of_two_jobs_share_the_slots(self) -> None:
+        # Job a's batch holds the queue; job b's batch arrives: freed slots go to b while it
+        # holds less, so a's big batch cannot keep b out (a waiting producer per item would
+        # have had b wait behind all 16 of a's).
+        q = fair(4)
+        a = put_many(q, [f"ax{i}" for i in range(20)])
+        b = put_many(q, [f"bx{i}" for i in range(3)])
+        self.assertEqual(len(q), 4)
+        self.assertEqual(gets(q, 4), ["ax0", "ax1", "bx0", "ax2"])
+        self.assertEqual((q.held("a"), q.held("b")), (2, 2))
+        self.successResultOf(b)
+        self.assertNoResult(a)
+
+    def test_single_put_waits_behind_a_batch(self) -> None:
+        q = fair(1)
+        self.successResultOf(put(q, "ax0"))
+        batch = put_many(q, ["ax1", "ax2"])
+        single = put(q, "ax3")
+        self.assertEqual(gets(q, 3), ["ax0", "ax1", "ax2"])
+        self.successResultOf(batch)
+        self.successResultOf(single)
+        self.assertEqual(gets(q, 1), ["ax3"])
