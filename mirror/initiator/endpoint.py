@@ -10,7 +10,6 @@ the port is what follows the last colon) or escaped as Twisted's strings want it
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -63,6 +62,8 @@ def _host(raw: str, shown: str) -> str:
     raw = raw.replace("\\:", ":")
     if ":" in raw:
         try:
+            import ipaddress  # only for this form: mirror-init's start-up counts
+
             ipaddress.IPv6Address(raw)
         except ValueError:
             raise EndpointError(f"'{shown}': '{printable(raw, 60)}' is not an IPv6 address "
