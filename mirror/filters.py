@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Longest pattern, in UTF-8 bytes (a wire path is at most 4096).
 MAX_PATTERN_BYTES = 4096
@@ -34,9 +34,9 @@ class PatternError(ValueError):
     """A pattern that cannot be used; the message says why."""
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One ``--include`` (``include=True``) or ``--exclude`` pattern, as typed."""
+class Rule(NamedTuple):
+    """One ``--include`` (``include=True``) or ``--exclude`` pattern, as typed. (A named
+    tuple: mirror-init imports it, see `mirror.job_options.JobOptions`.)"""
 
     include: bool
     pattern: str

@@ -7,15 +7,17 @@ protocol (doc/protocol.md); the defaults are what a job without those lines gets
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mirror.filters import MAX_RULES, FilterList, PatternError, Rule
 from mirror.wire.control import FilterRule, JobOption
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """The options of one job, whatever its SPECs."""
+class JobOptions(NamedTuple):
+    """The options of one job, whatever its SPECs.
+
+    (A named tuple, not a dataclass: mirror-init imports it, and making dataclasses and importing
+    their module took about half of its start-up, bench/NOTES.md.)"""
 
     #: Remove what the listing of a SPEC no longer has (after its transfers; rsync's
     #: ``--delete-after``), and replace an entry whose type changed.

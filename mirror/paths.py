@@ -64,12 +64,31 @@ def _decode(raw: bytes | str) -> str:
         raise UnsafePath("name is not valid UTF-8") from None
 
 
+#: One component that every rule of `_parse_checked` accepts, whatever its bytes: not ``.``
+#: or ``..``, not reserved, no forbidden character, at most 63 characters (so at most 252
+#: bytes of UTF-8, under `MAX_COMPONENT_BYTES`).
+_SAFE_PART = (r"(?!\.\.?(?:/|\Z))(?!" + re.escape(TEMP_PREFIX) + r")(?!"
+              + re.escape(STATE_DIR_NAME) + r"(?:/|\Z))[^/\x00-\x1f\x7f-\x9f\\]{1,63}")
+_SAFE_PATH = re.compile(f"{_SAFE_PART}(?:/{_SAFE_PART})*")
+#: Characters of a path `_SAFE_PATH` may take: at most 4 bytes each, within `MAX_PATH_BYTES`.
+_SAFE_PATH_CHARS = MAX_PATH_BYTES // 4
+
+
 def parse_wire_path(raw: bytes | str) -> Parts:
     """Validate a non-empty relative wire path and return its components.
 
     Raises `UnsafePath` for anything that could escape a root or confuse the receiver.
     """
     text = _decode(raw)
+    # Every listed name passes here: one regular-expression match settles the usual name
+    # (C speed); anything it does not match gets the rules one by one, and their message.
+    if len(text) <= _SAFE_PATH_CHARS and _SAFE_PATH.fullmatch(text):
+        return tuple(text.split("/"))
+    return _parse_checked(text)
+
+
+def _parse_checked(text: str) -> Parts:
+    """`parse_wire_path`'s rules one by one, on decoded text."""
     if not text:
         raise UnsafePath("empty name")
     if len(text.encode("utf-8")) > MAX_PATH_BYTES:

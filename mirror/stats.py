@@ -9,17 +9,31 @@ statistics of several sources mergeable by plain addition.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 
 
-@dataclass
 class SizeStats:
-    """An accumulator of file sizes: how many, their sum, and the sum of their squares."""
+    """An accumulator of file sizes: how many, their sum, and the sum of their squares.
 
-    count: int = 0
-    total: int = 0
-    sum_sq: int = 0
+    (A plain class, not a dataclass: mirror-init imports it, see
+    `mirror.job_options.JobOptions`.)"""
+
+    __slots__ = ("count", "total", "sum_sq")
+
+    def __init__(self, count: int = 0, total: int = 0, sum_sq: int = 0) -> None:
+        self.count = count
+        self.total = total
+        self.sum_sq = sum_sq
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SizeStats):
+            return NotImplemented
+        return (self.count, self.total, self.sum_sq) == (other.count, other.total, other.sum_sq)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"SizeStats(count={self.count}, total={self.total}, sum_sq={self.sum_sq})"
 
     @classmethod
     def from_sums(cls, count: int, total: int, sum_sq: int) -> SizeStats:

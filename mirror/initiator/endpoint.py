@@ -10,9 +10,8 @@ the port is what follows the last colon) or escaped as Twisted's strings want it
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mirror.initiator.client import MirrorServerUnreachable
 from mirror.text import printable
@@ -25,9 +24,9 @@ class EndpointError(ValueError):
     """A ``--connect`` value that is not one of the two forms; the message says why."""
 
 
-@dataclass(frozen=True)
-class ClientEndpoint:
-    """Where the mirror server listens: a UNIX socket ``path``, or ``host`` and ``port``."""
+class ClientEndpoint(NamedTuple):
+    """Where the mirror server listens: a UNIX socket ``path``, or ``host`` and ``port``.
+    (A named tuple: see `mirror.job_options.JobOptions`.)"""
 
     path: str | None = None
     host: str | None = None
@@ -63,6 +62,8 @@ def _host(raw: str, shown: str) -> str:
     raw = raw.replace("\\:", ":")
     if ":" in raw:
         try:
+            import ipaddress  # only for this form: mirror-init's start-up counts
+
             ipaddress.IPv6Address(raw)
         except ValueError:
             raise EndpointError(f"'{shown}': '{printable(raw, 60)}' is not an IPv6 address "

@@ -58,7 +58,6 @@ count of a listing closed before its end is lost).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -259,6 +258,8 @@ def format_json(report: dict[str, Any]) -> str:
     character is written ``\\uXXXX``: JSON itself escapes only U+0000-U+001F, and DEL, the
     C1 controls (U+009B is a CSI) and bidi overrides must not reach a terminal raw either.
     """
+    import json  # here, not at the top: mirror-init's start-up is part of every job's time
+
     return json.dumps(report, allow_nan=False, ensure_ascii=True) + "\n"
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from urllib.parse import quote
 
 from mirror.filters import Pattern, PatternError
@@ -381,7 +380,12 @@ def _encode_seconds(value: float, what: str, maximum: float) -> str:
     value = _check_seconds(value, what, maximum)
     # repr() is the shortest text that reads back as the same float, but it may use an
     # exponent (1e-05), which the wire does not allow: re-spell it in fixed notation.
-    return format(Decimal(repr(value)), "f")
+    text = repr(value)
+    if "e" not in text:
+        return text
+    from decimal import Decimal  # only for such floats: mirror-init's start-up counts
+
+    return format(Decimal(text), "f")
 
 
 def _parse_seconds(raw: bytes, what: str, maximum: float) -> float:

@@ -6,10 +6,13 @@ from hypothesis import example, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mirror.paths import (
+    _SAFE_PATH,
     MAX_COMPONENT_BYTES,
     MAX_PATH_BYTES,
+    STATE_DIR_NAME,
     TEMP_PREFIX,
     UnsafePath,
+    _parse_checked,
     join_parts,
     parse_request_path,
     parse_wire_path,
@@ -85,8 +88,43 @@ class ParseWirePathProperties(SynchronousTestCase):
                                                     blacklist_categories=["Cs"]),
                             min_size=1, max_size=20), min_size=1, max_size=8))
     def test_legal_names_accepted(self, names: list[str]) -> None:
-        names = [n for n in names if n not in (".", "..") and not n.startswith(TEMP_PREFIX)
-                 and not any(is_control(c) for c in n)]
+        names = [n for n in names if n not in (".", "..", STATE_DIR_NAME)
+                 and not n.startswith(TEMP_PREFIX) and not any(is_control(c) for c in n)]
         if not names:
             return
         self.assertEqual(parse_wire_path("/".join(names)), tuple(names))
+
+
+_tricky_fast = st.sampled_from(["/", ".", "..", "\\", "\x00", "\n", "\x85", TEMP_PREFIX,
+                                STATE_DIR_NAME, "é", "\U0001f600", "a" * 63, "b" * 64])
+fast_path_text = st.lists(st.one_of(_tricky_fast, st.text(max_size=4)),
+                          max_size=12).map("".join)
+
+
+class FastPathAgrees(SynchronousTestCase):
+    """parse_wire_path's one-regex fast path accepts only what the rules one by one accept,
+    with the same components (it may leave accepted names to the rules: never the reverse).
+    """
+
+    @FUZZ
+    @given(fast_path_text)
+    @example("a/b")
+    @example(".a/..b/...")
+    @example(f"{STATE_DIR_NAME}x/{TEMP_PREFIX[:-1]}")
+    @example(f"x/{STATE_DIR_NAME}")
+    @example("..\n")
+    @example("é" * 63 + "/" + "\U0001f600" * 63)
+    def test_fast_path_agrees(self, text: str) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return
+        if _SAFE_PATH.fullmatch(text) is None:
+            return
+        self.assertEqual(_parse_checked(text), tuple(text.split("/")))
+        self.assertEqual(parse_wire_path(text.encode("utf-8")), tuple(text.split("/")))
+
+    def test_the_fast_path_is_taken(self) -> None:
+        # A guard against a pattern that never matches (the test above would pass vacuously).
+        for text in ("pub/debian/pool/main/a/apt/apt_2.6.1_amd64.deb", "a", ".hidden/x"):
+            self.assertIsNotNone(_SAFE_PATH.fullmatch(text))
