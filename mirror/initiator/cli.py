@@ -22,11 +22,15 @@ from mirror.filters import Pattern, PatternError, Rule, read_exclude_from
 from mirror.initiator.client import (
     CONNECT_TIMEOUT,
     ControlClientError,
+    JobDetached,
+    JobInterrupted,
     JobResult,
+    attach_job,
     connect,
     submit_job,
 )
 from mirror.initiator.endpoint import EndpointError, connect_unix, parse_client_endpoint
+from mirror.initiator.jobs_cli import JOBS_HELP, add_job_options, check_job_options, run_request
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
@@ -42,6 +46,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: --max-delete was exceeded: nothing was deleted.
 EXIT_MAX_DELETE = 3
+#: Interrupted (Ctrl-C, SIGTERM): the job followed was cancelled, or --attach detached.
+EXIT_INTERRUPTED = 130
 
 #: The mirror server's default control port (its --listen default, tcp:9001).
 DEFAULT_PORT = 9001
@@ -70,11 +76,14 @@ Exit status:
   0  every SPEC was mirrored completely;
   1  the job ran but something failed (a content server unreachable, a missing path,
      files that could not be transferred), or the mirror server could not be
-     reached, refused the job, dropped the connection, or --timeout expired, or
-     mirror-init was interrupted (Ctrl-C or SIGTERM: "interrupted" on stderr);
+     reached, refused the job, dropped the connection, or --timeout expired (the job
+     is then cancelled);
   2  bad arguments (a bad --include/--exclude pattern included);
   3  --delete would have deleted more than --max-delete entries: nothing was
-     deleted (the rest of the job ran).
+     deleted (the rest of the job ran);
+  130  interrupted (Ctrl-C or SIGTERM): the job was cancelled (what was done is
+     reported), or, with --attach, mirror-init detached and the job goes on.
+{JOBS_HELP}
 
 Filters: --include and --exclude (and the lines of --exclude-from files) form
 one list in command-line order; the first pattern that matches a path decides,
@@ -163,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of mirror-init (values are checked by `parse_arguments`)."""
     parser = _Parser(
         prog=PROG,
-        usage=f"{PROG} [options] -s SPEC[,SPEC...] [-s SPEC ...]",
+        usage=(f"{PROG} [options] [--detach] -s SPEC[,SPEC...] [-s SPEC ...]\n"
+               f"       {PROG} [options] --attach ID | --jobs | --cancel ID"),
         epilog=HELP_EPILOG,
         formatter_class=_Formatter,
     )
@@ -187,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", metavar="SECONDS",
-        help="Give up (exit status 1) if the job is not finished after this many seconds.",
+        help="Give up (exit status 1) if the job is not finished after this many seconds; "
+             "a job this mirror-init submitted is then cancelled.",
     )
     parser.add_argument(
         "--bwlimit", metavar="RATE",
@@ -233,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Exclude the patterns of FILE, one a line ('#' or ';' comments, '+ PATTERN' "
              "includes, '- PATTERN' excludes); repeatable.",
     )
+    add_job_options(parser)
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="Display the version and exit.")
     return parser
@@ -281,12 +293,27 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
     if extra:
         raise UsageError(f"unexpected argument {extra[0]!r} (SPECs go after -s)")
+    if check_job_options(options, UsageError):
+        _refuse_new_job_options(options)
+        return  # --attach, --jobs, --cancel: no SPEC
     if not options.sources:
         raise UsageError("missing -s/--sources (what to mirror)")
     try:
         options.specs = parse_specs(options.sources)
     except SpecError as e:
         raise UsageError(str(e)) from None
+
+
+def _refuse_new_job_options(options: argparse.Namespace) -> None:
+    """--attach, --jobs and --cancel act on jobs as they were submitted: an option of a new
+    job would be silently ignored, so it is refused."""
+    given = [flag for flag, on in (
+        ("--delete", options.delete), ("--max-delete", options.max_delete is not None),
+        ("--dry-run", options.dry_run), ("--include/--exclude", bool(options.filters)),
+        ("--bwlimit", options.bwlimit), ("--no-links", options.links != "safe")) if on]
+    if given:
+        raise UsageError(f"{given[0]} is for a new job (-s): not with --attach, --jobs or "
+                         "--cancel")
 
 
 def _check_connect(options: argparse.Namespace) -> None:
@@ -347,24 +374,55 @@ def run(
     """
     if opener is None:
         opener = _unix_opener(options.unix_socket) if options.unix_socket else connect
-    sources = options.specs
+    if options.jobs or options.cancel is not None:
+        return run_request(options, stdout, stderr, opener)
+    attach = options.attach
+    sources = [] if attach is not None else options.specs
     display = ProgressDisplay(stderr if options.json else stdout, sources, clock=clock)
     started = clock()
     result: JobResult | None = None
     error: str | None = None
+    interrupted = detached = False
     try:
-        result = submit_job(
-            options.host, options.port, sources, display, timeout=options.timeout,
-            connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
-            clock=clock, opener=opener, options=options.job_options, bwlimit=options.bwlimit,
-            links=getattr(options, "links", "safe"),
-        )  # fmt: skip
+        if attach is not None:
+            result = attach_job(
+                options.host, options.port, attach, display, timeout=options.timeout,
+                connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
+                clock=clock, opener=opener,
+            )  # fmt: skip
+            sources = result.sources
+        else:
+            result = submit_job(
+                options.host, options.port, sources, display, timeout=options.timeout,
+                connect_timeout=CONNECT_TIMEOUT, wake=display.wake_at, tick=display.poll,
+                clock=clock, opener=opener, detach=options.detach,
+                options=options.job_options, bwlimit=options.bwlimit,
+                links=getattr(options, "links", "safe"),
+            )  # fmt: skip
     except ControlClientError as e:
         error = str(e)
         result = e.result
+        interrupted = isinstance(e, JobInterrupted)
+        detached = isinstance(e, JobDetached)
+        if result is not None and attach is not None:
+            sources = result.sources
     finally:
         display.finish()
+    if options.detach and error is None and result is not None:
+        stdout.write(f"{result.job_id}\n")  # the id alone, for scripts
+        stdout.flush()
+        return EXIT_OK
+    if detached:
+        stderr.write(f"{PROG}: {printable(error or 'detached')}; the job goes on. "
+                     "Re-attach with: "
+                     f"{PROG} -n {options.host} -p {options.port} --attach {attach}\n")
+        stderr.flush()
+        return EXIT_INTERRUPTED
     elapsed = clock() - started
+    if attach is not None and result is not None:
+        # Attached late: the job's own time (its longest source), as if followed from its
+        # start, not just the time spent attached.
+        elapsed = max([elapsed] + [d.elapsed for d in result.source_done if d is not None])
     if error is not None:
         # The reason may quote the server: never a raw ESC or CR on the terminal.
         stderr.write(f"{PROG}: {printable(error)}\n")
@@ -375,7 +433,13 @@ def run(
         stdout.write(format_json(report))
     elif result is not None and (result.job_id is not None or any(result.source_done)):
         stdout.write(format_text(report))
+    if result is not None and result.resumed and not options.json:
+        stdout.write(f"the job was resumed after {result.resumed} restart(s) of the mirror "
+                     "server: files placed after its last journal commit before a restart "
+                     "are counted as skipped\n")
     stdout.flush()
+    if interrupted:
+        return EXIT_INTERRUPTED
     if result is not None and result.deletion_refused:
         return EXIT_MAX_DELETE
     return EXIT_OK if report["ok"] else EXIT_FAILED
@@ -417,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         # Outside the job itself (while the report is written): no traceback either.
         sys.stderr.write(f"{PROG}: interrupted\n")
-        status = EXIT_FAILED
+        status = EXIT_INTERRUPTED
     sys.exit(status)
 
 

@@ -20,32 +20,41 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mirror.job_options import JobOptions, options_lines
 from mirror.text import printable
 from mirror.wire.control import (
     MAX_LINE,
     MAX_SOURCES,
+    Attach,
     BwLimit,
+    Cancel,
+    Cancelled,
     ControlError,
     Done,
     JobAccepted,
     JobOption,
+    JobState,
     LinksDone,
     LinkSkipped,
     LinksOption,
+    ListJobs,
     Progress,
     Refused,
+    Resumed,
     ServerEvent,
     SourceDone,
     SourceError,
     SourceRequest,
     SourceSync,
+    Spec,
     encode_bwlimit,
     encode_filter,
     encode_go,
     encode_links,
     encode_option,
+    encode_request,
     encode_source,
     parse_server_line,
 )
@@ -59,6 +68,12 @@ CONNECT_TIMEOUT = 30.0
 READ_SIZE = 65536
 #: Shortest wait on the socket, in seconds, when a redraw or the deadline is already due.
 MIN_WAIT = 0.001
+#: Seconds mirror-init waits, after cancelling its job (Ctrl-C, SIGTERM, --timeout), for the
+#: mirror server to report what was done.
+CANCEL_WAIT = 30.0
+#: Seconds mirror-init waits, when interrupted before the mirror server named the job it
+#: sent, for that name (needed to cancel it).
+JOB_ID_WAIT = 5.0
 
 Clock = Callable[[], float]
 
@@ -100,6 +115,10 @@ class JobInterrupted(ControlClientError):
     """The user interrupted mirror-init (Ctrl-C, or SIGTERM turned into one)."""
 
 
+class JobDetached(JobInterrupted):
+    """The user interrupted mirror-init while it was attached (--attach): the job goes on."""
+
+
 @dataclass
 class JobResult:
     """Everything the server said about a finished job."""
@@ -113,6 +132,10 @@ class JobResult:
     #: ERROR events beyond `MAX_KEPT_ERRORS`, counted but not kept.
     errors_dropped: int = 0
     last_progress: Progress | None = None
+    #: Times the job was resumed after a restart of the mirror server (RESUMED).
+    resumed: int = 0
+    #: The job was cancelled at this client's request (Ctrl-C, SIGTERM, --timeout).
+    cancelled: bool = False
     #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
     source_sync: list[SourceSync | None] = field(default_factory=list)
     #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
@@ -170,6 +193,7 @@ class ControlSession:
         sources: Sequence[SourceRequest],
         on_event: Callable[[ServerEvent], None],
         report_bug: Callable[[str], None] = _report_bug,
+        detach: bool = False,
         options: JobOptions | None = None,
         bwlimit: int = 0,
         links: str = "safe",
@@ -187,6 +211,8 @@ class ControlSession:
         lines.append(encode_links(LinksOption(links)))
         lines.append(encode_go())
         self.request = b"".join(line + b"\r\n" for line in lines)
+        #: Finished as soon as the job has its id (--detach): the job goes on without us.
+        self.detach = detach
         self._on_event = on_event
         self._report_bug = report_bug
         self.result = JobResult(sources=list(sources))
@@ -249,6 +275,8 @@ class ControlSession:
             raise ControlError(f"source index {event.index} but the job has {count} sources")
         if isinstance(event, SourceDone) and self.result.source_done[event.index] is not None:
             raise ControlError(f"second SOURCE-DONE for source {event.index}")
+        if isinstance(event, (Spec, JobState, Cancelled)):
+            raise ControlError(f"unexpected {type(event).__name__} for a submitted job")
         if isinstance(event, SourceSync):
             if event.index >= count:
                 raise ControlError(f"source index {event.index} but the job has {count} "
@@ -260,6 +288,9 @@ class ControlSession:
         result = self.result
         if isinstance(event, JobAccepted):
             result.job_id = event.job_id
+            self.finished = self.detach
+        elif isinstance(event, Resumed):
+            result.resumed = event.count
         elif isinstance(event, Progress):
             result.last_progress = event
         elif isinstance(event, SourceError):
@@ -285,6 +316,46 @@ class ControlSession:
             raise self._error(JobRefused(_one_line(event.message)))
 
 
+class AttachSession(ControlSession):
+    """Following a job submitted earlier (ATTACH): its SOURCEs arrive as SPEC lines first,
+    then the events so far, then the rest as they happen."""
+
+    def __init__(self, job_id: str, on_event: Callable[[ServerEvent], None],
+                 report_bug: Callable[[str], None] = _report_bug) -> None:
+        self.request = encode_request(Attach(job_id)) + b"\r\n"
+        self.detach = False
+        self._on_event = on_event
+        self._report_bug = report_bug
+        #: The job's SOURCEs, as its SPEC lines say.
+        self.sources: list[SourceRequest] = []
+        self.result = JobResult(sources=self.sources)
+        self.finished = False
+        self._buffer = b""
+
+    def _check(self, event: ServerEvent) -> None:
+        result = self.result
+        if isinstance(event, Spec):
+            if result.job_id is None or event.index != len(result.sources):
+                raise ControlError(f"SPEC {event.index} out of order")
+            if event.index >= MAX_SOURCES:
+                raise ControlError("too many SPECs")
+            return
+        if (isinstance(event, (SourceError, SourceDone, SourceSync, LinkSkipped, LinksDone,
+                               Progress, Done))
+                and not result.sources):
+            raise ControlError(f"{type(event).__name__} before the job's SPECs")
+        super()._check(event)
+
+    def _record(self, event: ServerEvent) -> None:
+        if isinstance(event, Spec):
+            self.sources.append(event.source)
+            self.result.source_done.append(None)
+            self.result.source_sync.append(None)
+            self.result.links_done.append(None)
+            return
+        super()._record(event)
+
+
 def _timed_out(timeout: float, result: JobResult | None) -> JobTimeout:
     error = JobTimeout(f"the job did not finish within {timeout:g} seconds")
     error.result = result
@@ -299,8 +370,10 @@ def follow(
     wake: Callable[[], float | None] = lambda: None,
     tick: Callable[[], None] = lambda: None,
     clock: Clock = time.monotonic,
+    send: bool = True,
 ) -> JobResult:
-    """Send the job on the connected ``sock`` and read events until DONE.
+    """Send the job on the connected ``sock`` (unless ``send`` is False: it was sent) and
+    read events until DONE.
 
     ``deadline`` (on ``clock``) ends the job with `JobTimeout` (naming ``timeout``); ``wake``
     says when ``tick`` next wants to run (the progress display's held-back redraw), or None.
@@ -321,7 +394,8 @@ def follow(
     try:
         sock.settimeout(wait_limit())
         # The request is a few KiB at most: one blocking send within the deadline.
-        sock.sendall(session.request)
+        if send:
+            sock.sendall(session.request)
         while not session.finished:
             sock.settimeout(wait_limit())
             try:
@@ -369,6 +443,7 @@ def submit_job(
     tick: Callable[[], None] = lambda: None,
     clock: Clock = time.monotonic,
     opener: Callable[[str, int, float | None], socket.socket] = connect,
+    detach: bool = False,
     options: JobOptions | None = None,
     bwlimit: int = 0,
     links: str = "safe",
@@ -382,8 +457,30 @@ def submit_job(
     not made). A result whose ``ok`` is False is still a result, not an error. ``bwlimit``
     (bytes per second, 0: none) is the job's bandwidth limit.
     """
-    session = ControlSession(sources, on_event, options=options, bwlimit=bwlimit,
-                             links=links)
+    session = ControlSession(sources, on_event, detach=detach, options=options,
+                             bwlimit=bwlimit, links=links)
+    return _run_session(host, port, session, timeout, cancel=not detach,
+                        connect_timeout=connect_timeout, wake=wake, tick=tick, clock=clock,
+                        opener=opener)
+
+
+def attach_job(host: str, port: int, job_id: str, on_event: Callable[[ServerEvent], None],
+               timeout: float | None = None, **options: Any) -> JobResult:
+    """Follow the job ``job_id`` (running or finished) to its end, as `submit_job` follows a
+    new one (``options``: its keyword options but ``detach``). Ctrl-C raises `JobDetached`
+    and ``timeout`` `JobTimeout`: neither cancels the job."""
+    return _run_session(host, port, AttachSession(job_id, on_event), timeout, cancel=False,
+                        **options)
+
+
+def _run_session(host: str, port: int, session: ControlSession, timeout: float | None,
+                 cancel: bool, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 wake: Callable[[], float | None] = lambda: None,
+                 tick: Callable[[], None] = lambda: None, clock: Clock = time.monotonic,
+                 opener: Callable[[str, int, float | None], socket.socket] = connect
+                 ) -> JobResult:
+    """Connect, run ``session`` to its end; with ``cancel``, an interruption or the timeout
+    cancels the job (then waits up to `CANCEL_WAIT` for the report of what was done)."""
     deadline = None if timeout is None else clock() + timeout
     sock: socket.socket | None = None
     try:
@@ -396,11 +493,111 @@ def submit_job(
             if deadline is not None and clock() >= deadline:
                 raise _timed_out(timeout or 0.0, None) from None
             raise
-        return follow(sock, session, deadline, timeout, wake, tick, clock)
+        try:
+            return follow(sock, session, deadline, timeout, wake, tick, clock)
+        except JobTimeout as e:
+            if not cancel:
+                raise
+            if session.result.job_id is not None:
+                _cancel_and_wait(host, port, sock, session, opener, clock)
+            expired = JobTimeout(f"{e}{_cancelled(session)}")
+            expired.result = session.result
+            raise expired from None
     except KeyboardInterrupt:
-        error = JobInterrupted("interrupted")
+        if sock is None:
+            error: JobInterrupted = JobInterrupted("interrupted")
+        elif not cancel:
+            error = JobDetached(f"detached from job {session.result.job_id}")
+        else:
+            try:
+                _cancel_and_wait(host, port, sock, session, opener, clock)
+            except KeyboardInterrupt:
+                pass  # interrupted again: report what arrived
+            error = JobInterrupted(f"interrupted{_cancelled(session)}")
         error.result = session.result if sock is not None else None
         raise error from None
     finally:
         if sock is not None:
             sock.close()
+
+
+def _cancelled(session: ControlSession) -> str:
+    return f"; job {session.result.job_id} cancelled" if session.result.cancelled else ""
+
+
+def _cancel_and_wait(host: str, port: int, sock: socket.socket, session: ControlSession,
+                     opener: Callable[[str, int, float | None], socket.socket],
+                     clock: Clock) -> None:
+    """Cancel the job followed on ``sock`` and read its end (best effort, within
+    `CANCEL_WAIT`): the report then says what was done."""
+    deadline = clock() + CANCEL_WAIT
+    try:
+        if session.result.job_id is None:
+            # Interrupted before JOB arrived: it is on its way (the job was sent).
+            session.detach = True
+            follow(sock, session, clock() + JOB_ID_WAIT, JOB_ID_WAIT, clock=clock, send=False)
+            session.detach = False
+            session.finished = False
+        job_id = session.result.job_id
+        if job_id is None or session.finished:
+            return
+        cancel_job(host, port, job_id, opener=opener)
+        session.result.cancelled = True
+        follow(sock, session, deadline, CANCEL_WAIT, clock=clock, send=False)
+    except ControlClientError:
+        pass  # the report says the job was interrupted; the server may have said no more
+
+
+def _request(host: str, port: int, line: bytes,
+             opener: Callable[[str, int, float | None], socket.socket],
+             timeout: float = 10.0) -> list[ServerEvent]:
+    """Send one request line (JOBS, CANCEL) and read the answer to its last line: DONE,
+    CANCELLED or REFUSED (raised as `JobRefused`)."""
+    sock = opener(host, port, min(timeout, CONNECT_TIMEOUT))
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(line + b"\r\n")
+        events: list[ServerEvent] = []
+        buffer = b""
+        while True:
+            try:
+                data = sock.recv(READ_SIZE)
+            except OSError as e:
+                raise ConnectionLostBeforeDone(
+                    f"lost the connection to the mirror server: {_one_line(str(e))}") from None
+            if not data:
+                raise ConnectionLostBeforeDone("the mirror server closed the connection "
+                                               "before answering")
+            buffer += data
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                try:
+                    event = parse_server_line(raw)
+                except ControlError as e:
+                    raise ProtocolViolation(f"bad line from the mirror server: {e}") from None
+                if isinstance(event, Refused):
+                    raise JobRefused(_one_line(event.message))
+                if isinstance(event, (Done, Cancelled)):
+                    return events
+                if not isinstance(event, JobState):
+                    raise ProtocolViolation(f"unexpected {type(event).__name__} from the "
+                                            "mirror server")
+                events.append(event)
+            if len(buffer) > MAX_LINE:
+                raise ProtocolViolation(f"the mirror server sent a line over {MAX_LINE} bytes")
+    finally:
+        sock.close()
+
+
+def list_jobs(host: str, port: int,
+              opener: Callable[[str, int, float | None], socket.socket] = connect
+              ) -> list[JobState]:
+    """The jobs the mirror server knows (JOBS), oldest first."""
+    return [e for e in _request(host, port, encode_request(ListJobs()), opener)
+            if isinstance(e, JobState)]
+
+
+def cancel_job(host: str, port: int, job_id: str,
+               opener: Callable[[str, int, float | None], socket.socket] = connect) -> None:
+    """Cancel the job ``job_id`` (CANCEL); `JobRefused` says why not (unknown, finished)."""
+    _request(host, port, encode_request(Cancel(job_id)), opener)

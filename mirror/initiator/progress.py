@@ -26,6 +26,7 @@ from mirror.wire.control import (
     SourceDone,
     SourceError,
     SourceRequest,
+    Spec,
 )
 
 TTY_INTERVAL = 0.1
@@ -85,6 +86,8 @@ class ProgressDisplay:
             self._print_line(f"failed: {self._source_name(event.index)}")
         elif isinstance(event, Done):
             self.finish()
+        elif isinstance(event, Spec):
+            self._sources.append(event.source)  # --attach: the job's SOURCEs come first
 
     def wake_at(self) -> float | None:
         """When `poll` should be called next (on the display's clock), or None."""

@@ -12,6 +12,11 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     the mirror server's name for the job, or null.
 ``elapsed``
     seconds from connecting to the mirror server to the end, measured by mirror-init.
+``resumed``
+    how many times the mirror server resumed the job after a restart (files placed after
+    its journal's last commit before a restart are then counted as ``skipped``).
+``cancelled``
+    true if this mirror-init cancelled the job (Ctrl-C, SIGTERM, ``--timeout``).
 ``sources``
     one object per SPEC, in order: ``index``, ``host`` (no brackets), ``port``, ``path``
     (``"."`` for the whole export), ``delay`` (seconds), ``ok``, ``reported`` (false when no
@@ -205,6 +210,8 @@ def build_report(
         "error": error,
         "job_id": result.job_id if result is not None else None,
         "elapsed": elapsed,
+        "resumed": result.resumed if result is not None else 0,
+        "cancelled": result.cancelled if result is not None else False,
         "dry_run": dry_run,
         "sources": per_source,
         "totals": total_figures,

@@ -25,11 +25,13 @@ from mirror.limits import (
     LimitedConnection,
     LimitedFactory,
 )
+from mirror.mirror_server.journal import JournalFull
 from mirror.mirror_server.subtree_lock import SubtreeLocked
 from mirror.wire import control
 
 if TYPE_CHECKING:
     from mirror.mirror_server.job import Job, SourceRun
+    from mirror.mirror_server.registry import JobFeed
     from mirror.mirror_server.service import MirrorService
 
 
@@ -52,6 +54,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self.links: control.LinksOption | None = None
         self.job: Job | None = None
         self._job_over = False
+        #: The job this connection is attached to (ATTACH), if any.
+        self._attached: JobFeed | None = None
 
     def makeConnection(self, transport: Any) -> None:
         # The factory is set after construction (Factory.buildProtocol): read it here.
@@ -64,7 +68,10 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         super().makeConnection(transport)
 
     def is_idle(self) -> bool:
-        """Idle until GO and once the job is over; never while the job runs."""
+        """Idle until GO and once the job is over; never while the job runs (nor while
+        attached to a running job)."""
+        if self._attached is not None:
+            return self._job_over
         return self.job is None or self._job_over
 
     def evict(self, reason: str) -> None:
@@ -84,6 +91,8 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self._write_deadline.stop()
         self.cancel_close_timer()
         self.factory.unregisterProtocol(self)
+        if self._attached is not None:
+            self._attached.detach(self)  # a lost client never cancels: it only stops hearing
         self.transport = None  # the job may outlive us: its events go nowhere from now on
 
     def pauseProducing(self) -> None:
@@ -98,18 +107,21 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
     # -- the submission ---------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.job is not None or self._closing:
+        if self.job is not None or self._attached is not None or self._closing:
             return  # nothing more is read once the job runs or the client was refused
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
-        if self.job is not None or self._closing:
+        if self.job is not None or self._attached is not None or self._closing:
             return  # nothing more is expected once the job runs
         line = line.rstrip(b"\r")
         try:
             message = control.parse_client_line(line)
         except control.ControlError as e:
             self.refuse(str(e))
+            return
+        if isinstance(message, (control.Attach, control.ListJobs, control.Cancel)):
+            self._request(message)
             return
         if isinstance(message, control.Go):
             if not self.sources:
@@ -123,6 +135,9 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                                                        bwlimit=self.bwlimit, links_mode=mode)
             except (PatternError, SubtreeLocked) as e:
                 self.refuse(str(e))
+                return
+            except JournalFull as e:
+                self.refuse(f"mirror server busy: {e}")
                 return
             self._submit_deadline.stop()
             self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
@@ -154,6 +169,47 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         if self.job is not None or self._closing:
             return
         self.refuse(f"line longer than {self.MAX_LENGTH} bytes")
+
+    def _request(self, message: control.Attach | control.ListJobs | control.Cancel) -> None:
+        """ATTACH, JOBS or CANCEL: a connection's only request, instead of a job."""
+        if self.sources or self.option_lines or self.bwlimit or self.links is not None:
+            # A new job's lines would be silently dropped: a client mixing them is confused.
+            first = "SOURCE" if self.sources else "a job's OPTION, FILTER, BWLIMIT or LINKS"
+            command = "JOBS" if isinstance(message, control.ListJobs) else (
+                type(message).__name__.upper())
+            self.refuse(f"{command} after {first}")
+            return
+        self._submit_deadline.stop()
+        self.clearLineBuffer()
+        registry = self.factory.service.registry
+        if isinstance(message, control.Attach):
+            self._attached = registry.attach(message.job_id, self)
+            if self._attached is None:
+                self.refuse(f"no job {message.job_id}")
+            return
+        if isinstance(message, control.ListJobs):
+            for state in registry.states():
+                self._send(state)
+            self._send(control.Done(True))
+        else:
+            why = registry.cancel(message.job_id)
+            if why is not None:
+                self.refuse(why)
+                return
+            self._send(control.Cancelled(message.job_id))
+        self._job_over = True
+        self._closing = True
+        self.close()
+
+    # -- EventSink (registry.py): an attached job's events -----------------------------------
+
+    def send_event(self, event: control.ServerEvent) -> None:
+        self._send(event)
+
+    def job_over(self) -> None:
+        self._job_over = True
+        if self.transport is not None:
+            self.close()
 
     _closing = False
 

@@ -15,7 +15,7 @@ in one thread call, each file that fails retried alone by `transfer`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
@@ -46,6 +46,9 @@ from mirror.stats import SizeStats
 from mirror.threads import Threads
 from mirror.wire import frames
 from mirror.wire.control import SourceRequest
+
+if TYPE_CHECKING:
+    from mirror.mirror_server.partials import JobPartials
 
 PROGRESS_INTERVAL = 0.2
 #: Errors of one source reported one by one; later ones are counted in a last message.
@@ -183,6 +186,12 @@ class SourceRun:
         self._idle: Deferred[None] | None = None
         self.store: MirrorStore | None = None
         self.connections: SourceConnections | None = None
+        #: Restored from the journal after a restart: files counted as transferred before
+        #: it, which the new listing finds current (they are not counted again as skipped).
+        self._skip_credit = 0
+        #: Its SOURCE-DONE was recorded before a restart: nothing left to run.
+        self.restored_done = False
+        self.reported = False
         #: Filters, --delete and --dry-run of this SPEC (made by run()).
         self.sync: SpecSync | None = None
         #: The store is open (in a dry run it may stay None: nothing mirrored yet).
@@ -236,7 +245,45 @@ class SourceRun:
 
     # -- the manager -----------------------------------------------------------------------
 
+    # -- cancel and restore (mirror_server/registry.py) ----------------------------------
+
+    def restore(self, files: int, total: int, sum_sq: int, elapsed: float) -> None:
+        """Continue the figures recorded before a restart: transfers counted then stay
+        counted; the files they placed are current now and are not counted as skipped."""
+        self.stats = SizeStats.from_sums(files, total, sum_sq)
+        self.elapsed_before = elapsed
+        self._skip_credit = files
+        self.job.files_done += files
+        self.job.files_total += files
+        self.job.bytes_done += total
+        self.job.bytes_total += total
+
+    elapsed_before = 0.0
+
+    def cancel(self) -> None:
+        """Stop: no more listing, transfers in flight fail (their temporary files are
+        removed), queued files are passed over. Reported once as an error of the source."""
+        if self.reported:
+            return
+        self.error(None, "job cancelled")
+        conn = self._listing_conn
+        if conn is not None:
+            conn.abort("job cancelled")
+        if self.connections is not None:
+            for c in self.connections.live_connections():
+                c.abort("job cancelled")
+            self.connections.close()
+
     async def run(self) -> None:
+        if self.restored_done:
+            self.reported = True
+            if self.job.options.delete:
+                # Its deletions were done before the restart; the job's other SPECs wait
+                # for every one to say what it deletes (`DeletionGate`): nothing more here.
+                self._gated = True
+                Deferred.fromCoroutine(self.job.deletion_gate.decide(0))
+            self.job.observer.source_done(self)
+            return
         res = self.job.resources
         started = res.reactor.seconds()
         try:
@@ -268,8 +315,9 @@ class SourceRun:
                 self.connections.close()
             if self.store is not None:
                 await res.threads.run(self.store.close)
-            self.elapsed = res.reactor.seconds() - started
+            self.elapsed = self.elapsed_before + res.reactor.seconds() - started
             self._report_unshown_errors()
+            self.reported = True
             self.links.finish()
             self.job.observer.source_done(self)
 
@@ -296,7 +344,7 @@ class SourceRun:
     async def _list(self) -> None:
         """List the source, resuming from the cursor after each pause that closed it."""
         try:
-            while await self._list_once():
+            while await self._list_once() and not self.job.cancelled:
                 # Closed while the queue was full: resume once it is half empty, not at the
                 # first free slot (each resumption costs a connection and a re-descent), or
                 # once this job holds at most its share of that (the queue gives it slots
@@ -340,7 +388,7 @@ class SourceRun:
             # transport notices only once it reads again). Not the source's fault: resume.
             # Only if the cursor moved on this connection: never an endless loop.
             resume = self._list_held and self._cursor != start
-            if not resume:
+            if not resume and not self.job.cancelled:
                 self._listing_error(None, f"cannot list {self.request.path or '.'}: {e}")
         finally:
             self._listing_conn = None
@@ -475,7 +523,12 @@ class SourceRun:
         work: list[WorkItem] = []
         for (parts, entry), verdict in zip(files, verdicts, strict=True):
             if verdict == CURRENT:
-                self.skipped += 1
+                if self._skip_credit:
+                    self._skip_credit -= 1
+                else:
+                    self.skipped += 1
+                continue
+            if self.job.cancelled:
                 continue
             if verdict == REPLACES:
                 sync.replaced += 1
@@ -519,8 +572,8 @@ class SourceRun:
         (--max-delete is per job), then remove (or, in a dry run, count) what the listing
         did not have. Never after a listing with errors."""
         sync = self.sync
-        if sync is None or not self.job.options.delete:
-            return
+        if sync is None or not self.job.options.delete or self.job.cancelled:
+            return  # (a cancelled job deletes nothing: the finally of run() opens the gate)
         threads = self.job.resources.threads
         planned = await threads.run(sync.plan, self._listing_complete, self.store)
         if sync.deletion == "skipped":
@@ -553,6 +606,20 @@ class SourceRun:
         assert self.store is not None  # files are queued only once it is open
         return FileReceiver(self.store, parts, self.job.resources.threads, self._count)
 
+    async def _open_receiver(self, parts: paths.Parts, size: int) -> tuple[FileReceiver, int]:
+        """A receiver for one attempt, and the offset to fetch from: a big file is received
+        resumably when the job has partials (`mirror.mirror_server.partials`)."""
+        partials = self.job.partials
+        if partials is None or size < partials.min_size:
+            return self._receiver(parts), 0
+        assert self.store is not None  # files are queued only once it is open
+        try:
+            return await partials.open(self.index, parts, size, self.store, self._count)
+        except StoreError as e:
+            self.log.warn("{source}: {path}: not resumable: {e}", source=self.label,
+                          path=paths.join_parts(parts), e=str(e))
+            return self._receiver(parts), 0
+
     def _count(self, n: int) -> None:
         self.job.bytes_done += n
 
@@ -566,9 +633,11 @@ class SourceRun:
                        ) -> None:
         """Fetch one file into place: verified, atomic; retried once, then reported."""
         try:
+            if self.job.cancelled:
+                return
             header = await self._attempts(parts, entry.size, attempts)
             if header is not None:
-                self.stats.add(header.size)
+                self.stats.add(header.file_size)  # the whole file, if resumed too
                 self.job.files_done += 1
         finally:
             # Whatever happened, the file is no longer pending: a job never waits forever.
@@ -581,6 +650,8 @@ class SourceRun:
         retry: list[WorkItem] = []
         placed = 0
         try:
+            if self.job.cancelled:
+                return
             problems = await self._bundle_attempt(items)
             for item, problem in zip(items, problems, strict=True):
                 if problem is None:
@@ -637,12 +708,12 @@ class SourceRun:
         problem = ""
         assert self.connections is not None  # made by run() before anything is queued
         for _attempt in range(attempts):
-            receiver = self._receiver(parts)
+            receiver, offset = await self._open_receiver(parts, size)
             try:
                 conn = await self.connections.get()
-                header, digest = await conn.fetch(path, receiver, delay=self.request.delay,
-                                                  expect_size=size)
-                if header.size != header.file_size:
+                header, digest = await conn.fetch(path, receiver, offset=offset,
+                                                  delay=self.request.delay, expect_size=size)
+                if header.size != header.file_size - offset:
                     raise TransferError(f"{path}: server sent {header.size} of "
                                         f"{header.file_size} bytes")
                 await receiver.commit(header, digest)
@@ -650,6 +721,8 @@ class SourceRun:
                 self.job.bytes_done -= receiver.received
                 await receiver.discard()
                 problem = str(e)
+                if self.job.cancelled:
+                    return None  # not a failure of the file: the job was cancelled
                 continue
             except CancelledError:
                 raise  # the service is stopping
@@ -722,6 +795,9 @@ class Job:
         self.bytes_done = 0
         self.listing_done = False
         self.finished: Deferred[Job] = Deferred()
+        self.cancelled = False
+        #: Resumable big files (set by the job registry when there is a state directory).
+        self.partials: JobPartials | None = None
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = resources.reactor
         self._last: tuple[Any, ...] | None = None
@@ -729,6 +805,14 @@ class Job:
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.sources)
+
+    def cancel(self) -> None:
+        """Cancel the job: each source stops (`SourceRun.cancel`); it ends, failed, once the
+        transfers in flight have stopped."""
+        if not self.cancelled:
+            self.cancelled = True
+            for source in self.sources:
+                source.cancel()
 
     def start(self) -> Deferred[Job]:
         self._ticker.start(PROGRESS_INTERVAL, now=False)

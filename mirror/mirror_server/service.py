@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mirror import paths
 from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.history import JobHistory
-from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem, mirror_top
+from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
+from mirror.mirror_server.journal import Journal
 from mirror.mirror_server.links import LINKS_SAFE
+from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.receiver import SMALL_FILE
+from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.subtree_lock import SubtreeLocks
 from mirror.mirror_server.work_queue import BoundedQueue
@@ -52,6 +54,8 @@ class MirrorSettings:
     #: and resumed from its cursor once the queue has room (below half full). Well under a
     #: content server's default --write-timeout (60 s), after which it would drop us anyway.
     list_hold: float = 5.0
+    #: Seconds a finished job is kept in the journal (for --attach and --jobs).
+    keep_jobs: float = DEFAULT_KEEP
     #: --min-rate: bytes per second a content connection must deliver over
     #: ``min_rate_window`` seconds of transfer time (mirror_server/min_rate.py); 0: none.
     min_rate: int = 0
@@ -71,7 +75,9 @@ class MirrorService(MultiService):
 
     def __init__(self, mirror_dir: str, settings: MirrorSettings | None = None,
                  reactor: IReactorTime | None = None, threads: Threads | None = None,
-                 endpoints: EndpointFactory | None = None) -> None:
+                 endpoints: EndpointFactory | None = None,
+                 journal: Journal | None = None,
+                 partials: PartialDir | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -95,13 +101,19 @@ class MirrorService(MultiService):
                                                           yields=self._saturated)
         #: Workers running each job's transfers now.
         self._working: dict[Job, int] = {}
-        self.jobs: dict[str, Job] = {}
         #: The subtrees of running --delete jobs (an overlapping one is refused).
         self.subtree_locks = SubtreeLocks()
-        self._job_ids = itertools.count(1)
         self._workers: list[Deferred[None]] = []
         #: Running and recent jobs, read by the web status page and /metrics.
         self.history = JobHistory(reactor)
+        #: The job journal (None: jobs live in memory only, ids restart from 1).
+        self.journal = journal
+        job_ids = itertools.count(1)
+        new_id: Callable[[], str] = lambda: str(next(job_ids))  # noqa: E731
+        # Every job's events, resumed ones too, reach the status page (history.watch).
+        self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id,
+                                    partials, locks=self.subtree_locks,
+                                    watch=self.history.watch)
 
     def startService(self) -> None:
         super().startService()
@@ -112,6 +124,16 @@ class MirrorService(MultiService):
         sweep = self.threads.run(sweep_temporaries, self.mirror_dir)
         sweep.addCallbacks(self._swept, self._sweep_failed)
         sweep.addCallback(lambda _: self._start_workers())
+        if self.journal is not None:
+            # Unfinished jobs start again (their listings now; transfers once the workers do).
+            loading = self.journal.load().addCallbacks(
+                self.registry.resume,
+                lambda f: self.log.failure("cannot load the job journal", f))
+            loading.addCallback(self._loaded)
+
+    def _loaded(self, _: None) -> None:
+        if self.running:
+            self.registry.start_pruning()
 
     def _swept(self, n: int) -> None:
         if n:
@@ -129,11 +151,24 @@ class MirrorService(MultiService):
                              for _ in range(self.settings.workers)]
 
     def stopService(self) -> Any:
+        self.registry.stop()
         for w in self._workers:
             w.addErrback(lambda f: f.trap(CancelledError))
             w.cancel()
         self._workers = []
-        return super().stopService()
+        if self.journal is None:
+            return super().stopService()
+        return Deferred.fromCoroutine(self._stop_with_journal(self.journal))
+
+    async def _stop_with_journal(self, journal: Journal) -> None:
+        # What the jobs did up to now is committed, and the journal closed, before the
+        # thread pools stop (the journal's is a child service); unfinished jobs stay
+        # "running" in it and resume at the next start.
+        try:
+            await journal.close()
+        except Exception:
+            self.log.failure("closing the job journal")
+        await maybeDeferred(MultiService.stopService, self)
 
     def _saturated(self, job: Hashable) -> bool:
         """A --bwlimit job's transfers wait for its tokens, not for workers: once it holds
@@ -159,6 +194,8 @@ class MirrorService(MultiService):
                 batch = [item] + self.queue.take_ready(
                     self.settings.batch_files - 1, lambda i: i.entry.size <= SMALL_FILE)
                 await DeferredList(self._transfers(batch), consumeErrors=True)
+            except CancelledError:
+                raise  # the service is stopping (its transfers stay for the next start)
             except Exception:
                 self.log.failure("worker: unexpected error")
             finally:
@@ -194,27 +231,15 @@ class MirrorService(MultiService):
                 work.append(Deferred.fromCoroutine(source.transfer_bundle(items)))
         return work
 
+    @property
+    def jobs(self) -> dict[str, Job]:
+        """The running jobs by id."""
+        return self.registry.running()
+
     def submit(self, sources: list[SourceRequest], observer: JobObserver,
                options: JobOptions | None = None, bwlimit: int = 0,
                links_mode: str = LINKS_SAFE) -> Job:
         """Start a job; raises `SubtreeLocked` (a refusal, with the reason) if it deletes
-        in a subtree another --delete job holds."""
-        options = options or JobOptions()
-        job_id = str(next(self._job_ids))
-        if options.delete and not options.dry_run:
-            self.subtree_locks.acquire(job_id, [
-                (mirror_top(s.host, s.port), paths.parse_request_path(s.path))
-                for s in sources])
-        observer = self.history.watch(observer)  # the status page sees every job's events
-        job = Job(job_id, sources, self, observer, options, bwlimit=bwlimit,
-                  links_mode=links_mode)
-        self.jobs[job_id] = job
-        self.log.info("job {id}: {n} source(s)", id=job_id, n=len(sources))
-        observer.job_started(job)
-        job.start().addBoth(self._ended, job_id)
-        return job
-
-    def _ended(self, result: Any, job_id: str) -> None:
-        self.subtree_locks.release(job_id)
-        job = self.jobs.pop(job_id)
-        self.log.info("job {id} done: {status}", id=job_id, status="ok" if job.ok else "failed")
+        in a subtree another --delete job holds, `JournalFull` if the journal cannot take
+        it."""
+        return self.registry.submit(sources, observer, options, bwlimit, links_mode)

@@ -209,6 +209,28 @@ class MirrorStore:
             # job): refused, never followed, and reported like any other store failure.
             raise StoreError(f"cannot create temporary file: {e}") from None
 
+    def adopt(self, src_dir_fd: int, src_name: str, parts: paths.Parts) -> None:
+        """Rename a complete, verified file from another directory (the state directory's
+        partials, `mirror.mirror_server.partials`) over the final name ``parts``.
+
+        Raises `StoreError`, or the `OSError` EXDEV when the two are on different file
+        systems (the caller then copies)."""
+        try:
+            with self._dir(parts[:-1]) as fd:
+                os.rename(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=fd)
+                try:
+                    self.durability.directory(fd)  # the rename on disk
+                except OSError as e:
+                    raise StoreError(f"cannot sync the directory: {_describe(e)}") from None
+        except IsADirectoryError:
+            raise StoreError("a directory is in the way of the file") from None
+        except paths.UnsafePath as e:
+            raise StoreError(f"cannot rename into place: {e}") from None
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise
+            raise StoreError(f"cannot rename into place: {_describe(e)}") from None
+
     def write_whole(self, parts: paths.Parts, data: bytes | memoryview,
                     header: frames.FileHeader, digest: bytes, umask: int | None = None,
                     sync_dir: bool = True) -> None:

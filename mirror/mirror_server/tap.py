@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tempfile
 
 from twisted.application.service import IService
@@ -11,8 +12,11 @@ from twisted.python import usage
 
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
+from mirror.mirror_server.journal import open_journal
+from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
-from mirror.paths import TEMP_PREFIX
+from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
+from mirror.threads import DiskThreads
 from mirror.web.mirror_site import mirror_site_root
 from mirror.web.options import WebOptions, add_web
 
@@ -64,6 +68,11 @@ class Options(ListenOptions, WebOptions):
          "Seconds within which a client must submit its job.", number(float, 0.001)],
         ["write-timeout", None, _defaults.write_timeout,
          "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
+        ["state-dir", None, None,
+         f"Directory of the server's own state (job journal); created mode 0700. "
+         f"Default: MIRROR_DIR/{STATE_DIR_NAME}."],
+        ["keep-jobs", None, _defaults.keep_jobs,
+         "Seconds a finished job is kept for --attach and --jobs.", number(float, 0)],
     ]
 
     def postOptions(self) -> None:
@@ -75,6 +84,25 @@ class Options(ListenOptions, WebOptions):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
         self.check_web()
+        if not self["state-dir"]:
+            self["state-dir"] = os.path.join(mirror_dir, STATE_DIR_NAME)
+        make_state_dir(self["state-dir"])
+        check_writable(self["state-dir"], "--state-dir")
+
+
+def make_state_dir(directory: str) -> None:
+    """Create the state directory (mode 0700) if missing; refuse a link or a non-directory.
+
+    It holds what the server keeps for itself (the job journal): only its owner may read it.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError as e:
+        reason = (e.strerror or str(e)).lower()
+        raise usage.UsageError(f"--state-dir {directory}: cannot create ({reason})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise usage.UsageError(f"--state-dir {directory}: not a directory (or a link)")
 
 
 def check_writable(directory: str, flag: str) -> None:
@@ -102,7 +130,19 @@ def mirror_settings(options: Options) -> MirrorSettings:
 
 
 def makeService(options: Options) -> IService:
-    service = MirrorService(options["mirror-dir"], mirror_settings(options))
+    from twisted.internet import reactor
+
+    # One thread: the journal's commits are ordered, and SQLite is used by one at a time.
+    journal_threads = DiskThreads(reactor, 1, name="mirror-journal")
+    try:
+        journal = open_journal(options["state-dir"], reactor, journal_threads)
+        partials = PartialDir(options["state-dir"])
+    except Exception as e:  # sqlite3.Error, OSError: a one-line start-up error
+        raise SystemExit(f"{options.command}: error: --state-dir {options['state-dir']}: "
+                         f"cannot open the job journal ({e})") from None
+    service = MirrorService(options["mirror-dir"], mirror_settings(options),
+                            journal=journal, partials=partials)
+    journal_threads.setServiceParent(service)
     control = ControlFactory(service)
     if options["web"]:
         # Before --listen: once the log names the control port, it names the web site's.

@@ -56,6 +56,8 @@ MAX_ELAPSED = 1e9
 MAX_HOST_BYTES = 255
 #: Longest job identifier.
 MAX_JOB_ID = 128
+#: Largest time stamp (seconds since the epoch) in JOB-STATE.
+MAX_TIME = 1e11
 
 # Room left for the terminator so a line plus "\r\n" never exceeds MAX_LINE.
 _MAX_ENCODED = MAX_LINE - 2
@@ -229,9 +231,69 @@ class Refused:
     message: str
 
 
-ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | LinksOption | Go
+@dataclass(frozen=True)
+class Attach:
+    """ATTACH: follow the job ``job_id`` (running or finished) instead of submitting one."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ListJobs:
+    """JOBS: list the jobs the server knows (running, and finished ones it still keeps)."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """CANCEL: cancel the job ``job_id``."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    """SPEC: source ``index`` of an attached job (its SOURCE, as submitted)."""
+
+    index: int
+    source: SourceRequest
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """RESUMED: the job was resumed ``count`` times after a restart of the mirror server
+    (files placed after the journal's last commit before it count as skipped)."""
+
+    count: int
+
+
+#: States of a job in JOB-STATE.
+JOB_STATES = ("running", "ok", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """JOB-STATE: one line of the answer to JOBS."""
+
+    job_id: str
+    state: str
+    submitted: float
+    files_done: int
+    bytes_done: int
+    #: The SPECs, as ``HOST:PORT:PATH`` joined by ``,`` (shortened with an ellipsis if long).
+    specs: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """CANCELLED: the answer to CANCEL, the job is being cancelled."""
+
+    job_id: str
+
+
+ClientMessage = (SourceRequest | JobOption | FilterRule | BwLimit | LinksOption | Go | Attach
+                 | ListJobs | Cancel)
 ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
-               | LinkSkipped | LinksDone)
+               | LinkSkipped | LinksDone | Spec | Resumed | JobState | Cancelled)
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
 OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
@@ -500,25 +562,54 @@ def _expect(command: bytes, args: list[bytes], count: int) -> None:
         raise ControlError(f"{command.decode('ascii')} takes {count} {fields}, got {len(args)}")
 
 
+def encode_request(message: Attach | ListJobs | Cancel) -> bytes:
+    """The line of an ATTACH, JOBS or CANCEL request, without terminator."""
+    if isinstance(message, Attach):
+        return _join("ATTACH", _check_job_id(message.job_id))
+    if isinstance(message, Cancel):
+        return _join("CANCEL", _check_job_id(message.job_id))
+    if isinstance(message, ListJobs):
+        return b"JOBS"
+    raise ControlError(f"not a request: {message!r}")
+
+
+def _parse_job_id(raw: bytes) -> str:
+    try:
+        return _check_job_id(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        raise ControlError(f"job id is not ASCII: {_show(raw)}") from None
+
+
+def _parse_source_fields(host_raw: bytes, port_raw: bytes, path_raw: bytes,
+                         delay_raw: bytes) -> SourceRequest:
+    try:
+        host = host_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ControlError(f"host is not valid UTF-8: {_show(host_raw)}") from None
+    port = _parse_int(port_raw, "port")
+    if not path_raw:
+        raise ControlError("empty path field ('.' is the whole export)")
+    return SourceRequest(
+        host=check_host(host),
+        port=check_port(port),
+        path=check_request_path(_unquote(path_raw, "path")),
+        delay=_parse_seconds(delay_raw, "delay", MAX_DELAY),
+    )
+
+
 def parse_client_line(line: bytes) -> ClientMessage:
     """Parse a line from mirror-init. Raises `ControlError` with the reason."""
     command, args = _split(line)
+    if command in (b"ATTACH", b"CANCEL"):
+        _expect(command, args, 1)
+        job_id = _parse_job_id(args[0])
+        return Attach(job_id) if command == b"ATTACH" else Cancel(job_id)
+    if command == b"JOBS":
+        _expect(command, args, 0)
+        return ListJobs()
     if command == b"SOURCE":
         _expect(command, args, 4)
-        host_raw, port_raw, path_raw, delay_raw = args
-        try:
-            host = host_raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ControlError(f"host is not valid UTF-8: {_show(host_raw)}") from None
-        port = _parse_int(port_raw, "port")
-        if not path_raw:
-            raise ControlError("empty path field ('.' is the whole export)")
-        return SourceRequest(
-            host=check_host(host),
-            port=check_port(port),
-            path=check_request_path(_unquote(path_raw, "path")),
-            delay=_parse_seconds(delay_raw, "delay", MAX_DELAY),
-        )
+        return _parse_source_fields(*args)
     if command == b"BWLIMIT":
         _expect(command, args, 1)
         rate = _parse_int(args[0], "rate")
@@ -574,6 +665,11 @@ def _check_job_id(job_id: str) -> str:
     if len(job_id) > MAX_JOB_ID or not all("!" <= ch <= "~" for ch in job_id):
         raise ControlError(f"job id must be 1..{MAX_JOB_ID} visible ASCII characters")
     return job_id
+
+
+def check_job_id(job_id: str) -> str:
+    """Validate a job id (1 to `MAX_JOB_ID` visible ASCII characters); return it."""
+    return _check_job_id(job_id)
 
 
 def check_size_sums(files: int, total: int, sum_sq: int) -> None:
@@ -664,6 +760,21 @@ def encode_event(ev: ServerEvent) -> bytes:
         )
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
+    if isinstance(ev, Spec):
+        return _join("SPEC", _check_index(ev.index),
+                     encode_source(ev.source)[len(b"SOURCE "):].decode("utf-8"))
+    if isinstance(ev, Resumed):
+        return _join("RESUMED", _encode_int(ev.count, "resumed count"))
+    if isinstance(ev, JobState):
+        if ev.state not in JOB_STATES:
+            raise ControlError(f"unknown job state {ev.state!r}")
+        fields = _join("JOB-STATE", _check_job_id(ev.job_id), ev.state,
+                     _encode_seconds(ev.submitted, "submitted", MAX_TIME),
+                     _encode_int(ev.files_done, "files done"),
+                     _encode_int(ev.bytes_done, "bytes done"))
+        return fields + b" " + _fit(ev.specs or "-", _MAX_ENCODED - len(fields) - 1).encode()
+    if isinstance(ev, Cancelled):
+        return _join("CANCELLED", _check_job_id(ev.job_id))
     if isinstance(ev, Refused):
         if not isinstance(ev.message, str):
             raise ControlError("refusal message must be text")
@@ -737,6 +848,24 @@ def parse_server_line(line: bytes) -> ServerEvent:
     if command == b"REFUSED":
         _expect(command, args, 1)
         return Refused(_unquote(args[0], "message"))
+    if command == b"SPEC":
+        _expect(command, args, 5)
+        return Spec(_parse_index(args[0]), _parse_source_fields(*args[1:]))
+    if command == b"RESUMED":
+        _expect(command, args, 1)
+        return Resumed(_parse_int(args[0], "resumed count"))
+    if command == b"JOB-STATE":
+        _expect(command, args, 6)
+        state = args[1].decode("ascii", "replace")
+        if state not in JOB_STATES:
+            raise ControlError(f"unknown job state {_show(args[1])}")
+        return JobState(_parse_job_id(args[0]), state,
+                        _parse_seconds(args[2], "submitted", MAX_TIME),
+                        _parse_int(args[3], "files done"), _parse_int(args[4], "bytes done"),
+                        _unquote(args[5], "specs"))
+    if command == b"CANCELLED":
+        _expect(command, args, 1)
+        return Cancelled(_parse_job_id(args[0]))
     raise ControlError(f"unknown command {_show(command)}")
 
 
@@ -746,9 +875,13 @@ __all__ = [
     "MAX_ELAPSED",
     "MAX_LINE",
     "MAX_SOURCES",
+    "JOB_STATES",
     "DELETION_STATES",
     "OPTION_NAMES",
+    "Attach",
     "BwLimit",
+    "Cancel",
+    "Cancelled",
     "ClientMessage",
     "ControlError",
     "Done",
@@ -756,18 +889,23 @@ __all__ = [
     "JobOption",
     "Go",
     "JobAccepted",
+    "JobState",
     "LinkSkipped",
     "LinksDone",
     "LinksOption",
+    "ListJobs",
     "Progress",
     "Refused",
+    "Resumed",
     "ServerEvent",
     "SourceDone",
     "SourceError",
     "SourceRequest",
     "SourceSync",
+    "Spec",
     "check_delay",
     "check_host",
+    "check_job_id",
     "check_pattern",
     "check_port",
     "check_request_path",
@@ -776,8 +914,9 @@ __all__ = [
     "encode_event",
     "encode_filter",
     "encode_go",
-    "encode_option",
     "encode_links",
+    "encode_option",
+    "encode_request",
     "encode_source",
     "parse_client_line",
     "parse_server_line",

@@ -152,12 +152,27 @@ def test_mirror_dir_immutable(tmp_path: Path):
 
 
 def test_writability_probe_leaves_nothing_behind(tmp_path: Path):
-    """The start-up check really creates a file to be sure, and removes it."""
+    """The start-up check really creates a file to be sure, and removes it; the only thing
+    made is the state directory, mode 0700, empty until the journal opens."""
     target = tmp_path / "mirror"
     target.mkdir()
     options = mirror_tap.Options()
     options.parseOptions(["--mirror-dir", str(target)])
+    assert [p.name for p in target.iterdir()] == [".mirror-state"]
+    state = target / ".mirror-state"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert list(state.iterdir()) == []
+
+
+def test_custom_state_dir_anywhere(tmp_path: Path):
+    """--state-dir may be outside the mirror directory; it is created (parents too)."""
+    target = tmp_path / "mirror"
+    target.mkdir()
+    state = tmp_path / "var" / "state"
+    options = mirror_tap.Options()
+    options.parseOptions(["--mirror-dir", str(target), "--state-dir", str(state)])
     assert list(target.iterdir()) == []
+    assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
 
 
 # -- ports ----------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ def _first_line(pipe: IO[str] | None) -> str:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("as_json", [False, True])
-def test_interrupt_ends_cleanly_with_status_1(silent_server: socket.socket, sig: int,
-                                              as_json: bool) -> None:
+def test_interrupt_cancels_the_job_with_status_130(silent_server: socket.socket, sig: int,
+                                                  as_json: bool) -> None:
+    """Ctrl-C or SIGTERM cancels the job followed (CANCEL on a second connection), waits
+    for what the server reports, prints it, exits 130."""
     port = silent_server.getsockname()[1]
     args = [MIRROR_INIT, "-n", "127.0.0.1", "-p", str(port), "-s", SPEC]
     proc = subprocess.Popen([*args, "--json"] if as_json else args, stdin=subprocess.DEVNULL,
@@ -60,19 +62,28 @@ def test_interrupt_ends_cleanly_with_status_1(silent_server: socket.socket, sig:
         shown = _first_line(proc.stderr if as_json else proc.stdout)
         assert shown.startswith("progress: listing"), shown
         proc.send_signal(sig)
+        canceller, _ = silent_server.accept()
+        with canceller:
+            canceller.settimeout(30)
+            assert canceller.recv(4096) == b"CANCEL 12\r\n"
+            canceller.sendall(b"CANCELLED 12\r\n")
+        conn.sendall(b"ERROR 0 - job%20cancelled\r\n"
+                     b"SOURCE-DONE 0 failed 1 0 5 25 0 0 0.1 0\r\nDONE failed\r\n")
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     conn.close()
-    assert proc.returncode == 1, err
-    assert err == "mirror-init: interrupted\n"
+    assert proc.returncode == 130, err
+    why = "interrupted; job 12 cancelled"
+    assert err.endswith(f"mirror-init: {why}\n"), err
     if as_json:
         report = json.loads(out)
-        assert (report["ok"], report["error"], report["job_id"]) == (False, "interrupted", "12")
+        assert (report["ok"], report["error"], report["job_id"]) == (False, why, "12")
+        assert report["cancelled"] and report["totals"]["files"] == 1
     else:
-        assert "job 12" in out and "job not completed: interrupted" in out
+        assert "job 12" in out and f"job not completed: {why}" in out
 
 
 def test_timeout_on_a_silent_server(silent_server: socket.socket) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mirror.paths import STATE_DIR_NAME
 from tests.integration.daemons import (
     MIRROR_INIT,
     Daemon,
@@ -139,8 +140,12 @@ def test_max_delete_refuses_and_deletes_nothing(setup: Setup) -> None:
 
 
 def snapshot(root: Path) -> dict[str, Any]:
+    """The mirror as a client sees it: not the server's own state directory (its job
+    journal records every job, dry runs too)."""
     links = {str(p.relative_to(root)): os.readlink(p) for p in root.rglob("*") if p.is_symlink()}
-    return {"tree": tree_listing(root), "links": links}
+    tree = {k: v for k, v in tree_listing(root).items()
+            if k.split(os.sep)[0] != STATE_DIR_NAME}
+    return {"tree": tree, "links": links}
 
 
 FIGURES = ("files", "dirs", "bytes", "sum_sq", "skipped", "failed", "replaced", "deleted",

@@ -631,8 +631,8 @@ class ReportTests(SynchronousTestCase):
         text = format_json(build_report(SOURCES, self.result(), elapsed=4.0))
         self.assertEqual(text.count("\n"), 1)
         data = json.loads(text)
-        self.assertEqual(set(data), {"ok", "error", "job_id", "elapsed", "dry_run", "sources",
-                                     "totals"})
+        self.assertEqual(set(data), {"ok", "error", "job_id", "elapsed", "resumed", "cancelled",
+                                     "dry_run", "sources", "totals"})
 
     def test_job_not_run(self) -> None:
         report = build_report(SOURCES, None, elapsed=0.5, error="cannot reach the mirror server")
@@ -838,10 +838,10 @@ class CommandLineTests(SynchronousTestCase):
         data = json.loads(out.getvalue())
         self.assertEqual(data["sources"][0]["errors"], [{"path": HOSTILE, "message": HOSTILE}])
 
-    def test_interrupt_exit_1(self) -> None:
+    def test_interrupt_exit_130(self) -> None:
         server = ScriptedServer(lines(JobAccepted("5")), close=False, sock=InterruptedSocket)
         status, out, err = self.run_cli(["-s", "127.0.0.1:1:a"], server.opener)
-        self.assertEqual(status, 1)
+        self.assertEqual(status, 130)
         self.assertEqual(err.getvalue(), "mirror-init: interrupted\n")
         self.assertIn("job 5", out.getvalue(), "what arrived is still reported")
         self.assertTrue(server.client_closed())
@@ -849,7 +849,7 @@ class CommandLineTests(SynchronousTestCase):
     def test_interrupt_json(self) -> None:
         server = ScriptedServer(lines(JobAccepted("5")), close=False, sock=InterruptedSocket)
         status, out, _ = self.run_cli(["--json", "-s", "127.0.0.1:1:a"], server.opener)
-        self.assertEqual(status, 1)
+        self.assertEqual(status, 130)
         self.assertEqual(json.loads(out.getvalue())["error"], "interrupted")
 
 

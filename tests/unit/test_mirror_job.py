@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -829,6 +830,7 @@ class TransferBookkeeping(SynchronousTestCase):
 
         finished = []
         run = SourceRun.__new__(SourceRun)
+        run.job = SimpleNamespace(cancelled=False)  # type: ignore[assignment]
         run._finished_one = lambda: finished.append(True)
 
         async def boom(parts, size, attempts=2):
@@ -846,6 +848,7 @@ class TransferBookkeeping(SynchronousTestCase):
         finished: list[bool] = []
         singles: list[tuple] = []
         run = SourceRun.__new__(SourceRun)
+        run.job = SimpleNamespace(cancelled=False)  # type: ignore[assignment]
         run.label = "src"
         run._finished_one = lambda: finished.append(True)
         run._bundle_attempt = attempt
