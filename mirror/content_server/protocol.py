@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror import paths
+from mirror.content_server.egress import EgressLimit
 from mirror.content_server.fetch import (
     BIG_CHUNK_SIZE,
     CHUNK_SIZE,
@@ -62,6 +63,8 @@ class ContentSettings:
     #: more wait their turn.
     max_lists_per_connection: int = 4
     max_lists: int = 64
+    #: --max-rate: bytes per second the whole daemon sends at most (0: no cap).
+    max_rate: int = 0
 
 
 class RequestError(Exception):
@@ -86,6 +89,8 @@ class ContentFactoryBase(LimitedFactory):
     list_slots: DeferredSemaphore
     #: What was served (bytes per client, errors), for the web status page.
     serving: ServingStats
+    #: --max-rate: the cap on everything the daemon sends (None: no cap).
+    egress: EgressLimit | None = None
     server_name = "content server"
 
     def refusal(self, reason: str) -> bytes:
@@ -273,7 +278,14 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             if self._lost:
                 raise CancelledError()
             if not self._paused:
-                return
+                egress = self.factory.egress
+                over = egress.ready() if egress is not None else None
+                if over is None:
+                    return
+                # Over --max-rate: wait for the bucket (not the client's fault: no
+                # write deadline), then check the transport again.
+                await self._wait(over)
+                continue
             self._write_deadline.start()
             d: Deferred[None] = Deferred()
             self._resume_waiters.append(d)
@@ -282,7 +294,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def _send(self, *chunks: bytes) -> None:
         if not self._lost and self.transport is not None:
             self.transport.writeSequence(chunks)
-            self.factory.serving.sent(self.peer_key, sum(map(len, chunks)))
+            n = sum(map(len, chunks))
+            self.factory.serving.sent(self.peer_key, n)
+            if self.factory.egress is not None:
+                self.factory.egress.spend(n)
 
     # -- requests -----------------------------------------------------------------------
 

@@ -9,9 +9,11 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
+from mirror.content_server.tap import MAX_RATE_HELP
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.mirror_server.serving import add_serving
 from mirror.paths import TEMP_PREFIX
 from mirror.web.mirror_site import mirror_site_root
 from mirror.web.options import WebOptions, add_web
@@ -64,7 +66,25 @@ class Options(ListenOptions, WebOptions):
          "Seconds within which a client must submit its job.", number(float, 0.001)],
         ["write-timeout", None, _defaults.write_timeout,
          "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
+        ["max-rate", None, 0, "With --serve: " + MAX_RATE_HELP, rate],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["serve"] = []
+
+    def opt_serve(self, endpoint: str) -> None:
+        """Also export the mirror directory, read-only, over the content protocol on
+        ENDPOINT (an endpoint description as for --listen; may be given several times):
+        other mirrors can mirror from this one like from a content server."""
+        before = list(self["listen"])
+        try:
+            # Checked as --listen checks its endpoints (same messages), then moved here.
+            self.opt_listen(endpoint)
+        except usage.UsageError as e:
+            raise usage.UsageError(str(e).replace("--listen", "--serve", 1)) from None
+        self["listen"] = before
+        self["serve"].append(endpoint)
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -109,4 +129,7 @@ def makeService(options: Options) -> IService:
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
     add_listeners(service, options["listen"], control, options.command)
+    if options["serve"]:
+        add_serving(service, service.mirror_dir, service.threads, options["serve"],
+                    options["max-rate"], options.command)
     return service
