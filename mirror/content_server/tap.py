@@ -54,6 +54,9 @@ class Options(ListenOptions, WebOptions):
          "LISTs walking the tree at once in the whole server (more wait their turn).",
          number(int, 1, 1000000)],
         ["max-rate", None, _defaults.max_rate, MAX_RATE_HELP, rate],
+        ["hashes-timeout", None, _defaults.hashes_timeout,
+         "Seconds within which a HASHES request's chunk hashes must be computed.",
+         number(float, 0.001)],
     ]
 
     def postOptions(self) -> None:
