@@ -19,6 +19,12 @@ from mirror.job_options import JobOptions
 from mirror.mirror_server.connections import EndpointFactory, tcp_endpoints
 from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem, mirror_top
+from mirror.mirror_server.multi_source import (
+    MAX_HOLDERS,
+    THRESHOLD,
+    ExplicitHolders,
+    HolderFinder,
+)
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
 from mirror.mirror_server.subtree_lock import SubtreeLocks
@@ -57,6 +63,12 @@ class MirrorSettings:
     min_rate_window: float = 30.0
     #: fsync each placed file before its rename and its directory after (--no-fsync: off).
     fsync: bool = True
+    #: Multi-source download: files of at least this many bytes are fetched from up to
+    #: ``max_holders`` holders (the origin included) at once; 1: never.
+    multi_source_threshold: int = THRESHOLD
+    max_holders: int = MAX_HOLDERS
+    #: --holder HOST:PORT: serving mirrors assumed to hold every file (tests, demos).
+    holders: tuple[tuple[str, int], ...] = ()
 
 
 class MirrorService(MultiService):
@@ -101,6 +113,9 @@ class MirrorService(MultiService):
         self._workers: list[Deferred[None]] = []
         #: Running and recent jobs, read by the web status page and /metrics.
         self.history = JobHistory(reactor)
+        #: Who else holds a file, for multi-source download (the index client replaces it).
+        self.holder_finder: HolderFinder | None = (
+            ExplicitHolders(list(self.settings.holders)) if self.settings.holders else None)
 
     def startService(self) -> None:
         super().startService()

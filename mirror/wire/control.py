@@ -200,7 +200,8 @@ ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | Go
 ServerEvent = JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
-OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
+OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True,
+                "no-multi-source": False}
 
 
 # -- field codecs ---------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""Multi-source download end to end in memory: an origin and serving mirrors (real content
+server protocols) on a `MemoryNetwork`, one of them lying."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from mirror.hashing import digest_of
+from mirror.job_options import JobOptions
+from mirror.mirror_server.store import StoreError
+from mirror.wire import frames
+from tests.unit.test_mirror_job import JobTestCase, Observer, source
+from tests.unit.test_store import StoreTestCase, header_for
+
+MiB = 1 << 20
+SIZE = 6 * MiB + 12345
+ORIGIN = ("10.0.0.1", 7000)
+TOP = "10.0.0.1_7000"
+
+
+class MultiSourceCase(JobTestCase):
+    settings = {"workers": 2, "queue_size": 10, "multi_source_threshold": MiB,
+                "holders": (("10.0.0.2", 7000), ("10.0.0.3", 7000), ("10.0.0.4", 7000))}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.data = random.Random(5).randbytes(SIZE)
+        self.fetches: list[tuple[str, str]] = []
+        origin = self.tree("origin", "", self.data)
+        self.serve(origin, *ORIGIN)
+
+    def tree(self, name: str, prefix: str, data: bytes) -> Path:
+        root = self.base / name
+        where = root / prefix if prefix else root
+        where.mkdir(parents=True)
+        (where / "big").write_bytes(data)
+        (where / "small").write_bytes(b"small file")
+        os.utime(where / "big", ns=(1_600_000_000_000_000_000,) * 2)
+        return root
+
+    def holder(self, host: str, data: bytes | None = None) -> None:
+        self.serve(self.tree(host, TOP, self.data if data is None else data), host, 7000)
+
+    def run_with(self, options: JobOptions | None = None) -> Observer:
+        observer = Observer()
+        job = self.service.submit([source()], observer, options)
+        self.network.run_until(job.finished)
+        return observer
+
+    def placed(self) -> bytes:
+        return (self.mirror / TOP / "big").read_bytes()
+
+
+class MultiSourceJob(MultiSourceCase):
+    def test_from_all_holders_with_a_liar(self) -> None:
+        self.holder("10.0.0.2")
+        self.holder("10.0.0.3")
+        bad = bytearray(self.data)
+        for i in range(MiB, SIZE, MiB):
+            bad[i + 7] ^= 0xFF  # every chunk but the first is corrupt
+        self.holder("10.0.0.4", bytes(bad))
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertEqual((self.mirror / TOP / "big").stat().st_mtime_ns,
+                         1_600_000_000_000_000_000)
+        run = observer.done[0]
+        by_holder = run.holder_bytes
+        self.assertEqual(sum(by_holder.values()), SIZE)
+        # Chunks came from the origin and both honest mirrors; at most the liar's first
+        # (good) chunk from it.
+        for name in ("10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"):
+            self.assertGreater(by_holder.get(name, 0), 0, by_holder)
+        self.assertLessEqual(by_holder.get("10.0.0.4:7000", 0), MiB)
+        self.assertEqual(run.stats.total, SIZE + len(b"small file"))
+        self.assertEqual(self.service.jobs, {})
+
+    def test_holders_that_cannot_serve_are_dropped(self) -> None:
+        # 10.0.0.2 does not hold the file; 10.0.0.3 has another version; nobody at .4.
+        self.serve(self.tree("empty", "other", b"x"), "10.0.0.2", 7000)
+        self.holder("10.0.0.3", self.data[:-1])
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertEqual(observer.done[0].holder_bytes, {"10.0.0.1:7000": SIZE})
+
+    def test_chunk_every_mirror_spoils_comes_from_the_origin(self) -> None:
+        """The origin's hashes are the truth: every mirror's first chunk is corrupt."""
+        bad = bytes(b ^ 1 for b in self.data[:MiB]) + self.data[MiB:]
+        for host in ("10.0.0.2", "10.0.0.3", "10.0.0.4"):
+            self.holder(host, bad)
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+
+    def test_job_can_turn_it_off(self) -> None:
+        self.holder("10.0.0.2")
+        asked: list[int] = []
+        factory: Any = self.network._servers[ORIGIN]
+        proto_class = factory.protocol
+
+        class Watching(proto_class):  # type: ignore[misc, valid-type]
+            def stringReceived(self, frame: bytes) -> None:
+                asked.append(frames.split_frame(frame)[0])
+                super().stringReceived(frame)
+
+        factory.protocol = Watching
+        observer = self.run_with(JobOptions(multi_source=False))
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertNotIn(frames.HASHES, asked)
+        self.assertEqual(observer.done[0].holder_bytes, {})
+
+
+class NoOtherHolder(MultiSourceCase):
+    settings = {"workers": 2, "queue_size": 10, "multi_source_threshold": MiB}
+
+    def test_single_source_without_holders(self) -> None:
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertEqual(observer.done[0].holder_bytes, {})
+
+
+class ChunkedPartialFile(StoreTestCase):
+    """`PartialFile.write_at` + `hash_written`: the file assembled out of order is placed only
+    if the whole-file digest matches."""
+
+    def test_out_of_order_then_verified(self) -> None:
+        data = os.urandom(3000)
+        partial = self.store.create(("f",))
+        for offset in (2000, 0, 1000):
+            partial.write_at(offset, data[offset:offset + 1000])
+        partial.hash_written(len(data))
+        partial.commit(header_for(data), digest_of(data))
+        self.assertEqual(self.read("f"), data)
+
+    def test_wrong_digest_places_nothing(self) -> None:
+        data = os.urandom(3000)
+        partial = self.store.create(("f",))
+        partial.write_at(0, data[:1500])
+        partial.write_at(1500, b"\0" * 1500)  # a chunk never verified, say
+        partial.hash_written(len(data))
+        with self.assertRaises(StoreError):
+            partial.commit(header_for(data), digest_of(data))
+        partial.discard()
+        self.assertFalse(os.path.exists(self.path("f")))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_hole_is_short(self) -> None:
+        partial = self.store.create(("f",))
+        partial.write_at(0, b"abc")
+        partial.hash_written(10)
+        with self.assertRaises(StoreError):
+            partial.commit(header_for(b"x" * 10), digest_of(b"x" * 10))
+        partial.discard()
