@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from mirror.job_options import JobOptions, options_lines
 from mirror.text import printable
 from mirror.wire.control import (
+    MAX_HOLDER_LINES,
     MAX_LINE,
     MAX_SOURCES,
     BwLimit,
@@ -36,6 +37,7 @@ from mirror.wire.control import (
     ServerEvent,
     SourceDone,
     SourceError,
+    SourceHolder,
     SourceRequest,
     SourceSync,
     encode_bwlimit,
@@ -111,8 +113,12 @@ class JobResult:
     last_progress: Progress | None = None
     #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
     source_sync: list[SourceSync | None] = field(default_factory=list)
+    #: SOURCE-HOLDER per source index: bytes of multi-source files by holder address.
+    source_holders: list[dict[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.source_holders:
+            self.source_holders = [{} for _ in self.sources]
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
         if not self.source_sync:
@@ -241,6 +247,14 @@ class ControlSession:
                                    "sources")
             if self.result.source_sync[event.index] is not None:
                 raise ControlError(f"second SOURCE-SYNC for source {event.index}")
+        if isinstance(event, SourceHolder):
+            if event.index >= count:
+                raise ControlError(f"source index {event.index} but the job has {count} "
+                                   "sources")
+            held = self.result.source_holders[event.index]
+            if event.holder in held or len(held) >= MAX_HOLDER_LINES:
+                raise ControlError(f"SOURCE-HOLDER repeated or beyond {MAX_HOLDER_LINES} for "
+                                   f"source {event.index}")
 
     def _record(self, event: ServerEvent) -> None:
         result = self.result
@@ -257,6 +271,8 @@ class ControlSession:
             result.source_done[event.index] = event
         elif isinstance(event, SourceSync):
             result.source_sync[event.index] = event
+        elif isinstance(event, SourceHolder):
+            result.source_holders[event.index][event.holder] = event.bytes
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True

@@ -31,6 +31,11 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     files, links and directories), ``deleted_bytes`` (sizes of the deleted files) and
     ``deletion`` (``"off"``, ``"done"``, ``"skipped"`` after a listing with errors,
     ``"refused"`` over ``--max-delete``); all null when the server did not report them.
+``sources`` (holders)
+    when files were fetched from several holders at once (multi-source download), each
+    source also has ``holders``: a list of ``{"holder": "HOST:PORT", "bytes": n}``, the
+    verified bytes of those files each holder served (the SPEC's own server included),
+    most first; an empty list for a source without such files.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
@@ -180,6 +185,9 @@ def build_report(
                          deleted_bytes=sync.deleted_bytes, deletion=sync.deletion)
         elif result is not None and any(result.source_sync):
             entry.update(dict.fromkeys(_SYNC_KEYS))
+        if result is not None and any(result.source_holders):
+            entry["holders"] = [{"holder": h, "bytes": n} for h, n in sorted(
+                result.source_holders[index].items(), key=lambda kv: (-kv[1], kv[0]))]
         entry["errors"] = [
             {"path": e.path, "message": e.message}
             for e in (result.errors if result is not None else ())
@@ -269,6 +277,17 @@ def _sync_table(report: dict[str, Any]) -> list[str]:
             for row in rows]
 
 
+def _holders_lines(report: dict[str, Any]) -> list[str]:
+    """Bytes per holder of each SPEC's multi-source files, when there were any."""
+    lines = []
+    for entry in report["sources"]:
+        if entry.get("holders"):
+            lines.append(f"from several holders ({_source_label(entry)}): " + ", ".join(
+                f"{printable(h['holder'])} {format_bytes(h['bytes'])}"
+                for h in entry["holders"]))
+    return lines
+
+
 def format_text(report: dict[str, Any]) -> str:
     """The report as a table, one row per SPEC and a TOTAL row, then whole-source errors."""
     rows = [_HEADER]
@@ -287,6 +306,7 @@ def format_text(report: dict[str, Any]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     lines += _sync_table(report)
+    lines += _holders_lines(report)
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

@@ -177,6 +177,9 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         if run.job.options.reports_sync and sync is not None:
             self._send(control.SourceSync(run.index, sync.replaced, sync.deleted,
                                           sync.deleted_bytes, sync.deletion))
+        busiest = sorted(run.holder_bytes.items(), key=lambda kv: (-kv[1], kv[0]))
+        for holder, n in busiest[: control.MAX_HOLDER_LINES]:
+            self._send(control.SourceHolder(run.index, holder, n))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

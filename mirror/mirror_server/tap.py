@@ -67,11 +67,25 @@ class Options(ListenOptions, WebOptions):
         ["write-timeout", None, _defaults.write_timeout,
          "Seconds a client may read nothing before it is dropped.", number(float, 0.001)],
         ["max-rate", None, 0, "With --serve: " + MAX_RATE_HELP, rate],
+        ["multi-source-threshold", None, _defaults.multi_source_threshold,
+         "Files of at least this many bytes (K, M, G: powers of 1024) are fetched from "
+         "every holder of the same content at once.", rate],
+        ["max-holders", None, _defaults.max_holders,
+         "Most holders (the SPEC's server included) one file is fetched from at once; "
+         "1: never from several.", number(int, 1, 64)],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["serve"] = []
+        self["holders"] = []
+
+    def opt_holder(self, address: str) -> None:
+        """A serving mirror (HOST:PORT, an IPv6 host in brackets) assumed to hold every
+        file at the path where it serves it (ORIGINHOST_ORIGINPORT/PATH): used as a holder
+        for multi-source download. For tests and demos; repeatable. Every chunk it sends is
+        verified against the hashes of the SPEC's own server."""
+        self["holders"].append(parse_holder(address))
 
     def opt_serve(self, endpoint: str) -> None:
         """Also export the mirror directory, read-only, over the content protocol on
@@ -94,6 +108,8 @@ class Options(ListenOptions, WebOptions):
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
+        if self["multi-source-threshold"] < 1:
+            raise usage.UsageError("--multi-source-threshold: must be at least 1 byte")
         self.check_web()
 
 
@@ -115,10 +131,22 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 
+def parse_holder(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``) of a --holder; raises `usage.UsageError`."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isascii() or not port.isdigit() \
+            or not 1 <= int(port) <= 65535:
+        raise usage.UsageError(f"--holder {address}: expected HOST:PORT")
+    return host, int(port)
+
+
 def mirror_settings(options: Options) -> MirrorSettings:
     """The service's settings from the command line."""
     return dataclasses.replace(settings_from(options, MirrorSettings),
-                               fsync=not options["no-fsync"])
+                               fsync=not options["no-fsync"],
+                               holders=tuple(options["holders"]))
 
 
 def makeService(options: Options) -> IService:

@@ -182,6 +182,21 @@ class SourceSync:
     deletion: str
 
 
+#: SOURCE-HOLDER lines a server sends per SPEC at most (the holders that served most).
+MAX_HOLDER_LINES = 64
+#: Longest holder address (``host:port``, an IPv6 host in brackets) in a SOURCE-HOLDER.
+MAX_HOLDER = 300
+
+
+@dataclass(frozen=True)
+class SourceHolder:
+    """SOURCE-HOLDER: bytes of the SPEC's multi-source files that came from one holder."""
+
+    index: int
+    holder: str
+    bytes: int
+
+
 @dataclass(frozen=True)
 class Done:
     """DONE: the job is over; ``ok`` if every source fully succeeded."""
@@ -197,7 +212,8 @@ class Refused:
 
 
 ClientMessage = SourceRequest | JobOption | FilterRule | BwLimit | Go
-ServerEvent = JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
+ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceHolder | SourceDone
+               | Done | Refused)
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
 OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True,
@@ -557,6 +573,16 @@ def _parse_path_field(raw: bytes) -> str | None:
     return _unquote(raw, "path")
 
 
+def _check_holder(holder: str) -> str:
+    if not isinstance(holder, str) or not 0 < len(holder) <= MAX_HOLDER:
+        raise ControlError(f"holder must be 1 to {MAX_HOLDER} characters")
+    return holder
+
+
+def _encode_holder(holder: str) -> str:
+    return _quote(_check_holder(holder))
+
+
 def encode_event(ev: ServerEvent) -> bytes:
     """The line for a server event, without terminator. Raises `ControlError` if invalid."""
     if isinstance(ev, JobAccepted):
@@ -606,6 +632,9 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.deleted_bytes, "deleted bytes"),
             ev.deletion,
         )
+    if isinstance(ev, SourceHolder):
+        return _join("SOURCE-HOLDER", _check_index(ev.index), _encode_holder(ev.holder),
+                     _encode_int(ev.bytes, "bytes"))
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
     if isinstance(ev, Refused):
@@ -670,6 +699,10 @@ def parse_server_line(line: bytes) -> ServerEvent:
             deleted_bytes=_parse_int(args[3], "deleted bytes"),
             deletion=state,
         )
+    if command == b"SOURCE-HOLDER":
+        _expect(command, args, 3)
+        return SourceHolder(_parse_index(args[0]), _check_holder(_unquote(args[1], "holder")),
+                            _parse_int(args[2], "bytes"))
     if command == b"DONE":
         _expect(command, args, 1)
         return Done(_parse_flag(args[0], b"ok", b"failed", "status"))
@@ -685,6 +718,7 @@ __all__ = [
     "MAX_ELAPSED",
     "MAX_LINE",
     "MAX_SOURCES",
+    "MAX_HOLDER_LINES",
     "DELETION_STATES",
     "OPTION_NAMES",
     "BwLimit",
@@ -701,6 +735,7 @@ __all__ = [
     "SourceDone",
     "SourceError",
     "SourceRequest",
+    "SourceHolder",
     "SourceSync",
     "check_delay",
     "check_host",
