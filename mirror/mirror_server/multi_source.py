@@ -147,6 +147,8 @@ class MultiSource:
     threshold: int = THRESHOLD
     max_holders: int = MAX_HOLDERS
 
+    log = Logger()
+
     def applies(self, size: int) -> bool:
         return self.max_holders > 1 and size >= self.threshold
 
@@ -160,7 +162,14 @@ class MultiSource:
         path = paths.join_parts(parts)
         origin_conn = await run.connections.connect()
         try:
-            hashes = await request_hashes(origin_conn, path)
+            try:
+                hashes = await request_hashes(origin_conn, path)
+            except TransferError as e:
+                # An origin that cannot answer HASHES (busy hashing, an older server, the
+                # file gone): the usual FETCH says what is wrong, if anything.
+                self.log.info("{path}: no chunk hashes from the origin ({e}): single source",
+                              path=path, e=e)
+                return None
             if hashes.file_size != size:
                 raise TransferError(f"{path}: file changed: listed with {size} bytes, now "
                                     f"{hashes.file_size}")

@@ -115,6 +115,26 @@ class MultiSourceJob(MultiSourceCase):
         self.assertEqual(observer.done[0].holder_bytes, {})
 
 
+    def test_origin_without_hashes_falls_back_to_a_single_source(self) -> None:
+        """An older content server drops a connection that sends an unknown opcode: the
+        file is fetched the usual way, on the shared connections."""
+        self.holder("10.0.0.2")
+        factory: Any = self.network._servers[ORIGIN]
+
+        class Old(factory.protocol):  # type: ignore[misc]
+            def stringReceived(self, frame: bytes) -> None:
+                if frames.split_frame(frame)[0] == frames.HASHES:
+                    self.frameError("unknown opcode 0x4")
+                    return
+                super().stringReceived(frame)
+
+        factory.protocol = Old
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertEqual(observer.done[0].holder_bytes, {})
+
+
 class NoOtherHolder(MultiSourceCase):
     settings = {"workers": 2, "queue_size": 10, "multi_source_threshold": MiB}
 
