@@ -84,26 +84,26 @@ class ExplicitHolders:
 
 
 class _ChunkSink:
-    """A `FetchSink` for one chunk: its bytes, never more than ``length``."""
+    """A `FetchSink` for one chunk: its bytes, never more than ``length``. A holder that
+    announces another size is given up on at once (``on_wrong``), not after it has sent
+    (or stalled on) whatever it announced."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, on_wrong: Callable[[], object]) -> None:
         self.length = length
         self.pieces: list[bytes] = []
         self.received = 0
         self.wrong: str | None = None
+        self._on_wrong = on_wrong
 
     def head(self, header: frames.FileHeader, flow: FlowControl) -> None:
         if header.size != self.length:
             self.wrong = f"sent {header.size} bytes for a chunk of {self.length}"
+            self._on_wrong()
 
     def data(self, piece: memoryview) -> None:
         if self.wrong is not None:
             return
         self.received += len(piece)
-        if self.received > self.length:
-            self.wrong = "sent more than the chunk"
-            self.pieces = []
-            return
         self.pieces.append(bytes(piece))
 
 
@@ -213,6 +213,8 @@ class _Download:
         #: Fetches in flight, to cancel when a copy wins or a holder is dropped.
         self.in_flight: dict[tuple[str, int], Deferred[Any]] = {}
         self.cancelled: set[tuple[str, int]] = set()
+        #: Fetches ended because the holder announced a wrong size (a failure, not a race).
+        self.rejected: set[tuple[str, int]] = set()
         self.waiters: list[Deferred[None]] = []
 
     async def run(self, origin: Holder, origin_conn: ContentClientProtocol,
@@ -295,7 +297,8 @@ class _Download:
 
     async def _fetch_chunk(self, key: str, index: int) -> None:
         offset, length = self.hashes.chunk_range(index)
-        sink = _ChunkSink(length)
+        # Called from within the client's parsing: the fetch is cancelled a turn later.
+        sink = _ChunkSink(length, lambda: self.ms.clock.callLater(0, self._reject, key, index))
         holder = self.holders[key]
         try:
             conn = await self._connection(key)
@@ -314,13 +317,15 @@ class _Download:
             if (key, index) in self.cancelled:
                 self.cancelled.discard((key, index))
                 return  # another copy won, or the holder was dropped: already released
-            raise
+            if (key, index) not in self.rejected:
+                raise
+            self.rejected.discard((key, index))
+            self._holder_failed(key, index, f"{key}: {sink.wrong}")
+            return
         except (TransferError, StoreError) as e:
             if isinstance(e, StoreError):
                 raise  # our disk, not the holder: the whole attempt fails
-            self.log.info("{path}: holder {key} dropped: {e}", path=self.path, key=key, e=e)
-            self.sched.failed(key, index, str(e))
-            self._cancel_holder(key)
+            self._holder_failed(key, index, str(e))
             return
         if not ok:
             self.log.warn("{path}: holder {key} sent a bad chunk {index}: dropped",
@@ -337,6 +342,19 @@ class _Download:
             self.sched.cancelled(loser, index)
         self.counted += length
         self.count(length)
+
+    def _holder_failed(self, key: str, index: int, reason: str) -> None:
+        self.log.info("{path}: holder {key} dropped: {reason}", path=self.path, key=key,
+                      reason=reason)
+        self.sched.failed(key, index, reason)
+        self._cancel_holder(key)
+
+    def _reject(self, key: str, index: int) -> None:
+        """The fetch of ``index`` from ``key`` announced a wrong size: end it now."""
+        d = self.in_flight.pop((key, index), None)
+        if d is not None:
+            self.rejected.add((key, index))
+            d.cancel()
 
     def _cancel(self, key: str, index: int) -> None:
         d = self.in_flight.pop((key, index), None)

@@ -8,6 +8,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import provider
+
 from mirror.hashing import digest_of
 from mirror.job_options import JobOptions
 from mirror.mirror_server.store import StoreError
@@ -133,6 +136,35 @@ class MultiSourceJob(MultiSourceCase):
         self.assertEqual(observer.finished, [True], observer.errors)
         self.assertEqual(self.placed(), self.data)
         self.assertEqual(observer.done[0].holder_bytes, {})
+
+
+    def test_holder_announcing_a_wrong_chunk_size_is_dropped_at_once(self) -> None:
+        """A holder whose FILE header announces more than the chunk (then says nothing) is
+        given up on when the header arrives, not after a stall timeout."""
+        self.holder("10.0.0.2")
+        factory: Any = self.network._servers[("10.0.0.2", 7000)]
+
+        class Boasting(factory.protocol):  # type: ignore[misc]
+            async def _serve_fetch(self, request_id: int, payload: bytes) -> None:
+                offset, length, _, _ = frames.decode_fetch(payload)
+                header = frames.FileHeader(4 * length, SIZE, 1, 0o644)
+                self._send(frames.frame(frames.FILE, request_id, frames.encode_file(header)))
+
+        factory.protocol = Boasting
+        said: list[str] = []
+
+        @provider(ILogObserver)
+        def hear(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(hear)
+        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertNotIn("10.0.0.2:7000", observer.done[0].holder_bytes)
+        self.assertTrue(any("holder 10.0.0.2:7000 dropped" in line and "for a chunk of" in line
+                            for line in said), said)
 
 
 class NoOtherHolder(MultiSourceCase):
