@@ -9,7 +9,6 @@ from twisted.internet.interfaces import IReactorTime
 
 from mirror.content_server.egress import EgressLimit
 from mirror.content_server.fetch import DigestCache
-from mirror.content_server.hashes import ChunkHashCache
 from mirror.content_server.observed import ServingStats
 from mirror.content_server.protocol import (
     ContentFactoryBase,
@@ -46,7 +45,7 @@ class ContentServerFactory(ContentFactoryBase):
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
         #: Walkers at once in the whole server (see ``ContentSettings.max_lists``).
         self.list_slots = DeferredSemaphore(self.settings.max_lists)
-        self.chunk_hashes = ChunkHashCache()
+        self.chunk_hashes = self.digests.chunks
         self.hash_slots = DeferredSemaphore(self.settings.max_hashing)
         if self.settings.max_rate:
             self.egress = EgressLimit(clock, self.settings.max_rate)

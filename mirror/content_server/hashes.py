@@ -14,52 +14,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 
 from mirror import hashing, paths
-from mirror.content_server.fetch import DigestCache, FileChanged, StatKey, _stat_key
+from mirror.content_server.fetch import ChunkHashCache, DigestCache, FileChanged, _stat_key
 from mirror.wire.chunk_hashes import ChunkHashes, chunk_size_for
+
+__all__ = ["ChunkHashCache", "HashingStopped", "compute_chunk_hashes"]
 
 #: Bytes read per call while hashing (a chunk is at least this big).
 READ_SIZE = 1 << 20
-#: Chunk hashes the cache holds in all (32 bytes each: 32 MiB).
-MAX_CACHED_HASHES = 1 << 20
 
 
 class HashingStopped(Exception):
     """The request's deadline passed, or its client left, while the file was being hashed."""
-
-
-class ChunkHashCache:
-    """`ChunkHashes` by stat key, least recently used first out; at most ``max_hashes``
-    hashes in all. Shared by the disk threads, hence the lock."""
-
-    def __init__(self, max_hashes: int = MAX_CACHED_HASHES) -> None:
-        self.max_hashes = max_hashes
-        self._entries: OrderedDict[StatKey, ChunkHashes] = OrderedDict()
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: StatKey) -> ChunkHashes | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
-
-    def put(self, key: StatKey, value: ChunkHashes) -> None:
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._held -= old.count
-            self._entries[key] = value
-            self._held += value.count
-            while self._held > self.max_hashes and len(self._entries) > 1:
-                _, dropped = self._entries.popitem(last=False)
-                self._held -= dropped.count
 
 
 def compute_chunk_hashes(root_fd: int, parts: paths.Parts, digests: DigestCache,

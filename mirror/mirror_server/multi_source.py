@@ -29,7 +29,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mirror import hashing, paths
+from mirror import paths
+from mirror.mirror_server.chunk_assembly import ChunkAssembler
 from mirror.mirror_server.chunk_scheduler import DEPTH, ChunkScheduler
 from mirror.mirror_server.connections import EndpointFactory, SourceConnections
 from mirror.mirror_server.content_client import (
@@ -105,24 +106,6 @@ class _ChunkSink:
             return
         self.received += len(piece)
         self.pieces.append(bytes(piece))
-
-
-def _verify_and_write(partial: PartialFile, offset: int, pieces: list[bytes],
-                      expected: bytes) -> bool:
-    """In a disk thread: hash the chunk; if it matches, write it at ``offset``."""
-    hasher = hashing.new_hasher()
-    for piece in pieces:
-        hasher.update(piece)
-    if hasher.digest() != expected:
-        return False
-    partial.write_at(offset, b"".join(pieces))
-    return True
-
-
-def _finish(partial: PartialFile, header: frames.FileHeader, digest: bytes) -> None:
-    """In a disk thread: read the assembled file back, verify and place it."""
-    partial.hash_written(header.size)
-    partial.commit(header, digest)
 
 
 class SourceSide(Protocol):
@@ -207,6 +190,7 @@ class _Download:
         sizes = [hashes.chunk_range(i)[1] for i in range(hashes.count)]
         self.sched = ChunkScheduler(sizes, ms.clock)
         self.partial: PartialFile | None = None
+        self.assembler: ChunkAssembler | None = None
         self.conns: dict[str, SourceConnections] = {}
         self.origin_conn: ContentClientProtocol | None = None
         self.holders: dict[str, Holder] = {}
@@ -230,6 +214,7 @@ class _Download:
                     self.ms.clock, holder.host, holder.port, self.ms.endpoints, size=1,
                     **self.ms.client_options)
         self.partial = await self.ms.threads.run(store.create, parts)
+        self.assembler = ChunkAssembler(self.partial, self.hashes)
         try:
             workers = [Deferred.fromCoroutine(self._worker(key))
                        for key in self.holders for _ in range(DEPTH)]
@@ -242,12 +227,9 @@ class _Download:
                                     self.sched.holders.items() if h.dropped)
                 raise TransferError(f"{self.path}: no holder left ({reasons})")
             header = self.hashes.header
-            partial, self.partial = self.partial, None
-            try:
-                await self.ms.threads.run(_finish, partial, header, self.hashes.digest)
-            except BaseException:
-                await self.ms.threads.run(partial.discard)
-                raise
+            assert self.assembler is not None
+            await self.ms.threads.run(self.assembler.commit)
+            self.partial = None  # placed
         except BaseException:
             self.count(-self.counted)
             raise
@@ -310,9 +292,8 @@ class _Download:
                 self.in_flight.pop((key, index), None)
             if sink.wrong is not None:
                 raise TransferError(f"{key}: {sink.wrong}")
-            assert self.partial is not None
-            ok = await self.ms.threads.run(_verify_and_write, self.partial, offset, sink.pieces,
-                                           self.hashes.hashes[index])
+            assert self.assembler is not None
+            ok = await self.ms.threads.run(self.assembler.put, index, sink.pieces)
         except CancelledError:
             if (key, index) in self.cancelled:
                 self.cancelled.discard((key, index))

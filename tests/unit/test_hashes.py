@@ -8,6 +8,7 @@ import struct
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mirror import hashing
 from mirror.content_server.hashes import ChunkHashCache
 from mirror.hashing import digest_of
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
@@ -15,7 +16,7 @@ from mirror.mirror_server.hashes_request import request_hashes
 from mirror.testing import StepThreads
 from mirror.wire import chunk_hashes, frames
 from mirror.wire.chunk_hashes import MAX_CHUNKS, MIN_CHUNK, ChunkHashes, chunk_size_for
-from tests.unit.helpers import connect_server, make_factory, parse_frames
+from tests.unit.helpers import connect_server, fetch_result, make_factory, parse_frames
 
 MiB = 1 << 20
 
@@ -65,6 +66,26 @@ class ServerHashes(SynchronousTestCase):
         # Cached beside the digests: the whole-file digest serves FETCH too.
         self.assertEqual(len(self.factory.chunk_hashes), 1)
         self.assertEqual(len(self.factory.digests), 1)
+
+    def test_chunk_fetched_after_hashes_is_not_hashed_again(self) -> None:
+        self.ask(1)
+        made: list[int] = []
+        real = hashing.new_hasher
+
+        def counting() -> hashing.Hasher:
+            made.append(1)
+            return real()
+
+        self.patch(hashing, "new_hasher", counting)
+        self.rig.fetch(2, "f", offset=MiB, length=MiB)
+        r = fetch_result(self.rig.log.take(), 2)
+        self.assertEqual((r.data, r.digest), (self.data[MiB:2 * MiB], digest_of(r.data)))
+        self.assertEqual(made, [])
+        # Any other range is hashed as it is read.
+        self.rig.fetch(3, "f", offset=MiB + 1, length=MiB)
+        r = fetch_result(self.rig.log.take(), 3)
+        self.assertEqual(r.digest, digest_of(self.data[MiB + 1:2 * MiB + 1]))
+        self.assertEqual(made, [1])
 
     def test_errors(self) -> None:
         for rid, path, code in [(1, b"missing", frames.E_NOT_FOUND),

@@ -13,10 +13,12 @@ from zope.interface import provider
 
 from mirror.hashing import digest_of
 from mirror.job_options import JobOptions
+from mirror.mirror_server.chunk_assembly import ChunkAssembler
 from mirror.mirror_server.store import StoreError
 from mirror.wire import frames
+from mirror.wire.chunk_hashes import ChunkHashes
 from tests.unit.test_mirror_job import JobTestCase, Observer, source
-from tests.unit.test_store import StoreTestCase, header_for
+from tests.unit.test_store import MTIME, StoreTestCase
 
 MiB = 1 << 20
 SIZE = 6 * MiB + 12345
@@ -177,35 +179,50 @@ class NoOtherHolder(MultiSourceCase):
         self.assertEqual(observer.done[0].holder_bytes, {})
 
 
-class ChunkedPartialFile(StoreTestCase):
-    """`PartialFile.write_at` + `hash_written`: the file assembled out of order is placed only
-    if the whole-file digest matches."""
+class Assembly(StoreTestCase):
+    """`ChunkAssembler`: chunks verified and written in any order; the whole file's digest
+    computed in order as its prefix grows; placed only if it matches."""
 
-    def test_out_of_order_then_verified(self) -> None:
-        data = os.urandom(3000)
-        partial = self.store.create(("f",))
-        for offset in (2000, 0, 1000):
-            partial.write_at(offset, data[offset:offset + 1000])
-        partial.hash_written(len(data))
-        partial.commit(header_for(data), digest_of(data))
+    def make(self, data: bytes, digest: bytes | None = None) -> ChunkAssembler:
+        hashes = ChunkHashes(len(data), MTIME, 0o640, digest or digest_of(data), 1000, tuple(
+            digest_of(data[i:i + 1000]) for i in range(0, len(data), 1000)))
+        return ChunkAssembler(self.store.create(("f",)), hashes)
+
+    def test_out_of_order_then_placed(self) -> None:
+        data = os.urandom(4500)
+        asm = self.make(data)
+        for index in (3, 1, 0, 4, 2):
+            self.assertTrue(asm.put(index, [data[index * 1000:index * 1000 + 400],
+                                            data[index * 1000 + 400:index * 1000 + 1000]]))
+        asm.commit()
         self.assertEqual(self.read("f"), data)
+        self.assertEqual(os.stat(self.path("f")).st_mtime_ns, MTIME)
 
-    def test_wrong_digest_places_nothing(self) -> None:
+    def test_bad_chunk_is_not_written(self) -> None:
+        data = os.urandom(2000)
+        asm = self.make(data)
+        self.assertFalse(asm.put(0, [b"\0" * 1000]))
+        self.assertEqual(asm.written, set())
+        self.assertEqual(asm.partial.read_at(0, 1000), b"")
+
+    def test_missing_chunk_places_nothing(self) -> None:
         data = os.urandom(3000)
-        partial = self.store.create(("f",))
-        partial.write_at(0, data[:1500])
-        partial.write_at(1500, b"\0" * 1500)  # a chunk never verified, say
-        partial.hash_written(len(data))
+        asm = self.make(data)
+        asm.put(0, [data[:1000]])
+        asm.put(2, [data[2000:]])
         with self.assertRaises(StoreError):
-            partial.commit(header_for(data), digest_of(data))
-        partial.discard()
+            asm.commit()
+        asm.partial.discard()
         self.assertFalse(os.path.exists(self.path("f")))
         self.assertEqual(self.temporaries(), [])
 
-    def test_hole_is_short(self) -> None:
-        partial = self.store.create(("f",))
-        partial.write_at(0, b"abc")
-        partial.hash_written(10)
+    def test_whole_digest_must_match(self) -> None:
+        """Chunks that match their hashes are not enough: the whole file is checked too."""
+        data = os.urandom(2000)
+        asm = self.make(data, digest=digest_of(b"another file"))
+        asm.put(1, [data[1000:]])
+        asm.put(0, [data[:1000]])
         with self.assertRaises(StoreError):
-            partial.commit(header_for(b"x" * 10), digest_of(b"x" * 10))
-        partial.discard()
+            asm.commit()
+        asm.partial.discard()
+        self.assertFalse(os.path.exists(self.path("f")))
