@@ -108,6 +108,8 @@ class Options(ListenOptions, WebOptions):
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
+        if self["max-rate"] and not self["serve"]:
+            raise usage.UsageError("--max-rate caps what --serve sends: give --serve too")
         if self["multi-source-threshold"] < 1:
             raise usage.UsageError("--multi-source-threshold: must be at least 1 byte")
         self.check_web()

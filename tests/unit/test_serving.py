@@ -67,6 +67,10 @@ class ServeOptionTests(SynchronousTestCase):
         with self.assertRaises(SystemExit):
             options.parseOptions(["-m", self.mktemp_dir(), "--serve", "bogus:1"])
 
+    def test_max_rate_needs_serve(self) -> None:
+        with self.assertRaises(SystemExit):
+            tap.Options().parseOptions(["-m", self.mktemp_dir(), "--max-rate", "1M"])
+
     def mktemp_dir(self) -> str:
         path = self.mktemp()
         os.makedirs(path)
