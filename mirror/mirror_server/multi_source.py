@@ -157,7 +157,12 @@ class MultiSource:
                 raise TransferError(f"{path}: file changed: listed with {size} bytes, now "
                                     f"{hashes.file_size}")
             network_path = f"{origin[0]}_{origin[1]}/{path}"
-            found = await self.finder.holders(network_path, hashes.digest)
+            try:
+                found = await self.finder.holders(network_path, hashes.digest)
+            except Exception as e:
+                # The index unreachable, say: the origin still has the file.
+                self.log.info("{path}: no holders known ({e}): single source", path=path, e=e)
+                return None
             others: list[Holder] = []
             for holder in found:
                 if (holder.host, holder.port) == origin or any(

@@ -8,12 +8,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import provider
 
 from mirror.hashing import digest_of
 from mirror.job_options import JobOptions
 from mirror.mirror_server.chunk_assembly import ChunkAssembler
+from mirror.mirror_server.multi_source import Holder
 from mirror.mirror_server.store import StoreError
 from mirror.wire import frames
 from mirror.wire.chunk_hashes import ChunkHashes
@@ -167,6 +169,33 @@ class MultiSourceJob(MultiSourceCase):
         self.assertNotIn("10.0.0.2:7000", observer.done[0].holder_bytes)
         self.assertTrue(any("holder 10.0.0.2:7000 dropped" in line and "for a chunk of" in line
                             for line in said), said)
+
+
+    def test_finder_failing_means_a_single_source(self) -> None:
+        class Down:
+            def holders(self, path: str, digest: bytes) -> Deferred[list[Holder]]:
+                return fail(ConnectionRefusedError("index down"))
+
+        self.service.holder_finder = Down()
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(self.placed(), self.data)
+        self.assertEqual(observer.done[0].holder_bytes, {})
+
+    def test_finder_is_asked_with_the_network_path_and_digest(self) -> None:
+        self.holder("10.0.0.2")
+        asked: list[tuple[str, bytes]] = []
+
+        class Recording:
+            def holders(self, path: str, digest: bytes) -> Deferred[list[Holder]]:
+                asked.append((path, digest))
+                return succeed([Holder("10.0.0.2", 7000, path)])
+
+        self.service.holder_finder = Recording()
+        observer = self.run_with()
+        self.assertEqual(observer.finished, [True], observer.errors)
+        self.assertEqual(asked, [(f"{TOP}/big", digest_of(self.data))])
+        self.assertIn("10.0.0.2:7000", observer.done[0].holder_bytes)
 
 
 class NoOtherHolder(MultiSourceCase):
