@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install browser lint test unit integration demo screenshot bench bench-scale mutation clean
+.PHONY: all install browser lint test unit integration demo demo-network screenshot bench bench-scale mutation clean
 
 all: test
 
@@ -44,6 +44,11 @@ test: lint unit integration
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.demo
+
+# A mirror network: an origin, two serving tier-1 mirrors, a tier-2 mirror fetching a big
+# file from all three at once (README, "Mirror network").
+demo-network: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m mirror.network_demo
 
 # The README's picture of the status page, taken by the browser test itself.
 screenshot: $(STAMP) browser

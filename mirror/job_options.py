@@ -28,6 +28,8 @@ class JobOptions(NamedTuple):
     dry_run: bool = False
     #: ``--include`` / ``--exclude`` rules in command-line order.
     filters: tuple[Rule, ...] = ()
+    #: Fetch big files from every holder at once (mirror-init ``--no-multi-source``: off).
+    multi_source: bool = True
 
     def filter_list(self) -> FilterList:
         """The compiled rules (raises `mirror.filters.PatternError` for a bad pattern)."""
@@ -49,6 +51,8 @@ def options_lines(options: JobOptions) -> list[JobOption | FilterRule]:
     if options.dry_run:
         lines.append(JobOption("dry-run"))
     lines += [FilterRule(r.include, r.pattern) for r in options.filters]
+    if not options.multi_source:
+        lines.append(JobOption("no-multi-source"))
     return lines
 
 
@@ -58,6 +62,7 @@ def options_from_lines(lines: Sequence[JobOption | FilterRule]) -> JobOptions:
     Raises `mirror.filters.PatternError` beyond `mirror.filters.MAX_RULES` patterns.
     """
     delete = dry_run = False
+    multi_source = True
     max_delete = None
     rules = []
     for line in lines:
@@ -69,6 +74,8 @@ def options_from_lines(lines: Sequence[JobOption | FilterRule]) -> JobOptions:
             dry_run = True
         elif line.name == "max-delete":
             max_delete = line.value
+        elif line.name == "no-multi-source":
+            multi_source = False
     if len(rules) > MAX_RULES:
         raise PatternError(f"more than {MAX_RULES} include/exclude patterns")
-    return JobOptions(delete, max_delete, dry_run, tuple(rules))
+    return JobOptions(delete, max_delete, dry_run, tuple(rules), multi_source)

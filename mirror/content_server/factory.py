@@ -7,6 +7,7 @@ import os
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
+from mirror.content_server.egress import EgressLimit
 from mirror.content_server.fetch import DigestCache
 from mirror.content_server.observed import ServingStats
 from mirror.content_server.protocol import (
@@ -44,6 +45,10 @@ class ContentServerFactory(ContentFactoryBase):
         self.limiter = ConnectionLimiter(self.settings.max_connections, self.settings.max_per_peer)
         #: Walkers at once in the whole server (see ``ContentSettings.max_lists``).
         self.list_slots = DeferredSemaphore(self.settings.max_lists)
+        self.chunk_hashes = self.digests.chunks
+        self.hash_slots = DeferredSemaphore(self.settings.max_hashing)
+        if self.settings.max_rate:
+            self.egress = EgressLimit(clock, self.settings.max_rate)
 
     @property
     def lists(self) -> int:

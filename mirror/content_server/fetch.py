@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from mirror import hashing, paths
 from mirror.wire import frames
+from mirror.wire.chunk_hashes import ChunkHashes
 
 CHUNK_SIZE = 256 * 1024
 #: Chunk of a streamed range while few streams share the connection: each chunk costs a
@@ -36,6 +37,8 @@ class FileChanged(Exception):
 
 
 StatKey = tuple[int, int, int, int, int]
+#: Chunk hashes the cache of HASHES answers holds in all (32 bytes each: 32 MiB).
+MAX_CACHED_HASHES = 1 << 20
 
 
 def _stat_key(st: os.stat_result) -> StatKey:
@@ -55,6 +58,8 @@ class DigestCache:
         #: Lookups that found a digest, and those that did not (for /metrics).
         self.hits = 0
         self.misses = 0
+        #: HASHES answers, on the same keys (content_server/hashes.py).
+        self.chunks = ChunkHashCache()
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -77,6 +82,51 @@ class DigestCache:
                 self._digests.popitem(last=False)
 
 
+class ChunkHashCache:
+    """`ChunkHashes` by stat key, least recently used first out; at most ``max_hashes``
+    hashes in all. Shared by the disk threads, hence the lock."""
+
+    def __init__(self, max_hashes: int = MAX_CACHED_HASHES) -> None:
+        self.max_hashes = max_hashes
+        self._entries: OrderedDict[StatKey, ChunkHashes] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: StatKey) -> ChunkHashes | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def chunk_hash(self, key: StatKey, offset: int, size: int) -> bytes | None:
+        """The cached hash of the range ``[offset, offset+size)`` of the file ``key`` if that
+        range is one of its HASHES chunks: a FETCH of it then needs no hashing."""
+        with self._lock:
+            found = self._entries.get(key)
+        if found is None or offset % found.chunk_size:
+            return None
+        index = offset // found.chunk_size
+        if index >= found.count or found.chunk_range(index) != (offset, size):
+            return None
+        return found.hashes[index]
+
+    def put(self, key: StatKey, value: ChunkHashes) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._held -= old.count
+            self._entries[key] = value
+            self._held += value.count
+            while self._held > self.max_hashes and len(self._entries) > 1:
+                _, dropped = self._entries.popitem(last=False)
+                self._held -= dropped.count
+
+
+
 class RangeReader:
     """Reads ``[offset, offset+length)`` of a regular file under the root, hashing as it goes."""
 
@@ -96,6 +146,10 @@ class RangeReader:
         # Only whole files are cached: a range's digest is of that range.
         self._cache = cache if offset == 0 and self.size == st.st_size else None
         self._cached = self._cache.get(_stat_key(st)) if self._cache is not None else None
+        if self._cache is None and cache is not None:
+            # A range that is a HASHES chunk of the file (multi-source download): its
+            # hash is known, as a whole file's digest may be.
+            self._cached = cache.chunks.chunk_hash(_stat_key(st), offset, self.size)
         self._hash = hashing.new_hasher() if self._cached is None else None
 
     @property
@@ -136,7 +190,7 @@ class RangeReader:
             raise FileChanged("file changed while being sent")
         if self._cached is not None:
             return self._cached
-        # Without a cached digest, __init__ made the hash.
+        # Without a cached digest or chunk hash, __init__ made the hash.
         assert self._hash is not None
         digest = self._hash.digest()
         if self._cache is not None:

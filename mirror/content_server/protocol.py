@@ -9,6 +9,7 @@ connection's single push producer: when the transport's buffer fills, every stre
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror import paths
+from mirror.content_server.egress import EgressLimit
 from mirror.content_server.fetch import (
     BIG_CHUNK_SIZE,
     CHUNK_SIZE,
@@ -31,11 +33,12 @@ from mirror.content_server.fetch import (
     open_range,
     read_bundle,
 )
+from mirror.content_server.hashes import ChunkHashCache, compute_chunk_hashes
 from mirror.content_server.listing import TreeWalker
 from mirror.content_server.observed import ServingStats
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
 from mirror.threads import Threads
-from mirror.wire import frames
+from mirror.wire import chunk_hashes, frames
 
 T = TypeVar("T")
 
@@ -62,6 +65,12 @@ class ContentSettings:
     #: more wait their turn.
     max_lists_per_connection: int = 4
     max_lists: int = 64
+    #: --max-rate: bytes per second the whole daemon sends at most (0: no cap).
+    max_rate: int = 0
+    #: HASHES: seconds within which a file's chunk hashes must be computed, and how many
+    #: files are hashed at once in the server (more wait their turn, within the deadline).
+    hashes_timeout: float = 120.0
+    max_hashing: int = 2
 
 
 class RequestError(Exception):
@@ -86,6 +95,11 @@ class ContentFactoryBase(LimitedFactory):
     list_slots: DeferredSemaphore
     #: What was served (bytes per client, errors), for the web status page.
     serving: ServingStats
+    #: --max-rate: the cap on everything the daemon sends (None: no cap).
+    egress: EgressLimit | None = None
+    #: HASHES answers, beside ``digests``; files hashed at once (``max_hashing``).
+    chunk_hashes: ChunkHashCache
+    hash_slots: DeferredSemaphore
     server_name = "content server"
 
     def refusal(self, reason: str) -> bytes:
@@ -273,7 +287,14 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             if self._lost:
                 raise CancelledError()
             if not self._paused:
-                return
+                egress = self.factory.egress
+                over = egress.ready() if egress is not None else None
+                if over is None:
+                    return
+                # Over --max-rate: wait for the bucket (not the client's fault: no
+                # write deadline), then check the transport again.
+                await self._wait(over)
+                continue
             self._write_deadline.start()
             d: Deferred[None] = Deferred()
             self._resume_waiters.append(d)
@@ -282,7 +303,10 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
     def _send(self, *chunks: bytes) -> None:
         if not self._lost and self.transport is not None:
             self.transport.writeSequence(chunks)
-            self.factory.serving.sent(self.peer_key, sum(map(len, chunks)))
+            n = sum(map(len, chunks))
+            self.factory.serving.sent(self.peer_key, n)
+            if self.factory.egress is not None:
+                self.factory.egress.spend(n)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -303,6 +327,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             work: Awaitable[None] = self._serve_list(request_id, payload)
         elif opcode == frames.FETCH_MANY:
             work = self._serve_fetch_many(request_id, payload)
+        elif opcode == frames.HASHES:
+            work = self._serve_hashes(request_id, payload)
         else:
             work = self._serve_fetch(request_id, payload)
         self._idle_deadline.stop()
@@ -441,6 +467,43 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
                 per_frame))
             await self._writable()
             self._send(answer)
+
+    async def _serve_hashes(self, request_id: int, payload: bytes) -> None:
+        """Answer HASHES: the file's chunk hashes, computed in a disk thread (at most
+        ``max_hashing`` files at once in the server) within ``hashes_timeout`` seconds of
+        the request, then sent as HASHES_HEAD and HASH_LIST frames."""
+        parts, path = self._parse_path(payload)
+        if not parts:
+            raise RequestError(frames.E_BAD_REQUEST, ".: is a directory")
+        stop = threading.Event()
+        timeout = self.settings.hashes_timeout
+        expired = self.clock.callLater(timeout, stop.set)
+        try:
+            await self._wait(self.factory.hash_slots.acquire())
+            try:
+                if stop.is_set():
+                    raise RequestError(frames.E_BUSY, "waited too long for a hashing slot")
+                result = await _disk(path, self.factory.threads.run(
+                    compute_chunk_hashes, self.factory.root_fd, parts, self.factory.digests,
+                    self.factory.chunk_hashes, stop))
+            finally:
+                self.factory.hash_slots.release()
+        except RequestError:
+            if stop.is_set():
+                raise RequestError(frames.E_BUSY, f"{path}: chunk hashes not computed within "
+                                   f"{timeout:g} s") from None
+            raise
+        finally:
+            # The client went away (CancelledError): the thread stops at its next read.
+            stop.set()
+            if expired.active():
+                expired.cancel()
+        await self._writable()
+        self._send(frames.frame(frames.HASHES_HEAD, request_id,
+                                chunk_hashes.encode_head(result)))
+        for body in chunk_hashes.encode_hash_frames(result.hashes):
+            await self._writable()
+            self._send(frames.frame(frames.HASH_LIST, request_id, body))
 
     def _chunk_size(self) -> int:
         """Bytes per read of a stream: big chunks (fewer thread hops) while few streams

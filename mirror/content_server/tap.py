@@ -9,12 +9,15 @@ from twisted.python import usage
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
-from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
+from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
 
 _defaults = ContentSettings()
+#: --max-rate's help, shared with the mirror server's (--serve).
+MAX_RATE_HELP = ("Bytes per second the daemon sends at most, all connections together (RATE: "
+                 "K, M, G are powers of 1024); 0: no cap.")
 
 
 class Options(ListenOptions, WebOptions):
@@ -51,6 +54,10 @@ class Options(ListenOptions, WebOptions):
         ["max-lists", None, _defaults.max_lists,
          "LISTs walking the tree at once in the whole server (more wait their turn).",
          number(int, 1, 1000000)],
+        ["max-rate", None, _defaults.max_rate, MAX_RATE_HELP, rate],
+        ["hashes-timeout", None, _defaults.hashes_timeout,
+         "Seconds within which a HASHES request's chunk hashes must be computed.",
+         number(float, 0.001)],
     ]
 
     def postOptions(self) -> None:

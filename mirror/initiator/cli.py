@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
              "deleted; change nothing in the mirror.",
     )
     parser.add_argument(
+        "--no-multi-source", action="store_true",
+        help="Fetch every file from its SPEC's server only, never big files from other "
+             "holders of the same content at once (the mirror server's multi-source "
+             "download).",
+    )
+    parser.add_argument(
         "--include", metavar="PATTERN", action=_FilterAction, include=True,
         help="Mirror paths matching PATTERN (if no earlier pattern decided); repeatable.",
     )
@@ -280,7 +286,8 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         max_delete = int(text)
     try:
         options.job_options = JobOptions(options.delete, max_delete, options.dry_run,
-                                         tuple(options.filters))
+                                         tuple(options.filters),
+                                         multi_source=not options.no_multi_source)
         options.job_options.filter_list()
     except PatternError as e:
         raise UsageError(str(e)) from None

@@ -25,6 +25,7 @@ from typing import Any
 from mirror.job_options import JobOptions, options_lines
 from mirror.text import printable
 from mirror.wire.control import (
+    MAX_HOLDER_LINES,
     MAX_LINE,
     MAX_SOURCES,
     Attach,
@@ -46,6 +47,7 @@ from mirror.wire.control import (
     ServerEvent,
     SourceDone,
     SourceError,
+    SourceHolder,
     SourceRequest,
     SourceSync,
     Spec,
@@ -143,8 +145,12 @@ class JobResult:
     #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
     links_skipped: list[LinkSkipped] = field(default_factory=list)
     links_skipped_dropped: int = 0
+    #: SOURCE-HOLDER per source index: bytes of multi-source files by holder address.
+    source_holders: list[dict[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.source_holders:
+            self.source_holders = [{} for _ in self.sources]
         if not self.source_done:
             self.source_done = [None] * len(self.sources)
         if not self.source_sync:
@@ -283,6 +289,14 @@ class ControlSession:
                                    "sources")
             if self.result.source_sync[event.index] is not None:
                 raise ControlError(f"second SOURCE-SYNC for source {event.index}")
+        if isinstance(event, SourceHolder):
+            if event.index >= count:
+                raise ControlError(f"source index {event.index} but the job has {count} "
+                                   "sources")
+            held = self.result.source_holders[event.index]
+            if event.holder in held or len(held) >= MAX_HOLDER_LINES:
+                raise ControlError(f"SOURCE-HOLDER repeated or beyond {MAX_HOLDER_LINES} for "
+                                   f"source {event.index}")
 
     def _record(self, event: ServerEvent) -> None:
         result = self.result
@@ -309,6 +323,8 @@ class ControlSession:
                 result.links_skipped.append(event)
             else:
                 result.links_skipped_dropped += 1
+        elif isinstance(event, SourceHolder):
+            result.source_holders[event.index][event.holder] = event.bytes
         elif isinstance(event, Done):
             result.done_ok = event.ok
             self.finished = True

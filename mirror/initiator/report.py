@@ -40,6 +40,11 @@ which `format_json` serialises as is and `format_text` lays out as a table. JSON
     symbolic links placed (new or changed), links skipped (unsafe targets, or every link
     with ``--no-links``), both null if the mirror server did not say (an older one), and
     the skipped links reported one by one: ``{"path": wire path or null, "message": why}``.
+``sources`` (holders)
+    when files were fetched from several holders at once (multi-source download), each
+    source also has ``holders``: a list of ``{"holder": "HOST:PORT", "bytes": n}``, the
+    verified bytes of those files each holder served (the SPEC's own server included),
+    most first; an empty list for a source without such files.
 ``totals``
     the same figures over all reported sources (``mean_size``, ``variance`` etc. over every
     transferred file), with ``elapsed`` = the job's ``elapsed`` and ``throughput`` = bytes
@@ -190,6 +195,9 @@ def build_report(
                          deleted_bytes=sync.deleted_bytes, deletion=sync.deletion)
         elif result is not None and any(result.source_sync):
             entry.update(dict.fromkeys(_SYNC_KEYS))
+        if result is not None and any(result.source_holders):
+            entry["holders"] = [{"holder": h, "bytes": n} for h, n in sorted(
+                result.source_holders[index].items(), key=lambda kv: (-kv[1], kv[0]))]
         entry["errors"] = [
             {"path": e.path, "message": e.message}
             for e in (result.errors if result is not None else ())
@@ -319,6 +327,17 @@ def _sync_table(report: dict[str, Any]) -> list[str]:
             for row in rows]
 
 
+def _holders_lines(report: dict[str, Any]) -> list[str]:
+    """Bytes per holder of each SPEC's multi-source files, when there were any."""
+    lines = []
+    for entry in report["sources"]:
+        if entry.get("holders"):
+            lines.append(f"from several holders ({_source_label(entry)}): " + ", ".join(
+                f"{printable(h['holder'])} {format_bytes(h['bytes'])}"
+                for h in entry["holders"]))
+    return lines
+
+
 def format_text(report: dict[str, Any]) -> str:
     """The report as a table, one row per SPEC and a TOTAL row, then whole-source errors."""
     rows = [_HEADER]
@@ -338,6 +357,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
     lines += _sync_table(report)
     lines.extend(_links_text(report))
+    lines += _holders_lines(report)
     notes = []
     for entry in report["sources"]:
         for err in entry["errors"]:

@@ -390,6 +390,14 @@ class ContentClientProtocol(frames.FrameReceiver, ClosingMixin):
         self._measure()
         return req.done
 
+    def start_request(self, req: _Request, opcode: int, payload: bytes) -> Deferred[Any]:
+        """Send a request made elsewhere (a `_Request` subclass of another module, e.g.
+        `mirror.mirror_server.hashes_request`); fires as that request says."""
+        return self._send(req, opcode, payload)
+
+    def new_request_id(self) -> int:
+        return self._allocate()
+
     def request_ended(self) -> None:
         """A request ended (answered, failed or forgotten): a slot is free."""
         self._measure()

@@ -249,6 +249,9 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                                           sync.deleted_bytes, sync.deletion))
         if self.links is not None:
             self._send(control.LinksDone(run.index, run.links.placed, run.links.skipped))
+        busiest = sorted(run.holder_bytes.items(), key=lambda kv: (-kv[1], kv[0]))
+        for holder, n in busiest[: control.MAX_HOLDER_LINES]:
+            self._send(control.SourceHolder(run.index, holder, n))
         s = run.stats
         self._send(control.SourceDone(run.index, run.ok, s.count, run.dirs, s.total, s.sum_sq,
                                       run.skipped, run.failed, run.elapsed, run.not_exported))

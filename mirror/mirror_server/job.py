@@ -30,6 +30,7 @@ from mirror.mirror_server.content_client import BundleResult, TransferError
 from mirror.mirror_server.deletion import DeletionGate
 from mirror.mirror_server.durable import Durability
 from mirror.mirror_server.listed import EntryRefused, ListingOrder
+from mirror.mirror_server.multi_source import HolderFinder, for_job
 from mirror.mirror_server.receiver import FileReceiver
 from mirror.mirror_server.store import DescriptorBudget, MirrorStore, StoreError
 from mirror.mirror_server.sync import (
@@ -109,6 +110,12 @@ class JobSettings(Protocol):
     @property
     def fsync(self) -> bool: ...
 
+    @property
+    def multi_source_threshold(self) -> int: ...
+
+    @property
+    def max_holders(self) -> int: ...
+
 
 class JobResources(Protocol):
     """What a job uses of the service that runs it (`MirrorService` provides it): stated
@@ -140,6 +147,11 @@ class JobResources(Protocol):
     @property
     def queue(self) -> BoundedQueue[WorkItem]:
         """The work queue the service's workers take `WorkItem` from."""
+        ...
+
+    @property
+    def holder_finder(self) -> HolderFinder | None:
+        """Who else holds a file (multi-source download); None: nobody is asked."""
         ...
 
 
@@ -202,6 +214,8 @@ class SourceRun:
         #: When (reactor seconds) the listing ended, for the web status page's metrics.
         self.listed_at: float | None = None
         self.links = links_.SourceLinks(self, links_mode)
+        #: Bytes of files fetched from several holders, by holder address (the report).
+        self.holder_bytes: dict[str, int] = {}
 
     @property
     def listing_done(self) -> bool:
@@ -710,6 +724,12 @@ class SourceRun:
         for _attempt in range(attempts):
             receiver, offset = await self._open_receiver(parts, size)
             try:
+                multi = self.job.multi_source
+                if multi is not None and multi.applies(size):
+                    origin = (self.request.host, self.request.port)
+                    placed = await multi.fetch(self, origin, parts, size, self._count)
+                    if placed is not None:
+                        return placed  # else no other holder: fetched the usual way
                 conn = await self.connections.get()
                 header, digest = await conn.fetch(path, receiver, offset=offset,
                                                   delay=self.request.delay, expect_size=size)
@@ -785,6 +805,10 @@ class Job:
         self.resources = resources
         self.observer = observer
         self.options = options or JobOptions()
+        #: Big files from several holders at once (None: off for this job or service).
+        self.multi_source = for_job(resources.holder_finder, resources.settings,
+                                    resources.reactor, resources.threads, resources.endpoints,
+                                    self.throttle, self.options.multi_source)
         #: --max-delete applies to the whole job: each SPEC's deletion waits for all plans.
         self.deletion_gate = DeletionGate(len(requests), self.options.max_delete)
         self.sources = [SourceRun(self, i, r, links_mode) for i, r in enumerate(requests)]

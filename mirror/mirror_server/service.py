@@ -20,6 +20,12 @@ from mirror.mirror_server.history import JobHistory
 from mirror.mirror_server.job import Job, JobObserver, SourceRun, WorkItem
 from mirror.mirror_server.journal import Journal
 from mirror.mirror_server.links import LINKS_SAFE
+from mirror.mirror_server.multi_source import (
+    MAX_HOLDERS,
+    THRESHOLD,
+    ExplicitHolders,
+    HolderFinder,
+)
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
@@ -62,6 +68,12 @@ class MirrorSettings:
     min_rate_window: float = 30.0
     #: fsync each placed file before its rename and its directory after (--no-fsync: off).
     fsync: bool = True
+    #: Multi-source download: files of at least this many bytes are fetched from up to
+    #: ``max_holders`` holders (the origin included) at once; 1: never.
+    multi_source_threshold: int = THRESHOLD
+    max_holders: int = MAX_HOLDERS
+    #: --holder HOST:PORT: serving mirrors assumed to hold every file (tests, demos).
+    holders: tuple[tuple[str, int], ...] = ()
 
 
 class MirrorService(MultiService):
@@ -114,6 +126,9 @@ class MirrorService(MultiService):
         self.registry = JobRegistry(self, reactor, journal, self.settings.keep_jobs, new_id,
                                     partials, locks=self.subtree_locks,
                                     watch=self.history.watch)
+        #: Who else holds a file, for multi-source download (the index client replaces it).
+        self.holder_finder: HolderFinder | None = (
+            ExplicitHolders(list(self.settings.holders)) if self.settings.holders else None)
 
     def startService(self) -> None:
         super().startService()

@@ -395,6 +395,37 @@ class PartialFile:
             # Waited for whatever happened: the next write (or a commit) uses the hasher.
             hashed()
 
+    def write_at(self, offset: int, pieces: Sequence[bytes | memoryview]) -> None:
+        """Write ``pieces`` one after the other from ``offset`` (multi-source: chunks arrive
+        out of order). Not hashed here: see `hashed_by`."""
+        try:
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view, offset = view[n:], offset + n
+        except OSError as e:
+            raise StoreError(f"write failed: {_describe(e)}") from None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Bytes written at ``offset`` (read back through a descriptor of its own: the
+        file is open write-only)."""
+        try:
+            fd = os.open(self.temp_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self._dir_fd)
+            try:
+                return os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StoreError(f"cannot read back the file: {_describe(e)}") from None
+
+    def hashed_by(self, hasher: hashing.Hasher, size: int) -> None:
+        """The caller wrote ``size`` bytes with `write_at` and hashed them, in file order,
+        into ``hasher``: `commit` checks that digest, as for a file written in order."""
+        self._hash = hasher
+        self.size = size
+
     def commit(self, header: frames.FileHeader, digest: bytes, sync_dir: bool = True) -> None:
         """Verify size and digest, set mode and mtime, fsync, rename over the final name,
         fsync the directory (unless ``sync_dir`` is False: the caller does it)."""

@@ -10,11 +10,13 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
+from mirror.content_server.tap import MAX_RATE_HELP
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.journal import open_journal
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.mirror_server.serving import add_serving
 from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
 from mirror.threads import DiskThreads
 from mirror.web.mirror_site import mirror_site_root
@@ -73,7 +75,39 @@ class Options(ListenOptions, WebOptions):
          f"Default: MIRROR_DIR/{STATE_DIR_NAME}."],
         ["keep-jobs", None, _defaults.keep_jobs,
          "Seconds a finished job is kept for --attach and --jobs.", number(float, 0)],
+        ["max-rate", None, 0, "With --serve: " + MAX_RATE_HELP, rate],
+        ["multi-source-threshold", None, _defaults.multi_source_threshold,
+         "Files of at least this many bytes (K, M, G: powers of 1024) are fetched from "
+         "every holder of the same content at once.", rate],
+        ["max-holders", None, _defaults.max_holders,
+         "Most holders (the SPEC's server included) one file is fetched from at once; "
+         "1: never from several.", number(int, 1, 64)],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["serve"] = []
+        self["holders"] = []
+
+    def opt_holder(self, address: str) -> None:
+        """A serving mirror (HOST:PORT, an IPv6 host in brackets) assumed to hold every
+        file at the path where it serves it (ORIGINHOST_ORIGINPORT/PATH): used as a holder
+        for multi-source download. For tests and demos; repeatable. Every chunk it sends is
+        verified against the hashes of the SPEC's own server."""
+        self["holders"].append(parse_holder(address))
+
+    def opt_serve(self, endpoint: str) -> None:
+        """Also export the mirror directory, read-only, over the content protocol on
+        ENDPOINT (an endpoint description as for --listen; may be given several times):
+        other mirrors can mirror from this one like from a content server."""
+        before = list(self["listen"])
+        try:
+            # Checked as --listen checks its endpoints (same messages), then moved here.
+            self.opt_listen(endpoint)
+        except usage.UsageError as e:
+            raise usage.UsageError(str(e).replace("--listen", "--serve", 1)) from None
+        self["listen"] = before
+        self["serve"].append(endpoint)
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -83,6 +117,10 @@ class Options(ListenOptions, WebOptions):
         if not os.path.isdir(mirror_dir):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
+        if self["max-rate"] and not self["serve"]:
+            raise usage.UsageError("--max-rate caps what --serve sends: give --serve too")
+        if self["multi-source-threshold"] < 1:
+            raise usage.UsageError("--multi-source-threshold: must be at least 1 byte")
         self.check_web()
         if not self["state-dir"]:
             self["state-dir"] = os.path.join(mirror_dir, STATE_DIR_NAME)
@@ -123,10 +161,22 @@ def check_writable(directory: str, flag: str) -> None:
 
 
 
+def parse_holder(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``) of a --holder; raises `usage.UsageError`."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isascii() or not port.isdigit() \
+            or not 1 <= int(port) <= 65535:
+        raise usage.UsageError(f"--holder {address}: expected HOST:PORT")
+    return host, int(port)
+
+
 def mirror_settings(options: Options) -> MirrorSettings:
     """The service's settings from the command line."""
     return dataclasses.replace(settings_from(options, MirrorSettings),
-                               fsync=not options["no-fsync"])
+                               fsync=not options["no-fsync"],
+                               holders=tuple(options["holders"]))
 
 
 def makeService(options: Options) -> IService:
@@ -149,4 +199,7 @@ def makeService(options: Options) -> IService:
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
     add_listeners(service, options["listen"], control, options.command)
+    if options["serve"]:
+        add_serving(service, service.mirror_dir, service.threads, options["serve"],
+                    options["max-rate"], options.command)
     return service

@@ -197,6 +197,21 @@ class SourceSync:
     deletion: str
 
 
+#: SOURCE-HOLDER lines a server sends per SPEC at most (the holders that served most).
+MAX_HOLDER_LINES = 64
+#: Longest holder address (``host:port``, an IPv6 host in brackets) in a SOURCE-HOLDER.
+MAX_HOLDER = 300
+
+
+@dataclass(frozen=True)
+class SourceHolder:
+    """SOURCE-HOLDER: bytes of the SPEC's multi-source files that came from one holder."""
+
+    index: int
+    holder: str
+    bytes: int
+
+
 @dataclass(frozen=True)
 class LinkSkipped:
     """LINK-SKIPPED: a link of source ``index`` at ``path`` was not placed, and why (it is
@@ -292,11 +307,12 @@ class Cancelled:
 
 ClientMessage = (SourceRequest | JobOption | FilterRule | BwLimit | LinksOption | Go | Attach
                  | ListJobs | Cancel)
-ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceDone | Done | Refused
-               | LinkSkipped | LinksDone | Spec | Resumed | JobState | Cancelled)
+ServerEvent = (JobAccepted | Progress | SourceError | SourceSync | SourceHolder | SourceDone
+               | Done | Refused | LinkSkipped | LinksDone | Spec | Resumed | JobState | Cancelled)
 
 #: The OPTION names and whether each takes a value (an integer up to `MAX_COUNT`).
-OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True}
+OPTION_NAMES = {"delete": False, "dry-run": False, "max-delete": True,
+                "no-multi-source": False}
 
 
 # -- field codecs ---------------------------------------------------------------------------
@@ -705,6 +721,16 @@ def _parse_path_field(raw: bytes) -> str | None:
     return _unquote(raw, "path")
 
 
+def _check_holder(holder: str) -> str:
+    if not isinstance(holder, str) or not 0 < len(holder) <= MAX_HOLDER:
+        raise ControlError(f"holder must be 1 to {MAX_HOLDER} characters")
+    return holder
+
+
+def _encode_holder(holder: str) -> str:
+    return _quote(_check_holder(holder))
+
+
 def encode_event(ev: ServerEvent) -> bytes:
     """The line for a server event, without terminator. Raises `ControlError` if invalid."""
     if isinstance(ev, JobAccepted):
@@ -758,6 +784,9 @@ def encode_event(ev: ServerEvent) -> bytes:
             _encode_int(ev.deleted_bytes, "deleted bytes"),
             ev.deletion,
         )
+    if isinstance(ev, SourceHolder):
+        return _join("SOURCE-HOLDER", _check_index(ev.index), _encode_holder(ev.holder),
+                     _encode_int(ev.bytes, "bytes"))
     if isinstance(ev, Done):
         return _join("DONE", _encode_flag(ev.ok, "ok", "failed"))
     if isinstance(ev, Spec):
@@ -842,6 +871,10 @@ def parse_server_line(line: bytes) -> ServerEvent:
             deleted_bytes=_parse_int(args[3], "deleted bytes"),
             deletion=state,
         )
+    if command == b"SOURCE-HOLDER":
+        _expect(command, args, 3)
+        return SourceHolder(_parse_index(args[0]), _check_holder(_unquote(args[1], "holder")),
+                            _parse_int(args[2], "bytes"))
     if command == b"DONE":
         _expect(command, args, 1)
         return Done(_parse_flag(args[0], b"ok", b"failed", "status"))
@@ -876,6 +909,7 @@ __all__ = [
     "MAX_LINE",
     "MAX_SOURCES",
     "JOB_STATES",
+    "MAX_HOLDER_LINES",
     "DELETION_STATES",
     "OPTION_NAMES",
     "Attach",
@@ -901,6 +935,7 @@ __all__ = [
     "SourceDone",
     "SourceError",
     "SourceRequest",
+    "SourceHolder",
     "SourceSync",
     "Spec",
     "check_delay",

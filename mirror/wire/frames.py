@@ -25,6 +25,8 @@ from mirror.text import printable
 LIST = 0x01
 FETCH = 0x02
 FETCH_MANY = 0x03
+#: Chunk hashes of a file, for multi-source download (codecs: mirror/wire/chunk_hashes.py).
+HASHES = 0x04
 # responses
 ENTRIES = 0x81
 LIST_END = 0x82
@@ -32,10 +34,13 @@ FILE = 0x83
 DATA = 0x84
 FILE_END = 0x85
 BUNDLE = 0x86
+HASHES_HEAD = 0x87
+HASH_LIST = 0x88
 ERROR = 0x8F
 
-REQUEST_OPCODES = frozenset({LIST, FETCH, FETCH_MANY})
-RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, BUNDLE, ERROR})
+REQUEST_OPCODES = frozenset({LIST, FETCH, FETCH_MANY, HASHES})
+RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, BUNDLE, HASHES_HEAD,
+                              HASH_LIST, ERROR})
 
 #: Largest request frame (its ``length`` field) a content server reads: a path is at most
 #: 4 KiB. Fixed by the protocol, so that a client can fill a FETCH_MANY up to it.

@@ -352,7 +352,7 @@ class BrokenConnection(ClientTestCase):
         self.assert_all_failed(ds, "protocol error", "unknown request 999")
 
     def test_unknown_opcodes(self) -> None:
-        for opcode in (0x00, frames.LIST, frames.FETCH, 0x80, 0x87, 0xFF):
+        for opcode in (0x00, frames.LIST, frames.FETCH, 0x80, 0x89, 0xFF):
             self.setUp()
             ds = self.pending()
             self.feed(frames.frame(opcode, 1, b""))

@@ -810,14 +810,14 @@ class RequestLimits(ServerTestCase):
         self.assertFalse(self.rig.aborted)
 
     def test_unknown_opcodes(self) -> None:
-        for opcode in (0x00, 0x04, frames.ENTRIES, frames.DATA, frames.ERROR, 0xFF):
+        for opcode in (0x00, 0x05, frames.ENTRIES, frames.DATA, frames.ERROR, 0xFF):
             rig = connect_server(self.factory, IPv4Address("TCP", "10.0.0.9", opcode))
             rig.send(opcode, 1, b"a.txt")
             self.assertTrue(rig.aborted, hex(opcode))
             self.assertEqual(rig.transport.value(), b"")
 
     def test_nothing_served_after_a_bad_frame(self) -> None:
-        self.rig.proto.dataReceived(frames.frame(0x04, 1) + frames.frame(
+        self.rig.proto.dataReceived(frames.frame(0x05, 1) + frames.frame(
             frames.FETCH, 2, frames.encode_fetch("a.txt")))
         self.assertTrue(self.rig.aborted)
         self.assertEqual(self.answer(), [])

@@ -101,6 +101,7 @@ class ControlPort(SynchronousTestCase):
         return SimpleNamespace(index=0, ok=True, dirs=1, skipped=0, failed=0, elapsed=1.0,
                                not_exported=0, links=SimpleNamespace(placed=2, skipped=3),
                                sync=None, job=SimpleNamespace(options=JobOptions()),
+                               holder_bytes={},
                                stats=SimpleNamespace(count=0, total=0, sum_sq=0))
 
     def test_mode_reaches_the_job(self) -> None:
