@@ -27,6 +27,8 @@ from mirror.threads import Threads
 
 #: Bytes hashed per worker-thread call.
 PIECE = 4 * 1024 * 1024
+#: Seconds the hasher may run ahead of its rate before it pauses (small files do not wait).
+BURST = 0.1
 
 
 class ExportRegistration(Service):
@@ -48,6 +50,9 @@ class ExportRegistration(Service):
         #: Files waiting for their digest: path -> the stat key seen by the walk.
         self._to_hash: OrderedDict[str, StatKey] = OrderedDict()
         self._hashing = False
+        #: The current run of hashing: when it started and the bytes read since.
+        self._run_start = 0.0
+        self._run_bytes = 0
         self._loop: task.LoopingCall | None = None
         #: Walks done (tests and the log).
         self.scans = 0
@@ -110,6 +115,7 @@ class ExportRegistration(Service):
                 lambda f: self.log.failure("hashing the export failed", f))
 
     async def _hash_all(self) -> None:
+        self._run_start, self._run_bytes = self.clock.seconds(), 0
         try:
             while self._to_hash and self.running:
                 path, key = self._to_hash.popitem(last=False)
@@ -127,14 +133,15 @@ class ExportRegistration(Service):
             return None  # gone or changed since the walk: the next walk sees it
         try:
             while self.running:
-                started = self.clock.seconds()
                 n: int = await self.threads.run(hashing.step, PIECE)
                 if not n:
                     break
-                # Stay within the rate: a piece of n bytes takes at least n / rate seconds.
-                wait = n / self.hash_rate - (self.clock.seconds() - started)
-                if wait > 0:
-                    await task.deferLater(self.clock, wait, lambda: None)
+                # Stay within the rate: the run's bytes take at least bytes / rate seconds.
+                self._run_bytes += n
+                ahead = (self._run_bytes / self.hash_rate
+                         - (self.clock.seconds() - self._run_start))
+                if ahead > BURST:
+                    await task.deferLater(self.clock, ahead, lambda: None)
             else:
                 return None
             digest: str | None = await self.threads.run(hashing.finish)
