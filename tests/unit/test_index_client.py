@@ -7,9 +7,11 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from mirror.index import codec
 from mirror.index.client import IndexClient
@@ -42,6 +44,7 @@ class CountingRegistry:
         return call
 
 
+@implementer(IStreamClientEndpoint)
 class Loopback:
     """A client endpoint whose connections reach an index factory through iosim."""
 
@@ -72,6 +75,8 @@ class Loopback:
 
 
 class IndexClientTests(SynchronousTestCase):
+    loopback: Loopback | None = None
+
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1000)
@@ -82,8 +87,8 @@ class IndexClientTests(SynchronousTestCase):
     def new_index(self) -> None:
         registry, _ = inline_registry()
         self.registry = CountingRegistry(registry)
-        factory = IndexFactory(self.registry, self.clock, IndexSettings(lease=30.0))  # type: ignore[arg-type]
-        if hasattr(self, "loopback"):
+        factory = IndexFactory(self.registry, self.clock, IndexSettings(lease=30.0))
+        if self.loopback is not None:
             self.loopback.server_factory = factory
         else:
             self.loopback = Loopback(factory, self.clock)
@@ -123,7 +128,7 @@ class IndexClientTests(SynchronousTestCase):
     def test_reconnects_and_sends_only_what_changed_meanwhile(self) -> None:
         self.start(codec.FileRecord("a", 1, 1), codec.FileRecord("b", 2, 2))
         self.loopback.refuse = True
-        self.loopback.pumps[-1].client.transport.loseConnection()  # type: ignore[union-attr]
+        self.loopback.pumps[-1].client.transport.loseConnection()
         self.loopback.settle()
         self.client.update(codec.FileRecord("c", 3, 3))
         self.client.remove("a")
@@ -138,7 +143,7 @@ class IndexClientTests(SynchronousTestCase):
     def test_an_index_that_forgot_gets_the_whole_listing(self) -> None:
         self.start(codec.FileRecord("a", 1, 1))
         self.new_index()
-        self.loopback.pumps[-1].client.transport.loseConnection()  # type: ignore[union-attr]
+        self.loopback.pumps[-1].client.transport.loseConnection()
         self.loopback.settle()
         self.clock.advance(11)
         self.loopback.settle()
