@@ -19,9 +19,6 @@ from mirror.wire.frames import FrameReceiver
 
 #: Seconds an answer may take before the connection is given up (and made again).
 ANSWER_TIMEOUT = 30.0
-#: Rows a WHERE answer may bring at most on the client side (a hostile index cannot make
-#: the node hold more).
-MAX_ROWS = 1_000_000
 
 
 class IndexRefused(Exception):
@@ -88,8 +85,8 @@ class IndexClientProtocol(FrameReceiver):
                 if rows is None:
                     raise codec.BadMessage("HOLDERS for a request that is not WHERE")
                 rows += codec.holders_of(message)
-                if len(rows) > MAX_ROWS:
-                    raise codec.BadMessage(f"more than {MAX_ROWS} rows")
+                if len(rows) > codec.MAX_ROWS:
+                    raise codec.BadMessage(f"more than {codec.MAX_ROWS} rows")
                 return
             del self._pending[request_id]
             rows = self._rows.pop(request_id, None)

@@ -48,6 +48,8 @@ MAX_ADDRESS = 300
 #: Longest error message.
 MAX_MESSAGE = 1024
 MAX_SIZE = 2**63 - 1
+#: Rows a client takes from one WHERE answer at most (a hostile index cannot make it hold more).
+MAX_ROWS = 1_000_000
 MIN_MTIME = -(2**63)
 MAX_MTIME = 2**63 - 1
 DIGEST_HEX = 64

@@ -71,6 +71,8 @@ def ask(host: str, port: int, message: dict[str, str], timeout: float
                                           f"{printable(answer['message'], 300)}")
                 if opcode == codec.HOLDERS:
                     holders += codec.holders_of(answer)
+                    if len(holders) > codec.MAX_ROWS:
+                        raise codec.BadMessage(f"more than {codec.MAX_ROWS} rows")
                 elif opcode == codec.DONE:
                     return holders, answer.get("truncated") is True
                 else:
