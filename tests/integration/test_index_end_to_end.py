@@ -69,14 +69,20 @@ def test_register_query_withdraw_and_survive_a_restart(tmp_path: Path, daemons) 
     second.stop()
     assert holders(index, "b") == []
 
-    # Index and node die; the restarted index still answers within the leases...
-    server.kill(signal.SIGKILL)
+    # The index dies and comes back on the same database: it still answers for the node...
     index.kill(signal.SIGKILL)
     index = daemons(index_daemon, tmp_path, db, "--lease", "4", port=index.port)
-    kept = holders(index, "dir")
-    assert [(h["path"], h["address"]) for h in kept] == [("dir/a", address),
-                                                         ("dir/new", address)]
-    # ...and forgets the crashed node once its lease is over.
+    assert [(h["path"], h["address"]) for h in holders(index, "dir")] == [
+        ("dir/a", address), ("dir/new", address)]
+    # ...the node reconnects by itself and, as the index still knew it, sends only changes:
+    # it made one full listing in its life.
+    (export / "dir" / "after").write_bytes(b"after")
+    poll(lambda: "dir/after" in [h["path"] for h in holders(index, "dir")], 15,
+         "the node to reconnect and send its change")
+    assert server.log_text().count(": registered ") == 1, server.log_text()
+
+    # A node that crashes is forgotten once its lease is over.
+    server.kill(signal.SIGKILL)
     poll(lambda: holders(index, ".") == [], 15, "the crashed node's lease to run out")
     assert "no node holds" in where(index, "dir/a").stderr
 
