@@ -10,7 +10,7 @@ from twisted.python import usage
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
-from mirror.index.node_options import IndexOptions, add_registration
+from mirror.index.node_options import IndexOptions, StateDirOptions, add_registration
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
@@ -18,7 +18,7 @@ from mirror.web.options import WebOptions, add_web
 _defaults = ContentSettings()
 
 
-class Options(ListenOptions, WebOptions, IndexOptions):
+class Options(ListenOptions, WebOptions, IndexOptions, StateDirOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
@@ -73,6 +73,7 @@ class Options(ListenOptions, WebOptions, IndexOptions):
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
         self.check_web()
         self.check_index(self["listen"])
+        self.check_state_dir()
 
 
 
@@ -89,5 +90,5 @@ def makeService(options: Options) -> IService:
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
     add_listeners(top, options["listen"], factory, options.command)
-    add_registration(top, options, factory.root_fd, threads, reactor)
+    add_registration(top, options, factory.root_fd, threads, reactor, options["state-dir"])
     return top

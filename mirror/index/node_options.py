@@ -1,10 +1,16 @@
-"""``--index``, ``--advertise``, ``--node``, ``--state-dir``, ``--rescan``, ``--hash-rate``:
-a daemon's registration with an index, mixed into its options (after `ListenOptions`)."""
+"""``--index``, ``--advertise``, ``--node``, ``--rescan``, ``--hash-rate`` (`IndexOptions`)
+and the content server's ``--state-dir`` (`StateDirOptions`): a daemon's registration with
+an index, mixed into its options (after `ListenOptions`).
+
+A serving mirror server can mix in `IndexOptions` alone (it has a state directory of its
+own) and call `add_registration` with its mirror root, its state directory and the services
+of its ``--serve`` listeners as ``listening``."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
@@ -29,16 +35,13 @@ def _address(option: str, value: str) -> str:
 class IndexOptions(usage.Options):
     """Registration with a mirror index (``twistd mirror-index``)."""
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["index", None, None, "Register the export with the index at HOST:PORT."],
         ["advertise", None, None,
          "HOST:PORT other nodes reach this daemon at (default: the host and port of the "
          "first --listen endpoint; required when it is a wildcard or UNIX endpoint)."],
         ["node", None, None, "This node's name at the index (default: the --advertise "
                              "address)."],
-        ["state-dir", None, None,
-         "Directory (created 0700) where computed digests are kept across restarts "
-         "(default: in memory only)."],
         ["rescan", None, 10.0, "Seconds between walks of the export for changes.",
          number(float, 0.1, 86400)],
         ["hash-rate", None, 64 * 2**20,
@@ -65,9 +68,21 @@ class IndexOptions(usage.Options):
                 raise usage.UsageError(
                     f"--index needs --advertise HOST:PORT: the first --listen endpoint "
                     f"{listen[0]} {problem}, so other nodes cannot be told where to connect")
-        if self["state-dir"] and os.path.lexists(self["state-dir"]) and not os.path.isdir(
-                self["state-dir"]):
-            raise usage.UsageError(f"--state-dir {self['state-dir']}: not a directory")
+
+
+class StateDirOptions(usage.Options):
+    """The content server's ``--state-dir``: where the digests it computed are kept."""
+
+    optParameters: list[list[Any]] = [
+        ["state-dir", None, None,
+         "Directory (created 0700) where computed digests are kept across restarts "
+         "(default: in memory only)."],
+    ]
+
+    def check_state_dir(self) -> None:
+        path = self["state-dir"]
+        if path and os.path.lexists(path) and not os.path.isdir(path):
+            raise usage.UsageError(f"--state-dir {path}: not a directory")
 
 
 def wildcard_problem(description: str) -> str | None:
@@ -100,17 +115,20 @@ def listened_address(parent: MultiService) -> str | None:
 
 
 def add_registration(parent: MultiService, options: IndexOptions, root_fd: int,
-                     threads: Threads, reactor: object) -> ExportRegistration | None:
-    """The services that register ``root_fd``'s tree with ``--index`` (none without it).
-    Call after `add_listeners`: the default --advertise is the first listener's address."""
+                     threads: Threads, reactor: object, state_dir: str | None = None,
+                     listening: MultiService | None = None) -> ExportRegistration | None:
+    """The services that register ``root_fd``'s tree with ``--index`` (none without it);
+    ``registration.client`` is its `IndexClient` (for updates the daemon makes itself).
+    Digests are kept in ``state_dir`` (in memory without one). Call after `add_listeners`:
+    the default --advertise is the address of the first `Listener` under ``listening``
+    (default ``parent``)."""
     if not options["index"]:
         return None
-    address = options["advertise"] or listened_address(parent)
+    address = options["advertise"] or listened_address(listening or parent)
     if address is None:
         raise SystemExit("error: --index: no address to advertise; give --advertise HOST:PORT")
     client = IndexClient(reactor, options["index"], options["node"] or address, address)
-    digests: Digests = (SqliteDigests(options["state-dir"]) if options["state-dir"]
-                        else MemoryDigests())
+    digests: Digests = SqliteDigests(state_dir) if state_dir else MemoryDigests()
     registration = ExportRegistration(client, root_fd, threads, digests, reactor,  # type: ignore[arg-type]
                                       rescan=options["rescan"], hash_rate=options["hash-rate"])
     collection: IServiceCollection = parent
