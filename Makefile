@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install browser lint test unit integration demo demo-network screenshot bench bench-scale mutation clean
+.PHONY: all install browser postgresql lint test unit integration demo demo-network screenshot bench bench-scale mutation clean
 
 all: test
 
@@ -29,7 +29,16 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 	echo "make: chromium is not installed: the browser test will be skipped (failed under CI=true)"
 
-integration: $(STAMP) browser
+# Debian's postgresql for the index's PostgreSQL tests (tests/integration/postgres.py starts a
+# throwaway server on loopback), installed when missing (as root, with apt-get). Without it
+# those tests are skipped, except under CI=true, where they fail.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+	echo "make: postgresql is not installed: its tests will be skipped (failed under CI=true)"
+
+integration: $(STAMP) browser postgresql
 	$(BIN)/pytest -q tests/integration
 
 # Static checks, configured in pyproject.toml [tool.ruff] and setup.cfg [mypy]; any finding

@@ -10,6 +10,7 @@ from twisted.python import usage
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
+from mirror.index.node_options import IndexOptions, StateDirOptions, add_registration
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
@@ -20,7 +21,7 @@ MAX_RATE_HELP = ("Bytes per second the daemon sends at most, all connections tog
                  "K, M, G are powers of 1024); 0: no cap.")
 
 
-class Options(ListenOptions, WebOptions):
+class Options(ListenOptions, WebOptions, IndexOptions, StateDirOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
@@ -79,10 +80,14 @@ class Options(ListenOptions, WebOptions):
             reason = (e.strerror or str(e)).lower()
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
         self.check_web()
+        self.check_index(self["listen"])
+        self.check_state_dir()
 
 
 
 def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
     top = MultiService()
     threads = DiskThreads(size=options["threads"], name="content-disk")
     threads.setServiceParent(top)
@@ -93,4 +98,5 @@ def makeService(options: Options) -> IService:
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
     add_listeners(top, options["listen"], factory, options.command)
+    add_registration(top, options, factory.root_fd, threads, reactor, options["state-dir"])
     return top

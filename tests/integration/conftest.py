@@ -26,6 +26,7 @@ from mirror.wire.control import SourceRequest
 
 # A fixture for every test module here (one imported by a test module shadows itself).
 from tests.integration.hostile_server import start_hostile_server  # noqa: F401
+from tests.integration.postgres import postgres_server, postgres_url  # noqa: F401
 
 
 @pytest.fixture

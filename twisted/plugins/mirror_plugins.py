@@ -1,4 +1,4 @@
-"""twistd plugins: `twistd content-server` and `twistd mirror-server`.
+"""twistd plugins: `twistd content-server`, `twistd mirror-server`, `twistd mirror-index`.
 
 Only ServiceMaker lines: importing anything heavy here (or the reactor) would install the
 default reactor before twistd reads --reactor.
@@ -16,4 +16,10 @@ mirror_server = ServiceMaker(
     "mirror.mirror_server.tap",
     "Accept mirror jobs and fetch trees from content servers into a mirror directory.",
     "mirror-server",
+)
+mirror_index = ServiceMaker(
+    "mirror index",
+    "mirror.index.tap",
+    "Know which node of a mirror network holds which file (registrations are leases).",
+    "mirror-index",
 )
