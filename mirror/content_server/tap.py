@@ -10,6 +10,7 @@ from twisted.python import usage
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, settings_from
+from mirror.security.options import SecurityOptions, secure_factory
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
@@ -17,7 +18,7 @@ from mirror.web.options import WebOptions, add_web
 _defaults = ContentSettings()
 
 
-class Options(ListenOptions, WebOptions):
+class Options(ListenOptions, WebOptions, SecurityOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
@@ -71,6 +72,7 @@ class Options(ListenOptions, WebOptions):
             reason = (e.strerror or str(e)).lower()
             raise usage.UsageError(f"--root {root}: not readable ({reason})") from None
         self.check_web()
+        self.check_security()
 
 
 
@@ -84,5 +86,8 @@ def makeService(options: Options) -> IService:
         # Before --listen: once the log names the daemon's port, it names the web site's.
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
-    add_listeners(top, options["listen"], factory, options.command)
+    from twisted.internet import reactor
+
+    add_listeners(top, options["listen"],
+                  secure_factory(options.security, factory, threads, reactor), options.command)
     return top

@@ -29,6 +29,11 @@ from mirror.initiator.client import (
 from mirror.initiator.endpoint import EndpointError, connect_unix, parse_client_endpoint
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
+from mirror.initiator.secure import (
+    add_arguments as add_tls_arguments,
+    check_arguments,
+    secure_opener,
+)
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
 from mirror.job_options import JobOptions
 from mirror.rates import RATE_SYNTAX, parse_rate
@@ -225,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Exclude the patterns of FILE, one a line ('#' or ';' comments, '+ PATTERN' "
              "includes, '- PATTERN' excludes); repeatable.",
     )
+    add_tls_arguments(parser)
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="Display the version and exit.")
     return parser
@@ -279,6 +285,9 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         options.specs = parse_specs(options.sources)
     except SpecError as e:
         raise UsageError(str(e)) from None
+    tls_error = check_arguments(options)
+    if tls_error is not None:
+        raise UsageError(tls_error)
 
 
 def _check_connect(options: argparse.Namespace) -> None:
@@ -339,6 +348,7 @@ def run(
     """
     if opener is None:
         opener = _unix_opener(options.unix_socket) if options.unix_socket else connect
+        opener = secure_opener(options, opener)
     sources = options.specs
     display = ProgressDisplay(stderr if options.json else stdout, sources, clock=clock)
     started = clock()

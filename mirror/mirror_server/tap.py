@@ -13,13 +13,19 @@ from mirror.daemon_options import ListenOptions, add_listeners, number, rate, se
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.paths import TEMP_PREFIX
+from mirror.security.options import (
+    ClientSecurityOptions,
+    SecurityOptions,
+    client_policy,
+    secure_factory,
+)
 from mirror.web.mirror_site import mirror_site_root
 from mirror.web.options import WebOptions, add_web
 
 _defaults = MirrorSettings()
 
 
-class Options(ListenOptions, WebOptions):
+class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions):
     command = "mirror-server"
     default_listen = "tcp:9001"
     synopsis = "[options]"
@@ -75,6 +81,8 @@ class Options(ListenOptions, WebOptions):
             raise usage.UsageError(f"--mirror-dir {mirror_dir}: not a directory")
         check_writable(mirror_dir, "--mirror-dir")
         self.check_web()
+        self.check_security()
+        self.pins = self.check_known_hosts()
 
 
 def check_writable(directory: str, flag: str) -> None:
@@ -108,5 +116,12 @@ def makeService(options: Options) -> IService:
         # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
-    add_listeners(service, options["listen"], control, options.command)
+    from twisted.internet import reactor
+
+    # Content connections: TLS to pinned content servers, with our identity.
+    service.endpoints = client_policy(options.security, options.pins, service.threads,
+                                      reactor).endpoint
+    add_listeners(service, options["listen"],
+                  secure_factory(options.security, control, service.threads, reactor),
+                  options.command)
     return service
