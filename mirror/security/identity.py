@@ -52,12 +52,19 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _subject(name: str) -> x509.Name:
+    try:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    except ValueError:
+        raise IdentityError(f"bad name {name[:80]!r}: 1 to 64 characters") from None
+
+
 def make_certificate(key: ec.EllipticCurvePrivateKey, name: str, days: int,
                      now: datetime.datetime | None = None) -> x509.Certificate:
     """A self-signed certificate for ``key``, named ``name`` (common name and DNS name),
     valid from a minute ago (clock skew) for ``days`` days."""
     now = now or _now()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = _subject(name)
     builder = (x509.CertificateBuilder()
                .subject_name(subject).issuer_name(subject)
                .public_key(key.public_key())
@@ -95,7 +102,8 @@ def _write(path: str, data: bytes, mode: int, replace: bool = False) -> None:
 
 def keygen(directory: str, name: str | None = None, days: int = DEFAULT_DAYS) -> Identity:
     """Create ``directory`` (mode 0700) with a new key (0600) and certificate (0644)."""
-    name = name or socket.gethostname() or "mirror"
+    name = name or socket.gethostname()[:64] or "mirror"
+    _subject(name)  # a bad name is an error before anything is written
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as e:
