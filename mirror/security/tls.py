@@ -183,8 +183,23 @@ class PeerPolicy:
         return PeerIdentity(fingerprint)
 
 
+class _Relay(ProtocolWrapper):
+    """A wrapper that is its protocol's transport: ``bufferSize`` (the size of each socket
+    read, which `ContentClientProtocol` raises to 1 MiB) is the TCP transport's, under TLS."""
+
+    transport: Any
+
+    @property
+    def bufferSize(self) -> int:
+        return int(self.transport.transport.bufferSize)
+
+    @bufferSize.setter
+    def bufferSize(self, size: int) -> None:
+        self.transport.transport.bufferSize = size
+
+
 @implementer(IHandshakeListener)
-class _ServerGate(ProtocolWrapper):
+class _ServerGate(_Relay):
     """A secured connection until its peer is authenticated; then a relay to the daemon's
     protocol, which only exists from that point."""
 
@@ -365,7 +380,7 @@ class ServerKeyMismatch(Exception):
 
 
 @implementer(IHandshakeListener)
-class _ClientGate(ProtocolWrapper):
+class _ClientGate(_Relay):
     """A pinned client connection until the server's key is checked; then a relay to the
     client's protocol, handed to the endpoint's caller only from that point."""
 
