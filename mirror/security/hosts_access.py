@@ -94,7 +94,11 @@ class FailureLimiter:
         return len(self._recent(host)) >= self.max_failures
 
     def failed(self, host: str) -> None:
-        """Count one failure of ``host``."""
+        """Count one failure of ``host``. Peers that are not IP addresses (UNIX sockets,
+        which all share one key) are not counted: one local process must not lock out
+        every other."""
+        if _address(host) is None:
+            return
         times = self._recent(host)
         times.append(self._now())
         del times[:-self.max_failures]
