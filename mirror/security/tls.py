@@ -183,14 +183,67 @@ class PeerPolicy:
         return PeerIdentity(fingerprint)
 
 
-class _Relay(ProtocolWrapper):
-    """A wrapper that is its protocol's transport: ``bufferSize`` (the size of each socket
-    read, which `ContentClientProtocol` raises to 1 MiB) is the TCP transport's, under TLS."""
+class _Gate(ProtocolWrapper):
+    """A TLS connection held until the handshake is done and the peer checked; then a
+    relay to the protocol it was for, whose transport it is (`admit`)."""
 
+    factory: Any
     transport: Any
+    wrappedProtocol: Any
+
+    def __init__(self, factory: Any, addr: IAddress) -> None:
+        super().__init__(factory, None)  # type: ignore[arg-type]
+        self.addr = addr
+        self.admitted = False
+        self._timer: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        # Not ProtocolWrapper's: the wrapped protocol does not exist yet.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self._timer = self.factory.clock.callLater(HANDSHAKE_TIMEOUT, self._too_slow)
+
+    def _too_slow(self) -> None:
+        """No handshake within `HANDSHAKE_TIMEOUT`."""
+        self._timer = None
+        abort_connection(self.transport)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def admit(self, identity: PeerIdentity) -> IProtocol | None:
+        """Build the protocol for the peer ``identity`` and connect it through us."""
+        proto = self.factory.wrappedFactory.buildProtocol(self.addr)
+        if proto is None:
+            self.transport.loseConnection()
+            return None
+        # Every protocol may read who its peer is (mirror.limits declares it for the
+        # daemons' own): where grants will be decided.
+        proto.peer_identity = identity
+        self.wrappedProtocol = proto
+        self.admitted = True
+        proto.makeConnection(self)
+        return proto  # type: ignore[no-any-return]
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.stop_timer()
+        self.factory.unregisterProtocol(self)
+        if self.admitted:
+            self.wrappedProtocol.connectionLost(reason)
+            self.wrappedProtocol = None
+        else:
+            self.lost_before_admission(reason)
+
+    def lost_before_admission(self, reason: Failure) -> None:
+        """The connection ended before the peer was admitted."""
 
     @property
     def bufferSize(self) -> int:
+        """The size of each socket read (`ContentClientProtocol` raises it to 1 MiB): the TCP
+        transport's, under TLS."""
         return int(self.transport.transport.bufferSize)
 
     @bufferSize.setter
@@ -199,41 +252,29 @@ class _Relay(ProtocolWrapper):
 
 
 @implementer(IHandshakeListener)
-class _ServerGate(_Relay):
-    """A secured connection until its peer is authenticated; then a relay to the daemon's
-    protocol, which only exists from that point."""
+class _ServerGate(_Gate):
+    """A secured daemon's connection: the daemon's protocol is built only for a peer that
+    `PeerPolicy.authenticate` admits."""
 
     log = Logger()
     factory: SecuredFactory
-    transport: Any
-    wrappedProtocol: Any
 
     def __init__(self, factory: SecuredFactory, addr: IAddress) -> None:
-        super().__init__(factory, None)  # type: ignore[arg-type]
-        self.addr = addr
+        super().__init__(factory, addr)
         self.host = peer_host(addr)
-        self.admitted = False
         self.decided = False
         self._handshake_done = False
         self._held: list[bytes] = []
         self._held_bytes = 0
-        self._timer: Any = None
 
     def logPrefix(self) -> str:
         return "SecuredConnection"
 
-    def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        self._timer = self.factory.clock.callLater(HANDSHAKE_TIMEOUT, self._too_slow)
-
     def _too_slow(self) -> None:
-        self._timer = None
         self.log.info("refused {host}: no TLS handshake within {s:g} s", host=self.host,
                       s=HANDSHAKE_TIMEOUT)
         self.decided = True
-        abort_connection(self.transport)
+        super()._too_slow()
 
     def handshakeCompleted(self) -> None:
         self._handshake_done = True
@@ -244,12 +285,18 @@ class _ServerGate(_Relay):
         if self.decided or not self.connected:
             return
         self.decided = True
-        self._stop_timer()
+        self.stop_timer()
         if identity is None:
             why = "no client certificate" if fingerprint is None else f"unknown key {fingerprint}"
             self._refuse(why)
-        else:
-            self._admit(identity)
+            return
+        held, self._held = self._held, []
+        if self.admit(identity) is None:
+            return
+        for data in held:
+            if self.wrappedProtocol is None:
+                break
+            self.wrappedProtocol.dataReceived(data)
 
     def _refuse(self, why: str) -> None:
         self.factory.policy.failures.failed(self.host)
@@ -265,22 +312,6 @@ class _ServerGate(_Relay):
         self._timer = None
         abort_connection(self.transport)
 
-    def _admit(self, identity: PeerIdentity) -> None:
-        proto = self.factory.wrappedFactory.buildProtocol(self.addr)
-        if proto is None:
-            self.transport.loseConnection()
-            return
-        # Every protocol of a daemon may read who its peer is (mirror.limits declares it).
-        proto.peer_identity = identity
-        self.wrappedProtocol = proto
-        self.admitted = True
-        proto.makeConnection(self)
-        held, self._held = self._held, []
-        for data in held:
-            if self.wrappedProtocol is None:
-                break
-            self.wrappedProtocol.dataReceived(data)
-
     def dataReceived(self, data: bytes) -> None:
         if self.admitted:
             self.wrappedProtocol.dataReceived(data)
@@ -292,18 +323,8 @@ class _ServerGate(_Relay):
                 self.decided = True
                 abort_connection(self.transport)
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        self._stop_timer()
-        self.factory.unregisterProtocol(self)
-        if self.admitted:
-            self.wrappedProtocol.connectionLost(reason)
-            self.wrappedProtocol = None
-        elif not self._handshake_done and not self.decided:
+    def lost_before_admission(self, reason: Failure) -> None:
+        if not self._handshake_done and not self.decided:
             self.factory.policy.failures.failed(self.host)
             self.log.info("refused {host}: TLS handshake failed ({reason})", host=self.host,
                           reason=reason.getErrorMessage())
@@ -380,69 +401,42 @@ class ServerKeyMismatch(Exception):
 
 
 @implementer(IHandshakeListener)
-class _ClientGate(_Relay):
-    """A pinned client connection until the server's key is checked; then a relay to the
-    client's protocol, handed to the endpoint's caller only from that point."""
+class _ClientGate(_Gate):
+    """A pinned client connection: the client's protocol is built, and handed to the
+    endpoint's caller, only once the server's key matched a pin."""
 
     factory: _ClientGateFactory
-    transport: Any
-    wrappedProtocol: Any
 
     def __init__(self, factory: _ClientGateFactory, addr: IAddress) -> None:
-        super().__init__(factory, None)  # type: ignore[arg-type]
-        self.addr = addr
+        super().__init__(factory, addr)
         #: The key the server presented, when it matched no pin.
         self.presented: str | None = None
-        self.admitted = False
         self.timed_out = False
-        self._timer: Any = None
 
     def logPrefix(self) -> str:
         return "PinnedConnection"
 
-    def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        self._timer = self.factory.clock.callLater(HANDSHAKE_TIMEOUT, self._too_slow)
-
     def _too_slow(self) -> None:
-        self._timer = None
         self.timed_out = True
-        abort_connection(self.transport)
+        super()._too_slow()
 
     def handshakeCompleted(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.stop_timer()
         fingerprint = peer_fingerprint(self.transport)
-        if fingerprint not in self.factory.pins:  # the verify callback already checked
+        if fingerprint is None or fingerprint not in self.factory.pins:
+            # The verify callback has already failed such a handshake: a second lock.
             self.presented = fingerprint or "none"
             abort_connection(self.transport)
             return
-        proto = self.factory.wrappedFactory.buildProtocol(self.addr)
-        if proto is None:
-            self.transport.loseConnection()
-            return
-        proto.peer_identity = PeerIdentity(fingerprint)
-        self.wrappedProtocol = proto
-        self.admitted = True
-        proto.makeConnection(self)
-        self.factory.ready.callback(proto)
+        proto = self.admit(PeerIdentity(fingerprint))
+        if proto is not None:
+            self.factory.ready.callback(proto)
 
     def dataReceived(self, data: bytes) -> None:
         if self.admitted:
             self.wrappedProtocol.dataReceived(data)
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.factory.unregisterProtocol(self)
-        if self.admitted:
-            self.wrappedProtocol.connectionLost(reason)
-            self.wrappedProtocol = None
-            return
+    def lost_before_admission(self, reason: Failure) -> None:
         if self.factory.ready.called:
             return
         if self.timed_out:
