@@ -32,6 +32,7 @@ from mirror.initiator.report import build_report, format_json, format_text
 from mirror.initiator.secure import (
     add_arguments as add_tls_arguments,
     check_arguments,
+    explain,
     secure_opener,
 )
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
@@ -361,7 +362,7 @@ def run(
             clock=clock, opener=opener, options=options.job_options, bwlimit=options.bwlimit,
         )  # fmt: skip
     except ControlClientError as e:
-        error = str(e)
+        error = explain(e, options)
         result = e.result
     finally:
         display.finish()

@@ -14,7 +14,11 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mirror.initiator.client import ControlClientError, MirrorServerUnreachable
+from mirror.initiator.client import (
+    ConnectionLostBeforeDone,
+    ControlClientError,
+    MirrorServerUnreachable,
+)
 from mirror.security.fingerprint import FingerprintError, fingerprint_of_certificate
 from mirror.security.identity_files import IdentityError, IdentityPaths, identity_paths
 from mirror.security.known_hosts import Pins, host_key, is_loopback_host, known_hosts, unix_key
@@ -107,6 +111,7 @@ def secure_opener(options: argparse.Namespace, opener: Opener) -> Opener:
     mirror server, and plain only where that is allowed."""
     pins: Pins = options.pins
     identity = options.identity_paths
+    options.tls_used = False
 
     def open_secured(host: str, port: int, timeout: float | None) -> socket.socket:
         unix = options.unix_socket
@@ -119,6 +124,18 @@ def secure_opener(options: argparse.Namespace, opener: Opener) -> Opener:
                     f"loopback only (add the mirror server's fingerprint to --known-hosts, "
                     f"or --insecure)")
             return opener(host, port, timeout)
+        options.tls_used = True
         return wrap(opener(host, port, timeout), pinned, key, identity)
 
     return open_secured
+
+
+def explain(error: ControlClientError, options: argparse.Namespace) -> str:
+    """The message of ``error``, with a hint when a plain connection was closed before the
+    job was even accepted: what a secured (TLS) mirror server does to clear text."""
+    message = str(error)
+    if (isinstance(error, ConnectionLostBeforeDone) and not getattr(options, "tls_used", True)
+            and (error.result is None or error.result.job_id is None)):
+        message += (" (a secured mirror server closes plain connections: pin its key in "
+                    "--known-hosts to use TLS)")
+    return message
