@@ -314,3 +314,28 @@ def test_clear_text_off_the_loopback_needs_insecure(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
     assert "not a loopback address" in run.stderr and "--insecure" in run.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_hosts_deny_in_open_mode(rig: Rig) -> None:
+    """--hosts-deny applies without TLS too: the connection is closed at accept."""
+    security = Security(access=HostsAccess([], parse_networks(["127.0.0.0/8"])))
+    outer: Any = secure_factory(security, rig.factory, rig.threads, reactor)
+    port: Any = reactor.listenTCP(0, outer, interface="127.0.0.1")
+    rig.ports.append(port)
+    proto = ContentClientProtocol(reactor, "cs")
+    policy = ClientPolicy(reactor, None, None, rig.threads)  # plain: loopback, no pin
+    await policy.endpoint("127.0.0.1", port.getHost().port).connect(QuietFactory(proto))
+    with pytest.raises(TransferError):
+        await proto.list("", lambda entries: None)
+    assert outer.refused == 1
+    assert rig.built == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_plain_text_off_the_loopback(rig: Rig) -> None:
+    """Without a pin, a client daemon refuses to talk plain TCP off the loopback (it does
+    not even connect), unless --insecure."""
+    policy = ClientPolicy(reactor, rig.client_id.paths, None, rig.threads)
+    with pytest.raises(ConnectionError, match=r"no pin for 192\.0\.2\.1:9000 in --known-hosts"):
+        await policy.endpoint("192.0.2.1", 9000).connect(QuietFactory(ContentClientProtocol()))
