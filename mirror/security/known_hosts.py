@@ -64,7 +64,7 @@ def parse_known_hosts(text: str, path: str) -> tuple[Pins, list[str]]:
 
 def known_hosts(path: str) -> WatchedFile[Pins]:
     """The pins at ``path`` (not read yet: call ``load``)."""
-    return WatchedFile(path, parse_known_hosts, {})
+    return WatchedFile(path, parse_known_hosts, {}, forget=False)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -281,7 +281,11 @@ class _ServerGate(_Gate):
         Deferred.fromCoroutine(self._authenticate(peer_fingerprint(self.transport)))
 
     async def _authenticate(self, fingerprint: str | None) -> None:
-        identity = await self.factory.policy.authenticate(fingerprint)
+        try:
+            identity = await self.factory.policy.authenticate(fingerprint)
+        except Exception:
+            self.log.failure("authenticating {host}", host=self.host)
+            identity = None
         if self.decided or not self.connected:
             return
         self.decided = True

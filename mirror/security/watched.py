@@ -25,10 +25,14 @@ class ConfigFileError(Exception):
 class WatchedFile(Generic[T]):
     """The parsed contents of ``path``, re-read when its inode, size or mtime changes."""
 
-    def __init__(self, path: str, parse: Parser[T], empty: T) -> None:
+    def __init__(self, path: str, parse: Parser[T], empty: T, forget: bool = True) -> None:
+        """``forget``: whether a file that cannot be read any more holds nothing (an
+        allow-list: fail closed) or what it last held (pins: a vanished file must not
+        turn a pinned host into one that may be reached in clear)."""
         self.path = path
         self._parse = parse
         self._empty = empty
+        self._forget = forget
         self._stamp: tuple[int, int, int] | None = None
         self.value: T = empty
         #: Problems found by the last reload (for the caller to log).
@@ -45,8 +49,8 @@ class WatchedFile(Generic[T]):
         return self.value
 
     def refresh(self) -> bool:
-        """Read the file again if it changed; True if it did. A file that vanished holds
-        nothing (fail closed) and raises the `OSError` after that."""
+        """Read the file again if it changed; True if it did. A file that cannot be read
+        raises the `OSError` (see ``forget`` for what it holds then)."""
         try:
             st = os.stat(self.path)
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -56,7 +60,8 @@ class WatchedFile(Generic[T]):
                 text = f.read()
         except OSError:
             self._stamp = None
-            self.value = self._empty
+            if self._forget:
+                self.value = self._empty
             raise
         self.value, self.problems = self._parse(text, self.path)
         self._stamp = stamp

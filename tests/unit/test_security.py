@@ -173,6 +173,17 @@ class KnownHostsTests(SynchronousTestCase):
         self.assertEqual(len(pins.problems), 1)
         self.assertIn(f"{path}:2:", pins.problems[0])
 
+    def test_vanished_file_keeps_its_pins(self) -> None:
+        """A pinned host must never become one reached in clear because the file went."""
+        path = os.path.join(scratch(self), "known_hosts")
+        write(path, f"h:9000 {FP_A}\n")
+        pins = known_hosts(path)
+        pins.load()
+        os.unlink(path)
+        with self.assertRaises(OSError):
+            pins.refresh()
+        self.assertEqual(pins.value, {"h:9000": {FP_A}})
+
     def test_bad_lines_on_first_load(self) -> None:
         base = scratch(self)
         for text in (f"files.example {FP_A}", f"::1:9000 {FP_A}", "h:9000 sha256:xyz",
