@@ -113,8 +113,11 @@ def _check_pin(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int)
     return False
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class _ServerCreator:
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+class _Connections:
+    """Makes each TLS connection from one context; the connection knows its Twisted
+    protocol (`_check_pin` finds the gate through it)."""
+
     def __init__(self, ctx: SSL.Context) -> None:
         self.ctx = ctx
 
@@ -123,27 +126,18 @@ class _ServerCreator:
         conn.set_app_data(tlsProtocol)
         return conn
 
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _ClientCreator:
-    def __init__(self, ctx: SSL.Context) -> None:
-        self.ctx = ctx
-
-    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        conn = SSL.Connection(self.ctx, None)
-        conn.set_app_data(tlsProtocol)
-        return conn
+    clientConnectionForTLS = serverConnectionForTLS
 
 
 def server_creator(identity: IdentityPaths) -> IOpenSSLServerConnectionCreator:
     """What makes the server side of each TLS connection of a secured daemon."""
-    return _ServerCreator(_context(identity, _accept_any))
+    return _Connections(_context(identity, _accept_any))
 
 
 def client_creator(identity: IdentityPaths | None) -> IOpenSSLClientConnectionCreator:
     """What makes the client side of each pinned TLS connection (``identity``: our client
     certificate, if any)."""
-    return _ClientCreator(_context(identity, _check_pin))
+    return _Connections(_context(identity, _check_pin))
 
 
 # -- the server side --------------------------------------------------------------------------

@@ -8,8 +8,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import tempfile
 import threading
 from typing import Any
@@ -109,17 +107,3 @@ class SecureOpenerTests(SynchronousTestCase):
         options.tls_used = True
         self.assertEqual(explain(error, options), "lost the connection")
 
-
-class ImportTests(SynchronousTestCase):
-    def test_no_tls_library_until_a_pin_asks(self) -> None:
-        """mirror-init stays standard-library only, and a plain job loads no OpenSSL:
-        neither ``cryptography`` nor pyOpenSSL, nor ``ssl`` before it is needed."""
-        code = (
-            "import sys, mirror.initiator.cli\n"
-            "print(' '.join(m for m in sys.modules"
-            " if m.split('.')[0] in ('cryptography', 'OpenSSL', 'ssl', '_ssl')))"
-        )
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, timeout=60, env=env).stdout
-        self.assertEqual(out.strip(), "")
