@@ -218,6 +218,7 @@ async def test_a_mirror_refuses_a_server_with_the_wrong_key(rig: Rig, tmp_path: 
     rig.ports.append(port)
     proxy_port = port.getHost().port
     write(rig.pins, f"127.0.0.1:{proxy_port} {rig.server_id.fingerprint}\n")  # the real key
+    (tmp_path / "mirror").mkdir()
     service = MirrorService(str(tmp_path / "mirror"), MirrorSettings(fsync=False), reactor)
     service.endpoints = rig.policy(rig.client_id).endpoint
     service.startService()
@@ -230,9 +231,9 @@ async def test_a_mirror_refuses_a_server_with_the_wrong_key(rig: Rig, tmp_path: 
     assert not job.ok
     errors = " ".join(e for e in job_events if isinstance(e, str) and e != "done")
     assert f"presented key {proxy_id.fingerprint}, which matches no pin" in errors
-    assert forwarded == []  # nothing reached the proxy in clear, so nothing the backend
+    assert forwarded == []  # nothing reached the proxy in clear...
     assert shown == []  # the handshake stopped at the server's key: not even our certificate
-    assert backend.limiter.total == 0
+    assert backend.serving.requests == 0  # ... so the content server behind it got nothing
 
 
 class _Observer:
