@@ -29,7 +29,8 @@ class WatchedFile(Generic[T]):
         """``forget``: whether a file that cannot be read any more holds nothing (an
         allow-list: fail closed) or what it last held (pins: a vanished file must not
         turn a pinned host into one that may be reached in clear)."""
-        self.path = path
+        # Absolute: a daemonised twistd may change its directory after reading its flags.
+        self.path = os.path.abspath(path)
         self._parse = parse
         self._empty = empty
         self._forget = forget

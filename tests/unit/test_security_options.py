@@ -11,11 +11,17 @@ import tempfile
 from contextlib import redirect_stderr
 from typing import Any
 
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from mirror.content_server import tap as content_tap
 from mirror.mirror_server import tap as mirror_tap
 from mirror.security.identity import keygen
+from mirror.security.options import secure_factory
+from mirror.testing import InlineThreads
 
 
 class SecurityOptionsTests(SynchronousTestCase):
@@ -59,6 +65,26 @@ class SecurityOptionsTests(SynchronousTestCase):
                                 "--insecure")
         self.assertEqual(options["listen"], ["tcp:9000:interface=0.0.0.0", "tcp:9001"])
         self.assertEqual(options.security.clear_listeners, options["listen"])
+
+    def test_clear_listeners_are_warned_about(self) -> None:
+        options, _ = self.parse("--listen", "tcp:9000:interface=0.0.0.0", "--insecure")
+        events: list[dict[str, Any]] = []
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            factory = ServerFactory()
+            self.assertIs(secure_factory(options.security, factory, InlineThreads(), Clock()),
+                          factory)  # open mode without host rules: the factory itself
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("listening on tcp:9000:interface=0.0.0.0 in clear (--insecure)",
+                      warnings[0])
 
     def test_secured_with_an_identity(self) -> None:
         options, _ = self.parse("-p", "9000", "--identity", self.identity.paths.directory,
