@@ -24,6 +24,7 @@ to loopback only, unless ``--insecure``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -62,6 +64,9 @@ REFUSAL = "access denied"
 HANDSHAKE_TIMEOUT = 10.0
 #: Bytes a peer may send while it is being authenticated (its first requests); more aborts.
 MAX_HELD = 64 << 10
+#: Seconds between two looks at --authorized-keys (the open connections of a removed key
+#: are dropped).
+RECHECK_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ class PeerPolicy:
     """Decides who may connect to a secured daemon, and counts failures per address.
 
     ``keys`` is the ``--authorized-keys`` allow-list, read again (in ``threads``) when it
-    changed, at every authentication: a removed key is refused from the next connection.
+    changed, at every authentication and every few seconds (`SecuredFactory`): a removed
+    key is refused from the next connection, and its open connections are dropped.
     """
 
     log = Logger()
@@ -157,21 +163,36 @@ class PeerPolicy:
         self.keys = keys
         self.threads = threads
         self.failures = failures
+        #: Called after the allow-list changed (`SecuredFactory` drops revoked peers).
+        self.on_change: list[Callable[[], None]] = []
 
-    async def authenticate(self, fingerprint: str | None) -> PeerIdentity | None:
-        """The identity of a peer presenting ``fingerprint`` (None: no certificate), or None
-        if it may not connect."""
+    async def reload(self) -> None:
+        """Read the allow-list again if it changed (a file that cannot be read lets nobody
+        in), and tell ``on_change``."""
         try:
             changed = await self.threads.run(self.keys.refresh)
         except OSError as e:
             self.log.error("cannot read --authorized-keys {path}: {reason}; nobody is let in",
                            path=self.keys.path, reason=(e.strerror or str(e)).lower())
-            return None
+            changed = True
+        else:
+            if changed:
+                self.log.info("--authorized-keys {path}: {n} key(s)", path=self.keys.path,
+                              n=len(self.keys.value))
+                for problem in self.keys.problems:
+                    self.log.warn("{problem} (line ignored)", problem=problem)
         if changed:
-            self.log.info("--authorized-keys {path}: {n} key(s)", path=self.keys.path,
-                          n=len(self.keys.value))
-            for problem in self.keys.problems:
-                self.log.warn("{problem} (line ignored)", problem=problem)
+            for callback in self.on_change:
+                callback()
+
+    def allows(self, identity: PeerIdentity) -> bool:
+        """Whether ``identity`` may stay connected, as the allow-list was last read."""
+        return identity.fingerprint in self.keys.value
+
+    async def authenticate(self, fingerprint: str | None) -> PeerIdentity | None:
+        """The identity of a peer presenting ``fingerprint`` (None: no certificate), or None
+        if it may not connect."""
+        await self.reload()
         if fingerprint is None or fingerprint not in self.keys.value:
             return None
         return PeerIdentity(fingerprint)
@@ -189,6 +210,8 @@ class _Gate(ProtocolWrapper):
         super().__init__(factory, None)  # type: ignore[arg-type]
         self.addr = addr
         self.admitted = False
+        #: Who the peer is, once admitted.
+        self.identity: PeerIdentity | None = None
         self._timer: Any = None
 
     def makeConnection(self, transport: Any) -> None:
@@ -217,6 +240,7 @@ class _Gate(ProtocolWrapper):
         # Every protocol may read who its peer is (mirror.limits declares it for the
         # daemons' own): where grants will be decided.
         proto.peer_identity = identity
+        self.identity = identity
         self.wrappedProtocol = proto
         self.admitted = True
         proto.makeConnection(self)
@@ -330,16 +354,44 @@ class _ServerGate(_Gate):
 
 
 class SecuredFactory(WrappingFactory):
-    """Builds the daemon's protocol (``wrapped``'s) only for authenticated peers."""
+    """Builds the daemon's protocol (``wrapped``'s) only for authenticated peers, and drops
+    the connections of a peer whose key left the allow-list (checked every
+    ``recheck_interval`` seconds while listening, and whenever a new peer made it read)."""
 
+    log = Logger()
     protocol = _ServerGate
     noisy = False
+    recheck_interval = RECHECK_INTERVAL
 
     def __init__(self, wrapped: IProtocolFactory, policy: PeerPolicy,
                  clock: IReactorTime) -> None:
         super().__init__(wrapped)
         self.policy = policy
         self.clock = clock
+        policy.on_change.append(self._drop_revoked)
+        self._recheck: LoopingCall | None = None
+
+    def doStart(self) -> None:
+        super().doStart()
+        if self._recheck is None:
+            self._recheck = LoopingCall(lambda: Deferred.fromCoroutine(self.policy.reload()))
+            self._recheck.clock = self.clock
+            self._recheck.start(self.recheck_interval, now=False).addErrback(
+                lambda f: self.log.failure("re-reading --authorized-keys", f))
+
+    def doStop(self) -> None:
+        if self._recheck is not None and self._recheck.running:
+            self._recheck.stop()
+        self._recheck = None
+        super().doStop()
+
+    def _drop_revoked(self) -> None:
+        for gate in list(self.protocols):
+            identity = getattr(gate, "identity", None)
+            if identity is not None and not self.policy.allows(identity):
+                self.log.warn("dropping {host}: key {fingerprint} revoked", host=gate.host,
+                              fingerprint=identity.fingerprint)
+                abort_connection(gate.transport)
 
     def buildProtocol(self, addr: IAddress) -> _ServerGate:  # type: ignore[override]
         return _ServerGate(self, addr)

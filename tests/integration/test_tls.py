@@ -90,14 +90,15 @@ class Rig:
         self.factory.buildProtocol = counting
         self.ports: list[Any] = []
 
-    def listen(self, allow: tuple[str, ...] = ()) -> int:
+    def listen(self, allow: tuple[str, ...] = (), recheck: float = 5.0) -> int:
         keys = authorized_keys(str(self.keys))
         keys.load()
         security = Security(identity=self.server_id, keys=keys,
                             access=HostsAccess(parse_networks(allow), []))
-        self.outer: Any = secure_factory(security, self.factory, self.threads, reactor)
-        port: Any = reactor.listenTCP(0, self.outer,  # type: ignore[arg-type]
-                                      interface="127.0.0.1")
+        outer: Any = secure_factory(security, self.factory, self.threads, reactor)
+        outer.inner.wrappedFactory.recheck_interval = recheck  # AcceptFilter, TLS, ...
+        self.outer = outer
+        port: Any = reactor.listenTCP(0, outer, interface="127.0.0.1")
         self.ports.append(port)
         self.port: int = port.getHost().port
         write(self.pins, f"127.0.0.1:{self.port} {self.server_id.fingerprint}\n")
@@ -161,6 +162,25 @@ async def test_refused_before_any_request(rig: Rig, who: str) -> None:
     assert rig.built == 0  # the content server's protocol never existed: nothing was read
     if who != "revoked":
         assert rig.factory.serving.requests == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoking_a_key_drops_its_open_connections(rig: Rig) -> None:
+    other = keygen(str(rig.tmp / "mirror2"), "mirror2")
+    write(rig.keys, f"{rig.client_id.fingerprint}\n{other.fingerprint}\n")
+    rig.listen(recheck=0.05)
+    conns = []
+    for identity in (rig.client_id, other):
+        proto = ContentClientProtocol(reactor, "cs")
+        endpoint = rig.policy(identity).endpoint("127.0.0.1", rig.port)
+        await endpoint.connect(QuietFactory(proto))
+        await proto.list("pub", lambda entries: None)
+        conns.append(proto)
+    write(rig.keys, f"{other.fingerprint}\n")  # mirror1 revoked, no new connection made
+    await wait_for(lambda: conns[0].lost_reason is not None, 10, "the revoked peer dropped")
+    assert conns[1].lost_reason is None
+    await conns[1].list("pub", lambda entries: None)  # the other one goes on
+    conns[1].close()
 
 
 @pytest_twisted.ensureDeferred
