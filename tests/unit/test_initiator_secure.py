@@ -99,6 +99,20 @@ class SecureOpenerTests(SynchronousTestCase):
         # The end of the connection, or an error: no byte of the job.
         self.assertTrue(seen[0] == b"" or isinstance(seen[0], OSError), seen)
 
+    def test_identity_and_pins_checked_with_the_arguments(self) -> None:
+        """An unsafe key or a missing file is a usage error (one line, exit 2)."""
+        os.chmod(self.server.paths.key, 0o644)
+        for args, words in (
+                (["--identity", self.server.paths.directory], "chmod 600"),
+                (["--identity", os.path.join(self.dir, "none")], "mirror-admin keygen"),
+                (["--known-hosts", os.path.join(self.dir, "none")], "--known-hosts: ")):
+            err = io.StringIO()
+            with self.assertRaises(SystemExit) as exit:
+                parse_arguments([*args, "-s", "127.0.0.1:9000:."], stderr=err)
+            self.assertEqual(exit.exception.code, 2)
+            self.assertEqual(err.getvalue().count("\n"), 1)
+            self.assertIn(words, err.getvalue())
+
     def test_hint_for_a_plain_connection_closed_at_once(self) -> None:
         options = self.options("-n", "127.0.0.1")
         secure_opener(options, self.plain)("127.0.0.1", 9001, 1.0).close()
