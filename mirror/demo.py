@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirror.demo_tls import secured_job
+
 BIN = Path(sys.executable).parent
 
 
@@ -114,6 +116,11 @@ def main() -> int:
                 print(f"demo: MISMATCH between {src} and {target}", file=sys.stderr)
                 return 1
             print(f"demo: mirror verified: {target} is identical to {src}")
+        status, target = secured_job(work, srcs[1], _start, procs)
+        if status != 0 or not _same(srcs[1], target):
+            print(f"demo: the secured job failed (status {status})", file=sys.stderr)
+            return 1
+        print(f"demo: mirror verified over TLS: {target} is identical to {srcs[1]}")
         if sys.stdin.isatty():
             input(f"demo: the daemons keep running: {web_address(work / 'mirror-server.log')}"
                   " shows the job; press Enter to stop them. ")

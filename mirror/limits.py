@@ -26,6 +26,9 @@ class LimitedConnection(Protocol):
 
     #: The key the connection is counted under (its peer's host), set by `LimitedFactory`.
     peer_key: str = ""
+    #: Who the peer is, as TLS authenticated it (a `mirror.security.tls.PeerIdentity`, set
+    #: before ``makeConnection``); None in open mode. Grants will be decided on it.
+    peer_identity: object | None = None
 
     def is_idle(self) -> bool:
         """True if closing this connection now loses no work of its peer (nothing in flight).

@@ -11,6 +11,7 @@ from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.index.node_options import IndexOptions, StateDirOptions, add_registration
+from mirror.security.options import SecurityOptions, secure_factory
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
@@ -21,7 +22,7 @@ MAX_RATE_HELP = ("Bytes per second the daemon sends at most, all connections tog
                  "K, M, G are powers of 1024); 0: no cap.")
 
 
-class Options(ListenOptions, WebOptions, IndexOptions, StateDirOptions):
+class Options(ListenOptions, WebOptions, IndexOptions, StateDirOptions, SecurityOptions):
     command = "content-server"
     synopsis = "[options]"
     longdesc = (
@@ -82,6 +83,7 @@ class Options(ListenOptions, WebOptions, IndexOptions, StateDirOptions):
         self.check_web()
         self.check_index(self["listen"])
         self.check_state_dir()
+        self.check_security()
 
 
 
@@ -97,6 +99,7 @@ def makeService(options: Options) -> IService:
         # Before --listen: once the log names the daemon's port, it names the web site's.
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
-    add_listeners(top, options["listen"], factory, options.command)
+    add_listeners(top, options["listen"],
+                  secure_factory(options.security, factory, threads, reactor), options.command)
     add_registration(top, options, factory.root_fd, threads, reactor, options["state-dir"])
     return top

@@ -33,6 +33,12 @@ from mirror.initiator.endpoint import EndpointError, connect_unix, parse_client_
 from mirror.initiator.jobs_cli import JOBS_HELP, add_job_options, check_job_options, run_request
 from mirror.initiator.progress import ProgressDisplay
 from mirror.initiator.report import build_report, format_json, format_text
+from mirror.initiator.secure import (
+    add_arguments as add_tls_arguments,
+    check_arguments,
+    explain,
+    secure_opener,
+)
 from mirror.initiator.spec import SPEC_HELP, SpecError, parse_specs
 from mirror.job_options import JobOptions
 from mirror.rates import RATE_SYNTAX, parse_rate
@@ -251,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
              "includes, '- PATTERN' excludes); repeatable.",
     )
     add_job_options(parser)
+    add_tls_arguments(parser)
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="Display the version and exit.")
     return parser
@@ -309,6 +316,9 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         options.specs = parse_specs(options.sources)
     except SpecError as e:
         raise UsageError(str(e)) from None
+    tls_error = check_arguments(options)
+    if tls_error is not None:
+        raise UsageError(tls_error)
 
 
 def _refuse_new_job_options(options: argparse.Namespace) -> None:
@@ -381,6 +391,7 @@ def run(
     """
     if opener is None:
         opener = _unix_opener(options.unix_socket) if options.unix_socket else connect
+        opener = secure_opener(options, opener)
     if options.jobs or options.cancel is not None:
         return run_request(options, stdout, stderr, opener)
     attach = options.attach
@@ -407,7 +418,7 @@ def run(
                 links=getattr(options, "links", "safe"),
             )  # fmt: skip
     except ControlClientError as e:
-        error = str(e)
+        error = explain(e, options)
         result = e.result
         interrupted = isinstance(e, JobInterrupted)
         detached = isinstance(e, JobDetached)

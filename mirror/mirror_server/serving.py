@@ -11,8 +11,10 @@ neither lists nor serves them. Another mirror mirrors from it like from any cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import IServiceCollection
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
@@ -28,8 +30,12 @@ def serving_factory(mirror_dir: str, threads: Threads, max_rate: int = 0,
 
 
 def add_serving(parent: IServiceCollection, mirror_dir: str, threads: Threads,
-                endpoints: list[str], max_rate: int, command: str) -> ContentServerFactory:
-    """Listen on every ``--serve`` endpoint with one `serving_factory`, under ``parent``."""
+                endpoints: list[str], max_rate: int, command: str,
+                secure: Callable[[IProtocolFactory], IProtocolFactory] = lambda f: f,
+                ) -> ContentServerFactory:
+    """Listen on every ``--serve`` endpoint with one `serving_factory`, under ``parent``;
+    ``secure`` wraps it as the daemon's other listeners are (TLS and the peer check when
+    secured: `mirror.security.options.secure_factory`)."""
     factory = serving_factory(mirror_dir, threads, max_rate)
-    add_listeners(parent, endpoints, factory, command)
+    add_listeners(parent, endpoints, secure(factory), command)
     return factory

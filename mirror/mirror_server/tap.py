@@ -18,6 +18,12 @@ from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
 from mirror.mirror_server.serving import add_serving
 from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
+from mirror.security.options import (
+    ClientSecurityOptions,
+    SecurityOptions,
+    client_policy,
+    secure_factory,
+)
 from mirror.threads import DiskThreads
 from mirror.web.mirror_site import mirror_site_root
 from mirror.web.options import WebOptions, add_web
@@ -25,7 +31,7 @@ from mirror.web.options import WebOptions, add_web
 _defaults = MirrorSettings()
 
 
-class Options(ListenOptions, WebOptions):
+class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions):
     command = "mirror-server"
     default_listen = "tcp:9001"
     synopsis = "[options]"
@@ -127,6 +133,9 @@ class Options(ListenOptions, WebOptions):
         make_state_dir(self["state-dir"])
         check_writable(self["state-dir"], "--state-dir")
 
+        self.check_security()
+        self.pins = self.check_known_hosts()
+
 
 def make_state_dir(directory: str) -> None:
     """Create the state directory (mode 0700) if missing; refuse a link or a non-directory.
@@ -198,8 +207,16 @@ def makeService(options: Options) -> IService:
         # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
-    add_listeners(service, options["listen"], control, options.command)
+    from twisted.internet import reactor
+
+    # Content connections: TLS to pinned content servers, with our identity.
+    service.endpoints = client_policy(options.security, options.pins, service.threads,
+                                      reactor).endpoint
+    add_listeners(service, options["listen"],
+                  secure_factory(options.security, control, service.threads, reactor),
+                  options.command)
     if options["serve"]:
         add_serving(service, service.mirror_dir, service.threads, options["serve"],
-                    options["max-rate"], options.command)
+                    options["max-rate"], options.command,
+                    lambda f: secure_factory(options.security, f, service.threads, reactor))
     return service

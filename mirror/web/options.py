@@ -48,7 +48,10 @@ class WebOptions(usage.Options):
 
     optFlags = [
         ["insecure", None, "Allow a --web endpoint that is not a loopback address (the site "
-                           "has no access control yet: anyone who can connect can read it)."],
+                           "has no access control yet: anyone who can connect can read it), "
+                           "a --listen endpoint off the loopback without --identity (in "
+                           "clear), and plain TCP to servers off the loopback without a "
+                           "pin."],
     ]
 
     def __init__(self) -> None:

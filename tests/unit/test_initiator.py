@@ -420,11 +420,12 @@ class SubmitJobTests(SynchronousTestCase):
 class StartupTests(SynchronousTestCase):
     def test_mirror_init_imports_no_twisted(self) -> None:
         """Importing Twisted cost more than a whole no-op job (bench/NOTES.md): nothing
-        mirror-init loads may import it, directly or through a shared module."""
+        mirror-init loads may import it, directly or through a shared module; nor the TLS
+        libraries (``ssl`` only once a pin asks for TLS)."""
         code = (
             "import sys, mirror.initiator.cli\n"
-            "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')"
-            " or m == 'importlib.metadata'))"
+            "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope',"
+            " 'cryptography', 'OpenSSL', 'ssl', '_ssl') or m == 'importlib.metadata'))"
         )
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

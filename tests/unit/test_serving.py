@@ -58,8 +58,10 @@ class ServeOptionTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["-m", self.mktemp_dir(), "--serve", "tcp:9100",
                               "--serve", "tcp:9101:interface=127.0.0.1", "--max-rate", "2M"])
-        self.assertEqual(options["serve"], ["tcp:9100", "tcp:9101:interface=127.0.0.1"])
-        self.assertEqual(options["listen"], ["tcp:9001"])
+        # (Open mode: a bare tcp:PORT listens on loopback only, as --listen does.)
+        self.assertEqual(options["serve"], ["tcp:9100:interface=127.0.0.1",
+                                            "tcp:9101:interface=127.0.0.1"])
+        self.assertEqual(options["listen"], ["tcp:9001:interface=127.0.0.1"])
         self.assertEqual(options["max-rate"], 2 << 20)
 
     def test_bad_serve_endpoint_names_the_flag(self) -> None:

@@ -1,0 +1,1 @@
+"""``mirror-admin``: the administrator's command (identities now; accounts later)."""
