@@ -307,6 +307,10 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
             raise UsageError(f"option {arg.split('=', 1)[0]} not recognized")
     if extra:
         raise UsageError(f"unexpected argument {extra[0]!r} (SPECs go after -s)")
+    # Before the early return below: --attach, --jobs and --cancel use the pins too.
+    tls_error = check_arguments(options)
+    if tls_error is not None:
+        raise UsageError(tls_error)
     if check_job_options(options, UsageError):
         _refuse_new_job_options(options)
         return  # --attach, --jobs, --cancel: no SPEC
@@ -316,9 +320,6 @@ def _check_options(options: argparse.Namespace, extra: list[str]) -> None:
         options.specs = parse_specs(options.sources)
     except SpecError as e:
         raise UsageError(str(e)) from None
-    tls_error = check_arguments(options)
-    if tls_error is not None:
-        raise UsageError(tls_error)
 
 
 def _refuse_new_job_options(options: argparse.Namespace) -> None:
