@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.job_options import JobOptions, options_lines
@@ -121,42 +120,34 @@ class JobDetached(JobInterrupted):
     """The user interrupted mirror-init while it was attached (--attach): the job goes on."""
 
 
-@dataclass
 class JobResult:
-    """Everything the server said about a finished job."""
+    """Everything the server said about a finished job. (A plain class: see the note on
+    the messages in `mirror.wire.control`.)"""
 
-    sources: Sequence[SourceRequest]
-    job_id: str | None = None
-    done_ok: bool = False
-    #: SOURCE-DONE per source index; None for a source the server never reported.
-    source_done: list[SourceDone | None] = field(default_factory=list)
-    errors: list[SourceError] = field(default_factory=list)
-    #: ERROR events beyond `MAX_KEPT_ERRORS`, counted but not kept.
-    errors_dropped: int = 0
-    last_progress: Progress | None = None
-    #: Times the job was resumed after a restart of the mirror server (RESUMED).
-    resumed: int = 0
-    #: The job was cancelled at this client's request (Ctrl-C, SIGTERM, --timeout).
-    cancelled: bool = False
-    #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
-    source_sync: list[SourceSync | None] = field(default_factory=list)
-    #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
-    links_done: list[LinksDone | None] = field(default_factory=list)
-    #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
-    links_skipped: list[LinkSkipped] = field(default_factory=list)
-    links_skipped_dropped: int = 0
-    #: SOURCE-HOLDER per source index: bytes of multi-source files by holder address.
-    source_holders: list[dict[str, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.source_holders:
-            self.source_holders = [{} for _ in self.sources]
-        if not self.source_done:
-            self.source_done = [None] * len(self.sources)
-        if not self.source_sync:
-            self.source_sync = [None] * len(self.sources)
-        if not self.links_done:
-            self.links_done = [None] * len(self.sources)
+    def __init__(self, sources: Sequence[SourceRequest], job_id: str | None = None,
+                 done_ok: bool = False) -> None:
+        self.sources = sources
+        self.job_id = job_id
+        self.done_ok = done_ok
+        #: SOURCE-DONE per source index; None for a source the server never reported.
+        self.source_done: list[SourceDone | None] = [None] * len(sources)
+        self.errors: list[SourceError] = []
+        #: ERROR events beyond `MAX_KEPT_ERRORS`, counted but not kept.
+        self.errors_dropped = 0
+        self.last_progress: Progress | None = None
+        #: Times the job was resumed after a restart of the mirror server (RESUMED).
+        self.resumed = 0
+        #: The job was cancelled at this client's request (Ctrl-C, SIGTERM, --timeout).
+        self.cancelled = False
+        #: SOURCE-SYNC per source index (replaced and deleted figures); None when not sent.
+        self.source_sync: list[SourceSync | None] = [None] * len(sources)
+        #: LINKS-DONE per source index (None: not reported, e.g. by an older server).
+        self.links_done: list[LinksDone | None] = [None] * len(sources)
+        #: LINK-SKIPPED events kept (at most `MAX_KEPT_ERRORS`), and those beyond, counted.
+        self.links_skipped: list[LinkSkipped] = []
+        self.links_skipped_dropped = 0
+        #: SOURCE-HOLDER per source index: bytes of multi-source files by holder address.
+        self.source_holders: list[dict[str, int]] = [{} for _ in sources]
 
     @property
     def deletion_refused(self) -> bool:
@@ -368,6 +359,7 @@ class AttachSession(ControlSession):
             self.result.source_done.append(None)
             self.result.source_sync.append(None)
             self.result.links_done.append(None)
+            self.result.source_holders.append({})
             return
         super()._record(event)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
@@ -16,9 +16,9 @@ class IdentityError(Exception):
     """A missing or unsafe identity; the message names the file and what to do."""
 
 
-@dataclass(frozen=True)
-class IdentityPaths:
-    """The files of an identity directory."""
+class IdentityPaths(NamedTuple):
+    """The files of an identity directory. (A named tuple: mirror-init imports it, see
+    `mirror.wire.control`.)"""
 
     directory: str
     key: str

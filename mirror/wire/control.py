@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from mirror.filters import Pattern, PatternError
@@ -73,10 +73,12 @@ class ControlError(ValueError):
 
 
 # -- messages -------------------------------------------------------------------------------
+# Named tuples, not dataclasses: mirror-init imports them, and making dataclasses (and
+# importing their module) was half of its start-up, which every job pays (bench/NOTES.md).
+# A field named ``index`` or ``count`` shadows the tuple method of that name.
 
 
-@dataclass(frozen=True)
-class SourceRequest:
+class SourceRequest(NamedTuple):
     """One SPEC: mirror ``path`` (``""`` = the whole export) from ``host``:``port``."""
 
     host: str
@@ -85,36 +87,31 @@ class SourceRequest:
     delay: float
 
 
-@dataclass(frozen=True)
-class JobOption:
+class JobOption(NamedTuple):
     """OPTION: a job-wide option; ``value`` for those that take one (`OPTION_NAMES`)."""
 
     name: str
     value: int | None = None
 
 
-@dataclass(frozen=True)
-class FilterRule:
+class FilterRule(NamedTuple):
     """FILTER: one ``--include`` (``include``) or ``--exclude`` pattern, in order."""
 
     include: bool
     pattern: str
 
 
-@dataclass(frozen=True)
-class BwLimit:
+class BwLimit(NamedTuple):
     """BWLIMIT: the job's transfers share at most ``rate`` bytes per second (``--bwlimit``)."""
 
     rate: int
 
 
-@dataclass(frozen=True)
-class Go:
+class Go(NamedTuple):
     """The job is complete: start it."""
 
 
-@dataclass(frozen=True)
-class LinksOption:
+class LinksOption(NamedTuple):
     """LINKS: what the job does with symbolic links: ``safe`` (place those whose target
     stays inside the tree, rsync --links --safe-links) or ``skip`` (none, --no-links). It
     also asks the server for LINK-SKIPPED and LINKS-DONE, which an older client would not
@@ -127,15 +124,13 @@ class LinksOption:
 LINKS_MODES = ("safe", "skip")
 
 
-@dataclass(frozen=True)
-class JobAccepted:
+class JobAccepted(NamedTuple):
     """JOB: the server took the job and named it."""
 
     job_id: str
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     """PROGRESS over the whole job; the totals grow until ``listing_done``."""
 
     files_done: int
@@ -145,17 +140,15 @@ class Progress:
     listing_done: bool
 
 
-@dataclass(frozen=True)
-class SourceError:
+class SourceError(NamedTuple):
     """ERROR concerning source ``index``: at ``path``, or the whole source if ``path`` is None."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     path: str | None
     message: str
 
 
-@dataclass(frozen=True)
-class SourceDone:
+class SourceDone(NamedTuple):
     """SOURCE-DONE: the figures of one source.
 
     ``files``, ``bytes`` and ``sum_sq`` cover the files transferred in this job, so they obey
@@ -165,7 +158,7 @@ class SourceDone:
     valid wire paths).
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     ok: bool
     files: int
     dirs: int
@@ -181,8 +174,7 @@ class SourceDone:
 DELETION_STATES = ("off", "done", "skipped", "refused")
 
 
-@dataclass(frozen=True)
-class SourceSync:
+class SourceSync(NamedTuple):
     """SOURCE-SYNC: what a SPEC replaced and deleted (or, in a dry run, would have).
 
     ``deletion`` is one of `DELETION_STATES`: ``off`` without --delete, ``done`` when the
@@ -190,7 +182,7 @@ class SourceSync:
     exceeded (nothing deleted in the job).
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     replaced: int
     deleted: int
     deleted_bytes: int
@@ -203,90 +195,79 @@ MAX_HOLDER_LINES = 64
 MAX_HOLDER = 300
 
 
-@dataclass(frozen=True)
-class SourceHolder:
+class SourceHolder(NamedTuple):
     """SOURCE-HOLDER: bytes of the SPEC's multi-source files that came from one holder."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     holder: str
     bytes: int
 
 
-@dataclass(frozen=True)
-class LinkSkipped:
+class LinkSkipped(NamedTuple):
     """LINK-SKIPPED: a link of source ``index`` at ``path`` was not placed, and why (it is
     not a failure); ``path`` None: a notice about the source's links."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     path: str | None
     message: str
 
 
-@dataclass(frozen=True)
-class LinksDone:
+class LinksDone(NamedTuple):
     """LINKS-DONE: the links of source ``index``: ``placed`` (new or changed) and
     ``skipped`` (unsafe, or all with ``LINKS skip``); sent just before its SOURCE-DONE."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     placed: int
     skipped: int
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(NamedTuple):
     """DONE: the job is over; ``ok`` if every source fully succeeded."""
 
     ok: bool
 
 
-@dataclass(frozen=True)
-class Refused:
+class Refused(NamedTuple):
     """REFUSED: the server would not run the job (or the client's line was malformed)."""
 
     message: str
 
 
-@dataclass(frozen=True)
-class Attach:
+class Attach(NamedTuple):
     """ATTACH: follow the job ``job_id`` (running or finished) instead of submitting one."""
 
     job_id: str
 
 
-@dataclass(frozen=True)
-class ListJobs:
+class ListJobs(NamedTuple):
     """JOBS: list the jobs the server knows (running, and finished ones it still keeps)."""
 
 
-@dataclass(frozen=True)
-class Cancel:
+class Cancel(NamedTuple):
     """CANCEL: cancel the job ``job_id``."""
 
     job_id: str
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
     """SPEC: source ``index`` of an attached job (its SOURCE, as submitted)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (tuple.index)
     source: SourceRequest
 
 
-@dataclass(frozen=True)
-class Resumed:
+class Resumed(NamedTuple):
     """RESUMED: the job was resumed ``count`` times after a restart of the mirror server
     (files placed after the journal's last commit before it count as skipped)."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # (tuple.count)
 
 
 #: States of a job in JOB-STATE.
 JOB_STATES = ("running", "ok", "failed", "cancelled")
 
 
-@dataclass(frozen=True)
-class JobState:
+class JobState(NamedTuple):
     """JOB-STATE: one line of the answer to JOBS."""
 
     job_id: str
@@ -298,8 +279,7 @@ class JobState:
     specs: str
 
 
-@dataclass(frozen=True)
-class Cancelled:
+class Cancelled(NamedTuple):
     """CANCELLED: the answer to CANCEL, the job is being cancelled."""
 
     job_id: str

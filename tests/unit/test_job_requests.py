@@ -26,13 +26,16 @@ from mirror.wire.control import (
     Done,
     JobAccepted,
     JobState,
+    LinksDone,
     ListJobs,
     Progress,
     Refused,
     Resumed,
     SourceDone,
     SourceError,
+    SourceHolder,
     SourceRequest,
+    SourceSync,
     Spec,
     encode_event,
     encode_request,
@@ -91,6 +94,18 @@ class Sessions(SynchronousTestCase):
         self.assertEqual(result.resumed, 1)
         self.assertTrue(result.ok)
         self.assertEqual(len(seen), 7)
+
+    def test_attach_takes_every_per_source_event(self) -> None:
+        # Each per-source list grows with the SPEC lines: an attached job's SOURCE-SYNC,
+        # LINKS-DONE and SOURCE-HOLDER land in place (the last one used to raise IndexError).
+        session = AttachSession("9", lambda e: None)
+        session.feed(lines(JobAccepted("9"), Spec(0, SOURCE), Spec(1, SOURCE),
+                           SourceSync(1, 2, 0, 0, "off"), LinksDone(1, 3, 0),
+                           SourceHolder(1, "10.0.0.2:9000", 42)))
+        result = session.result
+        self.assertEqual(result.source_sync, [None, SourceSync(1, 2, 0, 0, "off")])
+        self.assertEqual(result.links_done, [None, LinksDone(1, 3, 0)])
+        self.assertEqual(result.source_holders, [{}, {"10.0.0.2:9000": 42}])
 
     def test_attach_refuses_events_before_the_specs(self) -> None:
         session = AttachSession("9", lambda e: None)
