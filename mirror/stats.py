@@ -9,7 +9,10 @@ statistics of several sources mergeable by plain addition.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 
 class SizeStats:
@@ -76,11 +79,15 @@ class SizeStats:
     @property
     def exact_mean(self) -> Fraction:
         """The mean size as an exact fraction (0 when empty)."""
+        from fractions import Fraction  # here: mirror-init imports this module at start-up
+
         return Fraction(self.total, self.count) if self.count else Fraction(0)
 
     @property
     def exact_variance(self) -> Fraction:
         """The population variance as an exact fraction: ``(n*S2 - S1**2) / n**2``."""
+        from fractions import Fraction
+
         if not self.count:
             return Fraction(0)
         n = self.count
@@ -95,7 +102,7 @@ class SizeStats:
     def variance(self) -> float:
         """The population variance of the sizes in bytes squared (0.0 when empty)."""
         # max(): only inconsistent sums (refused by from_sums) could go below 0.
-        return float(max(self.exact_variance, Fraction(0)))
+        return max(float(self.exact_variance), 0.0)
 
     @property
     def stddev(self) -> float:

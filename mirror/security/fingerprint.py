@@ -9,7 +9,6 @@ verifies nothing; the TLS library has already checked the peer holds the key.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 PREFIX = "sha256:"
@@ -22,6 +21,8 @@ class FingerprintError(ValueError):
 
 def fingerprint_of_spki(spki_der: bytes) -> str:
     """``sha256:`` and 64 hex digits: the fingerprint of a DER SubjectPublicKeyInfo."""
+    import hashlib  # here: mirror-init imports this module, and most jobs pin nothing
+
     return PREFIX + hashlib.sha256(spki_der).hexdigest()
 
 
