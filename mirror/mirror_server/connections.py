@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
@@ -39,9 +40,14 @@ EndpointFactory = Callable[[str, int], IStreamClientEndpoint]
 
 
 def tcp_endpoints(reactor: IReactorTCP, timeout: float = CONNECT_TIMEOUT) -> EndpointFactory:
-    """Plain TCP: a `HostnameEndpoint` (name resolution, IPv4 and IPv6) per connection."""
+    """Plain TCP: a `HostnameEndpoint` (name resolution, IPv4 and IPv6) per connection, or
+    for an address a plain TCP endpoint (no resolver thread hop for each connection)."""
 
     def endpoint(host: str, port: int) -> IStreamClientEndpoint:
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
     return endpoint

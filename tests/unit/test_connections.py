@@ -11,10 +11,12 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mirror.mirror_server.connections import SourceConnections
+from mirror.mirror_server.connections import SourceConnections, tcp_endpoints
 from mirror.mirror_server.content_client import ContentClientProtocol, TransferError
 from mirror.testing import MemoryNetwork
 from tests.unit.helpers import RecordingSink, make_factory
@@ -291,3 +293,17 @@ def make_factory_like(test: ConnectionsTestCase) -> Any:
     factory = make_factory(root, test.clock)
     test.addCleanup(os.close, factory.root_fd)
     return factory
+
+
+class PlainEndpoints(SynchronousTestCase):
+    """An address needs no resolver: a plain TCP endpoint; a name gets HostnameEndpoint."""
+
+    def test_kinds(self) -> None:
+        reactor = MemoryReactorClock()
+        make = tcp_endpoints(reactor, timeout=7)
+        for host, kind in (("127.0.0.1", TCP4ClientEndpoint), ("::1", TCP6ClientEndpoint),
+                           ("mirror.example", HostnameEndpoint)):
+            self.assertIsInstance(make(host, 9000), kind)
+        make("10.1.2.3", 9001).connect(Factory.forProtocol(Protocol))
+        host, port, _factory, timeout, _bind = reactor.tcpClients[-1]
+        self.assertEqual((host, port, timeout), ("10.1.2.3", 9001, 7))
