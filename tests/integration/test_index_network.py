@@ -5,10 +5,13 @@ the origin and from it at once."""
 
 from __future__ import annotations
 
+import json
 import random
+import urllib.request
 from pathlib import Path
 
 from mirror.hashing import digest_of
+from tests.integration.conftest import free_port
 from tests.integration.daemons import Daemon, content_server
 from tests.integration.test_index_end_to_end import holders, index_daemon
 from tests.integration.test_mirror_network import finished, pull, serving_mirror
@@ -25,7 +28,9 @@ def test_placed_files_reach_the_index_and_feed_multi_source(tmp_path: Path, daem
     data = random.Random(13).randbytes(SIZE)
     (src / "big").write_bytes(data)
     (src / "small").write_bytes(b"small file")
-    index = daemons(index_daemon, logs, str(tmp_path / "index.db"))
+    web = free_port()
+    index = daemons(index_daemon, logs, str(tmp_path / "index.db"),
+                    "--web", f"tcp:{web}:interface=127.0.0.1")
     at_index = f"127.0.0.1:{index.port}"
     # The origin sends at most 4 MiB/s: the other holder has time to serve chunks too.
     origin = daemons(content_server, src, logs, "--max-rate", "4M")
@@ -65,3 +70,13 @@ def test_placed_files_reach_the_index_and_feed_multi_source(tmp_path: Path, daem
     assert not (tmp_path / "a" / top / "big").exists()
     poll(lambda: holders(index, digest) == [], 10, "the deleted file withdrawn")
     assert [h["path"] for h in holders(index, ".")] == [f"{top}/small"]
+
+    # The index's web site: its nodes and leases, files and queries (B asked by digest).
+    def status() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/status", timeout=10) as r:
+            return json.loads(r.read())
+
+    poll(lambda: status()["files"] == 1, 10, "the index's status page to show one file")
+    view = status()
+    assert [n["address"] for n in view["leases"]] == [f"127.0.0.1:{a_serve}"], view
+    assert view["queries"]["digest"] >= 1, view
