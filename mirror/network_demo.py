@@ -5,7 +5,9 @@ origin and serve their mirror directories (``--serve``); a tier-2 mirror server 
 file from all three at once (multi-source download, every chunk checked against the origin's
 hashes). Each holder sends at most 8 MiB/s (``--max-rate``), so the tier-2 transfer is about
 three times as fast as from one holder, and mirror-init's report says how many bytes each
-holder served. Holders are named with ``--holder`` (the index will tell them later).
+holder served. Nobody names the holders: the tier-1 mirrors register what they place with an
+index (``twistd mirror-index``, ``--index``), and the tier-2 mirror asks it who holds the
+file's digest (``mirror-where`` shows the same answer).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mirror.hashing import digest_of
 
 BIN = Path(sys.executable).parent
 SIZE = 48 << 20
@@ -56,6 +60,22 @@ def _mirror_init(control: int, spec: str) -> int:
     return subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
 
 
+def _where(index: int, what: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "mirror-where"), "-i", f"127.0.0.1:{index}", what],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+
+
+def _wait_for_holders(index: int, digest: str, count: int) -> str:
+    """mirror-where's answer once the index lists ``count`` holders of ``digest``."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        done = _where(index, digest)
+        if done.returncode == 0 and len(done.stdout.splitlines()) >= count:
+            return done.stdout
+        time.sleep(0.1)
+    raise SystemExit(f"demo: the index did not list {count} holders of {digest}")
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mirror-network-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -68,24 +88,30 @@ def main() -> int:
         procs.append(_daemon("content-server", ["--root", str(src), "--max-rate", RATE],
                              work / "origin.log", origin))
         spec = f"127.0.0.1:{origin}:."
+        index = _free_port()
+        procs.append(_daemon("mirror-index", ["--db", str(work / "index.db")],
+                             work / "index.log", index))
+        at_index = ["--index", f"127.0.0.1:{index}"]
         serving = []
         for name in ("tier1-a", "tier1-b"):
             control, serve = _free_port(), _free_port()
             (work / name).mkdir()
             procs.append(_daemon("mirror-server", [
                 "--mirror-dir", str(work / name), "--serve", f"tcp:{serve}:interface=127.0.0.1",
-                "--max-rate", RATE], work / f"{name}.log", control))
+                "--max-rate", RATE, *at_index], work / f"{name}.log", control))
             serving.append((name, control, serve))
         print(f"demo: origin on 127.0.0.1:{origin} and two tier-1 mirrors, each sending at "
-              f"most {RATE}/s")
+              f"most {RATE}/s; an index on 127.0.0.1:{index}")
         for name, control, serve in serving:
             print(f"demo: {name} pulls from the origin and serves on 127.0.0.1:{serve}")
             if _mirror_init(control, spec) != 0:
                 return 1
+        digest = digest_of(data).hex()
+        print(f"demo: $ mirror-where -i 127.0.0.1:{index} {digest}")
+        print(_wait_for_holders(index, digest, len(serving)), end="")
         tier2 = _free_port()
-        holders = [arg for _, _, serve in serving for arg in ("--holder", f"127.0.0.1:{serve}")]
         (work / "tier2").mkdir()
-        procs.append(_daemon("mirror-server", ["--mirror-dir", str(work / "tier2"), *holders],
+        procs.append(_daemon("mirror-server", ["--mirror-dir", str(work / "tier2"), *at_index],
                              work / "tier2.log", tier2))
         print("demo: tier 2 fetches the file from the origin and both tier-1 mirrors at once")
         started = time.monotonic()

@@ -31,13 +31,10 @@ from twisted.logger import Logger
 
 from mirror.index import codec
 from mirror.index.client_protocol import IndexClientFactory, IndexClientProtocol, IndexRefused
+from mirror.index.querier import ask_where, backoff
 
 #: Seconds a clean stop waits for the index to acknowledge WITHDRAW.
 WITHDRAW_TIMEOUT = 3.0
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(10.0, 0.5 * 2 ** min(attempt, 5)))
 
 
 class IndexClient(Service):
@@ -64,7 +61,7 @@ class IndexClient(Service):
         if endpoint is None:
             endpoint = HostnameEndpoint(reactor, host, port)
         self._service = ClientService(endpoint, IndexClientFactory(self.clock, self._connected),
-                                      retryPolicy=_backoff, clock=self.clock)
+                                      retryPolicy=backoff, clock=self.clock)
 
     # -- the API -------------------------------------------------------------------------
 
@@ -101,10 +98,7 @@ class IndexClient(Service):
               ) -> Deferred[list[codec.Holder]]:
         """The live holders of ``path`` (a file, or the files below a directory; ``""``
         for all) or of ``digest`` (64 hex digits)."""
-        message = {"path": codec.wire_path(path, empty_ok=True)} if path is not None else {
-            "digest": codec.digest(digest)}
-        d: Deferred[Any] = self._service.whenConnected(failAfterFailures=1)
-        return d.addCallback(lambda proto: proto.request(codec.WHERE, message))
+        return ask_where(self._service, path, digest)
 
     async def withdraw(self) -> None:
         """Tell the index this node leaves (its files vanish from answers at once)."""

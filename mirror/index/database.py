@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
 
 from mirror.index.codec import FileRecord, Holder
-from mirror.index.registry import Cursor, Limits, Query
+from mirror.index.registry import Cursor, Limits, Overview, Query
 from mirror.index.sql import POSTGRES, SQLITE, Dialect, Tables
 
 T = TypeVar("T")
@@ -72,6 +72,9 @@ class DatabaseRegistry:
 
     def expire(self, now: float) -> Deferred[int]:
         return self._call(self.tables.expire, now)
+
+    def overview(self, now: float, limit: int) -> Deferred[Overview]:
+        return self._call(self.tables.overview, now, limit)
 
 
 def _sqlite_setup(connection: sqlite3.Connection) -> None:

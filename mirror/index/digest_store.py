@@ -30,6 +30,8 @@ class Digests(Protocol):
 
     def put(self, key: StatKey, digest: str) -> None: ...
 
+    def put_many(self, items: list[tuple[StatKey, str]]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -50,6 +52,10 @@ class MemoryDigests:
             if len(self._digests) >= self.max_entries:
                 del self._digests[next(iter(self._digests))]
             self._digests[key] = digest
+
+    def put_many(self, items: list[tuple[StatKey, str]]) -> None:
+        for key, digest in items:
+            self.put(key, digest)
 
     def close(self) -> None:
         pass
@@ -92,6 +98,13 @@ class SqliteDigests:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
                              (*key, digest))
+            self._db.commit()
+
+    def put_many(self, items: list[tuple[StatKey, str]]) -> None:
+        """Several digests in one transaction (the files of a bundle, placed together)."""
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(*key, digest) for key, digest in items])
             self._db.commit()
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 
 from mirror.index import codec
+from mirror.index.activity import IndexActivity
 from mirror.index.protocol import IndexServerProtocol
 from mirror.index.registry import Registry
 from mirror.index.settings import IndexSettings
@@ -22,6 +23,8 @@ class IndexFactory(LimitedFactory):
         self.settings = settings or IndexSettings()
         self.limiter = ConnectionLimiter(self.settings.max_connections,
                                          self.settings.max_per_peer)
+        #: What it did since it started (the web site's figures).
+        self.activity = IndexActivity()
 
     def refusal(self, reason: str) -> bytes:
         """A connection-level ERROR (request id 0)."""

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror.index import codec, identity
+from mirror.index.activity import IndexActivity
 from mirror.index.registry import NotRegistered, Query, Registry, RegistryLimit
 from mirror.index.settings import IndexSettings
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection
@@ -29,6 +30,10 @@ from mirror.wire.frames import FrameReceiver
 MAX_QUEUED = 8
 #: Rows fetched from the registry at a time for a WHERE answer.
 PAGE = 500
+#: A node's requests by kind (`IndexActivity.requests`).
+_KINDS = {codec.HELLO: "hello", codec.RENEW: "renew", codec.BEGIN: "begin",
+          codec.FILES: "files", codec.REMOVE: "remove", codec.END: "end",
+          codec.WITHDRAW: "withdraw"}
 
 
 class _Context(TypingProtocol):
@@ -37,6 +42,7 @@ class _Context(TypingProtocol):
     registry: Registry
     clock: IReactorTime
     settings: IndexSettings
+    activity: IndexActivity
 
     def unregisterProtocol(self, proto: LimitedConnection) -> None: ...
 
@@ -139,6 +145,8 @@ class IndexServerProtocol(FrameReceiver, LimitedConnection, ClosingMixin):
             self.transport.write(data)
 
     def _answer(self, opcode: int, request_id: int, message: dict[str, Any]) -> None:
+        if opcode == codec.ERROR:
+            self.factory.activity.errors[message["code"]] += 1
         self._send(codec.frame(opcode, request_id, message))
 
     async def _serve(self) -> None:
@@ -194,6 +202,7 @@ class IndexServerProtocol(FrameReceiver, LimitedConnection, ClosingMixin):
         registry = self.factory.registry
         lease = self.factory.settings.lease
         now = self.clock.seconds()
+        self.factory.activity.requests[_KINDS[request.opcode]] += 1
         if request.opcode == codec.HELLO:
             claimed = identity.node_identity(self.transport, request.node)
             known = await registry.hello(claimed, request.address, now, lease)
@@ -223,6 +232,8 @@ class IndexServerProtocol(FrameReceiver, LimitedConnection, ClosingMixin):
         if not identity.may_query(self.transport):
             raise _Refused(2, "not allowed")
         query = Query(path=request.path, digest=request.digest)
+        activity = self.factory.activity
+        activity.queries["digest" if request.digest is not None else "path"] += 1
         limit = self.factory.settings.max_answer
         sent = 0
         after = None
@@ -240,4 +251,6 @@ class IndexServerProtocol(FrameReceiver, LimitedConnection, ClosingMixin):
                 break
             after = (page[-1].path, page[-1].node)
             await self._wait_writable()
+        activity.rows_answered += sent
+        activity.truncated += truncated
         self._answer(codec.DONE, request.request_id, {"count": sent, "truncated": truncated})

@@ -7,6 +7,11 @@ Digests follow: a background hasher takes the files without a known digest one a
 pieces of `PIECE` bytes in the worker threads, pausing between pieces (on the clock, never
 sleeping) to stay within ``hash_rate`` bytes per second; each digest is kept in the node's
 `Digests` (a restart does not hash the export again) and sent to the index as an update.
+
+A node that places files itself (a serving mirror) says so with `placed` and `removed`: the
+change goes to the index at once, with the digest the node verified (nothing to hash), and
+the walks that follow neither resend nor hash it. A walk that ran while a file was placed or
+removed keeps what `placed`/`removed` said for it (the walk may have seen the tree before).
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ class ExportRegistration(Service):
         self._run_start = 0.0
         self._run_bytes = 0
         self._loop: task.LoopingCall | None = None
+        #: Placed (stat key) or removed (None) while a walk ran: the walk's view is older.
+        self._touched: dict[str, StatKey | None] = {}
+        self._walking = False
+        #: Digests of placed files not yet kept in ``digests`` (saved in batches).
+        self._to_save: list[tuple[StatKey, str]] = []
+        self._saving = False
         #: Walks done (tests and the log).
         self.scans = 0
         self.hashed = 0
@@ -76,13 +87,63 @@ class ExportRegistration(Service):
         """Walk the export and send what changed (the LoopingCall's call)."""
         return Deferred.fromCoroutine(self._scan())
 
+    def placed(self, path: str, key: StatKey, digest: str) -> None:
+        """The node placed ``path`` (stat ``key``), verified against ``digest`` (hex):
+        sent to the index now, and the digest kept. On the reactor thread."""
+        self._known[path] = key
+        self._to_hash.pop(path, None)
+        if self._walking:
+            self._touched[path] = key
+        self.client.update(FileRecord(path, key[2], key[3], digest))
+        self._to_save.append((key, digest))
+        if not self._saving:
+            self._saving = True
+            # After this turn: the placements of one bundle are saved together.
+            self.clock.callLater(0, self._save_digests)
+
+    def removed(self, path: str) -> None:
+        """The node removed ``path`` (its --delete): withdrawn from the index now."""
+        self._known.pop(path, None)
+        self._to_hash.pop(path, None)
+        if self._walking:
+            self._touched[path] = None
+        self.client.remove(path)
+
+    def _save_digests(self) -> None:
+        batch, self._to_save = self._to_save, []
+
+        def saved(_: object) -> None:
+            self._saving = False
+            if self._to_save:
+                self._saving = True
+                self._save_digests()
+
+        d = self.threads.run(self.digests.put_many, batch)
+        d.addErrback(lambda f: self.log.failure("keeping digests failed", f))
+        d.addCallback(saved)
+
     async def _scan(self) -> None:
+        self._walking = True
+        self._touched = {}
         try:
             found = await self.threads.run(scan, self.root_fd, self.max_files)
             records = await self.threads.run(self._records, found)
         except Exception:
             self.log.failure("walking the export failed")
             return
+        finally:
+            self._walking = False
+        # What was placed or removed during the walk is known better than the walk knew.
+        for path, placed in self._touched.items():
+            if placed is None:
+                found.pop(path, None)
+                records.pop(path, None)
+            else:
+                found[path] = placed
+                # With its digest (maybe not saved yet).
+                records[path] = self.client.files.get(path) or FileRecord(
+                    path, placed[2], placed[3], None)
+        self._touched = {}
         if self._first:
             self._first = False
             self.client.register(records.values())

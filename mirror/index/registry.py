@@ -48,6 +48,29 @@ class Query:
 Cursor = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class NodeLease:
+    """One live node as the status page shows it."""
+
+    node: str
+    address: str
+    files: int
+    #: Seconds since its last renewal, and until its lease runs out.
+    age: float
+    expires_in: float
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The registry at a glance (the index's web site): live nodes and files, and the
+    first ``limit`` live nodes by name."""
+
+    nodes: int
+    files: int
+    files_with_digest: int
+    leases: list[NodeLease]
+
+
 class Registry(Protocol):
     """The index's store. ``node`` is always the identity the index established for the
     connection (`mirror.index.identity`), never a value read from a request: a node can
@@ -92,4 +115,8 @@ class Registry(Protocol):
 
     def expire(self, now: float) -> Deferred[int]:
         """Purge the nodes whose lease ran out, with their files; how many nodes."""
+        ...
+
+    def overview(self, now: float, limit: int) -> Deferred[Overview]:
+        """Live nodes and files, counted, and the first ``limit`` live nodes' leases."""
         ...

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror.index.codec import FileRecord, Holder
-from mirror.index.registry import Cursor, Limits, NotRegistered, Query, RegistryLimit
+from mirror.index.registry import (
+    Cursor,
+    Limits,
+    NodeLease,
+    NotRegistered,
+    Overview,
+    Query,
+    RegistryLimit,
+)
 
 #: Paths per ``IN (...)`` list: within SQLite's variable limit whatever its version.
 _IN_CHUNK = 500
@@ -176,3 +184,16 @@ class Tables:
                   " (SELECT node FROM index_nodes WHERE expires <= ?)", (now,))
         return int(self._run(cur, "DELETE FROM index_nodes WHERE expires <= ?",
                              (now,)).rowcount)
+
+    def overview(self, cur: Any, now: float, limit: int) -> Overview:
+        nodes, files = self._run(cur, "SELECT count(*), coalesce(sum(files), 0) FROM index_nodes"
+                                 " WHERE expires > ?", (now,)).fetchone()
+        (hashed,) = self._run(cur, "SELECT count(*) FROM index_files f JOIN index_nodes n"
+                              " ON n.node = f.node WHERE n.expires > ? AND f.digest IS NOT NULL",
+                              (now,)).fetchone()
+        rows = self._run(cur, "SELECT node, address, files, renewed, expires FROM index_nodes"
+                         " WHERE expires > ? ORDER BY node LIMIT ?", (now, limit)).fetchall()
+        return Overview(int(nodes), int(files), int(hashed),
+                        [NodeLease(node, address, int(n), max(0.0, now - renewed),
+                                   max(0.0, expires - now))
+                         for node, address, n, renewed, expires in rows])

@@ -12,14 +12,17 @@ from mirror.daemon_options import ListenOptions, add_listeners, number, settings
 from mirror.index.database import is_postgres, open_registry
 from mirror.index.expiry import ExpiryService
 from mirror.index.factory import IndexFactory
+from mirror.index.overview import OverviewService
 from mirror.index.registry import Limits
 from mirror.index.service import RegistryService
 from mirror.index.settings import IndexSettings
+from mirror.web.index_site import index_site_root
+from mirror.web.options import WebOptions, add_web
 
 _defaults = IndexSettings()
 
 
-class Options(ListenOptions):
+class Options(ListenOptions, WebOptions):
     command = "mirror-index"
     default_listen = "tcp:9002"
     synopsis = "[options] --db PATH|postgresql://..."
@@ -53,6 +56,7 @@ class Options(ListenOptions):
         db = self["db"]
         if not db:
             raise usage.UsageError("--db PATH (or postgresql://...) is required")
+        self.check_web()
         check_database(db)
 
 
@@ -87,6 +91,12 @@ def makeService(options: Options) -> IService:
     registry, pool = open_registry(options["db"], reactor, limits)
     RegistryService(registry, pool, reactor).setServiceParent(top)
     ExpiryService(registry, reactor, max(1.0, settings.lease / 4)).setServiceParent(top)
-    add_listeners(top, options["listen"], IndexFactory(registry, reactor, settings),
-                  options.command)
+    factory = IndexFactory(registry, reactor, settings)
+    if options["web"]:
+        # Before --listen: once the log names the index's port, it names the web site's.
+        overview = OverviewService(registry, reactor)
+        overview.setServiceParent(top)
+        add_web(top, options["web"], index_site_root(factory, overview, options["web"]),
+                options.command)
+    add_listeners(top, options["listen"], factory, options.command)
     return top

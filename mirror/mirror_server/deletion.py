@@ -242,9 +242,11 @@ def _reason(e: OSError) -> str:
 
 
 def remove_tree(root_fd: int, target: paths.Parts, protected: Protected,
-                count_only: bool = False) -> Removal:
+                count_only: bool = False,
+                removed: Callable[[paths.Parts], None] | None = None) -> Removal:
     """Remove ``target`` (under ``root_fd``, never ``()``) and, if it is a directory,
-    everything in it, deepest first; with ``count_only``, only count.
+    everything in it, deepest first; with ``count_only``, only count. ``removed`` is told
+    of each regular file unlinked (`MirrorStore.file_removed`: the index hears of it).
 
     A directory holding something kept (a reserved name, a ``protected`` path, an entry
     that could not be removed) is kept; counts are of what is (or would be) removed.
@@ -293,6 +295,8 @@ def remove_tree(root_fd: int, target: paths.Parts, protected: Protected,
                     result.entries += 1
                     if stat.S_ISREG(st.st_mode):
                         result.bytes += st.st_size
+                        if removed is not None and not count_only:
+                            removed(child)
                     continue
                 try:
                     sub = os.open(name, paths.DIR_FLAGS, dir_fd=fd)

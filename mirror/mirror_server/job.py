@@ -50,6 +50,7 @@ from mirror.wire.control import SourceRequest
 
 if TYPE_CHECKING:
     from mirror.mirror_server.partials import JobPartials
+    from mirror.mirror_server.placement import PlacementObserver
 
 PROGRESS_INTERVAL = 0.2
 #: Errors of one source reported one by one; later ones are counted in a last message.
@@ -152,6 +153,11 @@ class JobResources(Protocol):
     @property
     def holder_finder(self) -> HolderFinder | None:
         """Who else holds a file (multi-source download); None: nobody is asked."""
+        ...
+
+    @property
+    def placements(self) -> PlacementObserver | None:
+        """Told of each file the stores place or remove (the index notifier); None: nobody."""
         ...
 
 
@@ -345,7 +351,8 @@ class SourceRun:
                                                    res.dir_budget)
             else:
                 self.store = await res.threads.run(MirrorStore, res.mirror_dir, top,
-                                                   res.dir_budget, Durability(res.settings.fsync))
+                                                   res.dir_budget, Durability(res.settings.fsync),
+                                                   observer=res.placements)
         except (OSError, paths.UnsafePath) as e:
             self.error(None, f"cannot use mirror directory {top}: "
                              f"{getattr(e, 'strerror', None) or e}")

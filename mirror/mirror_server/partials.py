@@ -212,7 +212,9 @@ class StatePartial(PartialFile):
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise StoreError(f"cannot rename into place: {_describe(e)}") from None
-            self._copy_into_place(header)
+            self._copy_into_place(header)  # (its commit tells the store's observer)
+        else:
+            self.store.file_placed(self.parts, self._whole.digest())
         self._release_dir()
 
     def _copy_into_place(self, header: frames.FileHeader) -> None:

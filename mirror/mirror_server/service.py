@@ -27,6 +27,7 @@ from mirror.mirror_server.multi_source import (
     HolderFinder,
 )
 from mirror.mirror_server.partials import PartialDir
+from mirror.mirror_server.placement import PlacementObserver
 from mirror.mirror_server.receiver import SMALL_FILE
 from mirror.mirror_server.registry import DEFAULT_KEEP, JobRegistry
 from mirror.mirror_server.store import DescriptorBudget, SweepStopped, sweep_temporaries
@@ -129,6 +130,8 @@ class MirrorService(MultiService):
         #: Who else holds a file, for multi-source download (the index client replaces it).
         self.holder_finder: HolderFinder | None = (
             ExplicitHolders(list(self.settings.holders)) if self.settings.holders else None)
+        #: Told of each file placed or removed (--serve with --index: `index_node`).
+        self.placements: PlacementObserver | None = None
 
     def startService(self) -> None:
         super().startService()

@@ -20,10 +20,14 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from mirror import hashing, paths
 from mirror.mirror_server.durable import Durability
 from mirror.wire import frames
+
+if TYPE_CHECKING:
+    from mirror.mirror_server.placement import PlacementObserver
 
 #: Permission bits a mirrored file may get: the source's, without set-user-ID and
 #: set-group-ID. A content server is not trusted to plant setuid executables owned by the
@@ -96,7 +100,8 @@ class MirrorStore:
     """
 
     def __init__(self, base_dir: str, top: str, budget: DescriptorBudget,
-                 durability: Durability | None = None, *, create: bool = True) -> None:
+                 durability: Durability | None = None, *, create: bool = True,
+                 observer: PlacementObserver | None = None) -> None:
         if len(paths.parse_wire_path(top)) != 1:
             raise paths.UnsafePath(f"{top!r} is not a single path component")
         base = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -113,6 +118,28 @@ class MirrorStore:
         self.durability = durability if durability is not None else Durability()
         self._dirs: dict[paths.Parts, int] = {}
         self._lock = threading.Lock()
+        self.top = top
+        #: Told of each file placed or removed (`mirror.mirror_server.placement`).
+        self.observer = observer
+
+    def file_placed(self, parts: paths.Parts, digest: bytes, dir_fd: int | None = None
+                    ) -> None:
+        """A verified file took its final name ``parts`` (in ``dir_fd``, if given): tell
+        the observer, with its stat after the rename (its ctime as a later walk sees it)."""
+        if self.observer is None:
+            return
+        try:
+            st = (os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                  if dir_fd is not None else self.lstat(parts))
+        except OSError:
+            return  # already replaced or removed by someone else: nothing to tell
+        if st is not None and stat.S_ISREG(st.st_mode):
+            self.observer.placed(self.top, parts, st, digest)
+
+    def file_removed(self, parts: paths.Parts) -> None:
+        """The file at ``parts`` was removed (--delete): tell the observer."""
+        if self.observer is not None:
+            self.observer.removed(self.top, parts)
 
     def close(self) -> None:
         with self._lock:
@@ -362,6 +389,7 @@ class PartialFile:
         self.parts = parts
         self.name = parts[-1]
         self._durability = store.durability
+        self._store = store
         self.temp_name = _temp_name()
         self._hash = hashing.new_hasher()
         self.size = 0
@@ -459,6 +487,8 @@ class PartialFile:
             raise StoreError("a directory is in the way of the file") from None
         except OSError as e:
             raise StoreError(f"cannot rename into place: {_describe(e)}") from None
+        # At its final name now (served by --serve): the observer hears of it.
+        self._store.file_placed(self.parts, digest, self._dir_fd)
         try:
             if sync_dir:
                 self._durability.directory(self._dir_fd)  # the rename on disk

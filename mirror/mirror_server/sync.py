@@ -168,7 +168,8 @@ class SpecSync:
             if self.options.dry_run or store is None or not parts:
                 continue
             try:
-                removal = remove_tree(store.root_fd, parts, self.protected)
+                removal = remove_tree(store.root_fd, parts, self.protected,
+                                      removed=store.file_removed)
             except DeletionStopped as e:
                 problems.append((parts, str(e)))
                 continue
@@ -213,7 +214,8 @@ class SpecSync:
         done = Removal()
         for parts, _is_dir in reversed(self._candidates):
             try:
-                done.add(remove_tree(store.root_fd, parts, self.protected))
+                done.add(remove_tree(store.root_fd, parts, self.protected,
+                                     removed=store.file_removed))
             except DeletionStopped as e:
                 done.problems.append((parts, str(e)))
         self.deleted, self.deleted_bytes = done.entries, done.bytes

@@ -7,12 +7,19 @@ import os
 import stat
 import tempfile
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from mirror.content_server.tap import MAX_RATE_HELP
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
+from mirror.index.node_options import IndexOptions
 from mirror.mirror_server.control import ControlFactory
+from mirror.mirror_server.index_node import (
+    ADVERTISE_HELP,
+    INDEX_HELP,
+    add_index,
+    check_mirror_index,
+)
 from mirror.mirror_server.journal import open_journal
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
@@ -31,7 +38,7 @@ from mirror.web.options import WebOptions, add_web
 _defaults = MirrorSettings()
 
 
-class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions):
+class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions, IndexOptions):
     command = "mirror-server"
     default_listen = "tcp:9001"
     synopsis = "[options]"
@@ -94,6 +101,8 @@ class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions)
         super().__init__()
         self["serve"] = []
         self["holders"] = []
+        self.docs["index"] = INDEX_HELP
+        self.docs["advertise"] = ADVERTISE_HELP
 
     def opt_holder(self, address: str) -> None:
         """A serving mirror (HOST:PORT, an IPv6 host in brackets) assumed to hold every
@@ -128,6 +137,7 @@ class Options(ListenOptions, WebOptions, SecurityOptions, ClientSecurityOptions)
         if self["multi-source-threshold"] < 1:
             raise usage.UsageError("--multi-source-threshold: must be at least 1 byte")
         self.check_web()
+        check_mirror_index(self)
         if not self["state-dir"]:
             self["state-dir"] = os.path.join(mirror_dir, STATE_DIR_NAME)
         make_state_dir(self["state-dir"])
@@ -215,8 +225,15 @@ def makeService(options: Options) -> IService:
     add_listeners(service, options["listen"],
                   secure_factory(options.security, control, service.threads, reactor),
                   options.command)
+    serving: MultiService | None = None
+    root_fd = None
     if options["serve"]:
-        add_serving(service, service.mirror_dir, service.threads, options["serve"],
-                    options["max-rate"], options.command,
-                    lambda f: secure_factory(options.security, f, service.threads, reactor))
+        # Its own parent: the default --advertise is the first --serve endpoint's address.
+        serving = MultiService()
+        serving.setServiceParent(service)
+        root_fd = add_serving(serving, service.mirror_dir, service.threads, options["serve"],
+                              options["max-rate"], options.command,
+                              lambda f: secure_factory(options.security, f, service.threads,
+                                                       reactor)).root_fd
+    add_index(service, options, reactor, options["state-dir"], serving, root_fd)
     return service

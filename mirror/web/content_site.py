@@ -17,7 +17,7 @@ from mirror.content_server.factory import ContentServerFactory
 from mirror.content_server.observed import ERROR_NAMES
 from mirror.initiator.report import format_bytes
 from mirror.web import html
-from mirror.web.resources import JsonResource, site_root
+from mirror.web.resources import JsonResource, labeled_counter, site_root
 
 #: Clients listed on the page and in /api/status (those that were sent the most first).
 MAX_LISTED_CLIENTS = 100
@@ -120,11 +120,8 @@ class ContentCollector(Collector):
                                 value=view["requests_in_flight"])
         yield GaugeMetricFamily("mirror_content_lists_walking", "LISTs walking the tree now.",
                                 value=view["lists_walking"])
-        errors = CounterMetricFamily("mirror_content_errors", "ERROR answers sent, by code.",
-                                     labels=["code"])
-        for name, n in view["errors"].items():
-            errors.add_metric([name], n)
-        yield errors
+        yield labeled_counter("mirror_content_errors", "ERROR answers sent, by code.", "code",
+                              view["errors"])
         yield CounterMetricFamily("mirror_digest_cache_hits", "Digest cache lookups that hit.",
                                   value=cache["hits"])
         yield CounterMetricFamily("mirror_digest_cache_misses",

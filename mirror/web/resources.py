@@ -8,6 +8,7 @@ from importlib import resources as package_files
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -45,6 +46,16 @@ class Healthz(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"ok\n"
+
+
+def labeled_counter(name: str, documentation: str, label: str, counts: dict[str, int]
+                    ) -> CounterMetricFamily:
+    """A counter with one sample per ``counts`` entry, labelled ``label`` (a fixed, small set
+    of values: never names from the network)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, n in counts.items():
+        family.add_metric([value], n)
+    return family
 
 
 class Metrics(Resource):

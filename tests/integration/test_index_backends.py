@@ -45,6 +45,12 @@ async def test_registry_on_a_real_database(db: str) -> None:
             "d/x", "d/x"]
         assert [h.path for h in await other.holders(Query(path=""), 101.0, ("d/x", "b"),
                                                     10)] == ["d0"]
+        # The web site's overview: live nodes, their files, digests known, leases by name.
+        seen = await other.overview(102.0, 10)
+        assert (seen.nodes, seen.files, seen.files_with_digest) == (2, 3, 2)
+        assert [(n.node, n.address, n.files, n.age, n.expires_in) for n in seen.leases] == [
+            ("a", "a:1", 2, 2.0, 8.0), ("b", "b:1", 1, 2.0, 8.0)]
+        assert [n.node for n in (await registry.overview(102.0, 1)).leases] == ["a"]
         # Bounds hold across both daemons, and a failed batch keeps nothing.
         with pytest.raises(RegistryLimit):
             await other.hello("c", "c:1", 101.0, 10.0)

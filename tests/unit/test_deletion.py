@@ -191,6 +191,9 @@ class TypeChanges(SynchronousTestCase):
             def lstat(self, parts):
                 return os.lstat(root.joinpath(*parts)) if parts else os.fstat(self.root_fd)
 
+            def file_removed(self, parts):
+                pass
+
         store = Store()
         self.addCleanup(os.close, store.root_fd)
         for options, left in [(JobOptions(delete=True, dry_run=True), ["was-dir", "was-file"]),

@@ -42,12 +42,18 @@ class Recorder:
         self.calls.append(("remove", path))
 
 
+def temp_export(case: SynchronousTestCase) -> tuple[str, int]:
+    """A temporary export directory and its root descriptor, both cleaned up after."""
+    root = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, root, True)
+    fd = open_root(root)
+    case.addCleanup(os.close, fd)
+    return root, fd
+
+
 class RegistrationTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.root = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.root, True)
-        self.fd = open_root(self.root)
-        self.addCleanup(os.close, self.fd)
+        self.root, self.fd = temp_export(self)
         self.clock = Clock()
 
     def write(self, name: str, data: bytes) -> None:
