@@ -56,8 +56,14 @@ class Transport:
         return self.ids is not None
 
     def identity(self, plugin: str) -> Identity:
+        """The identity of the daemon ``plugin`` (TLS only): a ValueError for any other
+        than the two it knows, rather than such a daemon left in clear unnoticed."""
         assert self.ids is not None
-        return self.ids.cs if plugin == "content-server" else self.ids.ms
+        if plugin == "content-server":
+            return self.ids.cs
+        if plugin == "mirror-server":
+            return self.ids.ms
+        raise ValueError(f"no TLS set-up for twistd {plugin} in the tests")
 
     def daemon_args(self, plugin: str) -> list[str]:
         """The security flags of ``twistd PLUGIN``."""
