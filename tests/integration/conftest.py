@@ -21,16 +21,48 @@ from mirror.content_server.protocol import ContentSettings
 from mirror.initiator.client import JobResult, submit_job
 from mirror.mirror_server.control import ControlFactory
 from mirror.mirror_server.service import MirrorService, MirrorSettings
+from mirror.security.authorized_keys import authorized_keys
+from mirror.security.known_hosts import known_hosts
+from mirror.security.options import Security, secure_factory
+from mirror.security.tls import ClientPolicy
 from mirror.threads import DiskThreads
 from mirror.wire.control import SourceRequest
+from tests.integration import daemons as programs
 
-# A fixture for every test module here (one imported by a test module shadows itself).
+# Fixtures for every test module here (hostile_server, postgres; one imported by a test
+# module shadows itself).
 from tests.integration.hostile_server import start_hostile_server  # noqa: F401
 from tests.integration.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.integration.transport import PLAIN, Identities, Transport, tls_transport
+
+#: Run a test (or every test of a module, as ``pytestmark``) over plain TCP and over TLS:
+#: its daemons, in this process or installed, and its mirror-init clients.
+both_transports = pytest.mark.parametrize("transport", ["plain", "tls"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def tls_identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
+    """The session's keys (made once: a key pair and certificate each)."""
+    return Identities(tmp_path_factory.mktemp("identities"))
 
 
 @pytest.fixture
-def start_content_server() -> Any:
+def transport(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The test's `Transport`: "plain" unless the test is parametrised (`both_transports`);
+    the installed programs (`tests.integration.daemons`) use it while the test runs."""
+    name = getattr(request, "param", "plain")
+    if name == "plain":
+        chosen = PLAIN
+    else:
+        ids = request.getfixturevalue("tls_identities")
+        chosen = tls_transport(ids, tmp_path_factory.mktemp("pins"))
+    previous, programs.current = programs.current, chosen
+    yield chosen
+    programs.current = previous
+
+
+@pytest.fixture
+def start_content_server(transport: Transport) -> Any:
     """``start(root, clock=None, **settings) -> (port, factory)``: a content server on
     127.0.0.1; its deadlines run on ``clock`` if given (a `task.Clock` the test advances)."""
     started: list[tuple[Any, DiskThreads, int]] = []
@@ -41,10 +73,18 @@ def start_content_server() -> Any:
         threads.startService()
         root_fd = open_root(root)
         factory = ContentServerFactory(root_fd, threads, ContentSettings(**settings), clock)
+        listened: Any = factory
+        if transport.ids is not None:
+            keys = authorized_keys(str(transport.ids.cs_keys))
+            keys.load()
+            listened = secure_factory(Security(identity=transport.ids.cs, keys=keys), factory,
+                                      threads, reactor)
         # listenTCP's stub wants a ServerFactory of a private protocol type: no factory fits.
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        port = reactor.listenTCP(0, listened, interface="127.0.0.1")
         started.append((port, threads, root_fd))
-        return port.getHost().port, factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
+        number: int = port.getHost().port  # type: ignore[attr-defined]  # a TCP port
+        transport.pin(number, "content-server")
+        return number, factory
 
     yield start
     for port, threads, root_fd in started:
@@ -58,7 +98,7 @@ control_factories: dict[int, ControlFactory] = {}
 
 
 @pytest.fixture
-def start_mirror_server() -> Any:
+def start_mirror_server(transport: Transport) -> Any:
     """``start(mirror_dir, **settings) -> (port, service)``: a mirror server on 127.0.0.1."""
     started: list[tuple[Any, MirrorService]] = []
 
@@ -68,13 +108,26 @@ def start_mirror_server() -> Any:
         # (tests.integration.daemons) run with it, and test_durable checks what it does.
         settings = {"fsync": False, **settings}
         service = MirrorService(mirror_dir, MirrorSettings(**settings), reactor)
-        service.startService()
         factory = ControlFactory(service)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        listened: Any = factory
+        if transport.ids is not None:
+            # As the installed daemon (mirror.mirror_server.tap): content connections TLS
+            # to the pinned content servers, the control port TLS to authorized clients.
+            pins = known_hosts(str(transport.known_hosts))
+            pins.load()
+            service.endpoints = ClientPolicy(reactor, transport.ids.ms.paths, pins,
+                                             service.threads).endpoint
+            keys = authorized_keys(str(transport.ids.ms_keys))
+            keys.load()
+            listened = secure_factory(Security(identity=transport.ids.ms, keys=keys), factory,
+                                      service.threads, reactor)
+        service.startService()
+        port = reactor.listenTCP(0, listened, interface="127.0.0.1")
         started.append((port, service))
-        address = port.getHost()
-        control_factories[address.port] = factory  # type: ignore[attr-defined]  # a TCP port: IPv4Address
-        return address.port, service  # type: ignore[attr-defined]  # a TCP port: IPv4Address
+        number: int = port.getHost().port  # type: ignore[attr-defined]  # a TCP port
+        control_factories[number] = factory
+        transport.pin(number, "mirror-server")
+        return number, service
 
     yield start
     for port, service in started:
@@ -94,13 +147,15 @@ def run_job(mirror_port: int, sources: list[SourceRequest],
     """
     d: defer.Deferred[JobResult] = defer.Deferred()
     threads = IReactorFromThreads(reactor)
+    opener = programs.current.opener()  # TLS with the pins, in a "tls" test
 
     def deliver(event: Any) -> None:
         blockingCallFromThread(threads, on_event, event)
 
     def job() -> None:
         try:
-            result = submit_job("127.0.0.1", mirror_port, sources, deliver, timeout=timeout)
+            result = submit_job("127.0.0.1", mirror_port, sources, deliver, timeout=timeout,
+                                opener=opener)
         except BaseException as e:  # noqa: BLE001  # every outcome goes to the Deferred
             threads.callFromThread(d.errback, e)
         else:
@@ -157,8 +212,9 @@ def unused_port() -> int:
 
 
 @pytest.fixture
-def daemons():
-    """Start daemons (tests.integration.daemons) for one test; all are stopped after it."""
+def daemons(transport: Transport):
+    """Start daemons (tests.integration.daemons) for one test, over the test's transport;
+    all are stopped after it."""
     started = []
 
     def start(factory, *args, **kwargs):

@@ -1,5 +1,6 @@
 """The installed programs as subprocesses: ``twistd content-server``, ``twistd mirror-server``
-and ``mirror-init``, as a user runs them."""
+and ``mirror-init``, as a user runs them, over the `current` `Transport` (plain TCP, or TLS
+1.3 with pinned keys when a test runs with ``transport`` "tls": see conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.integration.transport import PLAIN, Transport
 from tests.integration.waiting import poll
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 MIRROR_INIT = str(BIN / "mirror-init")
+
+#: How the programs started now talk; the ``transport`` fixture sets it for a test.
+current: Transport = PLAIN
 
 #: The daemon's own port; not its --web site's ("WebSite starting on N").
 _PORT = re.compile(rb"(?<!WebSite) starting on (\d+)")
@@ -37,7 +42,8 @@ class Daemon:
 
     def start(self, port: int = 0, timeout: float = 15.0) -> Daemon:
         cmd = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), self.plugin,
-               "--listen", f"tcp:{port}:interface=127.0.0.1", *self.args]
+               "--listen", f"tcp:{port}:interface=127.0.0.1", *self.args,
+               *current.daemon_args(self.plugin)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True,
                                      preexec_fn=self.preexec_fn)
@@ -46,6 +52,7 @@ class Daemon:
         except AssertionError:
             self.stop()
             raise RuntimeError(f"{self.plugin} did not start; log:\n{self.log_text()}") from None
+        current.pin(self.port, self.plugin)
         return self
 
     def _started(self) -> bool:
@@ -83,6 +90,11 @@ def mirror_server(mirror_dir: Path, workdir: Path, *extra: str) -> Daemon:
     return Daemon("mirror-server", ["--mirror-dir", str(mirror_dir), *extra], workdir).start()
 
 
+def mirror_init_command(*args: str) -> list[str]:
+    """mirror-init's command line, with the `current` transport's identity and pins."""
+    return [MIRROR_INIT, *args, *current.init_args()]
+
+
 def mirror_init(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MIRROR_INIT, *args], capture_output=True, text=True,
+    return subprocess.run(mirror_init_command(*args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)

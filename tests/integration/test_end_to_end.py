@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import both_transports
 from tests.integration.daemons import content_server, mirror_init, mirror_server
 from tests.trees import assert_same_tree, make_sample_tree
 
 pytestmark = pytest.mark.timeout(120)
 
 
-
-
+@both_transports
 def test_two_content_servers_and_a_dead_port(tmp_path: Path, daemons, unused_port: int):
     src1 = make_sample_tree(tmp_path / "src1", big_size=5 * 1024 * 1024, seed=1)
     src2 = make_sample_tree(tmp_path / "src2", big_size=1024 * 1024, seed=2)

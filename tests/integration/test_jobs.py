@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.integration.conftest import both_transports
 from tests.integration.daemons import (
-    MIRROR_INIT,
     Daemon,
     content_server,
     mirror_init,
+    mirror_init_command,
     mirror_server,
 )
 from tests.integration.waiting import poll
@@ -66,7 +67,7 @@ def interrupt_when(condition: Callable[[], object], mirror: Daemon, *args: str
                    ) -> tuple[int, str, str]:
     """Run mirror-init with ``args``, Ctrl-C it once ``condition`` holds; its status and
     output."""
-    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(mirror.port), *args],
+    proc = subprocess.Popen(mirror_init_command("-n", "127.0.0.1", "-p", str(mirror.port), *args),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -93,6 +94,7 @@ def check_complete(mirror: Path, port: int) -> None:
         assert p.read_bytes() == bytes([i]) * SIZE, f"{p} is not the complete file"
 
 
+@both_transports
 def test_sigkill_restart_resumes_and_attach_reports(tmp_path: Path, daemons) -> None:
     content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
     submitted = init(server, "--detach", "-s", spec)
@@ -159,6 +161,7 @@ def test_resumed_job_keeps_its_delete_and_filters(tmp_path: Path, daemons) -> No
     check_complete(mirror_dir, content.port)
 
 
+@both_transports
 def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
     content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=1)
     job_id = init(server, "--detach", "-s", spec).stdout.strip()
@@ -190,6 +193,7 @@ def test_detach_jobs_attach_cancel(tmp_path: Path, daemons) -> None:
     check_complete(mirror_dir, content.port)
 
 
+@both_transports
 def test_ctrl_c_cancels_the_job_followed(tmp_path: Path, daemons) -> None:
     content, mirror_dir, server, spec = start_slow_job_setup(tmp_path, daemons, workers=2)
     status, out, err = interrupt_when(lambda: len(placed(mirror_dir, content.port)) >= 2,

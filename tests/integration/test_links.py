@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from tests.integration.conftest import both_transports
 from tests.integration.daemons import content_server, mirror_init, mirror_server
 
 
@@ -30,6 +31,7 @@ def run(ms_port: int, cs_port: int, *extra: str, path: str = ".") -> tuple[int, 
     return done.returncode, json.loads(done.stdout)
 
 
+@both_transports
 def test_safe_links_recreated_unsafe_ones_reported(tmp_path: Path, daemons) -> None:
     src = make_source(tmp_path / "src")
     outside = tmp_path / "outside"

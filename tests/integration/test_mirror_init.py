@@ -1,5 +1,6 @@
 """mirror-init as a user runs it, against a fake mirror server that accepts the job and then
-says nothing: interrupts, --timeout and an unreachable server end it cleanly."""
+says nothing: interrupts, --timeout and an unreachable server end it cleanly (over plain TCP
+and over TLS with a pinned key, the cancelling connection included)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,35 @@ import json
 import select
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from typing import IO
 
 import pytest
 
-from tests.integration.daemons import MIRROR_INIT, mirror_init
+from tests.integration.conftest import both_transports
+from tests.integration.daemons import mirror_init, mirror_init_command
+from tests.integration.transport import Transport
 
 SPEC = "127.0.0.1:1:."
 
 
 @pytest.fixture
-def silent_server() -> Iterator[socket.socket]:
-    """A listening socket on loopback; the test accepts and never answers."""
+def silent_server(transport: Transport) -> Iterator[socket.socket]:
+    """A listening socket on loopback; the test accepts and never answers. In TLS, what it
+    accepts is TLS 1.3 with the mirror server's key, which mirror-init pins."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(30)  # a bound: the test fails rather than hangs
-        yield listener
+        if transport.ids is None:
+            yield listener
+            return
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(transport.ids.ms.paths.cert, transport.ids.ms.paths.key)
+        transport.pin(listener.getsockname()[1], "mirror-server")
+        with ctx.wrap_socket(listener, server_side=True) as secured:
+            yield secured
 
 
 def _accept_job(listener: socket.socket) -> socket.socket:
@@ -45,6 +58,7 @@ def _first_line(pipe: IO[str] | None) -> str:
     return pipe.readline()
 
 
+@both_transports
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_interrupt_cancels_the_job_with_status_130(silent_server: socket.socket, sig: int,
@@ -52,8 +66,9 @@ def test_interrupt_cancels_the_job_with_status_130(silent_server: socket.socket,
     """Ctrl-C or SIGTERM cancels the job followed (CANCEL on a second connection), waits
     for what the server reports, prints it, exits 130."""
     port = silent_server.getsockname()[1]
-    args = [MIRROR_INIT, "-n", "127.0.0.1", "-p", str(port), "-s", SPEC]
-    proc = subprocess.Popen([*args, "--json"] if as_json else args, stdin=subprocess.DEVNULL,
+    args = ["-n", "127.0.0.1", "-p", str(port), "-s", SPEC]
+    proc = subprocess.Popen(mirror_init_command(*args, *(["--json"] if as_json else [])),
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         conn = _accept_job(silent_server)
@@ -86,10 +101,11 @@ def test_interrupt_cancels_the_job_with_status_130(silent_server: socket.socket,
         assert "job 12" in out and f"job not completed: {why}" in out
 
 
+@both_transports
 def test_timeout_on_a_silent_server(silent_server: socket.socket) -> None:
     port = silent_server.getsockname()[1]
-    proc = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(port), "-s", SPEC,
-                             "--timeout", "0.5", "--json"],
+    proc = subprocess.Popen(mirror_init_command("-n", "127.0.0.1", "-p", str(port), "-s",
+                                                SPEC, "--timeout", "0.5", "--json"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.integration.conftest import run_job, source
+from tests.integration.conftest import both_transports, run_job, source
 from tests.trees import assert_same_tree, make_sample_tree
+
+pytestmark = both_transports
 
 
 @pytest_twisted.ensureDeferred

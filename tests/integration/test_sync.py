@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 
 from mirror.paths import STATE_DIR_NAME
+from tests.integration import daemons as programs
 from tests.integration.daemons import (
-    MIRROR_INIT,
     Daemon,
     content_server,
     mirror_init,
+    mirror_init_command,
     mirror_server,
 )
+from tests.integration.transport import PLAIN, Identities, tls_transport
 from tests.integration.waiting import poll
 from tests.trees import tree_listing
 
@@ -55,9 +57,24 @@ class Setup:
         return done.returncode, json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def setup(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """The daemons of the module's tests, over plain TCP and then over TLS (the conftest's
+    function-scoped ``transport`` fixture cannot serve a module-scoped one)."""
     base = tmp_path_factory.mktemp("sync")
+    chosen = PLAIN
+    if request.param == "tls":
+        ids: Identities = request.getfixturevalue("tls_identities")
+        chosen = tls_transport(ids, base / "pins")
+    previous, programs.current = programs.current, chosen
+    try:
+        yield from _setup(base)
+    finally:
+        programs.current = previous
+
+
+def _setup(base: Path) -> Iterator[Setup]:
     root, mirror, outside = base / "export", base / "mirror", base / "outside"
     root.mkdir()
     outside.mkdir()
@@ -204,8 +221,9 @@ def test_bad_pattern_is_a_usage_error(tmp_path: Path) -> None:
 def test_overlapping_delete_jobs(setup: Setup) -> None:
     make(setup.root / "lock", {"sub/slow.txt": "s"})
     jobs_before = setup.mirror_daemon.log_text().count(" source(s)")
-    first = subprocess.Popen([MIRROR_INIT, "-n", "127.0.0.1", "-p", str(setup.mirror_daemon.port),
-                              "-s", setup.spec("lock", delay=1.5), "--delete"],
+    first = subprocess.Popen(mirror_init_command("-n", "127.0.0.1", "-p",
+                                                 str(setup.mirror_daemon.port),
+                                                 "-s", setup.spec("lock", delay=1.5), "--delete"),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
