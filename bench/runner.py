@@ -19,6 +19,7 @@ from bench.cpu import Meter, Other, process_cpu
 from bench.daemons import RSYNC_MODULE, Daemon
 from bench.datasets import Dataset, dir_path
 from bench.trees import MismatchError, Tree, check_bytes, check_tree
+from mirror.paths import STATE_DIR_NAME
 
 FILL = "filling run"
 #: Masks SHA-NI in OpenSSL (CPUID leaf 7, EBX bit 29) for every process it is given to.
@@ -212,9 +213,15 @@ class BigJobs:
 
 
 def fresh_mirror(mirror: Daemon, dest_root: Path) -> None:
-    """Restart the mirror server on an emptied destination: no job of a previous run left."""
+    """Restart the mirror server on an emptied destination: no job of a previous run left.
+
+    Its state directory (`MIRROR_DIR/.mirror-state`, beside ``dest_root``) goes too: the
+    job journal would otherwise resume the previous run's unfinished jobs (the fair
+    workload's 19 big ones) on the restarted server, beside the job being timed.
+    """
     mirror.stop()
     _empty(dest_root)
+    _empty(dest_root.parent / STATE_DIR_NAME)
     mirror.start()
 
 
