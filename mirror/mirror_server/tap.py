@@ -10,9 +10,11 @@ import tempfile
 from twisted.application.service import IService
 from twisted.python import usage
 
+from mirror.content_server.access import ReadAccess
 from mirror.content_server.tap import MAX_RATE_HELP
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.mirror_server.control import ControlFactory
+from mirror.mirror_server.job_access import JobAccess
 from mirror.mirror_server.journal import open_journal
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
@@ -21,6 +23,7 @@ from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
 from mirror.security.options import (
     ClientSecurityOptions,
     SecurityOptions,
+    access_control,
     client_policy,
     secure_factory,
 )
@@ -203,6 +206,9 @@ def makeService(options: Options) -> IService:
                             journal=journal, partials=partials)
     journal_threads.setServiceParent(service)
     control = ControlFactory(service)
+    accounts, audit = access_control(options.security, service.threads)
+    if accounts is not None:
+        control.job_access = JobAccess(accounts, audit)
     if options["web"]:
         # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
@@ -213,10 +219,14 @@ def makeService(options: Options) -> IService:
     service.endpoints = client_policy(options.security, options.pins, service.threads,
                                       reactor).endpoint
     add_listeners(service, options["listen"],
-                  secure_factory(options.security, control, service.threads, reactor),
+                  secure_factory(options.security, control, service.threads, reactor, accounts,
+                                 audit),
                   options.command)
     if options["serve"]:
-        add_serving(service, service.mirror_dir, service.threads, options["serve"],
-                    options["max-rate"], options.command,
-                    lambda f: secure_factory(options.security, f, service.threads, reactor))
+        served = add_serving(service, service.mirror_dir, service.threads, options["serve"],
+                             options["max-rate"], options.command,
+                             lambda f: secure_factory(options.security, f, service.threads,
+                                                      reactor, accounts, audit))
+        # A served mirror is read under the mirror server's own grants (none by default).
+        served.access = ReadAccess(accounts, audit)
     return service

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IProtocolFactory, IReactorTCP, IReactorT
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mirror.security.accounts import AccountsError, AccountsStore, AccountsWatch
+from mirror.security.audit import AuditLog
 from mirror.security.authorized_keys import authorized_keys
 from mirror.security.hosts_access import FailureLimiter, HostsAccess, Network, parse_networks
 from mirror.security.identity import Identity, read_identity
@@ -42,6 +44,10 @@ class Security:
     known_hosts: WatchedFile[Pins] | None = None
     access: HostsAccess = field(default_factory=lambda: HostsAccess([], []))
     insecure: bool = False
+    #: --accounts: users, groups and grants (secured mode).
+    accounts: AccountsStore | None = None
+    #: --audit-log: where refusals are written, one line each.
+    audit_log: str | None = None
     #: Listeners serving in clear off the loopback (--insecure): warned about at start.
     clear_listeners: list[str] = field(default_factory=list)
 
@@ -69,6 +75,11 @@ class SecurityOptions(usage.Options):
         ["authorized-keys", None, None,
          "File of the key fingerprints allowed to connect (one a line, sha256:HEX); read "
          "again when it changes."],
+        ["accounts", None, None,
+         "Accounts database (SQLite; made and changed by mirror-admin --accounts FILE): "
+         "users, groups and their grants; needs --identity. Changes apply without a restart."],
+        ["audit-log", None, None,
+         "Append one line per refused connection or request to this file."],
     ]
 
     def __init__(self) -> None:
@@ -106,12 +117,20 @@ class SecurityOptions(usage.Options):
                 s.identity = read_identity(self["identity"])
             except IdentityError as e:
                 raise usage.UsageError(f"--identity: {e}") from None
-            if not self["authorized-keys"]:
+            if not self["authorized-keys"] and not self["accounts"]:
                 raise usage.UsageError(
-                    "--identity needs --authorized-keys FILE: the key fingerprints of the "
-                    "clients allowed to connect (mirror-admin fingerprint DIR prints one)")
-        elif self["authorized-keys"]:
-            raise usage.UsageError("--authorized-keys needs --identity DIR (TLS)")
+                    "--identity needs --authorized-keys FILE (the key fingerprints of the "
+                    "clients allowed to connect; mirror-admin fingerprint DIR prints one) "
+                    "or --accounts FILE (users and grants, made by mirror-admin)")
+        elif self["authorized-keys"] or self["accounts"]:
+            flag = "--authorized-keys" if self["authorized-keys"] else "--accounts"
+            raise usage.UsageError(f"{flag} needs --identity DIR (TLS)")
+        if self["accounts"]:
+            try:
+                s.accounts = AccountsStore(self["accounts"], create=False)
+            except AccountsError as e:
+                raise usage.UsageError(f"--accounts: {e}") from None
+        s.audit_log = self["audit-log"]
         if self["authorized-keys"]:
             s.keys = authorized_keys(self["authorized-keys"])
             try:
@@ -140,8 +159,18 @@ class SecurityOptions(usage.Options):
                     f"to serve in clear")
 
 
+def access_control(security: Security, threads: Threads
+                   ) -> tuple[AccountsWatch | None, AuditLog | None]:
+    """The daemon's accounts (read in ``threads``) and audit log, as its flags say: give
+    both to `secure_factory` and to the daemon's enforcement."""
+    accounts = None if security.accounts is None else AccountsWatch(security.accounts, threads)
+    audit = None if security.audit_log is None else AuditLog(security.audit_log, threads)
+    return accounts, audit
+
+
 def secure_factory(security: Security, factory: IProtocolFactory, threads: Threads,
-                   clock: IReactorTime) -> IProtocolFactory:
+                   clock: IReactorTime, accounts: AccountsWatch | None = None,
+                   audit: AuditLog | None = None) -> IProtocolFactory:
     """``factory`` as the daemon's listeners serve it: behind the host rules, and behind
     TLS and the peer check when the daemon is secured."""
     for description in security.clear_listeners:
@@ -151,9 +180,8 @@ def secure_factory(security: Security, factory: IProtocolFactory, threads: Threa
         if not security.access.active:
             return factory
         return AcceptFilter(factory, security.access)
-    assert security.keys is not None
     failures = FailureLimiter(clock.seconds)
-    policy = PeerPolicy(security.keys, threads, failures)
+    policy = PeerPolicy(security.keys, threads, failures, accounts, audit)
     log.info("secured: TLS 1.3, this daemon is {fingerprint}",
              fingerprint=security.identity.fingerprint)
     return AcceptFilter(secured_factory(factory, security.identity.paths, policy, clock),

@@ -25,8 +25,7 @@ to loopback only, unless ``--insecure``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
@@ -51,12 +50,17 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from mirror.limits import CLOSE_GRACE, abort_connection, peer_host
+from mirror.security.accounts import AccountsWatch
 from mirror.security.hosts_access import FailureLimiter, HostsAccess
 from mirror.security.identity import key_fingerprint
 from mirror.security.identity_files import IdentityPaths
 from mirror.security.known_hosts import Pins, host_key, is_loopback_host
+from mirror.security.peer import PeerIdentity
 from mirror.security.watched import WatchedFile
 from mirror.threads import Threads
+
+if TYPE_CHECKING:
+    from mirror.security.audit import AuditLog
 
 #: What a refused peer is told, whatever the reason (the log has the reason).
 REFUSAL = "access denied"
@@ -67,13 +71,6 @@ MAX_HELD = 64 << 10
 #: Seconds between two looks at --authorized-keys (the open connections of a removed key
 #: are dropped).
 RECHECK_INTERVAL = 5.0
-
-
-@dataclass(frozen=True)
-class PeerIdentity:
-    """Who is at the other end of a connection, as authenticated by TLS."""
-
-    fingerprint: str
 
 
 def peer_fingerprint(transport: Any) -> str | None:
@@ -158,17 +155,31 @@ class PeerPolicy:
 
     log = Logger()
 
-    def __init__(self, keys: WatchedFile[frozenset[str]], threads: Threads,
-                 failures: FailureLimiter) -> None:
+    def __init__(self, keys: WatchedFile[frozenset[str]] | None, threads: Threads,
+                 failures: FailureLimiter, accounts: AccountsWatch | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.keys = keys
         self.threads = threads
         self.failures = failures
+        #: ``--accounts``: users are let in too, and `anyone` without a certificate.
+        self.accounts = accounts
+        self.audit = audit
         #: Called after the allow-list changed (`SecuredFactory` drops revoked peers).
         self.on_change: list[Callable[[], None]] = []
+        if accounts is not None:
+            accounts.on_change.append(self._changed)
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     async def reload(self) -> None:
-        """Read the allow-list again if it changed (a file that cannot be read lets nobody
-        in), and tell ``on_change``."""
+        """Read the allow-list (and the accounts) again if it changed (a file that cannot be
+        read lets nobody in), and tell ``on_change``."""
+        if self.accounts is not None:
+            await self.accounts.current()  # tells on_change itself
+        if self.keys is None:
+            return
         try:
             changed = await self.threads.run(self.keys.refresh)
         except OSError as e:
@@ -182,20 +193,37 @@ class PeerPolicy:
                 for problem in self.keys.problems:
                     self.log.warn("{problem} (line ignored)", problem=problem)
         if changed:
-            for callback in self.on_change:
-                callback()
+            self._changed()
+
+    def _identity(self, fingerprint: str | None) -> PeerIdentity | None:
+        if self.accounts is not None:
+            rules = self.accounts.rules
+            user = rules.user(fingerprint)
+            if user is not None:
+                return PeerIdentity(fingerprint, user)
+            if fingerprint is None and rules.anyone_may_read():
+                return PeerIdentity(None)
+        if fingerprint is not None and self.keys is not None and fingerprint in self.keys.value:
+            return PeerIdentity(fingerprint)
+        return None
 
     def allows(self, identity: PeerIdentity) -> bool:
-        """Whether ``identity`` may stay connected, as the allow-list was last read."""
-        return identity.fingerprint in self.keys.value
+        """Whether ``identity`` may stay connected, as the allow-list and the accounts were
+        last read (a removed user's connections are dropped)."""
+        return self._identity(identity.fingerprint) == identity
 
     async def authenticate(self, fingerprint: str | None) -> PeerIdentity | None:
         """The identity of a peer presenting ``fingerprint`` (None: no certificate), or None
-        if it may not connect."""
+        if it may not connect: a known key (``--authorized-keys``, or a user of
+        ``--accounts``), or no certificate at all when `anyone` may read something."""
         await self.reload()
-        if fingerprint is None or fingerprint not in self.keys.value:
-            return None
-        return PeerIdentity(fingerprint)
+        return self._identity(fingerprint)
+
+    def refused(self, host: str, why: str) -> None:
+        """Count a failed authentication of ``host`` and put it in the audit log."""
+        self.failures.failed(host)
+        if self.audit is not None:
+            self.audit.refused(f"peer from {host}", "connection", why)
 
 
 class _Gate(ProtocolWrapper):
@@ -321,7 +349,7 @@ class _ServerGate(_Gate):
             self.wrappedProtocol.dataReceived(data)
 
     def _refuse(self, why: str) -> None:
-        self.factory.policy.failures.failed(self.host)
+        self.factory.policy.refused(self.host, why)
         self.log.warn("refused {host}: {why}", host=self.host, why=why)
         self._held = []
         refusal = getattr(self.factory.wrappedFactory, "refusal", None)
