@@ -105,7 +105,10 @@ def _do(store: AccountsStore, o: argparse.Namespace) -> list[str]:
             ("member", "remove"): lambda: store.remove_member(o.group, o.user),
         }
         actions[o.command, o.action]()
-        return []
+        what = f"group {o.name}" if o.command == "group" else f"{o.user} in group {o.group}"
+        return [f"{what} {'added' if o.action == 'add' else 'removed'}"]
     change = store.grant if o.command == "grant" else store.revoke
     change(o.principal, o.right, o.prefix, o.server)
-    return []
+    where = f" on {o.server}" if o.server else ""
+    return [f"{o.command}ed: {o.principal} {o.right} {o.prefix}{where}"
+            .replace("revokeed", "revoked")]

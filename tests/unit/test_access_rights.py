@@ -230,7 +230,7 @@ class ContentEnforcementTests(SynchronousTestCase):
         for identity in (PeerIdentity(BOB, "bob"), PeerIdentity(None)):
             rig = self.connect(identity)
             rig.list(1, "")
-            self.assertEqual(list_result(rig.log.take(), 1).names, [])
+            self.assertEqual(list_result(rig.log.take(), 1).error[0], frames.E_NOT_FOUND)
             rig.fetch(2, "pub/a")
             self.assertEqual(fetch_result(rig.log.take(), 2).error[0], frames.E_NOT_FOUND)
 
