@@ -73,7 +73,7 @@ class Rig:
                                     self.threads, reactor, self.watch, self.audit)
         outer.inner.wrappedFactory.recheck_interval = 0.05
         self.port: Any = reactor.listenTCP(0, outer, interface="127.0.0.1")
-        self.number: int = self.port.getHost().port
+        self.number: int = self.port.getHost().port  # type: ignore[attr-defined]
         self.pins = tmp / "known_hosts"
         write(self.pins, f"127.0.0.1:{self.number} {self.server_id.fingerprint}\n")
         self.clients: list[ContentClientProtocol] = []
