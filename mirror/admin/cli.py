@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from mirror.admin import accounts_cli
+from mirror.admin import accounts_cli, who_cli
 from mirror.security.identity import (
     DEFAULT_DAYS,
     Identity,
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "identity directory or a certificate file.")
     show.add_argument("path", metavar="DIR|CERT")
     accounts_cli.add_parsers(commands)
+    who_cli.add_parser(commands)
     return parser
 
 
@@ -88,6 +89,8 @@ def run(argv: Sequence[str]) -> int:
     options = build_parser().parse_args(list(argv))
     if options.command in accounts_cli.COMMANDS:
         return accounts_cli.run(options)
+    if options.command == "who":
+        return who_cli.run(options)
     try:
         if options.command == "keygen":
             sys.stdout.write(_describe(keygen(options.directory, options.name, options.days)))

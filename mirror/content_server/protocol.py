@@ -9,6 +9,7 @@ connection's single push producer: when the transport's buffer fills, every stre
 from __future__ import annotations
 
 import errno
+import json
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -333,6 +334,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             work = self._serve_fetch_many(request_id, payload)
         elif opcode == frames.HASHES:
             work = self._serve_hashes(request_id, payload)
+        elif opcode == frames.WHO:
+            work = self._serve_who(request_id)
         else:
             work = self._serve_fetch(request_id, payload)
         self._idle_deadline.stop()
@@ -372,6 +375,23 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         self.factory.access.refused(self.peer_identity,  # type: ignore[arg-type]
                                     self.peer_key, request, parts)
         return RequestError(frames.E_NOT_FOUND, f"{path or '.'}: no such file or directory")
+
+    async def _serve_who(self, request_id: int) -> None:
+        """WHO: the daemon's connections, as JSON, for an administrator only."""
+        access = self.factory.access
+        answer = await access.who(self.peer_identity,  # type: ignore[arg-type]
+                                  self.clock.seconds())
+        if answer is None:
+            access.refused(self.peer_identity, self.peer_key,  # type: ignore[arg-type]
+                           "WHO", (), why="not an administrator")
+            raise RequestError(frames.E_NOT_ALLOWED, "WHO: access denied")
+        await self._writable()
+        self._send(frames.frame(frames.WHO_LIST, request_id,
+                                json.dumps(answer, ensure_ascii=True).encode("ascii")))
+
+    def activity(self) -> str:
+        """What the peer is doing (``mirror-admin who``)."""
+        return f"{len(self._requests)} request(s) in flight, {self._streams} streaming"
 
     def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
         try:

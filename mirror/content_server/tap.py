@@ -96,14 +96,14 @@ def makeService(options: Options) -> IService:
     threads.setServiceParent(top)
     settings = settings_from(options, ContentSettings)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings)
-    accounts, audit = access_control(options.security, threads)
-    factory.access = ReadAccess(accounts, audit)
+    access = access_control(options.security, threads, options.command)
+    factory.access = ReadAccess(access.accounts, access.audit, access.presence)
     if options["web"]:
         # Before --listen: once the log names the daemon's port, it names the web site's.
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
     add_listeners(top, options["listen"],
-                  secure_factory(options.security, factory, threads, reactor, accounts, audit),
+                  secure_factory(options.security, factory, threads, reactor, access),
                   options.command)
     add_registration(top, options, factory.root_fd, threads, reactor, options["state-dir"])
     return top

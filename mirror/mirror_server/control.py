@@ -69,6 +69,14 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
                                         lambda: self.abort("client stopped reading"))
         super().makeConnection(transport)
 
+    def activity(self) -> str:
+        """What the peer is doing (``mirror-admin who``)."""
+        if self.job is not None:
+            return f"submitted job {self.job.id}"
+        if self._attached is not None:
+            return "following a job"
+        return "submitting a job"
+
     def is_idle(self) -> bool:
         """Idle until GO and once the job is over; never while the job runs (nor while
         attached to a running job)."""

@@ -206,9 +206,9 @@ def makeService(options: Options) -> IService:
                             journal=journal, partials=partials)
     journal_threads.setServiceParent(service)
     control = ControlFactory(service)
-    accounts, audit = access_control(options.security, service.threads)
-    if accounts is not None:
-        control.job_access = JobAccess(accounts, audit)
+    access = access_control(options.security, service.threads, options.command)
+    if access.accounts is not None:
+        control.job_access = JobAccess(access.accounts, access.audit)
     if options["web"]:
         # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
@@ -219,14 +219,14 @@ def makeService(options: Options) -> IService:
     service.endpoints = client_policy(options.security, options.pins, service.threads,
                                       reactor).endpoint
     add_listeners(service, options["listen"],
-                  secure_factory(options.security, control, service.threads, reactor, accounts,
-                                 audit),
+                  secure_factory(options.security, control, service.threads, reactor, access),
                   options.command)
     if options["serve"]:
         served = add_serving(service, service.mirror_dir, service.threads, options["serve"],
                              options["max-rate"], options.command,
                              lambda f: secure_factory(options.security, f, service.threads,
-                                                      reactor, accounts, audit))
-        # A served mirror is read under the mirror server's own grants (none by default).
-        served.access = ReadAccess(accounts, audit)
+                                                      reactor, access))
+        # A served mirror is read under the mirror server's own grants (none by default);
+        # an administrator asks it who is connected (control port included).
+        served.access = ReadAccess(access.accounts, access.audit, access.presence)
     return service

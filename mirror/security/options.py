@@ -27,6 +27,7 @@ from mirror.security.hosts_access import FailureLimiter, HostsAccess, Network, p
 from mirror.security.identity import Identity, read_identity
 from mirror.security.identity_files import IdentityError
 from mirror.security.known_hosts import Pins, known_hosts
+from mirror.security.presence import Presence
 from mirror.security.tls import AcceptFilter, ClientPolicy, PeerPolicy, secured_factory
 from mirror.security.watched import ConfigFileError, WatchedFile
 from mirror.threads import Threads
@@ -159,18 +160,26 @@ class SecurityOptions(usage.Options):
                     f"to serve in clear")
 
 
-def access_control(security: Security, threads: Threads
-                   ) -> tuple[AccountsWatch | None, AuditLog | None]:
-    """The daemon's accounts (read in ``threads``) and audit log, as its flags say: give
-    both to `secure_factory` and to the daemon's enforcement."""
+@dataclass
+class AccessControl:
+    """A daemon's accounts (read in its threads), audit log and connections (`Presence`):
+    given to `secure_factory` for each listener and to the daemon's enforcement."""
+
+    accounts: AccountsWatch | None
+    audit: AuditLog | None
+    presence: Presence
+
+
+def access_control(security: Security, threads: Threads, daemon: str) -> AccessControl:
+    """The `AccessControl` the flags ask for (``daemon``: its name in ``who``)."""
     accounts = None if security.accounts is None else AccountsWatch(security.accounts, threads)
     audit = None if security.audit_log is None else AuditLog(security.audit_log, threads)
-    return accounts, audit
+    return AccessControl(accounts, audit, Presence(daemon))
 
 
 def secure_factory(security: Security, factory: IProtocolFactory, threads: Threads,
-                   clock: IReactorTime, accounts: AccountsWatch | None = None,
-                   audit: AuditLog | None = None) -> IProtocolFactory:
+                   clock: IReactorTime, access: AccessControl | None = None
+                   ) -> IProtocolFactory:
     """``factory`` as the daemon's listeners serve it: behind the host rules, and behind
     TLS and the peer check when the daemon is secured."""
     for description in security.clear_listeners:
@@ -181,10 +190,12 @@ def secure_factory(security: Security, factory: IProtocolFactory, threads: Threa
             return factory
         return AcceptFilter(factory, security.access)
     failures = FailureLimiter(clock.seconds)
+    accounts, audit = (access.accounts, access.audit) if access else (None, None)
     policy = PeerPolicy(security.keys, threads, failures, accounts, audit)
     log.info("secured: TLS 1.3, this daemon is {fingerprint}",
              fingerprint=security.identity.fingerprint)
-    return AcceptFilter(secured_factory(factory, security.identity.paths, policy, clock),
+    return AcceptFilter(secured_factory(factory, security.identity.paths, policy, clock,
+                                        access.presence if access else None),
                         security.access, failures)
 
 

@@ -61,6 +61,7 @@ from mirror.threads import Threads
 
 if TYPE_CHECKING:
     from mirror.security.audit import AuditLog
+    from mirror.security.presence import Presence
 
 #: What a refused peer is told, whatever the reason (the log has the reason).
 REFUSAL = "access denied"
@@ -269,6 +270,7 @@ class _Gate(ProtocolWrapper):
         # daemons' own): where grants will be decided.
         proto.peer_identity = identity
         self.identity = identity
+        self.since = self.factory.clock.seconds()
         self.wrappedProtocol = proto
         self.admitted = True
         proto.makeConnection(self)
@@ -392,10 +394,12 @@ class SecuredFactory(WrappingFactory):
     recheck_interval = RECHECK_INTERVAL
 
     def __init__(self, wrapped: IProtocolFactory, policy: PeerPolicy,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, presence: Presence | None = None) -> None:
         super().__init__(wrapped)
         self.policy = policy
         self.clock = clock
+        if presence is not None:
+            presence.factories.append(self)
         policy.on_change.append(self._drop_revoked)
         self._recheck: LoopingCall | None = None
 
@@ -465,10 +469,11 @@ class AcceptFilter(Factory[Protocol]):
 
 
 def secured_factory(factory: IProtocolFactory, identity: IdentityPaths, policy: PeerPolicy,
-                    clock: IReactorTime) -> IProtocolFactory:
-    """``factory`` behind TLS 1.3 and `PeerPolicy` (see the module's docstring)."""
+                    clock: IReactorTime, presence: Presence | None = None) -> IProtocolFactory:
+    """``factory`` behind TLS 1.3 and `PeerPolicy` (see the module's docstring); its
+    connections listed in ``presence``."""
     return TLSMemoryBIOFactory(server_creator(identity), False,
-                               SecuredFactory(factory, policy, clock))
+                               SecuredFactory(factory, policy, clock, presence))
 
 
 # -- the client side --------------------------------------------------------------------------

@@ -8,14 +8,16 @@ programs refuse a job whose submitter has no ``mirror`` grant, and run one that 
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 
+from mirror.admin import who_cli
 from mirror.content_server.access import ReadAccess
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.mirror_server.connections import QuietFactory
@@ -24,7 +26,8 @@ from mirror.security.accounts import AccountsStore, AccountsWatch
 from mirror.security.audit import AuditLog
 from mirror.security.identity import Identity, keygen
 from mirror.security.known_hosts import known_hosts
-from mirror.security.options import Security, secure_factory
+from mirror.security.options import AccessControl, Security, secure_factory
+from mirror.security.presence import Presence
 from mirror.security.tls import REFUSAL, ClientPolicy
 from mirror.threads import DiskThreads
 from mirror.wire import frames
@@ -68,9 +71,10 @@ class Rig:
         daemon_store = AccountsStore(self.store.path, create=False)
         self.watch = AccountsWatch(daemon_store, self.threads)
         self.audit = AuditLog(str(self.audit_path), self.threads)
-        self.factory.access = ReadAccess(self.watch, self.audit)
+        access = AccessControl(self.watch, self.audit, Presence("content-server"))
+        self.factory.access = ReadAccess(self.watch, self.audit, access.presence)
         outer: Any = secure_factory(Security(identity=self.server_id), self.factory,
-                                    self.threads, reactor, self.watch, self.audit)
+                                    self.threads, reactor, access)
         outer.inner.wrappedFactory.recheck_interval = 0.05
         self.port: Any = reactor.listenTCP(0, outer, interface="127.0.0.1")
         self.number: int = self.port.getHost().port  # type: ignore[attr-defined]
@@ -208,3 +212,30 @@ def test_a_submitter_needs_the_mirror_right(tmp_path: Path, daemons: Any) -> Non
     assert len(lines) == 2
     assert f"refused user mallory ({fp['mallory']})" in lines[0]
     assert f"job {server}:private: no mirror grant" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_who_is_for_administrators(rig: Rig) -> None:
+    """mirror-admin who's client (blocking, in a thread) against the secured server."""
+    boss = keygen(str(rig.tmp / "boss"), "boss")
+    rig.store.add_user("boss", boss.fingerprint)
+    rig.store.add_group("admin")
+    rig.store.add_member("admin", "boss")
+    alice = await rig.connect(rig.alice)
+    assert await rig.names(alice, "pub/sub") == ["pub/sub", "pub/sub/b.txt"]
+
+    def ask(identity: Identity) -> Any:
+        options = argparse.Namespace(identity=str(identity.paths.cert.rsplit("/", 1)[0]),
+                                     known_hosts=str(rig.pins), timeout=10.0)
+        return who_cli.ask("127.0.0.1", rig.number, options)
+
+    answer = await threads.deferToThread(ask, boss)
+    users = {c["user"]: c for c in answer["connections"]}
+    assert set(users) == {"alice", "boss"}
+    assert users["alice"]["fingerprint"] == rig.alice.fingerprint
+    assert users["alice"]["address"] == "127.0.0.1"
+    assert "request(s) in flight" in users["alice"]["activity"]
+    with pytest.raises(who_cli.WhoError, match="the daemon refused: WHO: access denied"):
+        await threads.deferToThread(ask, rig.alice)
+    await wait_for(lambda: "WHO .: not an administrator" in rig.audit_path.read_text(), 5,
+                   "the refusal audited")
