@@ -28,7 +28,7 @@ FETCH_MANY = 0x03
 #: Chunk hashes of a file, for multi-source download (codecs: mirror/wire/chunk_hashes.py).
 HASHES = 0x04
 #: An administrator's request: who is connected (doc/protocol.md, "Access rights").
-WHO = 0x05
+WHO = 0x09
 # responses
 ENTRIES = 0x81
 LIST_END = 0x82
