@@ -220,12 +220,14 @@ class AccountsWatch:
         return _Snapshot(generation, rules)
 
     async def current(self) -> Rules:
-        """The rules now. A database that cannot be read keeps the last rules, logged."""
+        """The rules now. A database that cannot be read grants nothing (logged): as with
+        an unreadable --authorized-keys, nobody is let in, and open connections are dropped."""
         try:
             fresh = await self.threads.run(self._refresh)
         except sqlite3.Error as e:
-            self.log.error("cannot read --accounts {path}: {e}", path=self.store.path, e=e)
-            return self._snapshot.rules
+            self.log.error("cannot read --accounts {path}: {e}; nothing is granted",
+                           path=self.store.path, e=e)
+            fresh = _Snapshot(-1, Rules())
         if fresh is not None and fresh.generation != self._snapshot.generation:
             self._snapshot = fresh
             self.log.info("--accounts {path}: {users} user(s), {grants} grant(s)",

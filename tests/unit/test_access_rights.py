@@ -313,3 +313,16 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual(dropped, [False])
 
 
+
+
+class UnreadableAccountsTests(SynchronousTestCase):
+    def test_an_unreadable_database_grants_nothing(self) -> None:
+        store = make_store(self)
+        store.add_user("alice", ALICE)
+        store.grant("alice", READ, ".")
+        watch = AccountsWatch(store, InlineThreads())
+        self.assertEqual(self.successResultOf(watch.current()).user(ALICE), "alice")
+        store.db.execute("DROP TABLE meta")
+        rules = self.successResultOf(watch.current())
+        self.assertIsNone(rules.user(ALICE))
+        self.assertFalse(rules.reader("alice").may_read(("x",)))
