@@ -5,7 +5,9 @@ they put a daemon in.
 - **Open**: no ``--identity``, loopback listeners only: plain TCP, as before. A ``tcp:PORT``
   without ``interface=`` (``-p PORT``, the default) then listens on 127.0.0.1 only.
 - **Secured**: with ``--identity``: every listener is TLS 1.3 and every peer must present a
-  key in ``--authorized-keys``; ``tcp:PORT`` listens on every address.
+  key in ``--authorized-keys`` or of a user of ``--accounts`` (or, where ``anyone`` may
+  read, no certificate); ``tcp:PORT`` listens on every address. ``--accounts`` needs
+  ``--identity``.
 - A non-loopback listener without ``--identity`` is refused unless ``--insecure``, which
   serves it in clear and logs a warning.
 """

@@ -13,8 +13,10 @@ A secured daemon's factory is wrapped, outermost first, in
   ``peer_identity``); a refused peer gets one generic message (`REFUSAL`, in the daemon's
   own protocol) and is closed before any request is read.
 
-`PeerPolicy.authenticate` is the one place where who may connect is decided: users, groups
-and grants plug in there.
+`PeerPolicy.authenticate` is the one place where who may connect is decided (keys of
+``--authorized-keys``, users of ``--accounts``, anonymous peers where ``anyone`` may read);
+what an admitted peer may do is decided by each daemon (`mirror.content_server.access`,
+`mirror.mirror_server.job_access`).
 
 Clients (the mirror server towards content servers) connect through `ClientPolicy`'s
 endpoints: TLS to a host with a pin in ``--known-hosts``, the handshake failed by the
