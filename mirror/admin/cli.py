@@ -3,6 +3,8 @@
     mirror-admin keygen DIR [--name NAME] [--days N]
     mirror-admin renew DIR [--days N]
     mirror-admin fingerprint DIR|CERT
+    mirror-admin user|group|member|grant|revoke|list ... --accounts FILE  (accounts_cli)
+    mirror-admin who HOST:PORT --identity DIR --known-hosts FILE         (who_cli)
 
 Bad arguments: one line on stderr and exit status 2; a failure (an existing key, an unsafe
 file): one line and exit status 1. No Twisted here: only ``cryptography``.
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from mirror.admin import accounts_cli, who_cli
 from mirror.security.identity import (
     DEFAULT_DAYS,
     Identity,
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("fingerprint", help="Print the key fingerprint of an "
                                "identity directory or a certificate file.")
     show.add_argument("path", metavar="DIR|CERT")
+    accounts_cli.add_parsers(commands)
+    who_cli.add_parser(commands)
     return parser
 
 
@@ -82,6 +87,10 @@ def _describe(identity: Identity) -> str:
 
 def run(argv: Sequence[str]) -> int:
     options = build_parser().parse_args(list(argv))
+    if options.command in accounts_cli.COMMANDS:
+        return accounts_cli.run(options)
+    if options.command == "who":
+        return who_cli.run(options)
     try:
         if options.command == "keygen":
             sys.stdout.write(_describe(keygen(options.directory, options.name, options.days)))

@@ -229,7 +229,7 @@ Describe = Callable[[BaseException, str], tuple[int, str]]
 
 def read_bundle(
     root_fd: int, request_id: int, wants: Sequence[tuple[int, bytes]], start: int,
-    describe: Describe, max_items: int,
+    describe: Describe, max_items: int, readable: Callable[[paths.Parts], bool] | None = None,
 ) -> tuple[bytes, int]:
     """Answer files ``start``... of a FETCH_MANY (blocking): one complete BUNDLE frame and
     the index of the first file it leaves for the next one.
@@ -238,7 +238,8 @@ def read_bundle(
     that is not a valid path, is larger than `frames.BUNDLE_FILE_MAX`, or whose size is not
     the listed one, gets an error item instead. The frame stays within
     `frames.MAX_BUNDLE_FRAME` (judged on the listed sizes, which the files must match) and
-    holds at most ``max_items`` files; it always holds at least one.
+    holds at most ``max_items`` files; it always holds at least one. A file ``readable``
+    refuses gets the error item of a missing one.
 
     Files of one directory (a bundle mostly holds neighbours in listing order) share one
     open of it. Their digests skip the `DigestCache`: hashing a small file costs less than
@@ -256,7 +257,7 @@ def read_bundle(
             need = frames.BUNDLE_ITEM_OVERHEAD + max(min(size, frames.BUNDLE_FILE_MAX), 1100)
             if items and need > room:
                 break
-            items.append(_bundle_item(parents, index, size, raw, describe))
+            items.append(_bundle_item(parents, index, size, raw, describe, readable))
             room -= len(items[-1])
             index += 1
     finally:
@@ -287,10 +288,12 @@ class _Parents:
         self._fd, self._parts = -1, None
 
 
-def _bundle_item(parents: _Parents, index: int, size: int, raw: bytes, describe: Describe
-                 ) -> bytes:
+def _bundle_item(parents: _Parents, index: int, size: int, raw: bytes, describe: Describe,
+                 readable: Callable[[paths.Parts], bool] | None = None) -> bytes:
     try:
         parts = paths.parse_wire_path(raw)
+        if readable is not None and not readable(parts):
+            raise FileNotFoundError(raw)
         if size > frames.BUNDLE_FILE_MAX:
             raise ValueError(f"listed size {size} too large for FETCH_MANY (at most "
                              f"{frames.BUNDLE_FILE_MAX} bytes)")

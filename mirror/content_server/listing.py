@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 from mirror import link_targets, paths
 from mirror.wire import frames
@@ -76,8 +77,12 @@ class TreeWalker:
     """
 
     def __init__(self, root_fd: int, parts: paths.Parts,
-                 cursor: paths.Parts | None = None, links: bool = False) -> None:
+                 cursor: paths.Parts | None = None, links: bool = False,
+                 visible: Callable[[paths.Parts, bool], bool] | None = None) -> None:
         self.links = links
+        #: What the peer may see (`mirror.security.rights.Reader.may_see`): the rest is left
+        #: out silently (not even counted as skipped), and never entered.
+        self.visible = visible
         self.count = 0
         self.skipped = 0
         self.errors = 0
@@ -92,6 +97,8 @@ class TreeWalker:
             try:
                 st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
+                    if visible is not None and not visible(parts, False):
+                        raise FileNotFoundError(paths.join_parts(parts))
                     if cursor is None:
                         self._emit(parts, st)
                     return
@@ -276,6 +283,8 @@ class TreeWalker:
                     self.skipped += 1  # vanished since the directory was read
                 else:
                     self._error(child, e)
+                continue
+            if self.visible is not None and not self.visible(child, stat.S_ISDIR(st.st_mode)):
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._emit(child, st)

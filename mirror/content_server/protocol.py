@@ -9,6 +9,7 @@ connection's single push producer: when the transport's buffer fills, every stre
 from __future__ import annotations
 
 import errno
+import json
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mirror import paths
+from mirror.content_server.access import ReadAccess
 from mirror.content_server.egress import EgressLimit
 from mirror.content_server.fetch import (
     BIG_CHUNK_SIZE,
@@ -37,6 +39,7 @@ from mirror.content_server.hashes import ChunkHashCache, compute_chunk_hashes
 from mirror.content_server.listing import TreeWalker
 from mirror.content_server.observed import ServingStats
 from mirror.limits import ClosingMixin, Deadline, LimitedConnection, LimitedFactory
+from mirror.security.rights import Reader, Unrestricted
 from mirror.threads import Threads
 from mirror.wire import chunk_hashes, frames
 
@@ -101,6 +104,8 @@ class ContentFactoryBase(LimitedFactory):
     chunk_hashes: ChunkHashCache
     hash_slots: DeferredSemaphore
     server_name = "content server"
+    #: Who may read what (--accounts); by default everyone everything.
+    access = ReadAccess(None, None)
 
     def refusal(self, reason: str) -> bytes:
         """A connection-level ERROR (request id 0, busy): the client's requests fail with it."""
@@ -329,6 +334,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             work = self._serve_fetch_many(request_id, payload)
         elif opcode == frames.HASHES:
             work = self._serve_hashes(request_id, payload)
+        elif opcode == frames.WHO:
+            work = self._serve_who(request_id)
         else:
             work = self._serve_fetch(request_id, payload)
         self._idle_deadline.stop()
@@ -359,6 +366,33 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             if not self._requests and not self._lost:
                 self._idle_deadline.start()
 
+    async def _reader(self) -> Reader | Unrestricted:
+        """What this peer may read now (`ReadAccess`: checked at every request)."""
+        return await self.factory.access.reader(self.peer_identity)  # type: ignore[arg-type]
+
+    def _not_found(self, request: str, parts: paths.Parts, path: str) -> RequestError:
+        """The answer to a path the peer may not read: that of a missing one (audited)."""
+        self.factory.access.refused(self.peer_identity,  # type: ignore[arg-type]
+                                    self.peer_key, request, parts)
+        return RequestError(frames.E_NOT_FOUND, f"{path or '.'}: no such file or directory")
+
+    async def _serve_who(self, request_id: int) -> None:
+        """WHO: the daemon's connections, as JSON, for an administrator only."""
+        access = self.factory.access
+        answer = await access.who(self.peer_identity,  # type: ignore[arg-type]
+                                  self.clock.seconds())
+        if answer is None:
+            access.refused(self.peer_identity, self.peer_key,  # type: ignore[arg-type]
+                           "WHO", (), why="not an administrator")
+            raise RequestError(frames.E_NOT_ALLOWED, "WHO: access denied")
+        await self._writable()
+        self._send(frames.frame(frames.WHO_LIST, request_id,
+                                json.dumps(answer, ensure_ascii=True).encode("ascii")))
+
+    def activity(self) -> str:
+        """What the peer is doing (``mirror-admin who``)."""
+        return f"{len(self._requests)} request(s) in flight, {self._streams} streaming"
+
     def _parse_path(self, raw: bytes) -> tuple[paths.Parts, str]:
         try:
             parts = paths.parse_request_path(raw)
@@ -383,6 +417,9 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         raw_path, raw_cursor = frames.decode_list(payload)
         parts, path = self._parse_path(raw_path)
         cursor = None if raw_cursor is None else self._parse_cursor(raw_cursor, parts)
+        reader = await self._reader()
+        if not reader.may_see(parts, True):
+            raise self._not_found("LIST", parts, path)
         # LISTs beyond the connection's share, then beyond the server's, wait their turn
         # holding no walker (--max-requests bounds how many per connection). Always in this
         # order, so that no two LISTs can each hold what the other waits for.
@@ -390,17 +427,19 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         try:
             await self._wait(self.factory.list_slots.acquire())
             try:
-                await self._walk(request_id, parts, path, cursor, links)
+                await self._walk(request_id, parts, path, cursor, links, reader)
             finally:
                 self.factory.list_slots.release()
         finally:
             self._list_slots.release()
 
     async def _walk(self, request_id: int, parts: paths.Parts, path: str,
-                    cursor: paths.Parts | None, links: bool = False) -> None:
+                    cursor: paths.Parts | None, links: bool = False,
+                    reader: Reader | Unrestricted | None = None) -> None:
         threads = self.factory.threads
+        visible = None if reader is None or isinstance(reader, Unrestricted) else reader.may_see
         walker = await _disk(path, threads.run(TreeWalker, self.factory.root_fd, parts, cursor,
-                                               links))
+                                               links, visible))
         try:
             while True:
                 batch = await _disk(path, threads.run(walker.next_batch))
@@ -421,6 +460,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         parts, path = self._parse_path(raw_path)
         if not parts:
             raise RequestError(frames.E_BAD_REQUEST, ".: is a directory")
+        if not (await self._reader()).may_read(parts):
+            raise self._not_found("FETCH", parts, path)
         delay = min(delay_ms / 1000.0, self.settings.max_delay)
         if delay > 0:
             await self._wait(task.deferLater(self.clock, delay, lambda: None))
@@ -456,6 +497,16 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             raise RequestError(frames.E_BAD_REQUEST, str(e)) from None
         delay = min(delay_ms / 1000.0, self.settings.max_delay)
         per_frame = 1 if delay > 0 else len(wants)
+        reader = await self._reader()
+        readable = None
+        if not isinstance(reader, Unrestricted):
+            def readable(parts: paths.Parts) -> bool:
+                # Called in the bundle's thread: audited from there.
+                if reader.may_read(parts):
+                    return True
+                self.factory.access.refused(self.peer_identity,  # type: ignore[arg-type]
+                                            self.peer_key, "FETCH_MANY", parts, in_thread=True)
+                return False
         threads = self.factory.threads
         index = 0
         while index < len(wants):
@@ -464,7 +515,7 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
             # Per-file failures are items of the frame; this raises only on a bug.
             answer, index = await self._wait(threads.run(
                 read_bundle, self.factory.root_fd, request_id, wants, index, _item_error,
-                per_frame))
+                per_frame, readable))
             await self._writable()
             self._send(answer)
 
@@ -475,6 +526,8 @@ class ContentServerProtocol(frames.FrameReceiver, LimitedConnection, ClosingMixi
         parts, path = self._parse_path(payload)
         if not parts:
             raise RequestError(frames.E_BAD_REQUEST, ".: is a directory")
+        if not (await self._reader()).may_read(parts):
+            raise self._not_found("HASHES", parts, path)
         stop = threading.Event()
         timeout = self.settings.hashes_timeout
         expired = self.clock.callLater(timeout, stop.set)

@@ -7,11 +7,12 @@ import os
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from mirror.content_server.access import ReadAccess
 from mirror.content_server.factory import ContentServerFactory, open_root
 from mirror.content_server.protocol import ContentSettings
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.index.node_options import IndexOptions, StateDirOptions, add_registration
-from mirror.security.options import SecurityOptions, secure_factory
+from mirror.security.options import SecurityOptions, access_control, secure_factory
 from mirror.threads import DiskThreads
 from mirror.web.content_site import content_site_root
 from mirror.web.options import WebOptions, add_web
@@ -95,11 +96,14 @@ def makeService(options: Options) -> IService:
     threads.setServiceParent(top)
     settings = settings_from(options, ContentSettings)
     factory = ContentServerFactory(open_root(options["root"]), threads, settings)
+    access = access_control(options.security, threads, options.command)
+    factory.access = ReadAccess(access.accounts, access.audit, access.presence)
     if options["web"]:
         # Before --listen: once the log names the daemon's port, it names the web site's.
         add_web(top, options["web"], content_site_root(factory, options["web"]),
                 options.command)
     add_listeners(top, options["listen"],
-                  secure_factory(options.security, factory, threads, reactor), options.command)
+                  secure_factory(options.security, factory, threads, reactor, access),
+                  options.command)
     add_registration(top, options, factory.root_fd, threads, reactor, options["state-dir"])
     return top

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -31,6 +32,7 @@ from mirror.wire import control
 
 if TYPE_CHECKING:
     from mirror.mirror_server.job import Job, SourceRun
+    from mirror.mirror_server.job_access import JobAccess
     from mirror.mirror_server.registry import JobFeed
     from mirror.mirror_server.service import MirrorService
 
@@ -66,6 +68,14 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
         self._write_deadline = Deadline(self.clock, settings.write_timeout,
                                         lambda: self.abort("client stopped reading"))
         super().makeConnection(transport)
+
+    def activity(self) -> str:
+        """What the peer is doing (``mirror-admin who``)."""
+        if self.job is not None:
+            return f"submitted job {self.job.id}"
+        if self._attached is not None:
+            return "following a job"
+        return "submitting a job"
 
     def is_idle(self) -> bool:
         """Idle until GO and once the job is over; never while the job runs (nor while
@@ -127,20 +137,13 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             if not self.sources:
                 self.refuse("GO without any SOURCE")
                 return
-            # Without LINKS (an older mirror-init): safe links, as rsync -a --safe-links.
-            mode = self.links.mode if self.links is not None else "safe"
-            try:
-                options = options_from_lines(self.option_lines)
-                self.job = self.factory.service.submit(self.sources, self, options,
-                                                       bwlimit=self.bwlimit, links_mode=mode)
-            except (PatternError, SubtreeLocked) as e:
-                self.refuse(str(e))
+            access = self.factory.job_access
+            if access is not None:
+                # Nothing more is read (nor refused twice) while the rights are checked.
+                self._closing = True
+                Deferred.fromCoroutine(self._check_then_submit(access))
                 return
-            except JournalFull as e:
-                self.refuse(f"mirror server busy: {e}")
-                return
-            self._submit_deadline.stop()
-            self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
+            self._submit()
             return
         if isinstance(message, (control.JobOption, control.FilterRule)):
             if len(self.option_lines) >= MAX_RULES + len(control.OPTION_NAMES):
@@ -164,6 +167,39 @@ class ControlProtocol(LineReceiver, LimitedConnection, ClosingMixin):
             self.refuse(f"more than {control.MAX_SOURCES} sources")
             return
         self.sources.append(message)
+
+    async def _check_then_submit(self, access: JobAccess) -> None:
+        """GO with --accounts: submit only if the peer may make us mirror every SPEC."""
+        host = self.peer_key
+        try:
+            why = await access.refusal(self.peer_identity,  # type: ignore[arg-type]
+                                       host, self.sources)
+        except Exception:
+            self.log.failure("checking the rights of {host}", host=host)
+            why = "internal error"
+        self._closing = False
+        if self.transport is None:
+            return
+        if why is not None:
+            self.refuse(why)
+            return
+        self._submit()
+
+    def _submit(self) -> None:
+        # Without LINKS (an older mirror-init): safe links, as rsync -a --safe-links.
+        mode = self.links.mode if self.links is not None else "safe"
+        try:
+            options = options_from_lines(self.option_lines)
+            self.job = self.factory.service.submit(self.sources, self, options,
+                                                   bwlimit=self.bwlimit, links_mode=mode)
+        except (PatternError, SubtreeLocked) as e:
+            self.refuse(str(e))
+            return
+        except JournalFull as e:
+            self.refuse(f"mirror server busy: {e}")
+            return
+        self._submit_deadline.stop()
+        self.clearLineBuffer()  # whatever followed GO in the same read is ignored too
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self.job is not None or self._closing:
@@ -268,6 +304,8 @@ class ControlFactory(LimitedFactory):
 
     protocol = ControlProtocol
     server_name = "mirror server"
+    #: --accounts: who may submit which jobs (None: anyone who may connect).
+    job_access: JobAccess | None = None
 
     def __init__(self, service: MirrorService) -> None:
         self.service = service

@@ -10,6 +10,7 @@ import tempfile
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from mirror.content_server.access import ReadAccess
 from mirror.content_server.tap import MAX_RATE_HELP
 from mirror.daemon_options import ListenOptions, add_listeners, number, rate, settings_from
 from mirror.index.node_options import IndexOptions
@@ -20,6 +21,7 @@ from mirror.mirror_server.index_node import (
     add_index,
     check_mirror_index,
 )
+from mirror.mirror_server.job_access import JobAccess
 from mirror.mirror_server.journal import open_journal
 from mirror.mirror_server.partials import PartialDir
 from mirror.mirror_server.service import MirrorService, MirrorSettings
@@ -28,6 +30,7 @@ from mirror.paths import STATE_DIR_NAME, TEMP_PREFIX
 from mirror.security.options import (
     ClientSecurityOptions,
     SecurityOptions,
+    access_control,
     client_policy,
     secure_factory,
 )
@@ -213,17 +216,19 @@ def makeService(options: Options) -> IService:
                             journal=journal, partials=partials)
     journal_threads.setServiceParent(service)
     control = ControlFactory(service)
+    access = access_control(options.security, service.threads, options.command)
+    if access.accounts is not None:
+        control.job_access = JobAccess(access.accounts, access.audit)
     if options["web"]:
         # Before --listen: once the log names the control port, it names the web site's.
         add_web(service, options["web"], mirror_site_root(service, control.limiter,
                                                           options["web"]), options.command)
-    from twisted.internet import reactor
 
     # Content connections: TLS to pinned content servers, with our identity.
     service.endpoints = client_policy(options.security, options.pins, service.threads,
                                       reactor).endpoint
     add_listeners(service, options["listen"],
-                  secure_factory(options.security, control, service.threads, reactor),
+                  secure_factory(options.security, control, service.threads, reactor, access),
                   options.command)
     serving: MultiService | None = None
     root_fd = None
@@ -231,9 +236,13 @@ def makeService(options: Options) -> IService:
         # Its own parent: the default --advertise is the first --serve endpoint's address.
         serving = MultiService()
         serving.setServiceParent(service)
-        root_fd = add_serving(serving, service.mirror_dir, service.threads, options["serve"],
-                              options["max-rate"], options.command,
-                              lambda f: secure_factory(options.security, f, service.threads,
-                                                       reactor)).root_fd
+        served = add_serving(serving, service.mirror_dir, service.threads, options["serve"],
+                             options["max-rate"], options.command,
+                             lambda f: secure_factory(options.security, f, service.threads,
+                                                      reactor, access))
+        # A served mirror is read under the mirror server's own grants (none by default);
+        # an administrator asks it who is connected (control port included).
+        served.access = ReadAccess(access.accounts, access.audit, access.presence)
+        root_fd = served.root_fd
     add_index(service, options, reactor, options["state-dir"], serving, root_fd)
     return service

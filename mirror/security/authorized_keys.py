@@ -3,7 +3,7 @@
 One fingerprint a line (``sha256:`` and 64 hex digits, as ``mirror-admin keygen`` and
 ``mirror-admin fingerprint`` print it), optionally followed by a comment (a name, say);
 ``#`` starts a comment line. Removing a line revokes the key: the file is read again when it
-changes, at the next connection. (Users, groups and grants will replace this list.)
+changes, at the next connection. (``--accounts`` adds users, groups and grants beside it.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ they put a daemon in.
 - **Open**: no ``--identity``, loopback listeners only: plain TCP, as before. A ``tcp:PORT``
   without ``interface=`` (``-p PORT``, the default) then listens on 127.0.0.1 only.
 - **Secured**: with ``--identity``: every listener is TLS 1.3 and every peer must present a
-  key in ``--authorized-keys``; ``tcp:PORT`` listens on every address.
+  key in ``--authorized-keys`` or of a user of ``--accounts`` (or, where ``anyone`` may
+  read, no certificate); ``tcp:PORT`` listens on every address. ``--accounts`` needs
+  ``--identity``.
 - A non-loopback listener without ``--identity`` is refused unless ``--insecure``, which
   serves it in clear and logs a warning.
 """
@@ -20,11 +22,14 @@ from twisted.internet.interfaces import IProtocolFactory, IReactorTCP, IReactorT
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mirror.security.accounts import AccountsError, AccountsStore, AccountsWatch
+from mirror.security.audit import AuditLog
 from mirror.security.authorized_keys import authorized_keys
 from mirror.security.hosts_access import FailureLimiter, HostsAccess, Network, parse_networks
 from mirror.security.identity import Identity, read_identity
 from mirror.security.identity_files import IdentityError
 from mirror.security.known_hosts import Pins, known_hosts
+from mirror.security.presence import Presence
 from mirror.security.tls import AcceptFilter, ClientPolicy, PeerPolicy, secured_factory
 from mirror.security.watched import ConfigFileError, WatchedFile
 from mirror.threads import Threads
@@ -42,6 +47,10 @@ class Security:
     known_hosts: WatchedFile[Pins] | None = None
     access: HostsAccess = field(default_factory=lambda: HostsAccess([], []))
     insecure: bool = False
+    #: --accounts: users, groups and grants (secured mode).
+    accounts: AccountsStore | None = None
+    #: --audit-log: where refusals are written, one line each.
+    audit_log: str | None = None
     #: Listeners serving in clear off the loopback (--insecure): warned about at start.
     clear_listeners: list[str] = field(default_factory=list)
 
@@ -69,6 +78,11 @@ class SecurityOptions(usage.Options):
         ["authorized-keys", None, None,
          "File of the key fingerprints allowed to connect (one a line, sha256:HEX); read "
          "again when it changes."],
+        ["accounts", None, None,
+         "Accounts database (SQLite; made and changed by mirror-admin --accounts FILE): "
+         "users, groups and their grants; needs --identity. Changes apply without a restart."],
+        ["audit-log", None, None,
+         "Append one line per refused connection or request to this file."],
     ]
 
     def __init__(self) -> None:
@@ -106,12 +120,20 @@ class SecurityOptions(usage.Options):
                 s.identity = read_identity(self["identity"])
             except IdentityError as e:
                 raise usage.UsageError(f"--identity: {e}") from None
-            if not self["authorized-keys"]:
+            if not self["authorized-keys"] and not self["accounts"]:
                 raise usage.UsageError(
-                    "--identity needs --authorized-keys FILE: the key fingerprints of the "
-                    "clients allowed to connect (mirror-admin fingerprint DIR prints one)")
-        elif self["authorized-keys"]:
-            raise usage.UsageError("--authorized-keys needs --identity DIR (TLS)")
+                    "--identity needs --authorized-keys FILE (the key fingerprints of the "
+                    "clients allowed to connect; mirror-admin fingerprint DIR prints one) "
+                    "or --accounts FILE (users and grants, made by mirror-admin)")
+        elif self["authorized-keys"] or self["accounts"]:
+            flag = "--authorized-keys" if self["authorized-keys"] else "--accounts"
+            raise usage.UsageError(f"{flag} needs --identity DIR (TLS)")
+        if self["accounts"]:
+            try:
+                s.accounts = AccountsStore(self["accounts"], create=False)
+            except AccountsError as e:
+                raise usage.UsageError(f"--accounts: {e}") from None
+        s.audit_log = self["audit-log"]
         if self["authorized-keys"]:
             s.keys = authorized_keys(self["authorized-keys"])
             try:
@@ -140,8 +162,26 @@ class SecurityOptions(usage.Options):
                     f"to serve in clear")
 
 
+@dataclass
+class AccessControl:
+    """A daemon's accounts (read in its threads), audit log and connections (`Presence`):
+    given to `secure_factory` for each listener and to the daemon's enforcement."""
+
+    accounts: AccountsWatch | None
+    audit: AuditLog | None
+    presence: Presence
+
+
+def access_control(security: Security, threads: Threads, daemon: str) -> AccessControl:
+    """The `AccessControl` the flags ask for (``daemon``: its name in ``who``)."""
+    accounts = None if security.accounts is None else AccountsWatch(security.accounts, threads)
+    audit = None if security.audit_log is None else AuditLog(security.audit_log, threads)
+    return AccessControl(accounts, audit, Presence(daemon))
+
+
 def secure_factory(security: Security, factory: IProtocolFactory, threads: Threads,
-                   clock: IReactorTime) -> IProtocolFactory:
+                   clock: IReactorTime, access: AccessControl | None = None
+                   ) -> IProtocolFactory:
     """``factory`` as the daemon's listeners serve it: behind the host rules, and behind
     TLS and the peer check when the daemon is secured."""
     for description in security.clear_listeners:
@@ -151,12 +191,13 @@ def secure_factory(security: Security, factory: IProtocolFactory, threads: Threa
         if not security.access.active:
             return factory
         return AcceptFilter(factory, security.access)
-    assert security.keys is not None
     failures = FailureLimiter(clock.seconds)
-    policy = PeerPolicy(security.keys, threads, failures)
+    accounts, audit = (access.accounts, access.audit) if access else (None, None)
+    policy = PeerPolicy(security.keys, threads, failures, accounts, audit)
     log.info("secured: TLS 1.3, this daemon is {fingerprint}",
              fingerprint=security.identity.fingerprint)
-    return AcceptFilter(secured_factory(factory, security.identity.paths, policy, clock),
+    return AcceptFilter(secured_factory(factory, security.identity.paths, policy, clock,
+                                        access.presence if access else None),
                         security.access, failures)
 
 

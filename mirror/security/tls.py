@@ -13,8 +13,10 @@ A secured daemon's factory is wrapped, outermost first, in
   ``peer_identity``); a refused peer gets one generic message (`REFUSAL`, in the daemon's
   own protocol) and is closed before any request is read.
 
-`PeerPolicy.authenticate` is the one place where who may connect is decided: users, groups
-and grants plug in there.
+`PeerPolicy.authenticate` is the one place where who may connect is decided (keys of
+``--authorized-keys``, users of ``--accounts``, anonymous peers where ``anyone`` may read);
+what an admitted peer may do is decided by each daemon (`mirror.content_server.access`,
+`mirror.mirror_server.job_access`).
 
 Clients (the mirror server towards content servers) connect through `ClientPolicy`'s
 endpoints: TLS to a host with a pin in ``--known-hosts``, the handshake failed by the
@@ -25,8 +27,7 @@ to loopback only, unless ``--insecure``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
@@ -51,12 +52,18 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from mirror.limits import CLOSE_GRACE, abort_connection, peer_host
+from mirror.security.accounts import AccountsWatch
 from mirror.security.hosts_access import FailureLimiter, HostsAccess
 from mirror.security.identity import key_fingerprint
 from mirror.security.identity_files import IdentityPaths
 from mirror.security.known_hosts import Pins, host_key, is_loopback_host
+from mirror.security.peer import PeerIdentity
 from mirror.security.watched import WatchedFile
 from mirror.threads import Threads
+
+if TYPE_CHECKING:
+    from mirror.security.audit import AuditLog
+    from mirror.security.presence import Presence
 
 #: What a refused peer is told, whatever the reason (the log has the reason).
 REFUSAL = "access denied"
@@ -67,13 +74,6 @@ MAX_HELD = 64 << 10
 #: Seconds between two looks at --authorized-keys (the open connections of a removed key
 #: are dropped).
 RECHECK_INTERVAL = 5.0
-
-
-@dataclass(frozen=True)
-class PeerIdentity:
-    """Who is at the other end of a connection, as authenticated by TLS."""
-
-    fingerprint: str
 
 
 def peer_fingerprint(transport: Any) -> str | None:
@@ -158,17 +158,31 @@ class PeerPolicy:
 
     log = Logger()
 
-    def __init__(self, keys: WatchedFile[frozenset[str]], threads: Threads,
-                 failures: FailureLimiter) -> None:
+    def __init__(self, keys: WatchedFile[frozenset[str]] | None, threads: Threads,
+                 failures: FailureLimiter, accounts: AccountsWatch | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.keys = keys
         self.threads = threads
         self.failures = failures
+        #: ``--accounts``: users are let in too, and `anyone` without a certificate.
+        self.accounts = accounts
+        self.audit = audit
         #: Called after the allow-list changed (`SecuredFactory` drops revoked peers).
         self.on_change: list[Callable[[], None]] = []
+        if accounts is not None:
+            accounts.on_change.append(self._changed)
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     async def reload(self) -> None:
-        """Read the allow-list again if it changed (a file that cannot be read lets nobody
-        in), and tell ``on_change``."""
+        """Read the allow-list (and the accounts) again if it changed (a file that cannot be
+        read lets nobody in), and tell ``on_change``."""
+        if self.accounts is not None:
+            await self.accounts.current()  # tells on_change itself
+        if self.keys is None:
+            return
         try:
             changed = await self.threads.run(self.keys.refresh)
         except OSError as e:
@@ -182,20 +196,37 @@ class PeerPolicy:
                 for problem in self.keys.problems:
                     self.log.warn("{problem} (line ignored)", problem=problem)
         if changed:
-            for callback in self.on_change:
-                callback()
+            self._changed()
+
+    def _identity(self, fingerprint: str | None) -> PeerIdentity | None:
+        if self.accounts is not None:
+            rules = self.accounts.rules
+            user = rules.user(fingerprint)
+            if user is not None:
+                return PeerIdentity(fingerprint, user)
+            if fingerprint is None and rules.anyone_may_read():
+                return PeerIdentity(None)
+        if fingerprint is not None and self.keys is not None and fingerprint in self.keys.value:
+            return PeerIdentity(fingerprint)
+        return None
 
     def allows(self, identity: PeerIdentity) -> bool:
-        """Whether ``identity`` may stay connected, as the allow-list was last read."""
-        return identity.fingerprint in self.keys.value
+        """Whether ``identity`` may stay connected, as the allow-list and the accounts were
+        last read (a removed user's connections are dropped)."""
+        return self._identity(identity.fingerprint) == identity
 
     async def authenticate(self, fingerprint: str | None) -> PeerIdentity | None:
         """The identity of a peer presenting ``fingerprint`` (None: no certificate), or None
-        if it may not connect."""
+        if it may not connect: a known key (``--authorized-keys``, or a user of
+        ``--accounts``), or no certificate at all when `anyone` may read something."""
         await self.reload()
-        if fingerprint is None or fingerprint not in self.keys.value:
-            return None
-        return PeerIdentity(fingerprint)
+        return self._identity(fingerprint)
+
+    def refused(self, host: str, why: str) -> None:
+        """Count a failed authentication of ``host`` and put it in the audit log."""
+        self.failures.failed(host)
+        if self.audit is not None:
+            self.audit.refused(f"peer from {host}", "connection", why)
 
 
 class _Gate(ProtocolWrapper):
@@ -241,6 +272,7 @@ class _Gate(ProtocolWrapper):
         # daemons' own): where grants will be decided.
         proto.peer_identity = identity
         self.identity = identity
+        self.since = self.factory.clock.seconds()
         self.wrappedProtocol = proto
         self.admitted = True
         proto.makeConnection(self)
@@ -321,7 +353,7 @@ class _ServerGate(_Gate):
             self.wrappedProtocol.dataReceived(data)
 
     def _refuse(self, why: str) -> None:
-        self.factory.policy.failures.failed(self.host)
+        self.factory.policy.refused(self.host, why)
         self.log.warn("refused {host}: {why}", host=self.host, why=why)
         self._held = []
         refusal = getattr(self.factory.wrappedFactory, "refusal", None)
@@ -364,10 +396,12 @@ class SecuredFactory(WrappingFactory):
     recheck_interval = RECHECK_INTERVAL
 
     def __init__(self, wrapped: IProtocolFactory, policy: PeerPolicy,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, presence: Presence | None = None) -> None:
         super().__init__(wrapped)
         self.policy = policy
         self.clock = clock
+        if presence is not None:
+            presence.factories.append(self)
         policy.on_change.append(self._drop_revoked)
         self._recheck: LoopingCall | None = None
 
@@ -437,10 +471,11 @@ class AcceptFilter(Factory[Protocol]):
 
 
 def secured_factory(factory: IProtocolFactory, identity: IdentityPaths, policy: PeerPolicy,
-                    clock: IReactorTime) -> IProtocolFactory:
-    """``factory`` behind TLS 1.3 and `PeerPolicy` (see the module's docstring)."""
+                    clock: IReactorTime, presence: Presence | None = None) -> IProtocolFactory:
+    """``factory`` behind TLS 1.3 and `PeerPolicy` (see the module's docstring); its
+    connections listed in ``presence``."""
     return TLSMemoryBIOFactory(server_creator(identity), False,
-                               SecuredFactory(factory, policy, clock))
+                               SecuredFactory(factory, policy, clock, presence))
 
 
 # -- the client side --------------------------------------------------------------------------

@@ -27,6 +27,8 @@ FETCH = 0x02
 FETCH_MANY = 0x03
 #: Chunk hashes of a file, for multi-source download (codecs: mirror/wire/chunk_hashes.py).
 HASHES = 0x04
+#: An administrator's request: who is connected (doc/protocol.md, "Access rights").
+WHO = 0x09
 # responses
 ENTRIES = 0x81
 LIST_END = 0x82
@@ -36,9 +38,11 @@ FILE_END = 0x85
 BUNDLE = 0x86
 HASHES_HEAD = 0x87
 HASH_LIST = 0x88
+#: WHO's answer: one frame, a JSON object (`mirror.security.presence`).
+WHO_LIST = 0x89
 ERROR = 0x8F
 
-REQUEST_OPCODES = frozenset({LIST, FETCH, FETCH_MANY, HASHES})
+REQUEST_OPCODES = frozenset({LIST, FETCH, FETCH_MANY, HASHES, WHO})
 RESPONSE_OPCODES = frozenset({ENTRIES, LIST_END, FILE, DATA, FILE_END, BUNDLE, HASHES_HEAD,
                               HASH_LIST, ERROR})
 

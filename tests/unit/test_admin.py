@@ -14,19 +14,24 @@ from twisted.trial.unittest import SynchronousTestCase
 from mirror.admin.cli import run
 
 
+def run_admin(*args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``mirror-admin ARGS``, in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            status = run(list(args))
+        except SystemExit as e:
+            status = int(e.code or 0)
+    return status, out.getvalue(), err.getvalue()
+
+
 class AdminTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="test-admin-")
         self.addCleanup(shutil.rmtree, self.dir, True)
 
     def admin(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                status = run(list(args))
-            except SystemExit as e:
-                status = int(e.code or 0)
-        return status, out.getvalue(), err.getvalue()
+        return run_admin(*args)
 
     def test_keygen_renew_fingerprint(self) -> None:
         directory = os.path.join(self.dir, "id")

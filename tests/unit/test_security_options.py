@@ -53,6 +53,23 @@ class SecurityOptionsTests(SynchronousTestCase):
         options, _ = self.parse()
         self.assertEqual(options["listen"], ["tcp:9000:interface=127.0.0.1"])
 
+    def test_accounts(self) -> None:
+        from mirror.security.accounts import AccountsStore
+
+        db = os.path.join(self.dir, "accounts.sqlite")
+        ident = os.path.join(self.dir, "id")
+        options, err = self.parse("--accounts", db)
+        self.assertIn("--accounts needs --identity DIR (TLS)", err)
+        options, err = self.parse("--identity", ident, "--accounts", db)
+        self.assertIn(f"--accounts: {db}: no such file", err)
+        AccountsStore(db).close()
+        for tap in (content_tap, mirror_tap):
+            options, err = self.parse("--identity", ident, "--accounts", db, "--audit-log",
+                                      os.path.join(self.dir, "audit"), tap=tap)
+            self.assertTrue(options.security.secured)
+            self.assertEqual(options.security.accounts.path, db)
+            options.security.accounts.close()
+
     def test_clear_text_off_the_loopback_needs_insecure(self) -> None:
         for tap in (content_tap, mirror_tap):
             options, err = self.parse("--listen", "tcp:9000:interface=0.0.0.0", tap=tap)
