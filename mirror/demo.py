@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirror import network_demo
 from mirror.demo_tls import secured_job
 
 BIN = Path(sys.executable).parent
@@ -121,6 +122,11 @@ def main() -> int:
             print(f"demo: the secured job failed (status {status})", file=sys.stderr)
             return 1
         print(f"demo: mirror verified over TLS: {target} is identical to {srcs[1]}")
+        # Third: the mirror network (an index, two tier-1 mirrors that serve, a tier-2
+        # mirror pulling one big file from all three holders at once).
+        if network_demo.main() != 0:
+            print("demo: the mirror network demo failed", file=sys.stderr)
+            return 1
         if sys.stdin.isatty():
             input(f"demo: the daemons keep running: {web_address(work / 'mirror-server.log')}"
                   " shows the job; press Enter to stop them. ")
