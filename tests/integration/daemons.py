@@ -95,6 +95,16 @@ def mirror_init_command(*args: str) -> list[str]:
     return [MIRROR_INIT, *args, *current.init_args()]
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of a mirror-init a test will Ctrl-C: SIGINT back to its default.
+
+    A process started in the background of a non-interactive shell (``cmd &``, as some CI
+    runners and ``nohup`` do) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: the test's Ctrl-C would be lost, not mirror-init's fault.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def mirror_init(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(mirror_init_command(*args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)

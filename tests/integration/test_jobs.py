@@ -19,6 +19,7 @@ from tests.integration.conftest import both_transports
 from tests.integration.daemons import (
     Daemon,
     content_server,
+    interruptible,
     mirror_init,
     mirror_init_command,
     mirror_server,
@@ -69,7 +70,7 @@ def interrupt_when(condition: Callable[[], object], mirror: Daemon, *args: str
     output."""
     proc = subprocess.Popen(mirror_init_command("-n", "127.0.0.1", "-p", str(mirror.port), *args),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         # Its first line (progress) says it follows the job: a signal before that could
         # come before Python even handles SIGINT.

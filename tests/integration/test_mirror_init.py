@@ -16,7 +16,7 @@ from typing import IO
 import pytest
 
 from tests.integration.conftest import both_transports
-from tests.integration.daemons import mirror_init, mirror_init_command
+from tests.integration.daemons import interruptible, mirror_init, mirror_init_command
 from tests.integration.transport import Transport
 
 SPEC = "127.0.0.1:1:."
@@ -68,8 +68,8 @@ def test_interrupt_cancels_the_job_with_status_130(silent_server: socket.socket,
     port = silent_server.getsockname()[1]
     args = ["-n", "127.0.0.1", "-p", str(port), "-s", SPEC]
     proc = subprocess.Popen(mirror_init_command(*args, *(["--json"] if as_json else [])),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         conn = _accept_job(silent_server)
         conn.sendall(b"JOB 12\r\nPROGRESS 0 0 1 1 0\r\n")
