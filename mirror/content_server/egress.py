@@ -15,41 +15,24 @@ a busy server the long-run rate is ``rate``.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
-#: Shortest wait between rounds (a debt of a few bytes must not make a timer every
-#: microsecond, nor, on a fake clock, one due before time has moved).
-MIN_WAIT = 0.001
+from mirror.token_bucket import TokenBucket
 
 
-class EgressLimit:
+class EgressLimit(TokenBucket):
     """``rate`` bytes per second for everything a daemon sends."""
 
     def __init__(self, clock: IReactorTime, rate: int, burst: int | None = None) -> None:
-        if rate <= 0:
-            raise ValueError(f"a rate must be positive, not {rate}")
-        self.clock = clock
-        self.rate = rate
         #: Most bytes sent at once after an idle while: about 1/8 s of the rate, at least
         #: 64 KiB (one small chunk), at most 1 MiB.
-        self.burst = max(64 * 1024, min(1 << 20, rate // 8)) if burst is None else burst
-        self._level = float(self.burst)
-        self._updated = clock.seconds()
+        super().__init__(clock, rate, max(64 * 1024, min(1 << 20, rate // 8))
+                         if burst is None else burst)
         self._waiters: list[Deferred[None]] = []
-        self._wake: IDelayedCall | None = None
-        #: Every byte spent (statistics, tests).
-        self.spent = 0
-
-    def _refill(self) -> None:
-        now = self.clock.seconds()
-        self._level = min(float(self.burst), self._level + (now - self._updated) * self.rate)
-        self._updated = now
 
     def spend(self, n: int) -> None:
         """``n`` bytes were sent (or are about to be)."""
-        self.spent += n
-        self._refill()
-        self._level -= n
+        self._take(n)
 
     @property
     def waiting(self) -> int:
@@ -61,8 +44,7 @@ class EgressLimit:
 
         Cancelling the Deferred (the connection went away) forgets the waiter.
         """
-        self._refill()
-        if self._level >= 0 and not self._waiters:
+        if self._in_credit() and not self._waiters:
             return None
         d: Deferred[None] = Deferred(self._forget)
         self._waiters.append(d)
@@ -75,17 +57,7 @@ class EgressLimit:
         if not self._waiters:
             self._cancel()
 
-    def _schedule(self) -> None:
-        if self._wake is None:
-            delay = max(-self._level / self.rate, MIN_WAIT)
-            self._wake = self.clock.callLater(delay, self._release)
-
-    def _release(self) -> None:
-        self._wake = None
-        self._refill()
-        if self._level < -1.0:  # within a byte of paid: float rounding costs no round
-            self._schedule()
-            return
+    def _paid(self) -> None:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -93,8 +65,3 @@ class EgressLimit:
     def close(self) -> None:
         """The daemon stops: no timer left behind."""
         self._cancel()
-
-    def _cancel(self) -> None:
-        if self._wake is not None and self._wake.active():
-            self._wake.cancel()
-        self._wake = None

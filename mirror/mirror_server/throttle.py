@@ -22,15 +22,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
+
+from mirror.token_bucket import TokenBucket
 
 #: Smallest and largest read of a throttled connection: about 1/8 s of the rate, so that
 #: the job's rate is smooth over a fraction of a second rather than in one-second bursts.
 MIN_READ = 4096
 MAX_READ = 1 << 20
-#: Shortest wait between rounds: a debt of a few bytes must not make a timer every
-#: microsecond (nor, on a fake clock, one that is due before time has moved).
-MIN_WAIT = 0.001
 
 
 class Throttled(Protocol):
@@ -41,43 +40,25 @@ class Throttled(Protocol):
     def resume(self) -> None: ...
 
 
-class Throttle:
+class Throttle(TokenBucket):
     """``rate`` bytes per second for all the connections that spend from it."""
 
     def __init__(self, clock: IReactorTime, rate: int, burst: int | None = None) -> None:
-        if rate <= 0:
-            raise ValueError(f"a rate must be positive, not {rate}")
-        self.clock = clock
-        self.rate = rate
         #: The receive buffer a throttled connection gets (see `MIN_READ`).
         self.read_size = max(MIN_READ, min(MAX_READ, rate // 8))
-        #: Most bytes that go through at once after an idle while.
-        self.burst = self.read_size if burst is None else burst
-        self._level = float(self.burst)
-        self._updated = clock.seconds()
+        super().__init__(clock, rate, self.read_size if burst is None else burst)
         #: Connections paused by this throttle, in the order they were paused.
         self._waiting: list[Throttled] = []
-        self._wake: IDelayedCall | None = None
-        #: Every byte spent (for tests and statistics).
-        self.spent = 0
 
     @property
     def paused(self) -> list[Throttled]:
         """The connections waiting for their read to be paid for, oldest first."""
         return list(self._waiting)
 
-    def _refill(self) -> None:
-        now = self.clock.seconds()
-        self._level = min(float(self.burst), self._level + (now - self._updated) * self.rate)
-        self._updated = now
-
     def spend(self, conn: Throttled, n: int) -> bool:
         """``conn`` read ``n`` bytes. True if it had to pause: the caller then holds those
         bytes, unparsed, until the throttle resumes it."""
-        self.spent += n
-        self._refill()
-        self._level -= n
-        if self._level >= 0:
+        if self._take(n):
             return False
         if conn not in self._waiting:
             self._waiting.append(conn)
@@ -85,18 +66,7 @@ class Throttle:
         self._schedule()
         return True
 
-    def _schedule(self) -> None:
-        if self._wake is None:
-            delay = max(-self._level / self.rate, MIN_WAIT)
-            self._wake = self.clock.callLater(delay, self._release)
-
-    def _release(self) -> None:
-        self._wake = None
-        self._refill()
-        # Within a byte of paid: float rounding must not cost one more round.
-        if self._level < -1.0:
-            self._schedule()
-            return
+    def _paid(self) -> None:
         waiting, self._waiting = self._waiting, []
         for conn in waiting:
             conn.resume()
@@ -112,8 +82,3 @@ class Throttle:
         """The job is over: no timer left behind (connections still paused stay so)."""
         self._waiting = []
         self._cancel()
-
-    def _cancel(self) -> None:
-        if self._wake is not None and self._wake.active():
-            self._wake.cancel()
-        self._wake = None
