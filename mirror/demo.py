@@ -12,18 +12,14 @@ import filecmp
 import os
 import random
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from mirror import network_demo
+from mirror.demo_daemons import BIN, stop, twistd
 from mirror.demo_tls import secured_job
-
-BIN = Path(sys.executable).parent
 
 
 def make_sample_tree(root: Path, big_size: int = 3 * 1024 * 1024, seed: int = 1) -> Path:
@@ -48,22 +44,11 @@ def make_sample_tree(root: Path, big_size: int = 3 * 1024 * 1024, seed: int = 1)
 
 
 def _start(plugin: str, args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", "-l", str(log), plugin,
-         "--listen", "tcp:0:interface=127.0.0.1", "--web", "tcp:0:interface=127.0.0.1", *args],
-        stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        # The daemon's own port, not its web site's (which starts first).
-        found = re.findall(rb"(?<!WebSite) starting on (\d+)", log.read_bytes()) \
-            if log.exists() else []
-        if found:
-            return proc, int(found[-1])
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"demo: {plugin} did not start; see {log}")
+    # The daemon's own port, not its web site's (which starts first).
+    proc, found = twistd(plugin, ["--listen", "tcp:0:interface=127.0.0.1",
+                                  "--web", "tcp:0:interface=127.0.0.1", *args],
+                         log, re.compile(rb"(?<!WebSite) starting on (\d+)"))
+    return proc, int(found.group(1))
 
 
 def web_address(log: Path) -> str:
@@ -132,11 +117,7 @@ def main() -> int:
                   " shows the job; press Enter to stop them. ")
         return 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

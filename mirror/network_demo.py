@@ -12,11 +12,8 @@ file's digest (``mirror-where`` shows the same answer).
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirror.demo_daemons import BIN, stop, twistd
 from mirror.hashing import digest_of
 
-BIN = Path(sys.executable).parent
 SIZE = 48 << 20
 RATE = "8M"
 
@@ -39,19 +36,9 @@ def _free_port() -> int:
 
 def _daemon(plugin: str, args: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
     """``twistd PLUGIN`` listening on ``port``, once its log says so."""
-    proc = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "-l", str(log), plugin,
-                             "--listen", f"tcp:{port}:interface=127.0.0.1", *args],
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    started = re.compile(rb" starting on %d\b" % port)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if log.exists() and started.search(log.read_bytes()):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"demo: {plugin} did not start; see {log}")
+    proc, _ = twistd(plugin, ["--listen", f"tcp:{port}:interface=127.0.0.1", *args], log,
+                     re.compile(rb" starting on %d\b" % port))
+    return proc
 
 
 def _mirror_init(control: int, spec: str) -> int:
@@ -126,11 +113,7 @@ def main() -> int:
               f"(one alone, at {RATE}/s: {SIZE / (8 << 20):.0f} s)")
         return 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":
